@@ -1,0 +1,178 @@
+//! Types shared by the eBPF programs and the daemon: map names, limits, keys and values.
+#![no_std]
+
+/// Per-client counters, an LRU per-CPU hash keyed by [`MacKey`] with [`ClientCounters`].
+pub const CLIENTS_MAP: &str = "GB10_CLIENTS";
+/// Bound on tracked clients; the LRU evicts the least recently seen beyond it, so the
+/// `/metrics` output stays bounded whatever a flood of random MACs does.
+pub const CLIENTS_MAX: u32 = 16_384;
+/// Global counters, a per-CPU array indexed by [`Global`].
+pub const GLOBAL_MAP: &str = "GB10_GLOBAL";
+/// UDP ports (host byte order) of live TFTP transfers, set by the daemon, so that
+/// ACKs to a transfer port count as TFTP.
+pub const TFTP_PORTS_MAP: &str = "GB10_TFTP_PORTS";
+/// Bound on concurrently tracked TFTP transfer ports.
+pub const TFTP_PORTS_MAX: u32 = 4_096;
+/// Name of the LAN ingress XDP program in the object file.
+pub const LAN_PROGRAM: &str = "gb10_lan";
+
+/// UDP port of a DHCP server.
+pub const PORT_DHCP_SERVER: u16 = 67;
+/// UDP port of PXE proxy-DHCP (the boot server's port 4011).
+pub const PORT_PROXY_DHCP: u16 = 4011;
+/// UDP port of TFTP read/write requests.
+pub const PORT_TFTP: u16 = 69;
+/// Smallest DHCP payload: the BOOTP fixed part (236 bytes) and the magic cookie.
+pub const DHCP_MIN_PAYLOAD: usize = 240;
+/// The DHCP magic cookie as it appears on the wire.
+pub const DHCP_MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+/// Smallest TFTP payload: a 2-byte opcode and at least 2 more bytes.
+pub const TFTP_MIN_PAYLOAD: usize = 4;
+
+/// What a frame from a client is, as the LAN program classifies it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// UDP to port 67: DHCP to the server.
+    Dhcp = 0,
+    /// UDP to port 4011: PXE proxy-DHCP request.
+    ProxyDhcp = 1,
+    /// UDP to port 69 or to a live TFTP transfer port.
+    Tftp = 2,
+    /// Any other frame (ARP, other IP traffic, other UDP).
+    Other = 3,
+}
+
+/// Number of [`Kind`]s, the length of the per-kind arrays.
+pub const KINDS: usize = 4;
+
+impl Kind {
+    /// Every kind, in index order.
+    pub const ALL: [Kind; KINDS] = [Kind::Dhcp, Kind::ProxyDhcp, Kind::Tftp, Kind::Other];
+
+    /// The label used for this kind on `/metrics`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Kind::Dhcp => "dhcp",
+            Kind::ProxyDhcp => "proxy_dhcp",
+            Kind::Tftp => "tftp",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// Index of a global counter in [`GLOBAL_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Global {
+    /// Every frame the program saw.
+    Frames = 0,
+    /// Frames classified [`Kind::Dhcp`].
+    Dhcp = 1,
+    /// Frames classified [`Kind::ProxyDhcp`].
+    ProxyDhcp = 2,
+    /// Frames classified [`Kind::Tftp`].
+    Tftp = 3,
+    /// Frames classified [`Kind::Other`].
+    Other = 4,
+    /// Frames whose headers lie about their lengths or are cut short.
+    Malformed = 5,
+    /// Bytes of every frame the program saw.
+    Bytes = 6,
+}
+
+/// Number of [`Global`] counters.
+pub const GLOBALS: u32 = 7;
+
+impl Global {
+    /// Every counter, in index order.
+    pub const ALL: [Global; GLOBALS as usize] = [
+        Global::Frames,
+        Global::Dhcp,
+        Global::ProxyDhcp,
+        Global::Tftp,
+        Global::Other,
+        Global::Malformed,
+        Global::Bytes,
+    ];
+
+    /// The global counter that counts frames of `kind`.
+    pub const fn of(kind: Kind) -> Global {
+        match kind {
+            Kind::Dhcp => Global::Dhcp,
+            Kind::ProxyDhcp => Global::ProxyDhcp,
+            Kind::Tftp => Global::Tftp,
+            Kind::Other => Global::Other,
+        }
+    }
+
+    /// The metric name suffix for this counter.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Global::Frames => "frames",
+            Global::Dhcp => "dhcp",
+            Global::ProxyDhcp => "proxy_dhcp",
+            Global::Tftp => "tftp",
+            Global::Other => "other",
+            Global::Malformed => "malformed",
+            Global::Bytes => "bytes",
+        }
+    }
+}
+
+/// A client's Ethernet address, padded to 8 bytes so the key has no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    /// The source MAC of the frame.
+    pub addr: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+impl MacKey {
+    /// The key for `addr`.
+    pub const fn new(addr: [u8; 6]) -> Self {
+        Self { addr, pad: [0; 2] }
+    }
+}
+
+/// Counters for one client MAC on one CPU; userspace sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientCounters {
+    /// Frames per [`Kind`].
+    pub packets: [u64; KINDS],
+    /// Frame bytes per [`Kind`].
+    pub bytes: [u64; KINDS],
+    /// Frames from this MAC whose IPv4/UDP/DHCP/TFTP headers were malformed.
+    pub malformed: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last frame seen on this CPU.
+    pub last_seen_ns: u64,
+}
+
+impl ClientCounters {
+    /// Adds another CPU's counters to these.
+    pub fn merge(&mut self, other: &ClientCounters) {
+        for i in 0..KINDS {
+            self.packets[i] += other.packets[i];
+            self.bytes[i] += other.bytes[i];
+        }
+        self.malformed += other.malformed;
+        if other.last_seen_ns > self.last_seen_ns {
+            self.last_seen_ns = other.last_seen_ns;
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, and no padding (checked by the size asserts below), so any
+    // byte pattern the kernel hands back is a valid value.
+    unsafe impl aya::Pod for super::MacKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClientCounters {}
+}
+
+const _: () = assert!(size_of::<MacKey>() == 8);
+const _: () = assert!(size_of::<ClientCounters>() == (2 * KINDS + 2) * 8);

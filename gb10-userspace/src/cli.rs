@@ -1,0 +1,69 @@
+//! Command line: `serve` and `check`, each taking the config file and a flag per key.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, RawConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "gb10-provision", version, about = "PXE/onboarding control plane for an isolated provisioning LAN")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the DHCP/TFTP/HTTP responder on the LAN interface.
+    Serve(ConfigArgs),
+    /// Validate the configuration and exit (non-zero with the reason when invalid).
+    Check(ConfigArgs),
+}
+
+/// Where the configuration comes from: a TOML file, then env, then flags.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// TOML config file; its keys are the long flags below with `-` as `_`.
+    #[arg(long, env = "GB10_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: RawConfig,
+}
+
+impl ConfigArgs {
+    /// The file (if any) with flags and env laid over it, validated.
+    pub fn load(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        Ok(Config::try_from(file.overlay(self.keys))?)
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(crate::daemon::serve(config))
+        }
+        Command::Check(args) => {
+            let config = args.load()?;
+            println!(
+                "config ok: lan_iface={} lan_ip={} mode={:?} data_path={} http_port={}",
+                config.lan_iface,
+                config.lan_ip,
+                config.mode,
+                config.data_path.display(),
+                config.http_port
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `serve`: attaches XDP, starts every service on the LAN address, and shuts down on
+//! SIGTERM/SIGINT, detaching the program.
+use std::{ffi::CString, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, XdpMode},
+    http,
+    xdp::LanXdp,
+};
+
+/// What every service shares.
+pub struct Shared {
+    pub config: Config,
+    /// The attached LAN program, or None when serving without it.
+    pub xdp: Option<LanXdp>,
+}
+
+/// Runs the daemon until a signal asks it to stop.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let iface = CString::new(config.lan_iface.as_str()).context("lan_iface")?;
+    // SAFETY: a plain libc call on a NUL-terminated string we own.
+    if unsafe { libc::if_nametoindex(iface.as_ptr()) } == 0 {
+        bail!(
+            "lan_iface `{}` does not exist; gb10-provision serves only that interface and \
+             never falls back to another",
+            config.lan_iface
+        );
+    }
+    let xdp = attach_xdp(&config)?;
+    let shared = Arc::new(Shared { config, xdp });
+    let token = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(token.clone()));
+
+    let addr = (shared.config.lan_ip.addr(), shared.config.http_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP to {}:{}", addr.0, addr.1))?;
+    info!(
+        iface = %shared.config.lan_iface,
+        http = %listener.local_addr()?,
+        mode = ?shared.config.mode,
+        xdp = shared.xdp.is_some(),
+        "gb10-provision serving"
+    );
+    axum::serve(listener, http::router(shared.clone()))
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
+        .context("HTTP service")?;
+
+    match Arc::try_unwrap(shared) {
+        Ok(Shared { xdp: Some(xdp), .. }) => {
+            let iface = xdp.iface().to_owned();
+            drop(xdp);
+            info!(%iface, "XDP program detached");
+        }
+        Ok(_) => {}
+        Err(_) => warn!("a task still holds the shared state; XDP detaches at exit"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn attach_xdp(config: &Config) -> anyhow::Result<Option<LanXdp>> {
+    if config.xdp == XdpMode::Off {
+        warn!("XDP is off (xdp.mode = off): no per-client counters, no guard");
+        return Ok(None);
+    }
+    match LanXdp::attach(&config.lan_iface) {
+        Ok(xdp) => {
+            info!(iface = %config.lan_iface, "XDP program attached");
+            Ok(Some(xdp))
+        }
+        Err(err) if config.xdp == XdpMode::Required => Err(anyhow::Error::new(err)
+            .context(format!("XDP is required (xdp.mode = required) on {}", config.lan_iface))),
+        Err(err) => {
+            warn!(
+                error = %crate::error_chain(&err),
+                "XDP not attached; serving without it (gb10_xdp_attached 0)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,46 @@
+//! The HTTP service on `lan_ip:http_port`: one axum router.
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+
+use crate::{daemon::Shared, metrics};
+
+/// The router with every route the daemon serves.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .with_state(shared)
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let body = serde_json::json!({
+        "status": "ok",
+        "lan_iface": shared.config.lan_iface,
+        "mode": shared.config.mode,
+        "xdp_attached": shared.xdp.is_some(),
+    });
+    (StatusCode::OK, axum::Json(body))
+}
+
+async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    // The map walk is a few thousand syscalls at most: off the async workers.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut w = metrics::Writer::default();
+        let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
+        metrics::write_xdp(&mut w, snapshot.as_ref());
+        w.finish()
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+}

@@ -1,0 +1,20 @@
+//! gb10-provision: DHCP, TFTP and HTTP for an isolated provisioning LAN, with an XDP
+//! program that counts and guards what reaches it.
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod metrics;
+pub mod xdp;
+
+/// An error and its sources on one line, for log fields.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -21,7 +21,9 @@ fn main() -> anyhow::Result<()> {
         // an empty object and reports XDP as unavailable, never a stale program.
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("gb10-ebpf");
         std::fs::write(&out, []).with_context(|| format!("writing {}", out.display()))?;
-        println!("cargo:warning=AYA_BUILD_SKIP set: gb10-provision is built without its eBPF programs");
+        println!(
+            "cargo:warning=AYA_BUILD_SKIP set: gb10-provision is built without its eBPF programs"
+        );
         return Ok(());
     }
     let toolchain = pick_toolchain()?;
@@ -30,8 +32,9 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../gb10-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], toolchain)
-        .with_context(|| format!("building the eBPF programs failed; if a tool is missing, {SETUP_HINT}"))
+    aya_build::build_ebpf([package], toolchain).with_context(|| {
+        format!("building the eBPF programs failed; if a tool is missing, {SETUP_HINT}")
+    })
 }
 
 /// GB10_EBPF_TOOLCHAIN wins; then a nightly that has rust-src; then the linked Debian one.
@@ -45,7 +48,9 @@ fn pick_toolchain() -> anyhow::Result<Toolchain<'static>> {
     if has_rust_src(LINKED_TOOLCHAIN) {
         return Ok(Toolchain::Custom(LINKED_TOOLCHAIN));
     }
-    bail!("no toolchain can build the eBPF programs (need build-std sources for core): {SETUP_HINT}")
+    bail!(
+        "no toolchain can build the eBPF programs (need build-std sources for core): {SETUP_HINT}"
+    )
 }
 
 fn has_rust_src(toolchain: &str) -> bool {

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, RawConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "gb10-provision", version, about = "PXE/onboarding control plane for an isolated provisioning LAN")]
+#[command(
+    name = "gb10-provision",
+    version,
+    about = "PXE/onboarding control plane for an isolated provisioning LAN"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

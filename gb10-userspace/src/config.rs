@@ -219,17 +219,29 @@ impl TryFrom<RawConfig> for Config {
                 env: "GB10_LAN_IFACE",
             })?;
         if lan_iface.len() >= libc::IFNAMSIZ || lan_iface.contains(['/', ' ', '\0']) {
-            return Err(invalid("lan_iface", &lan_iface, "not a valid interface name"));
+            return Err(invalid(
+                "lan_iface",
+                &lan_iface,
+                "not a valid interface name",
+            ));
         }
         let lan_ip_text = lan_ip.unwrap_or_else(|| DEFAULT_LAN_IP.to_owned());
-        let lan_ip: Ipv4Net = lan_ip_text
-            .parse()
-            .map_err(|e| invalid("lan_ip", &lan_ip_text, format!("{e}; write ADDRESS/PREFIX like 198.18.0.1/24")))?;
+        let lan_ip: Ipv4Net = lan_ip_text.parse().map_err(|e| {
+            invalid(
+                "lan_ip",
+                &lan_ip_text,
+                format!("{e}; write ADDRESS/PREFIX like 198.18.0.1/24"),
+            )
+        })?;
         let proxy_subnet = proxy_subnet
             .map(|s| {
-                s.parse::<Ipv4Net>()
-                    .map(|n| n.trunc())
-                    .map_err(|e| invalid("proxy_subnet", &s, format!("{e}; write a CIDR like 198.18.8.0/24")))
+                s.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|e| {
+                    invalid(
+                        "proxy_subnet",
+                        &s,
+                        format!("{e}; write a CIDR like 198.18.8.0/24"),
+                    )
+                })
             })
             .transpose()?;
         let range = match range {
@@ -237,8 +249,13 @@ impl TryFrom<RawConfig> for Config {
             None => default_range(lan_ip),
         };
         let lease_time = match lease_time {
-            Some(text) => humantime::parse_duration(&text)
-                .map_err(|e| invalid("dhcp.lease_time", &text, format!("{e}; write a duration like 12h")))?,
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                invalid(
+                    "dhcp.lease_time",
+                    &text,
+                    format!("{e}; write a duration like 12h"),
+                )
+            })?,
             None => DEFAULT_LEASE_TIME,
         };
         if lease_time < Duration::from_secs(60) {
@@ -274,19 +291,30 @@ fn parse_range(text: &str, lan: Ipv4Net) -> Result<(Ipv4Addr, Ipv4Addr), ConfigE
     let (start, end) = text
         .split_once('-')
         .ok_or_else(|| bad("write START-END, like 198.18.0.100-198.18.0.200"))?;
-    let start: Ipv4Addr = start.trim().parse().map_err(|_| bad("START is not an IPv4 address"))?;
-    let end: Ipv4Addr = end.trim().parse().map_err(|_| bad("END is not an IPv4 address"))?;
+    let start: Ipv4Addr = start
+        .trim()
+        .parse()
+        .map_err(|_| bad("START is not an IPv4 address"))?;
+    let end: Ipv4Addr = end
+        .trim()
+        .parse()
+        .map_err(|_| bad("END is not an IPv4 address"))?;
     if start > end {
         return Err(bad("START is after END"));
     }
     let subnet = lan.trunc();
     for addr in [start, end] {
         if !subnet.contains(&addr) || addr == subnet.network() || addr == subnet.broadcast() {
-            return Err(bad(&format!("{addr} is not a host address of the LAN subnet {subnet}")));
+            return Err(bad(&format!(
+                "{addr} is not a host address of the LAN subnet {subnet}"
+            )));
         }
     }
     if (start..=end).contains(&lan.addr()) {
-        return Err(bad(&format!("the range holds the server's own address {}", lan.addr())));
+        return Err(bad(&format!(
+            "the range holds the server's own address {}",
+            lan.addr()
+        )));
     }
     Ok((start, end))
 }
@@ -301,7 +329,11 @@ fn default_range(lan: Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
         (net + (bcast - net) / 2 + 1, bcast - 1)
     };
     let own = u32::from(lan.addr());
-    let start = if (start..=end).contains(&own) { own + 1 } else { start };
+    let start = if (start..=end).contains(&own) {
+        own + 1
+    } else {
+        start
+    };
     (Ipv4Addr::from(start), Ipv4Addr::from(end.max(start)))
 }
 
@@ -315,7 +347,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = raw("lan_iface = \"eth1\"\nlan_ipp = \"x\"\n").unwrap_err().to_string();
+        let err = raw("lan_iface = \"eth1\"\nlan_ipp = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lan_ipp"), "{err}");
         let err = raw("[dhcp]\nrang = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("rang"), "{err}");
@@ -323,13 +357,19 @@ mod tests {
 
     #[test]
     fn missing_lan_iface_is_named() {
-        let err = Config::try_from(RawConfig::default()).unwrap_err().to_string();
-        assert!(err.contains("lan_iface") && err.contains("--lan-iface"), "{err}");
+        let err = Config::try_from(RawConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lan_iface") && err.contains("--lan-iface"),
+            "{err}"
+        );
     }
 
     #[test]
     fn defaults_and_overlay() {
-        let file = raw("lan_iface = \"eth1\"\nhttp_port = 8080\n[dhcp]\nlease_time = \"1h\"\n").unwrap();
+        let file =
+            raw("lan_iface = \"eth1\"\nhttp_port = 8080\n[dhcp]\nlease_time = \"1h\"\n").unwrap();
         let flags = RawConfig {
             http_port: Some(8081),
             ..Default::default()
@@ -340,7 +380,10 @@ mod tests {
         assert_eq!(cfg.dhcp.lease_time, Duration::from_secs(3600));
         assert_eq!(
             cfg.dhcp.range,
-            ("10.88.0.100".parse().unwrap(), "10.88.0.200".parse().unwrap())
+            (
+                "10.88.0.100".parse().unwrap(),
+                "10.88.0.200".parse().unwrap()
+            )
         );
         assert_eq!(cfg.xdp, XdpMode::Auto);
         assert_eq!(cfg.mode, Mode::Direct);

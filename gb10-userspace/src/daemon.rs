@@ -1,6 +1,9 @@
 //! `serve`: attaches XDP, starts every service on the LAN address, and shuts down on
 //! SIGTERM/SIGINT, detaching the program.
-use std::{ffi::CString, sync::Arc};
+use std::{
+    ffi::CString,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
@@ -8,8 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    clients::Clients,
     config::{Config, XdpMode},
     http,
+    inventory::Inventory,
+    store::Store,
     xdp::LanXdp,
 };
 
@@ -18,6 +24,22 @@ pub struct Shared {
     pub config: Config,
     /// The attached LAN program, or None when serving without it.
     pub xdp: Option<LanXdp>,
+    /// Leases, client state, host records.
+    pub store: Store,
+    /// The current inventory; replaced whole when the file changes.
+    pub inventory: RwLock<Arc<Inventory>>,
+    /// Where DHCP, TFTP and HTTP report what clients do.
+    pub clients: Clients,
+}
+
+impl Shared {
+    /// The inventory as it is now (a cheap clone of the Arc).
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.inventory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Runs the daemon until a signal asks it to stop.
@@ -31,8 +53,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.lan_iface
         );
     }
+    let store = Store::open(&config.data_path)?;
+    let inventory = Inventory::load(&config.data_path)?;
     let xdp = attach_xdp(&config)?;
-    let shared = Arc::new(Shared { config, xdp });
+    let shared = Arc::new(Shared {
+        config,
+        xdp,
+        store,
+        inventory: RwLock::new(Arc::new(inventory)),
+        clients: Clients::default(),
+    });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
 
@@ -75,8 +105,12 @@ fn attach_xdp(config: &Config) -> anyhow::Result<Option<LanXdp>> {
             info!(iface = %config.lan_iface, "XDP program attached");
             Ok(Some(xdp))
         }
-        Err(err) if config.xdp == XdpMode::Required => Err(anyhow::Error::new(err)
-            .context(format!("XDP is required (xdp.mode = required) on {}", config.lan_iface))),
+        Err(err) if config.xdp == XdpMode::Required => {
+            Err(anyhow::Error::new(err).context(format!(
+                "XDP is required (xdp.mode = required) on {}",
+                config.lan_iface
+            )))
+        }
         Err(err) => {
             warn!(
                 error = %crate::error_chain(&err),
@@ -89,8 +123,10 @@ fn attach_xdp(config: &Config) -> anyhow::Result<Option<LanXdp>> {
 
 async fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

@@ -40,7 +40,10 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
     .await
     .unwrap_or_default();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
 }

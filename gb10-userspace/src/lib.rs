@@ -1,10 +1,13 @@
 //! gb10-provision: DHCP, TFTP and HTTP for an isolated provisioning LAN, with an XDP
 //! program that counts and guards what reaches it.
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod inventory;
 pub mod metrics;
+pub mod store;
 pub mod xdp;
 
 /// An error and its sources on one line, for log fields.

@@ -104,7 +104,9 @@ impl Writer {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The XDP section: attachment, global and per-client counters.
@@ -112,7 +114,11 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
     w.single(&XDP_ATTACHED, u8::from(snapshot.is_some()));
     let Some(s) = snapshot else { return };
     w.family(&XDP_FRAMES);
-    w.sample(&XDP_FRAMES, &[("kind", "all")], s.globals[Global::Frames as usize]);
+    w.sample(
+        &XDP_FRAMES,
+        &[("kind", "all")],
+        s.globals[Global::Frames as usize],
+    );
     for kind in Kind::ALL {
         w.sample(
             &XDP_FRAMES,
@@ -126,13 +132,20 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
 
     let macs: Vec<String> = s.clients.iter().map(|(k, _)| format_mac(&k.addr)).collect();
     for (family, value) in [
-        (&CLIENT_PACKETS, (|c, i| c.packets[i]) as fn(&gb10_common::ClientCounters, usize) -> u64),
+        (
+            &CLIENT_PACKETS,
+            (|c, i| c.packets[i]) as fn(&gb10_common::ClientCounters, usize) -> u64,
+        ),
         (&CLIENT_BYTES, |c, i| c.bytes[i]),
     ] {
         w.family(family);
         for ((_, c), mac) in s.clients.iter().zip(&macs) {
             for kind in Kind::ALL {
-                w.sample(family, &[("mac", mac), ("kind", kind.label())], value(c, kind as usize));
+                w.sample(
+                    family,
+                    &[("mac", mac), ("kind", kind.label())],
+                    value(c, kind as usize),
+                );
             }
         }
     }
@@ -142,7 +155,11 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
     }
     w.family(&CLIENT_LAST_SEEN);
     for ((_, c), mac) in s.clients.iter().zip(&macs) {
-        w.sample(&CLIENT_LAST_SEEN, &[("mac", mac)], format!("{:.3}", ktime_to_unix(c.last_seen_ns)));
+        w.sample(
+            &CLIENT_LAST_SEEN,
+            &[("mac", mac)],
+            format!("{:.3}", ktime_to_unix(c.last_seen_ns)),
+        );
     }
 }
 
@@ -165,7 +182,9 @@ mod tests {
         w.sample(&XDP_ATTACHED, &[("x", "a\"b\\")], 1);
         let text = w.finish();
         assert!(text.contains("gb10_xdp_attached 1\n"), "{text}");
-        assert!(text.contains("gb10_client_packets_total{mac=\"02:00:00:00:00:1a\",kind=\"dhcp\"} 3\n"));
+        assert!(
+            text.contains("gb10_client_packets_total{mac=\"02:00:00:00:00:1a\",kind=\"dhcp\"} 3\n")
+        );
         assert!(text.contains("gb10_client_malformed_total{mac=\"02:00:00:00:00:1a\"} 2\n"));
         assert!(text.contains("gb10_xdp_frames_total{kind=\"all\"} 5\n"));
         assert!(text.contains(r#"x="a\"b\\""#), "{text}");

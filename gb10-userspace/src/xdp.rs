@@ -24,7 +24,10 @@ pub enum XdpError {
     )]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no {what} `{name}`")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
     #[error("map `{name}`")]
     Map {
         name: &'static str,
@@ -141,7 +144,9 @@ fn take<M>(
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> Result<M, aya::maps::MapError>,
 ) -> Result<M, XdpError> {
-    let map = ebpf.take_map(name).ok_or(XdpError::Missing { what: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(XdpError::Missing { what: "map", name })?;
     convert(map).map_err(|e| XdpError::Map {
         name,
         source: Box::new(e),
@@ -150,7 +155,10 @@ fn take<M>(
 
 /// Seconds since the Unix epoch at which a `bpf_ktime_get_ns` timestamp was taken.
 pub fn ktime_to_unix(ktime_ns: u64) -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let now_mono = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;

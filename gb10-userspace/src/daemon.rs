@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use tokio::net::TcpListener;
+use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -15,6 +15,7 @@ use crate::{
     config::{Config, XdpMode},
     http,
     inventory::Inventory,
+    lan::LanAddr,
     store::Store,
     xdp::LanXdp,
 };
@@ -30,6 +31,8 @@ pub struct Shared {
     pub inventory: RwLock<Arc<Inventory>>,
     /// Where DHCP, TFTP and HTTP report what clients do.
     pub clients: Clients,
+    /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
+    pub lan_addr: LanAddr,
 }
 
 impl Shared {
@@ -56,31 +59,39 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data_path)?;
     let inventory = Inventory::load(&config.data_path)?;
     let xdp = attach_xdp(&config)?;
+    // TODO(#6): rtnetlink asserts/watches the address; until then it is the configured one.
+    let (_lan_tx, lan_addr) = watch::channel(Some(config.lan_ip.addr()));
     let shared = Arc::new(Shared {
         config,
         xdp,
         store,
         inventory: RwLock::new(Arc::new(inventory)),
         clients: Clients::default(),
+        lan_addr,
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
 
-    let addr = (shared.config.lan_ip.addr(), shared.config.http_port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding HTTP to {}:{}", addr.0, addr.1))?;
     info!(
         iface = %shared.config.lan_iface,
-        http = %listener.local_addr()?,
         mode = ?shared.config.mode,
         xdp = shared.xdp.is_some(),
-        "gb10-provision serving"
+        "gb10-provision starting"
     );
-    axum::serve(listener, http::router(shared.clone()))
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
-        .context("HTTP service")?;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(http::run(shared.clone(), token.clone()));
+    // The first service to fail takes the daemon down; the others stop with it.
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.context("a service task panicked").and_then(|r| r);
+        if let Err(err) = outcome {
+            if result.is_ok() {
+                result = Err(err);
+            }
+            token.cancel();
+        }
+    }
+    result?;
 
     match Arc::try_unwrap(shared) {
         Ok(Shared { xdp: Some(xdp), .. }) => {

@@ -9,7 +9,29 @@ use axum::{
     routing::get,
 };
 
-use crate::{daemon::Shared, metrics};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{daemon::Shared, lan, metrics};
+
+/// Serves HTTP on `lan_addr:http_port`, following the LAN address, until `token` fires.
+pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
+    let port = shared.config.http_port;
+    let app = router(shared.clone());
+    lan::follow("http", shared.lan_addr.clone(), token, |ip, stop| {
+        let app = app.clone();
+        async move {
+            let listener = TcpListener::bind((ip, port)).await?;
+            info!(addr = %listener.local_addr()?, "HTTP listening");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    })
+    .await;
+    Ok(())
+}
 
 /// The router with every route the daemon serves.
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod inventory;
+pub mod lan;
 pub mod metrics;
 pub mod store;
 pub mod xdp;

@@ -145,6 +145,8 @@ pub struct Lab {
     pub server_ip: &'static str,
     pub client_ip: &'static str,
     pub prefix: u8,
+    /// Whether the client end has `client_ip` (see [`Lab::new`] and [`Lab::bare`]).
+    pub client_addressed: bool,
     /// Scratch directory (data_path, logs), removed on Drop.
     pub dir: PathBuf,
 }
@@ -193,6 +195,7 @@ impl Lab {
             server_ip,
             client_ip,
             prefix: 24,
+            client_addressed: false,
             dir,
         }
     }
@@ -260,11 +263,12 @@ impl Lab {
         }
     }
 
-    /// `curl` from the client namespace; returns (HTTP status, body).
+    /// `curl` from the client namespace (from the server's own when the client end has
+    /// no address yet); returns (HTTP status, body).
     pub fn http(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
-        let out = self
-            .client
+        let ns = if self.client_addressed { &self.client } else { &self.server };
+        let out = ns
             .cmd("curl")
             .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
             .output()

@@ -1,1 +1,135 @@
-fn main() {}
+//! `cargo xtask`: install what the project needs, build the eBPF object, run every test,
+//! run the lab.
+mod lab;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[path = "../../gb10-userspace/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages (eBPF toolchain, test peers), bpf-linker,
+    /// the `gb10-ebpf` rustup toolchain.
+    Setup,
+    /// Build the eBPF object alone (the daemon's build embeds the same object).
+    BuildEbpf {
+        #[arg(long, hide = true)]
+        inner: bool,
+    },
+    /// Install what is missing, then run formatting and lint checks and every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Start gb10-provision on a virtual LAN (network namespaces), show a client being
+    /// served, and keep it up until Ctrl-C.
+    Lab {
+        /// Show the client being served, then tear down instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { inner: false } => build_ebpf(),
+        Task::BuildEbpf { inner: true } => build_ebpf_inner(),
+        Task::Test {
+            no_lint,
+            cargo_args,
+        } => test(no_lint, &cargo_args),
+        Task::Lab { once } => {
+            setup::run()?;
+            lab::run(once)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a command from the workspace root, failing with its name when it fails.
+fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// aya-build reads the build-script environment; give it one in a child of ourselves
+/// rather than mutating our own environment.
+fn build_ebpf() -> anyhow::Result<()> {
+    setup::ebpf()?;
+    let out = root().join("target/ebpf");
+    std::fs::create_dir_all(&out)?;
+    let arch = std::env::consts::ARCH;
+    exec(Command::new(std::env::current_exe()?)
+        .args(["build-ebpf", "--inner"])
+        .env("OUT_DIR", &out)
+        .env("CARGO_CFG_TARGET_ENDIAN", "little")
+        .env("CARGO_CFG_TARGET_ARCH", arch))?;
+    let object = out.join("gb10-ebpf");
+    let size = std::fs::metadata(&object)
+        .with_context(|| format!("{}", object.display()))?
+        .len();
+    println!(
+        "eBPF object: {} ({size} bytes)",
+        object.canonicalize()?.display()
+    );
+    Ok(())
+}
+
+fn build_ebpf_inner() -> anyhow::Result<()> {
+    let toolchain = ebpf_toolchain::pick()
+        .with_context(|| format!("no eBPF toolchain: {}", ebpf_toolchain::SETUP_HINT))?;
+    let root_dir = root().join("gb10-ebpf").canonicalize()?;
+    let root_dir = root_dir.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "gb10-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(toolchain.leak()),
+    )
+}
+
+fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    if !no_lint {
+        exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    exec(cargo().arg("test").args(cargo_args))?;
+    // The main job: the README's first command must keep working.
+    lab::run(true)?;
+    println!("xtask test: lint, every test and the lab smoke run passed");
+    Ok(())
+}

@@ -267,7 +267,11 @@ impl Lab {
     /// no address yet); returns (HTTP status, body).
     pub fn http(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
-        let ns = if self.client_addressed { &self.client } else { &self.server };
+        let ns = if self.client_addressed {
+            &self.client
+        } else {
+            &self.server
+        };
         let out = ns
             .cmd("curl")
             .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])

@@ -90,11 +90,13 @@ fn build_ebpf() -> anyhow::Result<()> {
     let out = root().join("target/ebpf");
     std::fs::create_dir_all(&out)?;
     let arch = std::env::consts::ARCH;
-    exec(Command::new(std::env::current_exe()?)
-        .args(["build-ebpf", "--inner"])
-        .env("OUT_DIR", &out)
-        .env("CARGO_CFG_TARGET_ENDIAN", "little")
-        .env("CARGO_CFG_TARGET_ARCH", arch))?;
+    exec(
+        Command::new(std::env::current_exe()?)
+            .args(["build-ebpf", "--inner"])
+            .env("OUT_DIR", &out)
+            .env("CARGO_CFG_TARGET_ENDIAN", "little")
+            .env("CARGO_CFG_TARGET_ARCH", arch),
+    )?;
     let object = out.join("gb10-ebpf");
     let size = std::fs::metadata(&object)
         .with_context(|| format!("{}", object.display()))?

@@ -71,10 +71,12 @@ fn apt(packages: &[&str]) -> anyhow::Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
     .with_context(|| format!("apt-get install {}", missing.join(" ")))
 }
 
@@ -119,9 +121,11 @@ fn link_toolchain() -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     }
-    exec(Command::new("rustup")
-        .args(["toolchain", "link", ebpf_toolchain::LINKED_TOOLCHAIN])
-        .arg(&dir))?;
+    exec(
+        Command::new("rustup")
+            .args(["toolchain", "link", ebpf_toolchain::LINKED_TOOLCHAIN])
+            .arg(&dir),
+    )?;
     if !ebpf_toolchain::has_rust_src(ebpf_toolchain::LINKED_TOOLCHAIN) {
         bail!(
             "the linked `gb10-ebpf` toolchain has no core sources at /usr/lib/rustlib/src/rust/library: \

@@ -3,7 +3,11 @@
 //! SIGTERM, and the `--xdp` modes with and without CAP_BPF.
 use std::{process::Command, thread::sleep, time::Duration};
 
-use gb10_lab::{Lab, RawSender, format_mac, frames, require_root, require_tool, run};
+use gb10_lab::{
+    Lab, RawSender, format_mac,
+    frames::{self, End},
+    require_root, require_tool, run,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
 
@@ -49,11 +53,8 @@ fn counts_dhcp_and_tftp_per_client_mac_exactly() {
     }
     for i in 0..m {
         sender.send(&frames::tftp_rrq(
-            tftp_mac,
-            server_mac,
-            [198, 18, 0, 2],
-            [198, 18, 0, 1],
-            40_000 + i as u16,
+            End::new(tftp_mac, [198, 18, 0, 2], 40_000 + i as u16),
+            End::new(server_mac, [198, 18, 0, 1], 69),
             "pxelinux.0",
         ));
     }
@@ -114,12 +115,8 @@ fn malformed_frames_are_counted_and_harmless() {
     // A frame with IPv4 options (IHL 6) is well-formed: counted as DHCP, not malformed.
     let payload = frames::dhcp_payload(mac, 9, 1, &[]);
     sender.send(&frames::udp_frame(
-        mac,
-        frames::BROADCAST,
-        [0; 4],
-        [255; 4],
-        68,
-        67,
+        frames::dhcp_client(mac),
+        frames::DHCP_BROADCAST,
         &[1, 1, 1, 0],
         &payload,
     ));

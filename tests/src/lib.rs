@@ -41,6 +41,12 @@ pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
     found
 }
 
+/// Prints a SKIP line straight to stderr: the test harness captures `eprintln!` of
+/// passing tests, and a skip must be seen.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A short id unique within this machine for the life of the test process.

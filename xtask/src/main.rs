@@ -129,9 +129,55 @@ fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
         exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
         exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    exec(cargo().arg("test").args(cargo_args))?;
-    // The main job: the README's first command must keep working.
-    lab::run(true)?;
-    println!("xtask test: lint, every test and the lab smoke run passed");
+    let (passed, failed) = cargo_test(cargo_args)?;
+    if failed == 0 {
+        // The main job: the README's first command must keep working.
+        lab::run(true)?;
+    }
+    // The closing line, last: cargo's own final `test result` belongs to whichever binary
+    // ran last, often an empty doctest run.
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result` lines.
+fn cargo_test(cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cargo()
+        .arg("test")
+        .args(cargo_args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed ({status}) before running every test");
+    }
+    Ok((passed, failed))
 }

@@ -91,6 +91,10 @@ pub struct RawConfig {
     /// TCP port of the HTTP service on the LAN address (default 80).
     #[arg(long, env = "GB10_HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// Port of the health listener on 127.0.0.1 (`/healthz`, `/livez`, `/metrics`), for
+    /// probes that must answer while the LAN has no address; 0 turns it off (default 9180).
+    #[arg(long, env = "GB10_HEALTH_PORT")]
+    pub health_port: Option<u16>,
     /// Subnet (CIDR) of the site network proxy-DHCP serves; proxy mode only.
     #[arg(long, env = "GB10_PROXY_SUBNET")]
     pub proxy_subnet: Option<String>,
@@ -144,6 +148,7 @@ impl RawConfig {
             mode,
             data_path,
             http_port,
+            health_port,
             proxy_subnet,
             dhcp: RawDhcp { range, lease_time },
             xdp: RawXdp { mode: xdp_mode },
@@ -154,6 +159,7 @@ impl RawConfig {
             mode: mode.or(self.mode),
             data_path: data_path.or(self.data_path),
             http_port: http_port.or(self.http_port),
+            health_port: health_port.or(self.health_port),
             proxy_subnet: proxy_subnet.or(self.proxy_subnet),
             dhcp: RawDhcp {
                 range: range.or(self.dhcp.range),
@@ -172,6 +178,8 @@ pub const DEFAULT_LAN_IP: &str = "10.88.0.1/24";
 pub const DEFAULT_DATA_PATH: &str = "/data/provision";
 /// Default HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 80;
+/// Default port of the loopback health listener.
+pub const DEFAULT_HEALTH_PORT: u16 = 9180;
 /// Default lease duration.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -184,6 +192,8 @@ pub struct Config {
     pub mode: Mode,
     pub data_path: PathBuf,
     pub http_port: u16,
+    /// 0 = no health listener.
+    pub health_port: u16,
     pub proxy_subnet: Option<Ipv4Net>,
     pub dhcp: DhcpConfig,
     pub xdp: XdpMode,
@@ -207,6 +217,7 @@ impl TryFrom<RawConfig> for Config {
             mode,
             data_path,
             http_port,
+            health_port,
             proxy_subnet,
             dhcp: RawDhcp { range, lease_time },
             xdp: RawXdp { mode: xdp },
@@ -271,6 +282,7 @@ impl TryFrom<RawConfig> for Config {
             mode: mode.unwrap_or_default(),
             data_path: data_path.unwrap_or_else(|| DEFAULT_DATA_PATH.into()),
             http_port: http_port.unwrap_or(DEFAULT_HTTP_PORT),
+            health_port: health_port.unwrap_or(DEFAULT_HEALTH_PORT),
             proxy_subnet,
             dhcp: DhcpConfig { range, lease_time },
             xdp: xdp.unwrap_or_default(),

@@ -1,11 +1,8 @@
 //! `serve`: attaches XDP, starts every service on the LAN address, and shuts down on
 //! SIGTERM/SIGINT, detaching the program.
-use std::{
-    ffi::CString,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -16,6 +13,7 @@ use crate::{
     http,
     inventory::Inventory,
     lan::LanAddr,
+    netlink::{LanState, LanWatcher},
     store::Store,
     xdp::LanXdp,
 };
@@ -33,6 +31,8 @@ pub struct Shared {
     pub clients: Clients,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
+    /// The address with the reason when there is none, for readiness.
+    pub lan_state: watch::Receiver<LanState>,
 }
 
 impl Shared {
@@ -47,20 +47,11 @@ impl Shared {
 
 /// Runs the daemon until a signal asks it to stop.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let iface = CString::new(config.lan_iface.as_str()).context("lan_iface")?;
-    // SAFETY: a plain libc call on a NUL-terminated string we own.
-    if unsafe { libc::if_nametoindex(iface.as_ptr()) } == 0 {
-        bail!(
-            "lan_iface `{}` does not exist; gb10-provision serves only that interface and \
-             never falls back to another",
-            config.lan_iface
-        );
-    }
+    // Fails when lan_iface does not exist: never a fallback to other interfaces.
+    let (watcher, lan_addr, lan_state) = LanWatcher::start(&config).await?;
     let store = Store::open(&config.data_path)?;
     let inventory = Inventory::load(&config.data_path)?;
     let xdp = attach_xdp(&config)?;
-    // TODO(#6): rtnetlink asserts/watches the address; until then it is the configured one.
-    let (_lan_tx, lan_addr) = watch::channel(Some(config.lan_ip.addr()));
     let shared = Arc::new(Shared {
         config,
         xdp,
@@ -68,6 +59,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         inventory: RwLock::new(Arc::new(inventory)),
         clients: Clients::default(),
         lan_addr,
+        lan_state,
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -79,7 +71,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "gb10-provision starting"
     );
     let mut tasks = JoinSet::new();
+    tasks.spawn({
+        let token = token.clone();
+        async move {
+            watcher.run(token).await;
+            Ok(())
+        }
+    });
     tasks.spawn(http::run(shared.clone(), token.clone()));
+    tasks.spawn(http::run_health(shared.clone(), token.clone()));
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -9,6 +9,7 @@ use axum::{
     routing::get,
 };
 
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -41,14 +42,52 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Serves `/healthz`, `/livez` and `/metrics` on 127.0.0.1:health_port, for probes that
+/// must work while the LAN has no address (proxy mode waiting for its lease). Loopback
+/// only: nothing is exposed beyond the host.
+pub async fn run_health(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
+    let port = shared.config.health_port;
+    if port == 0 {
+        return Ok(());
+    }
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/metrics", get(render_metrics))
+        .with_state(shared);
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        .await
+        .with_context(|| format!("binding the health listener to 127.0.0.1:{port}"))?;
+    info!(addr = %listener.local_addr()?, "health listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// Readiness: 200 while the LAN has an address, 503 with the reason while it has none.
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let lan = shared.lan_state.borrow().clone();
+    let ready = lan.addr.is_some();
     let body = serde_json::json!({
-        "status": "ok",
+        "ready": ready,
+        "reason": (!ready).then_some(lan.reason),
         "lan_iface": shared.config.lan_iface,
+        "lan_addr": lan.addr,
         "mode": shared.config.mode,
         "xdp_attached": shared.xdp.is_some(),
     });
-    (StatusCode::OK, axum::Json(body))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+/// Liveness: the process serves. A LAN without an address is not a reason to restart.
+async fn livez() -> &'static str {
+    "ok\n"
 }
 
 async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

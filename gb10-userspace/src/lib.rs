@@ -8,6 +8,7 @@ pub mod http;
 pub mod inventory;
 pub mod lan;
 pub mod metrics;
+pub mod netlink;
 pub mod store;
 pub mod xdp;
 

@@ -288,6 +288,21 @@ impl Lab {
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
+    /// `curl` of `http://IP:HTTP_PORT/PATH` from the client namespace with a short
+    /// timeout; (status, body), status 0 when nothing answered.
+    pub fn http_at(&self, ip: &str, path: &str) -> (u16, String) {
+        let url = format!("http://{ip}:{HTTP_PORT}{path}");
+        let out = self
+            .client
+            .cmd("curl")
+            .args(["-sS", "-m", "1", "-o", "-", "-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     /// The current `/metrics` text.
     #[track_caller]
     pub fn metrics(&self) -> Metrics {
@@ -435,6 +450,39 @@ impl Metrics {
     /// As [`Metrics::get`], 0 when absent.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes; how long it took.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process the test started that must not outlive it: SIGTERM, then SIGKILL, by PID.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's PID.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    clients::Clients,
+    clients::{self, Clients},
     config::{Config, XdpMode},
     http,
-    inventory::Inventory,
+    inventory::{self, Inventory},
     lan::LanAddr,
     store::Store,
+    templates::Templates,
     xdp::LanXdp,
 };
 
@@ -31,6 +32,8 @@ pub struct Shared {
     pub inventory: RwLock<Arc<Inventory>>,
     /// Where DHCP, TFTP and HTTP report what clients do.
     pub clients: Clients,
+    /// The seed templates; replaced whole, with the inventory, when files change.
+    pub templates: RwLock<Arc<Templates>>,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
 }
@@ -39,6 +42,14 @@ impl Shared {
     /// The inventory as it is now (a cheap clone of the Arc).
     pub fn inventory(&self) -> Arc<Inventory> {
         self.inventory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The templates as they are now.
+    pub fn templates(&self) -> Arc<Templates> {
+        self.templates
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -57,7 +68,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let store = Store::open(&config.data_path)?;
-    let inventory = Inventory::load(&config.data_path)?;
+    // Every seed renders for every host before anything is served (DESIGN: strict
+    // templating is checked at start-up).
+    let (inventory, templates) = inventory::load_checked(&config.data_path)?;
+    let clients = Clients::open(store.clone())?;
     let xdp = attach_xdp(&config)?;
     // TODO(#6): rtnetlink asserts/watches the address; until then it is the configured one.
     let (_lan_tx, lan_addr) = watch::channel(Some(config.lan_ip.addr()));
@@ -66,7 +80,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         xdp,
         store,
         inventory: RwLock::new(Arc::new(inventory)),
-        clients: Clients::default(),
+        clients,
+        templates: RwLock::new(Arc::new(templates)),
         lan_addr,
     });
     let token = CancellationToken::new();
@@ -80,6 +95,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let mut tasks = JoinSet::new();
     tasks.spawn(http::run(shared.clone(), token.clone()));
+    tasks.spawn({
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            clients::flush_loop(shared, token).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            inventory::watch(shared, token).await;
+            Ok(())
+        }
+    });
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

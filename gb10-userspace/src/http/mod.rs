@@ -1,14 +1,21 @@
-//! The HTTP service on `lan_ip:http_port`: one axum router.
-use std::sync::Arc;
+//! The HTTP service on `lan_ip:http_port`: one axum router for static files, seeds,
+//! client onboarding and metrics.
+mod api;
+mod seeds;
+pub mod static_files;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Router,
-    extract::State,
-    http::{StatusCode, header},
+    extract::{ConnectInfo, FromRequestParts, State},
+    http::{StatusCode, header, request::Parts},
     response::IntoResponse,
     routing::get,
 };
-
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -24,9 +31,12 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
         async move {
             let listener = TcpListener::bind((ip, port)).await?;
             info!(addr = %listener.local_addr()?, "HTTP listening");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
         }
     })
     .await;
@@ -38,7 +48,29 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
+        .merge(seeds::routes())
+        .merge(api::routes())
+        .fallback(static_files::serve)
         .with_state(shared)
+}
+
+/// The requester's IPv4 address (`None` when unknown, e.g. in-process tests).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub Option<Ipv4Addr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .and_then(|ConnectInfo(addr)| match addr.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            });
+        Ok(Self(ip))
+    }
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -57,6 +89,7 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
         let mut w = metrics::Writer::default();
         let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
         metrics::write_xdp(&mut w, snapshot.as_ref());
+        metrics::write_clients(&mut w, &shared.clients.counts());
         w.finish()
     })
     .await

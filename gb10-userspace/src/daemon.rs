@@ -68,9 +68,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let store = Store::open(&config.data_path)?;
-    // Every seed renders for every host before anything is served (DESIGN: strict
-    // templating is checked at start-up).
-    let (inventory, templates) = inventory::load_checked(&config.data_path)?;
+    // Strict templating is checked at start-up: a file that does not parse stops us, a
+    // seed that does not render for a host is logged (that host's requests get 500).
+    let (inventory, templates) = inventory::load_all(&config.data_path)?;
+    inventory::check_logged(&inventory, &templates);
     let clients = Clients::open(store.clone())?;
     let xdp = attach_xdp(&config)?;
     // TODO(#6): rtnetlink asserts/watches the address; until then it is the configured one.

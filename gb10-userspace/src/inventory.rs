@@ -337,15 +337,24 @@ fn fingerprint(data_path: &Path) -> Vec<(std::path::PathBuf, Option<std::time::S
         .collect()
 }
 
-/// Loads the inventory and templates and renders every seed for every host: the pair is
-/// only usable when all of it works.
-pub fn load_checked(
-    data_path: &Path,
-) -> Result<(Inventory, crate::templates::Templates), ReloadError> {
+/// Loads the inventory and the templates. Either failing to parse is refused (a reload
+/// keeps what serves now); a seed that does not render for some host is only logged, by
+/// [`check_logged`], so one host's missing variable never blocks the others.
+pub fn load_all(data_path: &Path) -> Result<(Inventory, crate::templates::Templates), ReloadError> {
     let inventory = Inventory::load(data_path)?;
     let templates = crate::templates::Templates::load(data_path)?;
-    crate::templates::check_all(&templates, &inventory)?;
     Ok((inventory, templates))
+}
+
+/// Renders every seed for every host and logs the first failure, naming file, line,
+/// template and variable: requests for that seed will get a 500 until it is fixed.
+pub fn check_logged(inventory: &Inventory, templates: &crate::templates::Templates) {
+    if let Err(err) = crate::templates::check_all(templates, inventory) {
+        tracing::error!(
+            error = %crate::error_chain(&err),
+            "a seed does not render; requests for it get 500 until the inventory or template is fixed"
+        );
+    }
 }
 
 /// Why a reload was refused.
@@ -379,7 +388,11 @@ pub async fn watch(
         }
         last = now;
         let dp = data_path.clone();
-        match tokio::task::spawn_blocking(move || load_checked(&dp)).await {
+        match tokio::task::spawn_blocking(move || {
+            load_all(&dp).inspect(|(inv, templates)| check_logged(inv, templates))
+        })
+        .await
+        {
             Ok(Ok((inventory, templates))) => {
                 tracing::info!(
                     hosts = inventory.hosts.len(),

@@ -154,6 +154,7 @@ impl Templates {
                 .build()
                 .expect("default delimiters"),
         );
+        env.add_filter("tojson", strict_tojson);
         env.add_filter("grub_path", grub_path);
         env.add_filter("grub_words", grub_words);
         let mut files = BTreeMap::new();
@@ -194,6 +195,41 @@ impl Templates {
             .render_str(source, ctx)
             .map_err(|e| describe(&e, what, what))
     }
+}
+
+/// The variable an undefined error points at. The span is the variable itself, or, when
+/// a filter refused it (`password_hash | tojson`), the filter: then the variable is the
+/// name before the `|`.
+fn undefined_name(src: &str, range: std::ops::Range<usize>) -> Option<String> {
+    let before = src.get(..range.start)?.trim_end();
+    let name = match before.strip_suffix('|') {
+        Some(expr) => {
+            let expr = expr.trim_end();
+            let start = expr
+                .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                .map_or(0, |i| i + 1);
+            &expr[start..]
+        }
+        None => src.get(range)?.trim(),
+    };
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// minijinja's `tojson`, except that an undefined value is an error: strict mode lets
+/// filters see undefined values, and the built-in would quietly write `null` where a
+/// required variable (a password hash) is missing.
+fn strict_tojson(
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    if value.is_undefined() {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::UndefinedError,
+            "undefined value passed to tojson",
+        ));
+    }
+    minijinja::filters::tojson(value, indent, kwargs)
 }
 
 /// `http://host[:port]/path` as GRUB's `(http,host[:port])/path`; other text unchanged.
@@ -240,17 +276,20 @@ pub fn override_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
 /// variable, which is the source text the error points at.
 fn describe(err: &minijinja::Error, template: &str, file: &str) -> TemplateError {
     let line = err.line().unwrap_or(0);
-    let snippet = err
-        .template_source()
-        .zip(err.range())
+    let source_range = err.template_source().zip(err.range());
+    let snippet = source_range
+        .clone()
         .and_then(|(src, range)| src.get(range))
         .map(|s| s.trim().to_owned());
     if err.kind() == minijinja::ErrorKind::UndefinedError {
+        let variable = source_range
+            .and_then(|(src, range)| undefined_name(src, range))
+            .unwrap_or_else(|| "?".into());
         return TemplateError::Undefined {
             file: file.to_owned(),
             line,
             template: template.to_owned(),
-            variable: snippet.unwrap_or_else(|| "?".into()),
+            variable,
         };
     }
     let mut reason = err.kind().to_string();
@@ -499,6 +538,27 @@ mod tests {
         assert!(err.contains("/tmp/x.j2:2"), "{err}");
         assert!(err.contains("`disk_path`"), "{err}");
         assert!(err.contains("x.j2"), "{err}");
+    }
+
+    #[test]
+    fn tojson_of_undefined_is_an_error() {
+        let t = Templates::from_sources([(
+            "y.j2".to_owned(),
+            "y.j2".to_owned(),
+            "a: {{ password_hash | tojson }}\nb: {{ maybe | default([]) | tojson }}\n".to_owned(),
+        )])
+        .unwrap();
+        let empty = Value::from(BTreeMap::<String, Value>::new());
+        let err = t.render("y.j2", &empty).unwrap_err().to_string();
+        assert!(
+            err.contains("y.j2:1") && err.contains("`password_hash`"),
+            "{err}"
+        );
+        let ctx = Value::from(BTreeMap::from([(
+            "password_hash".to_owned(),
+            Value::from("x"),
+        )]));
+        assert_eq!(t.render("y.j2", &ctx).unwrap(), "a: \"x\"\nb: []\n");
     }
 
     #[test]

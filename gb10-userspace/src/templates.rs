@@ -53,6 +53,8 @@ pub const RESERVED: &[&str] = &[
     "profile",
     "kernel_url",
     "initrd_url",
+    "kernel_path",
+    "initrd_path",
     "cmdline",
     "seed",
     "seed_url",
@@ -87,6 +89,11 @@ pub enum TemplateError {
     },
     #[error("no template named `{0}`")]
     Unknown(String),
+    #[error("host `{host}`: {error}")]
+    ForHost {
+        host: String,
+        error: Box<TemplateError>,
+    },
 }
 
 /// The template set: built-ins with overrides laid over them.
@@ -148,6 +155,9 @@ impl Templates {
     ) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // minijinja would JSON-escape `*.yaml.j2` output by name; seeds quote what they
+        // mean to quote (`| tojson`) and print the rest as is.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
                 .keep_trailing_newline(true)
@@ -444,9 +454,11 @@ pub fn host_context(
         }
         if let Some(k) = &p.kernel {
             set("kernel_url", Value::from(url_for(server, k)));
+            set("kernel_path", Value::from(k.trim_start_matches('/')));
         }
         if let Some(i) = &p.initrd {
             set("initrd_url", Value::from(url_for(server, i)));
+            set("initrd_path", Value::from(i.trim_start_matches('/')));
         }
         if let Some(cmdline) = &p.cmdline {
             let partial = Value::from(ctx.clone());
@@ -504,10 +516,18 @@ pub fn check_all(templates: &Templates, inv: &Inventory) -> Result<usize, Templa
         let seed = inv
             .profile_for(Some(host))
             .and_then(|(_, p)| p.seed.as_deref());
+        let for_host = |error| TemplateError::ForHost {
+            host: match &host.hostname {
+                Some(name) => format!("{name} ({})", host.mac),
+                None => host.mac.to_string(),
+            },
+            error: Box::new(error),
+        };
         for installed in [false, true] {
-            let ctx = host_context(templates, inv, host.mac, Some(host), &server, installed)?;
+            let ctx = host_context(templates, inv, host.mac, Some(host), &server, installed)
+                .map_err(for_host)?;
             for name in templates_for(seed) {
-                templates.render(name, &ctx)?;
+                templates.render(name, &ctx).map_err(for_host)?;
                 rendered += 1;
             }
         }

@@ -78,6 +78,20 @@ assert c["controlPlane"]["endpoint"].startswith("https://")
 assert c["clusterName"] and c["token"] and c["ca"]["crt"]
 "#;
 
+/// The autoinstall seed, as subiquity reads it: commands are whole strings that name the
+/// server the request came to.
+const PY_AUTOINSTALL: &str = r#"
+import sys, yaml
+d = yaml.safe_load(open(sys.argv[1]))["autoinstall"]
+assert d["version"] == 1
+assert d["identity"]["password"].startswith("$6$"), d["identity"]
+late = d["late-commands"]
+assert late[0] == "mkdir -p /target/etc/gb10 && echo 198.18.0.1:8080 > /target/etc/gb10/provisioning-server", late[0]
+assert late[1].endswith("'http://198.18.0.1:8080/onboard.service?mac=02:00:00:00:01:01'"), late[1]
+assert any("phase=installed http://198.18.0.1:8080/heartbeat" in c for c in late), late
+assert d["storage"]["layout"]["match"]["path"] == "/dev/nvme0n1"
+"#;
+
 const PY_YAML: &str = r#"
 import sys, yaml
 d = yaml.safe_load(open(sys.argv[1]))
@@ -138,6 +152,15 @@ fn builtin_seeds_pass_their_checkers() {
             match *name {
                 "user-data.j2" | "autoinstall.j2" | "vendor-data.j2" => {
                     assert!(text.starts_with("#cloud-config\n"), "{name}: {text}");
+                    if *name == "autoinstall.j2" {
+                        must_pass(
+                            Command::new("python3")
+                                .args(["-c", PY_AUTOINSTALL])
+                                .arg(&file),
+                            "autoinstall shape",
+                            &file,
+                        );
+                    }
                     must_pass(
                         Command::new("cloud-init")
                             .args(["schema", "--config-file"])
@@ -161,11 +184,15 @@ fn builtin_seeds_pass_their_checkers() {
                     "Proxmox answer keys",
                     &file,
                 ),
-                "talos.yaml.j2" => must_pass(
-                    Command::new("python3").args(["-c", PY_TALOS]).arg(&file),
-                    "Talos config keys",
-                    &file,
-                ),
+                "talos.yaml.j2" => {
+                    // Printed as is: no escaping by file name.
+                    assert!(text.contains(" for talos-"), "{text}");
+                    must_pass(
+                        Command::new("python3").args(["-c", PY_TALOS]).arg(&file),
+                        "Talos config keys",
+                        &file,
+                    )
+                }
                 "boot.ipxe.j2" | "ipxe-host.j2" => {
                     assert!(text.starts_with("#!ipxe\n"), "{name}: {text}");
                     assert!(text.contains("exit"), "{name} has no local-disk exit");
@@ -596,6 +623,23 @@ fn seeds_owner_check_missing_variable_and_reload() {
         .0 == 200
     });
     assert!(ok, "fixed inventory not picked up\n{}", daemon.log());
+    // The Proxmox installer's single URL: the host is told by the MACs it posts.
+    let sysinfo = r#"{"product":{"product":"pve"},"network_interfaces":[{"link":"eno1","mac":"02:00:00:00:01:03"}]}"#;
+    let post = ["-H", "Content-Type: application/json", "-d", sysinfo];
+    let (code, body, ctype) = curl(
+        &lab,
+        &[&["--interface", "198.18.0.4"], &post[..]].concat(),
+        "/proxmox/answer",
+    );
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!((code, ctype.as_str()), (200, "application/toml"), "{text}");
+    assert!(text.contains("fqdn = \"pve-1.lan\""), "{text}");
+    let (code, _, _) = curl(
+        &lab,
+        &[&["--interface", "198.18.0.3"], &post[..]].concat(),
+        "/proxmox/answer",
+    );
+    assert_eq!(code, 403, "pve-1's answer from deb-1's address");
     // A broken edit keeps the previous inventory and logs file:line.
     std::fs::write(
         data.join("inventory.toml"),

@@ -4,6 +4,8 @@ mod api;
 mod seeds;
 pub mod static_files;
 
+pub use seeds::{render_for, tftp_script};
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -101,4 +103,63 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
         )],
         text,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::{
+        clients::Clients,
+        config::{Config, RawConfig},
+        inventory::Inventory,
+        store::Store,
+        templates::Templates,
+    };
+
+    /// A daemon state without sockets, for calling handlers' helpers directly.
+    fn shared(inventory: &str) -> Arc<Shared> {
+        let config = Config::try_from(RawConfig {
+            lan_iface: Some("lo".into()),
+            lan_ip: Some("198.18.0.1/24".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let inv = Inventory::parse(std::path::Path::new("inventory.toml"), inventory).unwrap();
+        let (_tx, lan_addr) = tokio::sync::watch::channel(Some(Ipv4Addr::new(198, 18, 0, 1)));
+        Arc::new(Shared {
+            config,
+            xdp: None,
+            store: Store::in_memory(),
+            inventory: RwLock::new(Arc::new(inv)),
+            clients: Clients::default(),
+            templates: RwLock::new(Arc::new(Templates::builtin())),
+            lan_addr,
+        })
+    }
+
+    #[test]
+    fn grub_scripts_over_tftp() {
+        let shared = shared(
+            "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\ncmdline = \"ds=nocloud;s={{ seed_url }}\"\n\
+             [[hosts]]\nmac = \"02:00:00:00:00:01\"\nhostname = \"h1\"\nprofile = \"deb\"\n",
+        );
+        let ip = Ipv4Addr::new(198, 18, 0, 1);
+        let cfg = tftp_script(&shared, "/grub/grub.cfg", ip).unwrap().unwrap();
+        assert!(cfg.contains("${net_default_mac}"), "{cfg}");
+        let host = tftp_script(&shared, "grub/hosts/02:00:00:00:00:01.cfg", ip)
+            .unwrap()
+            .unwrap();
+        assert!(
+            host.contains("linux (http,198.18.0.1)/d/linux 'ds=nocloud;s=http://198.18.0.1/cloud-init/02:00:00:00:00:01/'"),
+            "{host}"
+        );
+        assert!(tftp_script(&shared, "grub/x86_64-efi/normal.mod", ip).is_none());
+        let mac = "02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(
+            shared.clients.state(mac),
+            Some(crate::clients::ClientState::PxeBooted)
+        );
+    }
 }

@@ -31,6 +31,9 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/cloud-init/{mac}/{file}", get(cloud_init))
         // The Proxmox installer POSTs its system information to the answer URL.
         .route("/proxmox/{mac}/answer.toml", get(proxmox).post(proxmox))
+        // The installer's one fetch URL for every machine: the host is told by the MACs
+        // in the system information it posts.
+        .route("/proxmox/answer", axum::routing::post(proxmox_by_body))
         .route("/talos/{mac}/config.yaml", get(talos))
         .route("/onboard.service", get(onboard))
 }
@@ -72,6 +75,64 @@ fn is_owner(shared: &Shared, mac: Mac, peer: Option<Ipv4Addr>) -> bool {
     fixed == Some(peer) || leased == Some(peer)
 }
 
+/// Renders `template` for `mac` (`None`: the global scripts) with the current inventory,
+/// templates and client state.
+pub fn render_for(
+    shared: &Shared,
+    mac: Option<Mac>,
+    server: &Server,
+    template: &str,
+) -> Result<String, templates::TemplateError> {
+    let inv = shared.inventory();
+    let installed = mac
+        .and_then(|m| shared.clients.state(m))
+        .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded));
+    let templates = shared.templates();
+    let ctx = templates::host_context(
+        &templates,
+        &inv,
+        mac.unwrap_or(Mac([0; 6])),
+        mac.and_then(|m| inv.host(m)),
+        server,
+        installed,
+    )?;
+    templates.render(template, &ctx)
+}
+
+/// The boot-loader scripts Debian's network GRUB reads over TFTP (its prefix is
+/// `(tftp,<server>)/grub`): `grub/grub.cfg` and `grub/hosts/<mac>.cfg`, rendered as over
+/// HTTP. `None` for any other path (the TFTP root serves it); `server_ip` is the address
+/// the request reached. Records the fetch for per-host configs.
+pub fn tftp_script(
+    shared: &Shared,
+    path: &str,
+    server_ip: Ipv4Addr,
+) -> Option<Result<String, templates::TemplateError>> {
+    let path = path.trim_start_matches('/');
+    let server = Server {
+        host: server_ip.to_string(),
+        port: shared.config.http_port,
+    };
+    if path == "grub/grub.cfg" {
+        return Some(render_for(shared, None, &server, "grub.cfg.j2"));
+    }
+    let mac: Mac = path
+        .strip_prefix("grub/hosts/")?
+        .strip_suffix(".cfg")?
+        .parse()
+        .ok()?;
+    let rendered = render_for(shared, Some(mac), &server, "grub-host.j2");
+    if rendered.is_ok() {
+        shared.clients.record(
+            mac,
+            ClientEvent::BootFile {
+                path: format!("tftp:/{path}"),
+            },
+        );
+    }
+    Some(rendered)
+}
+
 /// Renders `seed` for `mac` (`None`: the global scripts) and records what was served.
 #[instrument(skip_all, fields(mac = %mac.map_or_else(|| "-".into(), |m| m.to_string()), template = seed.template))]
 fn render(
@@ -81,8 +142,6 @@ fn render(
     headers: &HeaderMap,
     seed: Seed<'_>,
 ) -> Response {
-    let inv = shared.inventory();
-    let host = mac.and_then(|m| inv.host(m));
     if let Some(mac) = mac
         && seed.owner_only
         && shared.config.http.seed_owner_check
@@ -94,21 +153,8 @@ fn render(
             "this seed belongs to another host's address\n",
         );
     }
-    let installed = mac
-        .and_then(|m| shared.clients.state(m))
-        .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded));
     let server = server(shared, headers);
-    let templates = shared.templates();
-    let rendered = templates::host_context(
-        &templates,
-        &inv,
-        mac.unwrap_or(Mac([0; 6])),
-        host,
-        &server,
-        installed,
-    )
-    .and_then(|ctx| templates.render(seed.template, &ctx));
-    match rendered {
+    match render_for(shared, mac, &server, seed.template) {
         Ok(body) => {
             if let (Some(mac), Some(event)) = (mac, seed.event) {
                 shared.clients.record(mac, event);
@@ -336,6 +382,39 @@ async fn proxmox(
     headers: HeaderMap,
 ) -> Response {
     kind_seed(&shared, &mac, &PROXMOX, peer, &headers)
+}
+
+/// `POST /proxmox/answer`: the Proxmox installer's system information names its NICs
+/// (`network_interfaces[].mac`); the first that is an inventory host picks the answer,
+/// else the requester's address does.
+async fn proxmox_by_body(
+    State(shared): State<Arc<Shared>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let info: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let inv = shared.inventory();
+    let from_body = info["network_interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|nic| nic["mac"].as_str()?.parse::<Mac>().ok())
+        .find(|mac| inv.host(*mac).is_some());
+    let mac = from_body.or_else(|| {
+        peer.0.and_then(|ip| {
+            inv.host_by_ip(ip)
+                .map(|h| h.mac)
+                .or_else(|| shared.clients.mac_by_lease(ip))
+        })
+    });
+    let Some(mac) = mac else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no inventory host among the posted network interfaces or this address\n",
+        );
+    };
+    kind_seed(&shared, &mac.to_string(), &PROXMOX, peer, &headers)
 }
 
 async fn talos(

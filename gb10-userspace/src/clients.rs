@@ -22,6 +22,10 @@ const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 /// heartbeats for months cannot grow its record without bound.
 pub const TIMELINE_LIMIT: usize = 200;
 
+/// Clients remembered at most. Heartbeats are unauthenticated, so without a bound anyone
+/// on the LAN could grow the store with made-up MACs; past it, new MACs are not recorded.
+pub const CLIENT_LIMIT: usize = 65_536;
+
 /// Why client state could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientsError {
@@ -223,6 +227,10 @@ impl Clients {
     pub fn record(&self, mac: Mac, event: ClientEvent) {
         let at_ms = now_ms();
         let mut inner = self.lock();
+        if inner.records.len() >= CLIENT_LIMIT && !inner.records.contains_key(&mac) {
+            warn!(%mac, limit = CLIENT_LIMIT, ?event, "client table full; event not recorded");
+            return;
+        }
         let existing = inner.records.get(&mac).map(|r| r.state);
         let state = ClientState::after(existing, &event).unwrap_or(ClientState::Discovered);
         let record = inner.records.entry(mac).or_insert_with(|| ClientRecord {

@@ -126,7 +126,8 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
     let headers = req.headers();
     if meta.is_dir() {
         if !raw.ends_with('/') {
-            return redirect(&format!("{raw}/"));
+            // One leading slash: `//host/dir` would redirect to another site.
+            return redirect(&format!("/{}/", raw.trim_start_matches('/')));
         }
         let index = real.join("index.html");
         if let Ok(index_meta) = tokio::fs::metadata(&index).await

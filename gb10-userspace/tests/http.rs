@@ -698,10 +698,16 @@ fn heartbeats_move_client_state_and_survive_restart() {
     let data = lab.dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("inventory.toml"), SAMPLE).unwrap();
+    std::fs::create_dir_all(data.join("www/casper")).unwrap();
+    std::fs::write(data.join("www/casper/vmlinuz"), "kernel").unwrap();
     let mac = "02:00:00:00:01:01";
     let mut daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
 
-    // The boot script and seed fetches are events too.
+    // Fetching the profile's kernel, the boot script and the seed are events too.
+    assert_eq!(lab.http("/casper/vmlinuz").0, 200);
+    let (_, record) = lab.http(&format!("/clients/{mac}"));
+    assert!(record.contains(r#""event":"kernel""#), "{record}");
+    assert_eq!(client_state(&lab, mac).0, "pxe_booted");
     assert_eq!(lab.http(&format!("/ipxe/{mac}")).0, 200);
     assert_eq!(client_state(&lab, mac).0, "pxe_booted");
     assert_eq!(lab.http(&format!("/cloud-init/{mac}/user-data")).0, 200);

@@ -140,6 +140,31 @@ mod tests {
     }
 
     #[test]
+    fn owner_is_the_fixed_ip_or_the_lease() {
+        let shared = shared(
+            "[[hosts]]\nmac = \"02:00:00:00:00:01\"\nip = \"198.18.0.10\"\n\
+             [[hosts]]\nmac = \"02:00:00:00:00:02\"\n",
+        );
+        let (a, b) = (
+            "02:00:00:00:00:01".parse().unwrap(),
+            "02:00:00:00:00:02".parse().unwrap(),
+        );
+        let ip = |last| Some(Ipv4Addr::new(198, 18, 0, last));
+        assert!(seeds::is_owner(&shared, a, ip(10)));
+        assert!(!seeds::is_owner(&shared, a, ip(11)));
+        assert!(!seeds::is_owner(&shared, b, ip(11)));
+        assert!(!seeds::is_owner(&shared, b, None));
+        shared.clients.record(
+            b,
+            crate::clients::ClientEvent::Leased {
+                ip: Ipv4Addr::new(198, 18, 0, 11),
+            },
+        );
+        assert!(seeds::is_owner(&shared, b, ip(11)));
+        assert!(!seeds::is_owner(&shared, a, ip(11)));
+    }
+
+    #[test]
     fn grub_scripts_over_tftp() {
         let shared = shared(
             "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\ncmdline = \"ds=nocloud;s={{ seed_url }}\"\n\

@@ -68,7 +68,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 }
 
 /// Whether `peer` may fetch `mac`'s seed: it is the host's fixed IP or its current lease.
-fn is_owner(shared: &Shared, mac: Mac, peer: Option<Ipv4Addr>) -> bool {
+pub(super) fn is_owner(shared: &Shared, mac: Mac, peer: Option<Ipv4Addr>) -> bool {
     let Some(peer) = peer else { return false };
     let fixed = shared.inventory().host(mac).and_then(|h| h.ip);
     let leased = shared.clients.get(mac).and_then(|r| r.lease_ip);

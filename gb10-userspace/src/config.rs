@@ -104,6 +104,73 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(default)]
     pub xdp: RawXdp,
+    #[command(flatten)]
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[http]`: static mounts and seed delivery.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Extra static directories by URL prefix, beside `data_path/www` at `/`. In the file a
+    /// table (`mounts = { "/repos/" = "/data/provision/repos" }`); as flags
+    /// `--http-mount /repos/=/data/provision/repos` (repeatable); in the environment
+    /// `GB10_HTTP_MOUNTS=/repos/=/a,/hf/=/b`. Flags or env replace the file's table whole.
+    #[arg(
+        id = "http_mounts",
+        long = "http-mount",
+        env = "GB10_HTTP_MOUNTS",
+        value_delimiter = ',',
+        value_name = "PREFIX=DIR"
+    )]
+    #[serde(default, with = "mount_table")]
+    pub mounts: Vec<Mount>,
+    /// Serve a host's seed only to the host's fixed IP or DHCP lease (default true). Turn
+    /// off only in labs where clients reach the server through NAT or static addresses.
+    #[arg(long = "seed-owner-check", env = "GB10_HTTP_SEED_OWNER_CHECK")]
+    pub seed_owner_check: Option<bool>,
+}
+
+/// One `PREFIX=DIR` static mount as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub prefix: String,
+    pub dir: PathBuf,
+}
+
+impl std::str::FromStr for Mount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (prefix, dir) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}`: write PREFIX=DIR, like /repos/=/data/provision/repos")
+        })?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            dir: dir.into(),
+        })
+    }
+}
+
+/// `[http] mounts` as a TOML table of prefix → directory.
+mod mount_table {
+    use std::{collections::BTreeMap, path::PathBuf};
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use super::Mount;
+
+    pub fn serialize<S: Serializer>(mounts: &[Mount], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(mounts.iter().map(|m| (&m.prefix, &m.dir)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Mount>, D::Error> {
+        let table = BTreeMap::<String, PathBuf>::deserialize(d)?;
+        Ok(table
+            .into_iter()
+            .map(|(prefix, dir)| Mount { prefix, dir })
+            .collect())
+    }
 }
 
 /// `[dhcp]`: the direct-mode DHCP server.
@@ -152,6 +219,10 @@ impl RawConfig {
             proxy_subnet,
             dhcp: RawDhcp { range, lease_time },
             xdp: RawXdp { mode: xdp_mode },
+            http: RawHttp {
+                mounts,
+                seed_owner_check,
+            },
         } = over;
         RawConfig {
             lan_iface: lan_iface.or(self.lan_iface),
@@ -167,6 +238,14 @@ impl RawConfig {
             },
             xdp: RawXdp {
                 mode: xdp_mode.or(self.xdp.mode),
+            },
+            http: RawHttp {
+                mounts: if mounts.is_empty() {
+                    self.http.mounts
+                } else {
+                    mounts
+                },
+                seed_owner_check: seed_owner_check.or(self.http.seed_owner_check),
             },
         }
     }
@@ -197,6 +276,15 @@ pub struct Config {
     pub proxy_subnet: Option<Ipv4Net>,
     pub dhcp: DhcpConfig,
     pub xdp: XdpMode,
+    pub http: HttpConfig,
+}
+
+/// Validated `[http]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// URL prefix (starting and ending with `/`) → directory, longest prefix first.
+    pub mounts: Vec<(String, PathBuf)>,
+    pub seed_owner_check: bool,
 }
 
 /// Validated `[dhcp]`.
@@ -221,6 +309,10 @@ impl TryFrom<RawConfig> for Config {
             proxy_subnet,
             dhcp: RawDhcp { range, lease_time },
             xdp: RawXdp { mode: xdp },
+            http: RawHttp {
+                mounts,
+                seed_owner_check,
+            },
         } = raw;
         let lan_iface = lan_iface
             .filter(|s| !s.is_empty())
@@ -286,8 +378,47 @@ impl TryFrom<RawConfig> for Config {
             proxy_subnet,
             dhcp: DhcpConfig { range, lease_time },
             xdp: xdp.unwrap_or_default(),
+            http: HttpConfig {
+                mounts: validate_mounts(mounts)?,
+                seed_owner_check: seed_owner_check.unwrap_or(true),
+            },
         })
     }
+}
+
+fn validate_mounts(mounts: Vec<Mount>) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let mut out: Vec<(String, PathBuf)> = Vec::with_capacity(mounts.len());
+    for Mount { prefix, dir } in mounts {
+        let bad = |reason: &str| {
+            invalid(
+                "http.mounts",
+                &format!("{prefix}={}", dir.display()),
+                reason,
+            )
+        };
+        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix == "/" {
+            return Err(bad(
+                "the prefix must start and end with `/`, like /repos/ (`/` is data_path/www)",
+            ));
+        }
+        if prefix.split('/').any(|seg| seg == ".." || seg == ".")
+            || prefix.contains(['\\', '%', '\0', '?', '#'])
+        {
+            return Err(bad(
+                "the prefix may not hold `.`/`..` segments, `\\`, `%`, `?` or `#`",
+            ));
+        }
+        if !dir.is_absolute() {
+            return Err(bad("the directory must be an absolute path"));
+        }
+        if out.iter().any(|(p, _)| *p == prefix) {
+            return Err(bad("the prefix is mounted twice"));
+        }
+        out.push((prefix, dir));
+    }
+    // Longest prefix first, so /repos/debian/ wins over /repos/.
+    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    Ok(out)
 }
 
 fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -411,6 +542,32 @@ mod tests {
         assert!(Config::try_from(r.clone()).is_err());
         r.dhcp.range = Some("198.18.0.10-198.18.0.20".into());
         assert!(Config::try_from(r).is_ok());
+    }
+
+    #[test]
+    fn http_mounts_from_file_and_flags() {
+        let file = raw(
+            "lan_iface = \"eth1\"\n[http]\nseed_owner_check = false\nmounts = { \"/repos/\" = \"/srv/repos\", \"/repos/deb/\" = \"/srv/deb\" }\n",
+        )
+        .unwrap();
+        let cfg = Config::try_from(file.clone().overlay(RawConfig::default())).unwrap();
+        assert!(!cfg.http.seed_owner_check);
+        assert_eq!(
+            cfg.http.mounts[0],
+            ("/repos/deb/".into(), "/srv/deb".into())
+        );
+        let flags = RawConfig {
+            http: RawHttp {
+                mounts: vec!["/hf/=/srv/hf".parse().unwrap()],
+                seed_owner_check: None,
+            },
+            ..Default::default()
+        };
+        let cfg = Config::try_from(file.overlay(flags)).unwrap();
+        assert_eq!(cfg.http.mounts, vec![("/hf/".into(), "/srv/hf".into())]);
+        let bad = raw("lan_iface = \"eth1\"\n[http]\nmounts = { \"/../\" = \"/x\" }\n").unwrap();
+        let err = Config::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("http.mounts"), "{err}");
     }
 
     #[test]

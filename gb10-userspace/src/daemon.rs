@@ -8,13 +8,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    clients::Clients,
+    clients::{self, Clients},
     config::{Config, XdpMode},
     http,
-    inventory::Inventory,
+    inventory::{self, Inventory},
     lan::LanAddr,
     netlink::{LanState, LanWatcher},
     store::Store,
+    templates::Templates,
     xdp::LanXdp,
 };
 
@@ -29,6 +30,8 @@ pub struct Shared {
     pub inventory: RwLock<Arc<Inventory>>,
     /// Where DHCP, TFTP and HTTP report what clients do.
     pub clients: Clients,
+    /// The seed templates; replaced whole, with the inventory, when files change.
+    pub templates: RwLock<Arc<Templates>>,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
     /// The address with the reason when there is none, for readiness.
@@ -43,6 +46,14 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// The templates as they are now.
+    pub fn templates(&self) -> Arc<Templates> {
+        self.templates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Runs the daemon until a signal asks it to stop.
@@ -50,14 +61,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Fails when lan_iface does not exist: never a fallback to other interfaces.
     let (watcher, lan_addr, lan_state) = LanWatcher::start(&config).await?;
     let store = Store::open(&config.data_path)?;
-    let inventory = Inventory::load(&config.data_path)?;
+    // Strict templating is checked at start-up: a file that does not parse stops us, a
+    // seed that does not render for a host is logged (that host's requests get 500).
+    let (inventory, templates) = inventory::load_all(&config.data_path)?;
+    inventory::check_logged(&inventory, &templates);
+    let clients = Clients::open(store.clone())?;
     let xdp = attach_xdp(&config)?;
     let shared = Arc::new(Shared {
         config,
         xdp,
         store,
         inventory: RwLock::new(Arc::new(inventory)),
-        clients: Clients::default(),
+        clients,
+        templates: RwLock::new(Arc::new(templates)),
         lan_addr,
         lan_state,
     });
@@ -80,6 +96,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tasks.spawn(http::run(shared.clone(), token.clone()));
     tasks.spawn(http::run_health(shared.clone(), token.clone()));
+    tasks.spawn({
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            clients::flush_loop(shared, token).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            inventory::watch(shared, token).await;
+            Ok(())
+        }
+    });
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -10,6 +10,7 @@ pub mod lan;
 pub mod metrics;
 pub mod netlink;
 pub mod store;
+pub mod templates;
 pub mod xdp;
 
 /// An error and its sources on one line, for log fields.

@@ -63,6 +63,12 @@ pub const CLIENT_LAST_SEEN: Family = family(
     "Unix time of the last frame from a client MAC.",
 );
 
+pub const CLIENTS_BY_STATE: Family = family(
+    "gb10_clients",
+    "gauge",
+    "Clients known to the onboarding state machine, by state.",
+);
+
 /// Builds the text exposition.
 #[derive(Default)]
 pub struct Writer {
@@ -160,6 +166,14 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
             &[("mac", mac)],
             format!("{:.3}", ktime_to_unix(c.last_seen_ns)),
         );
+    }
+}
+
+/// Onboarding clients per state (every state, zeros included).
+pub fn write_clients(w: &mut Writer, counts: &[(crate::clients::ClientState, usize)]) {
+    w.family(&CLIENTS_BY_STATE);
+    for (state, n) in counts {
+        w.sample(&CLIENTS_BY_STATE, &[("state", state.label())], n);
     }
 }
 

@@ -32,6 +32,9 @@ const LAB_PACKAGES: &[&str] = &[
     "python3-scapy",
     "busybox-static",
     "tcpdump",
+    // Seed checkers: `cloud-init schema`, `grub-script-check`.
+    "cloud-init",
+    "grub-common",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

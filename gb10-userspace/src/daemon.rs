@@ -47,6 +47,27 @@ impl Shared {
             .clone()
     }
 
+    /// A state without sockets, XDP or files: in-memory store, built-in templates, the
+    /// LAN address fixed at `lan_ip`. For tests and tools that call handlers directly.
+    pub fn in_memory(config: Config, inventory: Inventory) -> Self {
+        let addr = Some(config.lan_ip.addr());
+        let (_, lan_addr) = watch::channel(addr);
+        let (_, lan_state) = watch::channel(LanState {
+            addr,
+            reason: String::new(),
+        });
+        Self {
+            config,
+            xdp: None,
+            store: Store::in_memory(),
+            inventory: RwLock::new(Arc::new(inventory)),
+            clients: Clients::default(),
+            templates: RwLock::new(Arc::new(Templates::builtin())),
+            lan_addr,
+            lan_state,
+        }
+    }
+
     /// The templates as they are now.
     pub fn templates(&self) -> Arc<Templates> {
         self.templates

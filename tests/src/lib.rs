@@ -161,14 +161,11 @@ impl Lab {
     /// Builds the lab with addresses on both ends.
     #[track_caller]
     pub fn new(tag: &str) -> Self {
-        let lab = Self::bare(tag);
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", lab.client_ip),
-            "dev",
-            &lab.client_if,
-        ]);
+        let mut lab = Self::bare(tag);
+        let addr = format!("{}/24", lab.client_ip);
+        lab.client
+            .ip(&["addr", "add", &addr, "dev", &lab.client_if]);
+        lab.client_addressed = true;
         lab
     }
 

@@ -146,15 +146,10 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::RwLock;
-
     use super::*;
     use crate::{
-        clients::Clients,
         config::{Config, RawConfig},
         inventory::Inventory,
-        store::Store,
-        templates::Templates,
     };
 
     /// A daemon state without sockets, for calling handlers' helpers directly.
@@ -166,16 +161,7 @@ mod tests {
         })
         .unwrap();
         let inv = Inventory::parse(std::path::Path::new("inventory.toml"), inventory).unwrap();
-        let (_tx, lan_addr) = tokio::sync::watch::channel(Some(Ipv4Addr::new(198, 18, 0, 1)));
-        Arc::new(Shared {
-            config,
-            xdp: None,
-            store: Store::in_memory(),
-            inventory: RwLock::new(Arc::new(inv)),
-            clients: Clients::default(),
-            templates: RwLock::new(Arc::new(Templates::builtin())),
-            lan_addr,
-        })
+        Arc::new(Shared::in_memory(config, inv))
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::{
     clients::{self, Clients},
     config::{Config, XdpMode},
-    http,
+    guard, http,
     inventory::{self, Inventory},
     lan::LanAddr,
     netlink::{LanState, LanWatcher},
@@ -117,6 +117,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tasks.spawn(http::run(shared.clone(), token.clone()));
     tasks.spawn(http::run_health(shared.clone(), token.clone()));
+    tasks.spawn(guard::run(shared.clone(), token.clone()));
     tasks.spawn({
         let (shared, token) = (shared.clone(), token.clone());
         async move {
@@ -162,7 +163,7 @@ fn attach_xdp(config: &Config) -> anyhow::Result<Option<LanXdp>> {
         warn!("XDP is off (xdp.mode = off): no per-client counters, no guard");
         return Ok(None);
     }
-    match LanXdp::attach(&config.lan_iface) {
+    match LanXdp::attach(&config.lan_iface, &config.guard) {
         Ok(xdp) => {
             info!(iface = %config.lan_iface, "XDP program attached");
             Ok(Some(xdp))

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod daemon;
+pub mod guard;
 pub mod http;
 pub mod inventory;
 pub mod lan;

@@ -4,7 +4,10 @@ use std::fmt::{Display, Write as _};
 
 use gb10_common::{Global, Kind};
 
-use crate::xdp::{Snapshot, format_mac, ktime_to_unix};
+use crate::{
+    config::GuardMode,
+    xdp::{Snapshot, format_mac, ktime_to_unix},
+};
 
 /// One metric family.
 pub struct Family {
@@ -67,6 +70,47 @@ pub const CLIENTS_BY_STATE: Family = family(
     "gb10_clients",
     "gauge",
     "Clients known to the onboarding state machine, by state.",
+);
+
+pub const XDP_RATE_LIMITED: Family = family(
+    "gb10_xdp_rate_limited_total",
+    "counter",
+    "DHCP/TFTP requests over their client's or the global rate (dropped when the guard enforces).",
+);
+pub const XDP_MALFORMED_DROPPED: Family = family(
+    "gb10_xdp_malformed_dropped_total",
+    "counter",
+    "Malformed frames aimed at DHCP/TFTP ports (dropped when the guard enforces).",
+);
+pub const CLIENT_RATE_LIMITED: Family = family(
+    "gb10_client_rate_limited_total",
+    "counter",
+    "Requests from a client MAC over its rate.",
+);
+pub const GUARD_MODE: Family = family(
+    "gb10_guard_mode",
+    "gauge",
+    "1 for the guard's mode: enforce (drops), monitor (counts what it would drop) or off.",
+);
+pub const GUARD_ATTACHED: Family = family(
+    "gb10_guard_attached",
+    "gauge",
+    "1 for each non-LAN interface the guard is attached to now (0: it was, and is gone).",
+);
+pub const GUARD_PACKETS: Family = family(
+    "gb10_guard_packets_total",
+    "counter",
+    "Provisioning packets met on a non-LAN interface: requests in, replies out (dropped when enforcing).",
+);
+pub const FOREIGN_SERVERS: Family = family(
+    "gb10_dhcp_foreign_servers",
+    "gauge",
+    "DHCP servers other than us seen on the LAN: role rogue in direct mode (an alarm), site in proxy mode.",
+);
+pub const FOREIGN_SERVER_PACKETS: Family = family(
+    "gb10_dhcp_foreign_server_packets_total",
+    "counter",
+    "DHCP server messages seen from a foreign server, by its MAC and IP.",
 );
 
 /// Builds the text exposition.
@@ -134,6 +178,11 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
     }
     w.single(&XDP_BYTES, s.globals[Global::Bytes as usize]);
     w.single(&XDP_MALFORMED, s.globals[Global::Malformed as usize]);
+    w.single(&XDP_RATE_LIMITED, s.globals[Global::RateLimited as usize]);
+    w.single(
+        &XDP_MALFORMED_DROPPED,
+        s.globals[Global::MalformedDropped as usize],
+    );
     w.single(&XDP_CLIENTS, s.clients.len());
 
     let macs: Vec<String> = s.clients.iter().map(|(k, _)| format_mac(&k.addr)).collect();
@@ -155,9 +204,17 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
             }
         }
     }
-    w.family(&CLIENT_MALFORMED);
-    for ((_, c), mac) in s.clients.iter().zip(&macs) {
-        w.sample(&CLIENT_MALFORMED, &[("mac", mac)], c.malformed);
+    for (family, value) in [
+        (
+            &CLIENT_MALFORMED,
+            (|c| c.malformed) as fn(&gb10_common::ClientCounters) -> u64,
+        ),
+        (&CLIENT_RATE_LIMITED, |c| c.limited),
+    ] {
+        w.family(family);
+        for ((_, c), mac) in s.clients.iter().zip(&macs) {
+            w.sample(family, &[("mac", mac)], value(c));
+        }
     }
     w.family(&CLIENT_LAST_SEEN);
     for ((_, c), mac) in s.clients.iter().zip(&macs) {
@@ -174,6 +231,54 @@ pub fn write_clients(w: &mut Writer, counts: &[(crate::clients::ClientState, usi
     w.family(&CLIENTS_BY_STATE);
     for (state, n) in counts {
         w.sample(&CLIENTS_BY_STATE, &[("state", state.label())], n);
+    }
+}
+
+/// The guard section: mode, interfaces and what was met there, foreign DHCP servers
+/// (`role` is rogue in direct mode, site in proxy mode).
+pub fn write_guard(w: &mut Writer, s: &Snapshot, role: &str) {
+    w.family(&GUARD_MODE);
+    for (mode, label) in [
+        (GuardMode::Enforce, "enforce"),
+        (GuardMode::Monitor, "monitor"),
+        (GuardMode::Off, "off"),
+    ] {
+        w.sample(
+            &GUARD_MODE,
+            &[("mode", label)],
+            u8::from(s.guard_mode == mode),
+        );
+    }
+    w.family(&GUARD_ATTACHED);
+    for (iface, _, attached) in &s.guard {
+        w.sample(&GUARD_ATTACHED, &[("iface", iface)], u8::from(*attached));
+    }
+    w.family(&GUARD_PACKETS);
+    for (iface, c, _) in &s.guard {
+        w.sample(
+            &GUARD_PACKETS,
+            &[("iface", iface), ("direction", "in")],
+            c.inbound,
+        );
+        w.sample(
+            &GUARD_PACKETS,
+            &[("iface", iface), ("direction", "out")],
+            c.outbound,
+        );
+    }
+    w.family(&FOREIGN_SERVERS);
+    w.sample(&FOREIGN_SERVERS, &[("role", role)], s.servers.len());
+    w.family(&FOREIGN_SERVER_PACKETS);
+    for (key, seen) in &s.servers {
+        let (mac, ip) = (
+            format_mac(&key.mac),
+            std::net::Ipv4Addr::from(key.ip).to_string(),
+        );
+        w.sample(
+            &FOREIGN_SERVER_PACKETS,
+            &[("mac", &mac), ("ip", &ip), ("role", role)],
+            seen.packets,
+        );
     }
 }
 

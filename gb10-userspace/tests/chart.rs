@@ -642,15 +642,7 @@ fn udhcpc_lease(lab: &Lab) -> Result<String, String> {
 /// (status, body).
 fn server_http(lab: &Lab, path: &str) -> (u16, String) {
     let url = format!("http://{}:{}{path}", lab.server_ip, gb10_lab::HTTP_PORT);
-    let out = lab
-        .server
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.server.curl(&url, 5)
 }
 
 /// Waits (20 s at most) until `/healthz` answers from the server namespace; panics

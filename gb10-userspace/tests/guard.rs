@@ -11,7 +11,7 @@ use std::{
 };
 
 use gb10_lab::{
-    Guard, Lab, Netns, RawSender, format_mac,
+    Lab, Netns, RawSender, format_mac,
     frames::{self, End},
     require_root, require_tool, run, wait_until,
 };
@@ -221,6 +221,24 @@ struct Wan {
 }
 
 impl Wan {
+    /// The wan interface, then the daemon with the guard in `mode`, once the guard is
+    /// attached to wan.
+    fn with_daemon(lab: &Lab, mode: &str) -> (Self, gb10_lab::Daemon) {
+        let wan = Self::new(lab);
+        let daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", mode]);
+        let attached = wait_until(Duration::from_secs(6), || {
+            let m = lab.metrics();
+            m.value("gb10_guard_attached", &[("iface", &wan.server_if)]) == 1.0
+        });
+        assert!(
+            attached.is_some(),
+            "guard not attached to {}\n{}",
+            wan.server_if,
+            daemon.log()
+        );
+        (wan, daemon)
+    }
+
     fn new(lab: &Lab) -> Self {
         let ns = Netns::new(format!("gb10-wan-{}", lab.id));
         let (server_if, client_if) = (format!("gw{}", lab.id), format!("gv{}", lab.id));
@@ -338,19 +356,7 @@ fn nothing_provisioning_crosses_a_guarded_interface() {
         return;
     }
     let lab = Lab::new("gwan");
-    let wan = Wan::new(&lab);
-    let daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", "enforce"]);
-    assert!(
-        wait_until(Duration::from_secs(6), || {
-            lab.metrics()
-                .value("gb10_guard_attached", &[("iface", &wan.server_if)])
-                == 1.0
-        })
-        .is_some(),
-        "guard not attached to {}\n{}",
-        wan.server_if,
-        daemon.log()
-    );
+    let (wan, _daemon) = Wan::with_daemon(&lab, "enforce");
     assert!(
         lab.metrics()
             .get("gb10_guard_attached", &[("iface", &lab.server_if)])
@@ -393,16 +399,7 @@ fn monitor_mode_lets_wan_traffic_through_and_counts_it() {
         return;
     }
     let lab = Lab::new("gwmn");
-    let wan = Wan::new(&lab);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", "monitor"]);
-    assert!(
-        wait_until(Duration::from_secs(6), || {
-            lab.metrics()
-                .value("gb10_guard_attached", &[("iface", &wan.server_if)])
-                == 1.0
-        })
-        .is_some()
-    );
+    let (wan, _daemon) = Wan::with_daemon(&lab, "monitor");
     // The same crossing reaches the listeners: so it is the guard that stops it in enforce.
     let (got_in, got_out) = cross_wan(&lab, &wan);
     assert_eq!((got_in, got_out), (3, 2));
@@ -425,27 +422,11 @@ fn a_foreign_dhcp_server_is_reported_within_a_second() {
     let lab = Lab::new("grog");
     let daemon = lab.start_daemon(BIN, &["--xdp", "required"]);
     let rogue_mac = format_mac(&lab.client_mac());
-    let _rogue = Guard(
-        lab.client
-            .cmd("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--bind-interfaces",
-            ])
-            .arg(format!("--interface={}", lab.client_if))
-            .arg("--dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m")
-            // Offer at once: by default dnsmasq pings an address for ~3 s before offering it.
-            .arg("--no-ping")
-            .arg(format!(
-                "--dhcp-leasefile={}",
-                lab.dir.join("rogue.leases").display()
-            ))
-            .arg("--conf-file=/dev/null")
-            .spawn()
-            .expect("dnsmasq"),
+    let _rogue = lab.client.dnsmasq_dhcp(
+        &lab.client_if,
+        "198.18.0.50,198.18.0.60,255.255.255.0,10m",
+        &lab.dir,
+        &[],
     );
     sleep(Duration::from_millis(300));
     // Any client's DISCOVER makes the rogue answer; its OFFER crosses the LAN interface.

@@ -17,24 +17,7 @@ fn addrs(lab: &Lab) -> String {
 
 /// `curl 127.0.0.1:9180/healthz` inside the server namespace: the loopback health listener.
 fn local_health(lab: &Lab) -> (u16, String) {
-    let out = lab
-        .server
-        .cmd("curl")
-        .args([
-            "-sS",
-            "-m",
-            "2",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "http://127.0.0.1:9180/healthz",
-        ])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.server.curl("http://127.0.0.1:9180/healthz", 2)
 }
 
 /// Every listening socket of `pid` in the server namespace, as `ss` prints its local
@@ -192,23 +175,11 @@ fn proxy_mode_waits_for_a_real_lease_and_serves_on_it() {
     );
 
     // The site's DHCP server lives on the client side of the LAN.
-    let leases = lab.dir.join("dnsmasq.leases");
-    let _site_dhcp = Guard(
-        lab.client
-            .cmd("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--bind-interfaces",
-            ])
-            .arg(format!("--interface={}", lab.client_if))
-            .arg("--dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m")
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .arg("--conf-file=/dev/null")
-            .spawn()
-            .expect("dnsmasq"),
+    let _site_dhcp = lab.client.dnsmasq_dhcp(
+        &lab.client_if,
+        "198.18.0.50,198.18.0.60,255.255.255.0,10m",
+        &lab.dir,
+        &[],
     );
     let pidfile = lab.dir.join("dhclient.pid");
     let out = lab

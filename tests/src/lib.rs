@@ -121,6 +121,58 @@ impl Netns {
         ip(&full);
     }
 
+    /// `curl URL` from this namespace with a timeout in seconds: (HTTP status, body);
+    /// status 0 when nothing answered.
+    pub fn curl(&self, url: &str, timeout_s: u32) -> (u16, String) {
+        let out = self
+            .cmd("curl")
+            .args([
+                "-sS",
+                "-m",
+                &timeout_s.to_string(),
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ])
+            .output()
+            .expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// dnsmasq as a DHCP server (no DNS) on `iface` handing out `range`
+    /// (`START,END,MASK,LEASE`), in the foreground, stopped on drop. It offers at once
+    /// (`--no-ping`: by default it pings an address for ~3 s before offering it).
+    pub fn dnsmasq_dhcp(&self, iface: &str, range: &str, dir: &Path, extra: &[&str]) -> Guard {
+        let child = self
+            .cmd("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+            ])
+            .args([
+                "--bind-interfaces",
+                "--no-ping",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+            ])
+            .arg(format!("--interface={iface}"))
+            .arg(format!("--dhcp-range={range}"))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.join(format!("dnsmasq-{iface}.leases")).display()
+            ))
+            .args(extra)
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        Guard(child)
+    }
+
     /// UDP datagrams that reached this namespace's stack: delivered to a socket plus
     /// those for a port nobody listens on (`/proc/net/snmp` InDatagrams + NoPorts).
     /// A frame dropped by XDP never counts here.
@@ -305,29 +357,14 @@ impl Lab {
         } else {
             &self.server
         };
-        let out = ns
-            .cmd("curl")
-            .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        ns.curl(&url, 5)
     }
 
     /// `curl` of `http://IP:HTTP_PORT/PATH` from the client namespace with a short
     /// timeout; (status, body), status 0 when nothing answered.
     pub fn http_at(&self, ip: &str, path: &str) -> (u16, String) {
-        let url = format!("http://{ip}:{HTTP_PORT}{path}");
-        let out = self
-            .client
-            .cmd("curl")
-            .args(["-sS", "-m", "1", "-o", "-", "-w", "\n%{http_code}", &url])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        self.client
+            .curl(&format!("http://{ip}:{HTTP_PORT}{path}"), 1)
     }
 
     /// The current `/metrics` text.

@@ -3,7 +3,7 @@
 //! interface recreation, and no socket on a wildcard address without the LAN device.
 use std::{process::Command, time::Duration};
 
-use gb10_lab::{Guard, Lab, require_root, require_tool, run, wait_until};
+use gb10_lab::{Lab, require_root, require_tool, run, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
 

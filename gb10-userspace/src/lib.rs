@@ -1,5 +1,6 @@
 //! gb10-provision: DHCP, TFTP and HTTP for an isolated provisioning LAN, with an XDP
 //! program that counts and guards what reaches it.
+pub mod boot;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -33,6 +33,8 @@ pub struct Shared {
     pub clients: Clients,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
+    /// DHCP counters, per client and per drop reason.
+    pub dhcp_stats: crate::dhcp::Stats,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         inventory: RwLock::new(Arc::new(inventory)),
         clients: Clients::default(),
         lan_addr,
+        dhcp_stats: Default::default(),
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -80,6 +83,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let mut tasks = JoinSet::new();
     tasks.spawn(http::run(shared.clone(), token.clone()));
+    tasks.spawn(crate::dhcp::server::run(shared.clone(), token.clone()));
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

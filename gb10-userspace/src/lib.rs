@@ -5,6 +5,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod daemon;
+pub mod dhcp;
 pub mod http;
 pub mod inventory;
 pub mod lan;

@@ -183,7 +183,7 @@ fn start(lab: &Lab, args: &[&str]) -> Daemon {
 fn wait_metric(lab: &Lab, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = metrics(&lab).value(name, labels);
+        let v = metrics(lab).value(name, labels);
         if v >= want || Instant::now() > deadline {
             return v;
         }
@@ -390,4 +390,61 @@ fn malformed_payloads(mac: [u8; 6]) -> Vec<(Vec<u8>, &'static str)> {
         (two_types, "duplicate_message_type"),
         (long_id, "client_id_too_long"),
     ]
+}
+
+#[test]
+fn dhcpcd_gets_rebinds_and_releases_a_lease() {
+    if !require_root("dhcpcd_gets_rebinds_and_releases_a_lease")
+        || !require_tool("dhcpcd", "dhcpcd", "dhcpcd-base")
+    {
+        return;
+    }
+    let lab = Lab::bare("dhc");
+    let _daemon = start(&lab, &direct_args());
+    let mac = format_mac(&lab.client_mac());
+    let hook = Hook::new(
+        &lab,
+        "dhcpcd",
+        r#"echo "$reason ip=$new_ip_address" >> "$EVENTS""#,
+    );
+    // dhcpcd keeps its control socket and leases under /run and /var/lib: private
+    // tmpfs mounts (in the mount namespace `ip netns exec` makes) keep it off the host's.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs none /run
+mkdir -p /var/lib/dhcpcd && mount -t tmpfs none /var/lib/dhcpcd
+dhcpcd -B -4 -A -f /dev/null -c '{hook}' {iface} &
+pid=$!
+wait_for() {{ for i in $(seq 1 150); do grep -q "^$1 " '{events}' && return 0; sleep 0.1; done; return 1; }}
+wait_for BOUND
+dhcpcd -4 -n {iface}
+wait_for RENEW
+dhcpcd -4 -k {iface}
+wait_for STOPPED
+wait $pid || true
+"#,
+        hook = hook.script.display(),
+        events = hook.events.display(),
+        iface = lab.client_if,
+    );
+    let out = lab
+        .client
+        .cmd("timeout")
+        .args(["60", "sh", "-c", &script])
+        .output()
+        .expect("dhcpcd script");
+    let events = std::fs::read_to_string(&hook.events).unwrap_or_default();
+    assert!(out.status.success(), "{out:?}\n{events}");
+    let bound = hook.wait("BOUND", 1, Duration::from_secs(1));
+    let ip = field(&bound, "ip");
+    assert!(in_range(ip), "{bound}");
+    let renew = hook.wait("RENEW", 1, Duration::from_secs(1));
+    assert_eq!(field(&renew, "ip"), ip, "{renew}");
+    let ack = [("mac", mac.as_str()), ("type", "ack")];
+    assert_eq!(wait_metric(&lab, "gb10_dhcp_replies_total", &ack, 2.0), 2.0);
+    let release = [("mac", mac.as_str()), ("type", "release")];
+    assert_eq!(
+        wait_metric(&lab, "gb10_dhcp_messages_total", &release, 1.0),
+        1.0
+    );
 }

@@ -249,7 +249,7 @@ mod tests {
             mac: Mac([2, 0, 0, 0, 0, n]),
             state: LeaseState::Leased,
             expires: 1_000 + u64::from(n),
-            hostname: (n % 2 == 0).then(|| format!("h{n}")),
+            hostname: n.is_multiple_of(2).then(|| format!("h{n}")),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The DHCP responder: direct mode (leases from pools, durable before the ACK) and
 //! proxy mode (boot files only, beside the site's DHCP server), on the LAN interface
 //! only.
+pub mod fuzz;
 pub mod handler;
 pub mod leases;
 pub mod server;

@@ -584,8 +584,8 @@ mod tests {
         );
         assert_eq!(
             dest,
-            Dest::Broadcast,
-            "the test packet sets the broadcast bit"
+            Dest::Hardware { ip, mac: Mac(MAC) },
+            "no broadcast bit: unicast to yiaddr at chaddr"
         );
         assert_eq!(o.persist, Persist::Nothing);
 
@@ -618,7 +618,7 @@ mod tests {
         // Address held by another client: NAK.
         l.commit(
             Ipv4Addr::new(198, 18, 0, 101),
-            &super::super::leases::ClientId(vec![9]),
+            &ClientId(vec![9]),
             Mac([0; 6]),
             None,
             1000,

@@ -448,3 +448,209 @@ wait $pid || true
         1.0
     );
 }
+
+/// A DHCP request from the client namespace's UDP socket (port 68, bound to `iface`).
+fn pxe_request(mac: [u8; 6], ty: dhcproto::v4::MessageType, ciaddr: std::net::Ipv4Addr) -> Vec<u8> {
+    use dhcproto::{
+        Encodable as _, Encoder,
+        v4::{Architecture, DhcpOption, Flags, Message},
+    };
+    let mut m = Message::new(
+        ciaddr,
+        std::net::Ipv4Addr::UNSPECIFIED,
+        std::net::Ipv4Addr::UNSPECIFIED,
+        std::net::Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    m.set_flags(Flags::default().set_broadcast());
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(ty));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+        7u16,
+    )));
+    o.insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00007:UNDI:003000".to_vec(),
+    ));
+    o.insert(DhcpOption::ClientMachineIdentifier(
+        [[0u8].as_slice(), &[0x42; 16]].concat(),
+    ));
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).expect("encode");
+    buf
+}
+
+/// The BOOTP `file` field as text, without its NUL.
+fn file(m: &dhcproto::v4::Message) -> String {
+    String::from_utf8_lossy(m.fname().unwrap_or_default())
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+/// Every DHCP reply `sock` receives within `window`, decoded, with its sender.
+fn collect_replies(
+    sock: &std::net::UdpSocket,
+    window: Duration,
+) -> Vec<(std::net::SocketAddr, dhcproto::v4::Message)> {
+    use dhcproto::{Decodable as _, Decoder};
+    let deadline = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if let Ok(m) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n])) {
+                    got.push((from, m));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn proxy_mode_beside_dnsmasq() {
+    use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+    if !require_root("proxy_mode_beside_dnsmasq")
+        || !require_tool("proxy_mode_beside_dnsmasq", "dnsmasq", "dnsmasq-base")
+        || !require_tool("proxy_mode_beside_dnsmasq", "dhclient", "isc-dhcp-client")
+    {
+        return;
+    }
+    // client ns: bridge `br` over the veth to our server and a veth to the site ns,
+    // where dnsmasq is the site's DHCP server on 198.18.0.3.
+    let lab = Lab::bare("dhp");
+    let site = gb10_lab::Netns::new(format!("gb10-dhp-x{}", lab.id));
+    let (br, to_site, site_if) = (
+        format!("br{}", lab.id),
+        format!("gx{}", lab.id),
+        format!("gy{}", lab.id),
+    );
+    lab.client.ip(&["link", "add", &br, "type", "bridge"]);
+    lab.client
+        .ip(&["link", "set", &lab.client_if, "master", &br]);
+    lab.client.ip(&[
+        "link", "add", &to_site, "type", "veth", "peer", "name", &site_if,
+    ]);
+    lab.client
+        .ip(&["link", "set", &site_if, "netns", &site.name]);
+    lab.client.ip(&["link", "set", &to_site, "master", &br]);
+    lab.client.ip(&["link", "set", &to_site, "up"]);
+    lab.client.ip(&["link", "set", &br, "up"]);
+    site.ip(&["addr", "add", "198.18.0.3/24", "dev", &site_if]);
+    site.ip(&["link", "set", &site_if, "up"]);
+    let mut dnsmasq = site.cmd("dnsmasq");
+    dnsmasq
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--bind-interfaces",
+            "--no-resolv",
+        ])
+        .args(["--no-hosts", "--user=root", "--log-dhcp", "--pid-file="])
+        .arg(format!("--interface={site_if}"))
+        .arg("--dhcp-range=198.18.0.160,198.18.0.170,2m")
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            lab.dir.join("dnsmasq.leases").display()
+        ));
+    let _dnsmasq = Proc::spawn(dnsmasq, &lab.dir.join("dnsmasq.log"));
+
+    let mut args = direct_args();
+    args.extend(["--mode", "proxy"]);
+    let _daemon = start(&lab, &args);
+
+    // A plain client: its address from dnsmasq, nothing from us (counted).
+    let hook = Hook::dhclient(&lab);
+    let mut cmd = lab.client.cmd("dhclient");
+    cmd.args(["-4", "-d", "-1", "-v", "-lf"])
+        .arg(lab.dir.join("dhclient.leases"))
+        .arg("-pf")
+        .arg(lab.dir.join("dhclient.pid"))
+        .arg("-sf")
+        .arg(&hook.script)
+        .arg(&br);
+    let plain = Proc::spawn(cmd, &lab.dir.join("dhclient.log"));
+    let bound = hook.wait("BOUND", 1, Duration::from_secs(30));
+    let client_ip: std::net::Ipv4Addr = field(&bound, "ip").parse().expect("client ip");
+    assert_eq!(field(&bound, "serverid"), "198.18.0.3", "{bound}");
+    drop(plain);
+    assert!(
+        wait_metric(
+            &lab,
+            "gb10_dhcp_no_reply_total",
+            &[("reason", "not_pxe")],
+            2.0
+        ) >= 2.0,
+        "DISCOVER and REQUEST of the plain client are counted"
+    );
+    assert_eq!(
+        metrics(&lab).value(
+            "gb10_dhcp_replies_total",
+            &[("mac", &format_mac(&lab.client_mac())), ("type", "offer")]
+        ),
+        0.0
+    );
+
+    // A PXE-class client: an address from dnsmasq, the boot file from us.
+    let iface = br.clone();
+    let sock = lab.client.enter(move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+        s.set_reuse_address(true).expect("reuse");
+        s.set_broadcast(true).expect("broadcast");
+        s.bind_device(Some(iface.as_bytes())).expect("bind device");
+        s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 68)).into())
+            .expect("bind :68");
+        std::net::UdpSocket::from(s)
+    });
+    let mac = [0x52, 0x54, 0, 0xaa, 0xbb, 0x07];
+    let discover = pxe_request(mac, MessageType::Discover, std::net::Ipv4Addr::UNSPECIFIED);
+    sock.send_to(&discover, "255.255.255.255:67")
+        .expect("send DISCOVER");
+    let replies = collect_replies(&sock, Duration::from_secs(3));
+    let from = |ip: &str| {
+        replies
+            .iter()
+            .filter(|(f, m)| f.ip().to_string() == ip && m.chaddr() == mac)
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>()
+    };
+    let site_offer = from("198.18.0.3");
+    assert_eq!(site_offer.len(), 1, "dnsmasq offers: {replies:?}");
+    assert!(!site_offer[0].yiaddr().is_unspecified());
+    let ours = from(lab.server_ip);
+    assert_eq!(ours.len(), 1, "our proxy offers: {replies:?}");
+    let proxy = ours[0];
+    assert_eq!(proxy.opts().msg_type(), Some(MessageType::Offer));
+    assert!(
+        proxy.yiaddr().is_unspecified(),
+        "proxy never hands out addresses"
+    );
+    assert_eq!(file(proxy), "ipxe.efi");
+    assert_eq!(proxy.siaddr().to_string(), lab.server_ip);
+    assert!(matches!(
+        proxy.opts().get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c == b"PXEClient"
+    ));
+    assert!(matches!(
+        proxy.opts().get(OptionCode::VendorExtensions),
+        Some(DhcpOption::VendorExtensions(v)) if v == &[6, 1, 8, 255]
+    ));
+
+    // Boot-server REQUEST on port 4011 from the configured address: an ACK with the file.
+    let request = pxe_request(mac, MessageType::Request, client_ip);
+    sock.send_to(&request, format!("{}:4011", lab.server_ip))
+        .expect("send to 4011");
+    let acks = collect_replies(&sock, Duration::from_secs(3));
+    let ack = acks
+        .iter()
+        .find(|(f, m)| f.port() == 4011 && m.chaddr() == mac)
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| panic!("no ACK from port 4011: {acks:?}"));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file(ack), "ipxe.efi");
+    assert!(ack.yiaddr().is_unspecified());
+}

@@ -654,3 +654,103 @@ fn proxy_mode_beside_dnsmasq() {
     assert_eq!(file(ack), "ipxe.efi");
     assert!(ack.yiaddr().is_unspecified());
 }
+
+/// A lab whose LAN is a /18, so pools hold thousands of clients; the client end keeps
+/// 198.18.0.2 (perfdhcp speaks as a relay from it).
+#[track_caller]
+fn big_lab(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    for (ns, ifc, ip) in [
+        (&lab.server, &lab.server_if, lab.server_ip),
+        (&lab.client, &lab.client_if, lab.client_ip),
+    ] {
+        ns.ip(&["addr", "del", &format!("{ip}/24"), "dev", ifc]);
+        ns.ip(&["addr", "add", &format!("{ip}/18"), "dev", ifc]);
+    }
+    lab.prefix = 18;
+    lab
+}
+
+fn big_args() -> Vec<&'static str> {
+    vec![
+        "--xdp",
+        "off",
+        "--dhcp-range",
+        "198.18.1.0-198.18.63.250",
+        "--lease-time",
+        "1h",
+    ]
+}
+
+/// Runs perfdhcp in the client namespace; (success, output).
+fn perfdhcp(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let out = lab
+        .client
+        .cmd("timeout")
+        .args(["120", "perfdhcp", "-4", "-l", &lab.client_if, "-x", "e"])
+        .args(args)
+        .arg(lab.server_ip)
+        .output()
+        .expect("perfdhcp");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn perfdhcp_1000_per_second_for_10_s_without_loss() {
+    if !require_root("perfdhcp_1000_per_second_for_10_s_without_loss")
+        || !require_tool("perfdhcp", "perfdhcp", "kea-admin")
+    {
+        return;
+    }
+    let lab = big_lab("dhr");
+    let daemon = start(&lab, &big_args());
+    let (ok, out) = perfdhcp(
+        &lab,
+        &[
+            "-r", "1000", "-p", "10", "-R", "12000", "-u", // 1,000 DORA/s for 10 s
+            "-W", "2000000", // wait 2 s for the replies still in flight at the end
+        ],
+    );
+    println!("{out}");
+    assert!(
+        ok,
+        "perfdhcp reported drops or errors:\n{out}\n{}",
+        daemon.log()
+    );
+    let drops: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("drops:"))
+        .collect();
+    assert_eq!(drops.len(), 2, "{out}");
+    assert!(drops.iter().all(|l| l.trim() == "drops: 0"), "{out}");
+}
+
+#[test]
+fn perfdhcp_avalanche_leases_all_1000() {
+    if !require_root("perfdhcp_avalanche_leases_all_1000")
+        || !require_tool("perfdhcp", "perfdhcp", "kea-admin")
+    {
+        return;
+    }
+    let lab = big_lab("dha");
+    let daemon = start(&lab, &big_args());
+    let (ok, out) = perfdhcp(
+        &lab,
+        &[
+            "--scenario",
+            "avalanche",
+            "-R",
+            "1000",
+            "-u",
+            "-W",
+            "2000000",
+        ],
+    );
+    println!("{out}");
+    assert!(ok, "perfdhcp avalanche failed:\n{out}\n{}", daemon.log());
+}

@@ -95,10 +95,38 @@ fn bind(iface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     // Clients without an address send from 0.0.0.0 to 255.255.255.255: only a wildcard
     // bind receives them, so the device binding is what keeps this socket on the LAN.
     sock.bind_device(Some(iface.as_bytes())).map_err(fail)?;
+    // Firmware boots in racks arrive in bursts: room for thousands of requests while
+    // the loop catches up (net.core.rmem_max caps it unless we may force it).
+    if force_recv_buffer(&sock, RECV_BUFFER).is_err() {
+        let _ = sock.set_recv_buffer_size(RECV_BUFFER);
+    }
     sock.set_nonblocking(true).map_err(fail)?;
     sock.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
         .map_err(fail)?;
     UdpSocket::from_std(sock.into()).map_err(fail)
+}
+
+/// Receive buffer of the DHCP sockets.
+const RECV_BUFFER: usize = 4 << 20;
+
+/// SO_RCVBUFFORCE: beyond rmem_max, with CAP_NET_ADMIN (which a DHCP server has).
+fn force_recv_buffer(sock: &Socket, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a valid fd and a c_int option value of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Serves on `server_ip` until `stop` fires.

@@ -754,3 +754,194 @@ fn perfdhcp_avalanche_leases_all_1000() {
     println!("{out}");
     assert!(ok, "perfdhcp avalanche failed:\n{out}\n{}", daemon.log());
 }
+
+/// A relay-style DHCP client in the client namespace (like perfdhcp: from
+/// 198.18.0.2:67 with giaddr set), so the test knows exactly which ACKs it saw.
+struct RelayClient {
+    sock: std::net::UdpSocket,
+    giaddr: std::net::Ipv4Addr,
+    server: std::net::SocketAddr,
+}
+
+impl RelayClient {
+    fn open(lab: &Lab) -> Self {
+        let giaddr: std::net::Ipv4Addr = lab.client_ip.parse().expect("client ip");
+        let sock = lab.client.enter(move || {
+            let s = std::net::UdpSocket::bind((giaddr, 67)).expect("bind relay port");
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            s
+        });
+        Self {
+            sock,
+            giaddr,
+            server: format!("{}:67", lab.server_ip).parse().expect("server"),
+        }
+    }
+
+    fn send(
+        &self,
+        mac: [u8; 6],
+        xid: u32,
+        ty: dhcproto::v4::MessageType,
+        extra: &[dhcproto::v4::DhcpOption],
+    ) {
+        use dhcproto::{
+            Encodable as _, Encoder,
+            v4::{DhcpOption, Message},
+        };
+        let unspecified = std::net::Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(
+            xid,
+            unspecified,
+            unspecified,
+            unspecified,
+            self.giaddr,
+            &mac,
+        );
+        m.opts_mut().insert(DhcpOption::MessageType(ty));
+        for o in extra {
+            m.opts_mut().insert(o.clone());
+        }
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf)).expect("encode");
+        let _ = self.sock.send_to(&buf, self.server);
+    }
+
+    /// The next reply with `xid`, within the socket timeout.
+    fn reply(&self, xid: u32) -> Option<dhcproto::v4::Message> {
+        use dhcproto::{Decodable as _, Decoder};
+        let mut buf = [0u8; 1500];
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+            if let Ok(m) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n]))
+                && m.xid() == xid
+            {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// One DISCOVER-OFFER-REQUEST-ACK; the address when the ACK arrived.
+    fn dora(&self, mac: [u8; 6], xid: u32) -> Option<std::net::Ipv4Addr> {
+        use dhcproto::v4::{DhcpOption, MessageType};
+        self.send(mac, xid, MessageType::Discover, &[]);
+        let offer = self.reply(xid)?;
+        if offer.opts().msg_type() != Some(MessageType::Offer) {
+            return None;
+        }
+        let ip = offer.yiaddr();
+        self.send(
+            mac,
+            xid,
+            MessageType::Request,
+            &[
+                DhcpOption::ServerIdentifier(self.server_ip()),
+                DhcpOption::RequestedIpAddress(ip),
+            ],
+        );
+        let ack = self.reply(xid)?;
+        (ack.opts().msg_type() == Some(MessageType::Ack) && ack.yiaddr() == ip).then_some(ip)
+    }
+
+    fn server_ip(&self) -> std::net::Ipv4Addr {
+        match self.server {
+            std::net::SocketAddr::V4(v4) => *v4.ip(),
+            std::net::SocketAddr::V6(_) => unreachable!("IPv4 lab"),
+        }
+    }
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acked_lease() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    };
+    if !require_root("kill_9_under_load_loses_no_acked_lease") {
+        return;
+    }
+    const KILLS: usize = 50;
+    let lab = big_lab("dhk");
+    let client = RelayClient::open(&lab);
+    let acked: Arc<Mutex<Vec<([u8; 6], std::net::Ipv4Addr)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let (acked, stop) = (acked.clone(), stop.clone());
+        move || {
+            let started = Instant::now();
+            let mut n: u32 = 0;
+            // Bounded in count and time: 200k transactions or 10 minutes.
+            while !stop.load(Ordering::Relaxed)
+                && n < 200_000
+                && started.elapsed() < Duration::from_secs(600)
+            {
+                n += 1;
+                let mac = [
+                    0x02,
+                    0x4b,
+                    (n >> 24) as u8,
+                    (n >> 16) as u8,
+                    (n >> 8) as u8,
+                    n as u8,
+                ];
+                if let Some(ip) = client.dora(mac, n) {
+                    acked.lock().unwrap().push((mac, ip));
+                }
+            }
+        }
+    });
+    let started = Instant::now();
+    for round in 0..KILLS {
+        assert!(
+            started.elapsed() < Duration::from_secs(480),
+            "kill loop too slow at round {round}"
+        );
+        let mut daemon = start(&lab, &big_args());
+        // Let some exchanges through, a different share each round.
+        std::thread::sleep(Duration::from_millis(150 + (round as u64 * 37) % 300));
+        daemon.signal(libc::SIGKILL);
+        assert!(
+            daemon.wait_exit(Duration::from_secs(10)).is_some(),
+            "SIGKILL ignored?"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > KILLS * 20,
+        "too little load: {} ACKs",
+        acked.len()
+    );
+
+    // No address was ACKed to two clients.
+    let mut by_ip = std::collections::HashMap::new();
+    for (mac, ip) in &acked {
+        if let Some(other) = by_ip.insert(*ip, *mac) {
+            assert_eq!(other, *mac, "{ip} ACKed to two clients");
+        }
+    }
+    // Every ACKed lease is in the store after the last kill.
+    let store = gb10_provision::store::Store::open(&lab.dir.join("data")).expect("store");
+    let (leases, skipped) = gb10_provision::dhcp::store::load(&store);
+    assert_eq!(skipped, 0);
+    let stored: std::collections::HashMap<_, _> = leases.iter().map(|l| (l.ip, l.mac.0)).collect();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(mac, ip)| stored.get(ip) != Some(mac))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} ACKed leases missing from the store, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    println!(
+        "{} ACKed leases over {KILLS} kill -9 rounds, all on disk",
+        acked.len()
+    );
+}

@@ -88,7 +88,7 @@ impl Hook {
         Self::new(
             lab,
             "udhcpc",
-            r#"echo "$1 ip=$ip hostname=$hostname boot_file=$boot_file siaddr=$siaddr serverid=$serverid lease=$lease" >> "$EVENTS"
+            r#"echo "$1 ip=$ip router=$router hostname=$hostname boot_file=$boot_file siaddr=$siaddr serverid=$serverid lease=$lease" >> "$EVENTS"
 case "$1" in bound|renew) ip addr replace "$ip/$mask" dev "$interface" ;; deconfig) ip addr flush dev "$interface" ;; esac"#,
         )
     }
@@ -944,4 +944,57 @@ fn kill_9_under_load_loses_no_acked_lease() {
         "{} ACKed leases over {KILLS} kill -9 rounds, all on disk",
         acked.len()
     );
+}
+
+#[test]
+fn dhcrelay_relays_a_client_on_another_subnet() {
+    if !require_root("dhcrelay_relays_a_client_on_another_subnet")
+        || !require_tool("dhcrelay", "dhcrelay", "isc-dhcp-relay")
+        || !require_tool("dhcrelay", "udhcpc", "udhcpc")
+    {
+        return;
+    }
+    // server ns ── 198.18.0.0/24 ── relay ns (the lab's client end, 198.18.0.2)
+    //                               relay ns (198.19.1.1) ── far ns (the DHCP client)
+    let lab = Lab::new("dhy");
+    let far = gb10_lab::Netns::new(format!("gb10-dhy-f{}", lab.id));
+    let (down, far_if) = (format!("gd{}", lab.id), format!("gf{}", lab.id));
+    lab.client.ip(&[
+        "link", "add", &down, "type", "veth", "peer", "name", &far_if,
+    ]);
+    lab.client.ip(&["link", "set", &far_if, "netns", &far.name]);
+    lab.client
+        .ip(&["addr", "add", "198.19.1.1/24", "dev", &down]);
+    lab.client.ip(&["link", "set", &down, "up"]);
+    far.ip(&["link", "set", &far_if, "up"]);
+    lab.server
+        .ip(&["route", "add", "198.19.1.0/24", "via", lab.client_ip]);
+
+    let mut args = direct_args();
+    args.extend([
+        "--dhcp-relay-ranges",
+        "198.19.1.0/24=198.19.1.100-198.19.1.150,198.19.1.1",
+    ]);
+    let _daemon = lab.start_daemon(BIN, &args);
+    let mut relay = lab.client.cmd("dhcrelay");
+    relay
+        .args(["-4", "-d", "-id", &down, "-iu", &lab.client_if, "-pf"])
+        .arg(lab.dir.join("dhcrelay.pid"))
+        .arg(lab.server_ip);
+    let _relay = Proc::spawn(relay, &lab.dir.join("dhcrelay.log"));
+
+    let hook = Hook::udhcpc(&lab);
+    let mut cmd = far.cmd("udhcpc");
+    cmd.args(["-f", "-i", &far_if, "-t", "20", "-T", "1", "-A", "1"])
+        .arg("-s")
+        .arg(&hook.script);
+    let _client = Proc::spawn(cmd, &lab.dir.join("udhcpc.log"));
+    let bound = hook.wait("bound", 1, Duration::from_secs(30));
+    let ip: std::net::Ipv4Addr = field(&bound, "ip").parse().expect("ip");
+    let (start, end): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
+        "198.19.1.100".parse().unwrap(),
+        "198.19.1.150".parse().unwrap(),
+    );
+    assert!((start..=end).contains(&ip), "{bound}");
+    assert_eq!(field(&bound, "router"), "198.19.1.1", "{bound}");
 }

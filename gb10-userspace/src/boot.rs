@@ -167,7 +167,9 @@ pub const IPXE_NO_PXEDHCP: u8 = 176;
 /// The class a PXE client names itself with in option 60, echoed in replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum PxeClass {
+    #[serde(rename = "PXEClient")]
     PxeClient,
+    #[serde(rename = "HTTPClient")]
     HttpClient,
 }
 

@@ -38,6 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
+        .route("/explain", get(explain))
         .with_state(shared)
 }
 
@@ -49,6 +50,37 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "xdp_attached": shared.xdp.is_some(),
     });
     (StatusCode::OK, axum::Json(body))
+}
+
+/// `/explain?mac=…&arch=…&user_class=…`: the boot decision for a client as JSON, with
+/// its DHCP counters.
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<crate::explain::Query>,
+) -> axum::response::Response {
+    let server = (*shared.lan_addr.borrow()).unwrap_or(shared.config.lan_ip.addr());
+    let inventory = shared.inventory();
+    match crate::explain::explain(&shared.config, &inventory, server, &query) {
+        Ok(e) => {
+            let counters = shared.dhcp_stats.client(e.mac).map(|c| {
+                serde_json::json!({
+                    "received": crate::dhcp::TYPE_LABELS.iter().zip(c.received).filter(|(_, n)| *n > 0)
+                        .map(|(t, n)| (t.to_string(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "sent": crate::dhcp::TYPE_LABELS.iter().zip(c.sent).filter(|(_, n)| *n > 0)
+                        .map(|(t, n)| (t.to_string(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "offers_unanswered": c.unanswered(std::time::Instant::now()),
+                })
+            });
+            let mut body = serde_json::to_value(&e).unwrap_or_default();
+            body["dhcp_counters"] = counters.unwrap_or_default();
+            axum::Json(body).into_response()
+        }
+        Err(err) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": err.to_string() })),
+        )
+            .into_response(),
+    }
 }
 
 async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

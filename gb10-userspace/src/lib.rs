@@ -6,6 +6,7 @@ pub mod clients;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
+pub mod explain;
 pub mod http;
 pub mod inventory;
 pub mod lan;

@@ -266,6 +266,17 @@ fn fixed_host_gets_its_address_and_name() {
     let bound = hook.wait("bound", 1, Duration::from_secs(20));
     assert_eq!(field(&bound, "ip"), "198.18.0.50", "{bound}");
     assert_eq!(field(&bound, "hostname"), "spark-1", "{bound}");
+
+    // /explain tells the same story, with the client's DHCP counters.
+    let (code, body) = http_local(&lab, &format!("/explain?mac={mac}&arch=11"));
+    assert_eq!(code, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(e["dhcp"]["address"], "fixed 198.18.0.50 (inventory)", "{e}");
+    assert_eq!(e["dhcp"]["file"], "shimaa64.efi", "{e}");
+    assert_eq!(e["dhcp"]["hostname"], "spark-1", "{e}");
+    assert_eq!(e["dhcp_counters"]["sent"]["ack"], 1, "{e}");
+    let (code, _) = http_local(&lab, "/explain?mac=nonsense");
+    assert_eq!(code, 400);
 }
 
 #[test]
@@ -866,7 +877,8 @@ fn kill_9_under_load_loses_no_acked_lease() {
     const KILLS: usize = 50;
     let lab = big_lab("dhk");
     let client = RelayClient::open(&lab);
-    let acked: Arc<Mutex<Vec<([u8; 6], std::net::Ipv4Addr)>>> = Arc::default();
+    type Acked = Vec<([u8; 6], std::net::Ipv4Addr)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = std::thread::spawn({
         let (acked, stop) = (acked.clone(), stop.clone());

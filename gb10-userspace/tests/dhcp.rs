@@ -1010,3 +1010,87 @@ fn dhcrelay_relays_a_client_on_another_subnet() {
     assert!((start..=end).contains(&ip), "{bound}");
     assert_eq!(field(&bound, "router"), "198.19.1.1", "{bound}");
 }
+
+#[test]
+fn replies_decode_cleanly_in_tcpdump() {
+    if !require_root("replies_decode_cleanly_in_tcpdump")
+        || !require_tool("replies_decode_cleanly_in_tcpdump", "tcpdump", "tcpdump")
+        || !require_tool("replies_decode_cleanly_in_tcpdump", "udhcpc", "udhcpc")
+    {
+        return;
+    }
+    let lab = Lab::bare("dht");
+    let _daemon = start(&lab, &direct_args());
+    let pcap = lab.dir.join("replies.pcap");
+    let mut cap = lab.server.cmd("tcpdump");
+    cap.args(["-U", "-n", "-i", &lab.server_if, "-w"])
+        .arg(&pcap)
+        .args(["udp", "src", "port", "67"]);
+    let capture = Proc::spawn(cap, &lab.dir.join("tcpdump.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    // Two clients in turn: UEFI PXE (file, siaddr, option 60) and iPXE (URL, 175).
+    for (tag, extra) in [
+        (
+            "uefi",
+            vec!["-V", "PXEClient:Arch:00007:UNDI:003000", "-x", "0x5d:0007"],
+        ),
+        (
+            "ipxe",
+            vec![
+                "-V",
+                "PXEClient:Arch:00007:UNDI:003010",
+                "-x",
+                "0x5d:0007",
+                "-x",
+                "0x4d:69505845",
+            ],
+        ),
+    ] {
+        let hook = Hook::udhcpc(&lab);
+        let mut cmd = lab.client.cmd("udhcpc");
+        cmd.args([
+            "-f",
+            "-q",
+            "-i",
+            &lab.client_if,
+            "-t",
+            "10",
+            "-T",
+            "1",
+            "-A",
+            "1",
+        ])
+        .args(&extra)
+        .arg("-s")
+        .arg(&hook.script);
+        let _c = Proc::spawn(cmd, &lab.dir.join(format!("udhcpc-{tag}.log")));
+        let bound = hook.wait("bound", 1, Duration::from_secs(20));
+        let want = if tag == "uefi" {
+            "ipxe.efi"
+        } else {
+            "http://198.18.0.1:8080/boot.ipxe"
+        };
+        assert_eq!(field(&bound, "boot_file"), want, "{bound}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(capture);
+    let decoded = run_ok(
+        Command::new("tcpdump")
+            .args(["-n", "-vvv", "-r"])
+            .arg(&pcap),
+    );
+    println!("{decoded}");
+    assert!(decoded.matches("Reply").count() >= 4, "{decoded}");
+    for bad in [
+        "[|bootp]",
+        "malformed",
+        "Malformed",
+        "invalid",
+        "bad length",
+        "[|",
+    ] {
+        assert!(!decoded.contains(bad), "tcpdump flags `{bad}`:\n{decoded}");
+    }
+    assert!(decoded.contains("PXEClient"), "{decoded}");
+    assert!(decoded.contains("boot.ipxe"), "{decoded}");
+}

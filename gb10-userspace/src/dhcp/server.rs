@@ -194,7 +194,7 @@ impl Server {
         self.client(sock, &req, mac, src, on_pxe_port);
     }
 
-    #[instrument(skip_all, fields(mac = %mac))]
+    #[instrument(level = "debug", skip_all, fields(mac = %mac))]
     fn client(
         &self,
         sock: &Arc<UdpSocket>,

@@ -641,6 +641,40 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_options_relay_ranges_and_boot_section() {
+        let r = raw(r#"
+            lan_iface = "eth1"
+            lan_ip = "198.18.0.1/24"
+            [dhcp]
+            router = "198.18.0.254"
+            dns = ["198.18.0.53"]
+            relay_ranges = ["198.19.1.0/24=198.19.1.100-198.19.1.200,198.19.1.1"]
+            [boot]
+            uefi_x86 = "shimx64.efi"
+            unknown_clients = "ignore"
+            "#)
+        .unwrap();
+        let cfg = Config::try_from(r.clone()).unwrap();
+        assert_eq!(cfg.dhcp.router, Some(Ipv4Addr::new(198, 18, 0, 254)));
+        assert_eq!(cfg.dhcp.dns, vec![Ipv4Addr::new(198, 18, 0, 53)]);
+        let relay = &cfg.dhcp.relay_ranges[0];
+        assert_eq!(relay.subnet, "198.19.1.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(relay.router, Some(Ipv4Addr::new(198, 19, 1, 1)));
+        assert_eq!(cfg.boot.uefi_x86, "shimx64.efi");
+        assert_eq!(cfg.boot.bios, "undionly.kpxe");
+        assert_eq!(cfg.boot.unknown_clients, UnknownClients::Ignore);
+
+        let mut bad = r.clone();
+        bad.dhcp.relay_ranges = Some(vec!["198.19.1.0/24=198.19.2.5-198.19.2.9".into()]);
+        let err = Config::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("dhcp.relay_ranges"), "{err}");
+        let mut bad = r;
+        bad.boot.bios = Some("x".repeat(200));
+        let err = Config::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("boot.bios"), "{err}");
+    }
+
+    #[test]
     fn small_subnet_default_range_avoids_own_address() {
         let lan: Ipv4Net = "198.18.0.129/26".parse().unwrap();
         let (s, e) = default_range(lan);

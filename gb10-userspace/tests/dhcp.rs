@@ -733,12 +733,23 @@ fn perfdhcp_1000_per_second_for_10_s_without_loss() {
         "perfdhcp reported drops or errors:\n{out}\n{}",
         daemon.log()
     );
-    let drops: Vec<&str> = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("drops:"))
-        .collect();
-    assert_eq!(drops.len(), 2, "{out}");
-    assert!(drops.iter().all(|l| l.trim() == "drops: 0"), "{out}");
+    let stat = |key: &str| -> Vec<f64> {
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .filter_map(|v| v.trim().parse().ok())
+            .collect()
+    };
+    assert_eq!(stat("drops:"), vec![0.0, 0.0], "{out}");
+    // perfdhcp paces itself; on a machine shared with builds it may fall short of the
+    // rate it was asked for, so the floor here is half of it, and every exchange it did
+    // start must have completed.
+    let sent = stat("sent packets:");
+    assert_eq!(sent, stat("received packets:"), "{out}");
+    assert!(
+        sent[0] >= 5_000.0,
+        "only {} exchanges started:\n{out}",
+        sent[0]
+    );
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The DHCP decisions as pure functions: a decoded request, the lease table and the
 //! context in; the reply, where it goes, what must be on disk first and what happened
 //! out. No sockets, no clock: the server supplies both.
+//!
+//! Direct mode is authoritative for its pools: a REQUEST (any state) for an address
+//! that is free in the pool of the client's subnet (or is its fixed address) is ACKed,
+//! anything else NAKed, so clients that come from another network re-discover at once.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{

@@ -1105,3 +1105,52 @@ fn replies_decode_cleanly_in_tcpdump() {
     assert!(decoded.contains("PXEClient"), "{decoded}");
     assert!(decoded.contains("boot.ipxe"), "{decoded}");
 }
+
+#[test]
+fn poisoned_lease_records_are_skipped_and_the_daemon_serves() {
+    if !require_root("poisoned_lease_records_are_skipped_and_the_daemon_serves")
+        || !require_tool("poisoned", "udhcpc", "udhcpc")
+    {
+        return;
+    }
+    let lab = Lab::bare("dhx");
+    {
+        // Two bad records (garbage; key and content disagree) beside one good lease.
+        let store = gb10_provision::store::Store::open(&lab.dir.join("data")).expect("store");
+        let good = gb10_provision::dhcp::leases::Lease {
+            ip: "198.18.0.100".parse().unwrap(),
+            client: gb10_provision::dhcp::leases::ClientId(vec![1, 2, 0, 0, 0, 0, 9]),
+            mac: gb10_provision::inventory::Mac([2, 0, 0, 0, 0, 9]),
+            state: gb10_provision::dhcp::leases::LeaseState::Leased,
+            expires: u64::MAX / 2,
+            hostname: None,
+        };
+        let txn = store.db().begin_write().expect("txn");
+        {
+            let mut t = txn
+                .open_table(gb10_provision::dhcp::store::LEASES)
+                .expect("table");
+            let encoded = gb10_provision::dhcp::store::encode(&good);
+            t.insert(u32::from(good.ip), encoded.as_slice())
+                .expect("good");
+            t.insert(0xc612_0065, [1u8, 1, 0xff].as_slice())
+                .expect("garbage");
+            t.insert(0xc612_0066, encoded.as_slice())
+                .expect("key mismatch");
+        }
+        txn.commit().expect("commit");
+    }
+    let _daemon = start(&lab, &direct_args());
+    let m = metrics(&lab);
+    assert_eq!(m.value("gb10_dhcp_leases_restored", &[]), 1.0);
+    assert_eq!(m.value("gb10_dhcp_store_records_skipped", &[]), 2.0);
+    let hook = Hook::udhcpc(&lab);
+    let _client = udhcpc(&lab, &hook);
+    let bound = hook.wait("bound", 1, Duration::from_secs(20));
+    let ip = field(&bound, "ip");
+    assert!(in_range(ip), "{bound}");
+    assert_ne!(
+        ip, "198.18.0.120",
+        "the restored lease is not handed to another client"
+    );
+}

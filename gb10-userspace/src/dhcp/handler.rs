@@ -367,9 +367,14 @@ fn reply_base(req: &Message, ty: MessageType, server_id: Ipv4Addr) -> Message {
     let opts = msg.opts_mut();
     opts.insert(DhcpOption::MessageType(ty));
     opts.insert(DhcpOption::ServerIdentifier(server_id));
-    if let Some(id @ DhcpOption::ClientIdentifier(_)) = req.opts().get(OptionCode::ClientIdentifier)
-    {
-        opts.insert(id.clone());
+    for code in [
+        OptionCode::ClientIdentifier,
+        // RFC 3046 §2.2: a relay's agent information comes back unchanged.
+        OptionCode::RelayAgentInformation,
+    ] {
+        if let Some(opt) = req.opts().get(code) {
+            opts.insert(opt.clone());
+        }
     }
     msg
 }
@@ -651,8 +656,20 @@ mod tests {
     #[test]
     fn relayed_requests_use_the_relay_subnet_pool() {
         let (mut l, inv) = (table(), Inventory::default());
-        let d = msg(&[(53, &[1])], [0; 4], [198, 19, 1, 1]);
+        let agent: &[u8] = &[1, 4, b'e', b't', b'h', b'0', 2, 2, 0xaa, 0xbb];
+        let d = msg(&[(53, &[1]), (82, agent)], [0; 4], [198, 19, 1, 1]);
         let (offer, dest) = run(&d, &mut l, &inv).reply.unwrap();
+        assert_eq!(
+            offer.opts().get(OptionCode::RelayAgentInformation),
+            d.opts().get(OptionCode::RelayAgentInformation),
+            "option 82 echoed"
+        );
+        assert!(
+            offer
+                .opts()
+                .get(OptionCode::RelayAgentInformation)
+                .is_some()
+        );
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 19, 1, 100));
         assert_eq!(offer.giaddr(), Ipv4Addr::new(198, 19, 1, 1));
         assert!(matches!(

@@ -11,7 +11,7 @@ use super::leases::{ClientId, Lease, LeaseState};
 use crate::{inventory::Mac, store::Store};
 
 /// Leases by IPv4 address (as u32): one encoded [`Lease`] each.
-const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("dhcp_leases");
+pub const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("dhcp_leases");
 /// Record format version; a record of another version is skipped, not misread.
 const VERSION: u8 = 1;
 /// Most writes one transaction takes; bounds the latency of the last ACK of a burst.

@@ -92,6 +92,7 @@ const KEPT: &[(u8, usize, usize, usize)] = &[
     (94, 3, 3, 3),             // client network interface id
     (97, 1, 255, 1),           // client machine id
     (175, 0, 255, 1),          // iPXE encapsulated options
+    (82, 2, 255, 1),           // relay agent information (echoed; kept last)
 ];
 
 /// Checks `buf` strictly and decodes its canonical form.
@@ -160,6 +161,8 @@ pub fn canonical(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
     }
     let mut out = Vec::with_capacity(BOOTP_HEADER + 4 + 64);
     out.extend_from_slice(&buf[..BOOTP_HEADER + 4]);
+    // Option 82 last (RFC 3046 §2.1), so nothing after it is lost if it fails to decode.
+    values.sort_by_key(|(code, _)| *code == 82);
     for (code, mut value) in values {
         let &(_, min, max, multiple) = KEPT.iter().find(|k| k.0 == code).expect("kept");
         if code == 61 && value.len() > MAX_CLIENT_ID {
@@ -183,12 +186,26 @@ pub fn canonical(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
         if code == 12 && std::str::from_utf8(&value).is_err() {
             continue;
         }
+        // Option 82 is echoed as dhcproto re-encodes it: one it cannot reproduce
+        // exactly would come back altered, so it is left out.
+        if code == 82 && !relay_info_round_trips(&value) {
+            continue;
+        }
         out.push(code);
         out.push(value.len() as u8);
         out.extend_from_slice(&value);
     }
     out.push(255);
     Ok(out)
+}
+
+fn relay_info_round_trips(value: &[u8]) -> bool {
+    use dhcproto::{Encodable as _, Encoder, v4::relay::RelayAgentInformation};
+    let Ok(info) = RelayAgentInformation::decode(&mut Decoder::new(value)) else {
+        return false;
+    };
+    let mut again = Vec::with_capacity(value.len());
+    info.encode(&mut Encoder::new(&mut again)).is_ok() && again == value
 }
 
 #[cfg(test)]

@@ -606,6 +606,8 @@ fn proxy_mode_beside_dnsmasq() {
     );
 
     // A PXE-class client: an address from dnsmasq, the boot file from us.
+    let capture = require_tool("proxy_mode_beside_dnsmasq", "tcpdump", "tcpdump")
+        .then(|| Capture::start(&lab, "proxy"));
     let iface = br.clone();
     let sock = lab.client.enter(move || {
         use socket2::{Domain, Protocol, Socket, Type};
@@ -664,6 +666,10 @@ fn proxy_mode_beside_dnsmasq() {
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(file(ack), "ipxe.efi");
     assert!(ack.yiaddr().is_unspecified());
+    if let Some(capture) = capture {
+        let decoded = capture.decode(2);
+        assert!(decoded.contains("Vendor-Option (43)"), "{decoded}");
+    }
 }
 
 /// A lab whose LAN is a /18, so pools hold thousands of clients; the client end keeps
@@ -1022,6 +1028,51 @@ fn dhcrelay_relays_a_client_on_another_subnet() {
     assert_eq!(field(&bound, "router"), "198.19.1.1", "{bound}");
 }
 
+/// tcpdump on the server's LAN end, writing our replies (from ports 67 and 4011).
+struct Capture {
+    proc: Option<Proc>,
+    pcap: PathBuf,
+}
+
+impl Capture {
+    fn start(lab: &Lab, name: &str) -> Self {
+        let pcap = lab.dir.join(format!("{name}.pcap"));
+        let mut cap = lab.server.cmd("tcpdump");
+        cap.args(["-U", "-n", "-i", &lab.server_if, "-w"])
+            .arg(&pcap)
+            .args(["udp and (src port 67 or src port 4011)"]);
+        let proc = Some(Proc::spawn(cap, &lab.dir.join(format!("{name}.log"))));
+        std::thread::sleep(Duration::from_millis(500));
+        Self { proc, pcap }
+    }
+
+    /// Stops the capture and decodes it with tcpdump -vvv, an independent DHCP parser:
+    /// at least `replies` BOOTP replies, none with a complaint.
+    #[track_caller]
+    fn decode(mut self, replies: usize) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(self.proc.take());
+        let decoded = run_ok(
+            Command::new("tcpdump")
+                .args(["-n", "-vvv", "-r"])
+                .arg(&self.pcap),
+        );
+        println!("{decoded}");
+        assert!(decoded.matches("Reply").count() >= replies, "{decoded}");
+        for bad in [
+            "[|bootp]",
+            "malformed",
+            "Malformed",
+            "invalid",
+            "bad length",
+            "[|",
+        ] {
+            assert!(!decoded.contains(bad), "tcpdump flags `{bad}`:\n{decoded}");
+        }
+        decoded
+    }
+}
+
 #[test]
 fn replies_decode_cleanly_in_tcpdump() {
     if !require_root("replies_decode_cleanly_in_tcpdump")
@@ -1032,13 +1083,7 @@ fn replies_decode_cleanly_in_tcpdump() {
     }
     let lab = Lab::bare("dht");
     let _daemon = start(&lab, &direct_args());
-    let pcap = lab.dir.join("replies.pcap");
-    let mut cap = lab.server.cmd("tcpdump");
-    cap.args(["-U", "-n", "-i", &lab.server_if, "-w"])
-        .arg(&pcap)
-        .args(["udp", "src", "port", "67"]);
-    let capture = Proc::spawn(cap, &lab.dir.join("tcpdump.log"));
-    std::thread::sleep(Duration::from_millis(500));
+    let capture = Capture::start(&lab, "replies");
     // Two clients in turn: UEFI PXE (file, siaddr, option 60) and iPXE (URL, 175).
     for (tag, extra) in [
         (
@@ -1083,25 +1128,7 @@ fn replies_decode_cleanly_in_tcpdump() {
         };
         assert_eq!(field(&bound, "boot_file"), want, "{bound}");
     }
-    std::thread::sleep(Duration::from_millis(500));
-    drop(capture);
-    let decoded = run_ok(
-        Command::new("tcpdump")
-            .args(["-n", "-vvv", "-r"])
-            .arg(&pcap),
-    );
-    println!("{decoded}");
-    assert!(decoded.matches("Reply").count() >= 4, "{decoded}");
-    for bad in [
-        "[|bootp]",
-        "malformed",
-        "Malformed",
-        "invalid",
-        "bad length",
-        "[|",
-    ] {
-        assert!(!decoded.contains(bad), "tcpdump flags `{bad}`:\n{decoded}");
-    }
+    let decoded = capture.decode(4);
     assert!(decoded.contains("PXEClient"), "{decoded}");
     assert!(decoded.contains("boot.ipxe"), "{decoded}");
 }

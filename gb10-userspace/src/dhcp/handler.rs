@@ -654,6 +654,35 @@ mod tests {
     }
 
     #[test]
+    fn inform_and_decline() {
+        let (mut l, inv) = (table(), Inventory::default());
+        let i = msg(&[(53, &[8])], [198, 18, 0, 9], [0; 4]);
+        let (ack, dest) = run(&i, &mut l, &inv).reply.unwrap();
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert!(ack.yiaddr().is_unspecified());
+        assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+        assert!(ack.opts().get(OptionCode::SubnetMask).is_some());
+        assert_eq!(
+            dest,
+            Dest::To(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 9), CLIENT_PORT))
+        );
+        // Lease .100, then decline it: no reply, probation, next DISCOVER gets .101.
+        let r = msg(&[(53, &[3]), (50, &[198, 18, 0, 100])], [0; 4], [0; 4]);
+        assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Ack));
+        let d = msg(
+            &[(53, &[4]), (54, &SERVER.octets()), (50, &[198, 18, 0, 100])],
+            [0; 4],
+            [0; 4],
+        );
+        let o = run(&d, &mut l, &inv);
+        assert!(o.reply.is_none());
+        assert!(matches!(o.persist, Persist::Later(ref x) if x.state == LeaseState::Declined));
+        let d = msg(&[(53, &[1])], [0; 4], [0; 4]);
+        let (offer, _) = run(&d, &mut l, &inv).reply.unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 18, 0, 101));
+    }
+
+    #[test]
     fn relayed_requests_use_the_relay_subnet_pool() {
         let (mut l, inv) = (table(), Inventory::default());
         let agent: &[u8] = &[1, 4, b'e', b't', b'h', b'0', 2, 2, 0xaa, 0xbb];

@@ -79,6 +79,7 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
         serve(shared.clone(), leases.clone(), writer.clone(), ip, stop)
     })
     .await;
+    writer.sync().await;
     Ok(())
 }
 

@@ -151,7 +151,8 @@ pub fn load(store: &Store) -> (Vec<Lease>, usize) {
 }
 
 struct Write {
-    lease: Lease,
+    /// None: a sync marker, acknowledged once everything queued before it is on disk.
+    lease: Option<Lease>,
     done: Option<oneshot::Sender<Result<(), LeaseStoreError>>>,
 }
 
@@ -176,7 +177,7 @@ impl LeaseWriter {
     pub fn write(&self, lease: Lease) -> oneshot::Receiver<Result<(), LeaseStoreError>> {
         let (done, rx) = oneshot::channel();
         if let Err(mpsc::SendError(w)) = self.tx.send(Write {
-            lease,
+            lease: Some(lease),
             done: Some(done),
         }) && let Some(done) = w.done
         {
@@ -187,7 +188,26 @@ impl LeaseWriter {
 
     /// Queues `lease` without waiting for it (releases, declines: nothing waits on them).
     pub fn write_later(&self, lease: Lease) {
-        let _ = self.tx.send(Write { lease, done: None });
+        let _ = self.tx.send(Write {
+            lease: Some(lease),
+            done: None,
+        });
+    }
+
+    /// Resolves once every write queued before it is on disk (at shutdown, so the
+    /// last releases are not lost).
+    pub async fn sync(&self) {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Write {
+                lease: None,
+                done: Some(done),
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -230,8 +250,8 @@ fn commit(store: &Store, batch: &[Write]) -> Result<(), redb::Error> {
     txn.set_durability(Durability::Immediate)?;
     {
         let mut table = txn.open_table(LEASES)?;
-        for w in batch {
-            table.insert(u32::from(w.lease.ip), encode(&w.lease).as_slice())?;
+        for lease in batch.iter().filter_map(|w| w.lease.as_ref()) {
+            table.insert(u32::from(lease.ip), encode(lease).as_slice())?;
         }
     }
     txn.commit()?;
@@ -280,6 +300,12 @@ mod tests {
         for r in waits {
             r.await.unwrap().unwrap();
         }
+        w.write_later(lease(51));
+        w.sync().await;
+        assert!(
+            load(&store).0.contains(&lease(51)),
+            "sync waits for earlier writes"
+        );
         // A poisoned record beside the good ones.
         let txn = store.db().begin_write().unwrap();
         txn.open_table(LEASES)
@@ -291,7 +317,7 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
         let (leases, skipped) = load(&store);
-        assert_eq!(leases.len(), 50);
+        assert_eq!(leases.len(), 51);
         assert_eq!(skipped, 1);
         assert!(leases.contains(&lease(33)));
     }

@@ -670,6 +670,25 @@ fn proxy_mode_beside_dnsmasq() {
         let decoded = capture.decode(2);
         assert!(decoded.contains("Vendor-Option (43)"), "{decoded}");
     }
+
+    // Firmware that ignores the proxy offer: DISCOVER, offer, DISCOVER again, no
+    // REQUEST. The first offer counts as unanswered for that MAC; the client above
+    // followed its offer up, so it has none.
+    let deaf = [0x52, 0x54, 0, 0xaa, 0xbb, 0x08];
+    for _ in 0..2 {
+        let d = pxe_request(deaf, MessageType::Discover, std::net::Ipv4Addr::UNSPECIFIED);
+        sock.send_to(&d, "255.255.255.255:67")
+            .expect("send DISCOVER");
+        collect_replies(&sock, Duration::from_millis(500));
+    }
+    let unanswered = |m: [u8; 6]| {
+        metrics(&lab).value(
+            "gb10_dhcp_offers_unanswered_total",
+            &[("mac", &format_mac(&m))],
+        )
+    };
+    assert_eq!(unanswered(deaf), 1.0);
+    assert_eq!(unanswered(mac), 0.0);
 }
 
 /// A lab whose LAN is a /18, so pools hold thousands of clients; the client end keeps

@@ -1200,3 +1200,17 @@ fn poisoned_lease_records_are_skipped_and_the_daemon_serves() {
         "the restored lease is not handed to another client"
     );
 }
+
+/// Not a pass/fail test: how many DORA/s perfdhcp gets at full speed (run it with
+/// `cargo test --release … -- --ignored --nocapture perfdhcp_max_rate`).
+#[test]
+#[ignore = "a measurement; run explicitly, in release"]
+fn perfdhcp_max_rate() {
+    if !require_root("perfdhcp_max_rate") || !require_tool("perfdhcp", "perfdhcp", "kea-admin") {
+        return;
+    }
+    let lab = big_lab("dhz");
+    let _daemon = start(&lab, &big_args());
+    let (_, out) = perfdhcp(&lab, &["-p", "10", "-R", "16000", "-W", "2000000"]);
+    println!("{out}");
+}

@@ -73,6 +73,8 @@ async fn explain(
             });
             let mut body = serde_json::to_value(&e).unwrap_or_default();
             body["dhcp_counters"] = counters.unwrap_or_default();
+            body["lease"] =
+                serde_json::to_value(shared.dhcp_stats.lease_of(e.mac)).unwrap_or_default();
             axum::Json(body).into_response()
         }
         Err(err) => (

@@ -104,6 +104,12 @@ pub const DHCP_STORE_FAILURES: Family = family(
     "ACKs withheld because their lease could not be written.",
 );
 
+pub const DHCP_LEASES: Family = family(
+    "gb10_dhcp_leases",
+    "gauge",
+    "Addresses currently held, by lease state (offered, leased, declined).",
+);
+
 /// Builds the text exposition.
 #[derive(Default)]
 pub struct Writer {
@@ -247,6 +253,16 @@ pub fn write_dhcp(w: &mut Writer, stats: &crate::dhcp::Stats) {
     w.family(&DHCP_NO_REPLY);
     for (reason, n) in Silent::LABELS.iter().zip(&stats.silent) {
         w.sample(&DHCP_NO_REPLY, &[("reason", reason)], n.load(Relaxed));
+    }
+    w.family(&DHCP_LEASES);
+    for (state, n) in stats.lease_counts(crate::dhcp::unix_now()) {
+        let label = match state {
+            crate::dhcp::leases::LeaseState::Offered => "offered",
+            crate::dhcp::leases::LeaseState::Leased => "leased",
+            crate::dhcp::leases::LeaseState::Declined => "declined",
+            crate::dhcp::leases::LeaseState::Released => "released",
+        };
+        w.sample(&DHCP_LEASES, &[("state", label)], n);
     }
     w.single(&DHCP_LEASES_RESTORED, stats.restored.load(Relaxed));
     w.single(&DHCP_STORE_SKIPPED, stats.store_skipped.load(Relaxed));

@@ -275,6 +275,12 @@ fn fixed_host_gets_its_address_and_name() {
     assert_eq!(e["dhcp"]["file"], "shimaa64.efi", "{e}");
     assert_eq!(e["dhcp"]["hostname"], "spark-1", "{e}");
     assert_eq!(e["dhcp_counters"]["sent"]["ack"], 1, "{e}");
+    assert_eq!(e["lease"]["ip"], "198.18.0.50", "{e}");
+    assert_eq!(e["lease"]["state"], "leased", "{e}");
+    assert_eq!(
+        metrics(&lab).value("gb10_dhcp_leases", &[("state", "leased")]),
+        1.0
+    );
     let (code, _) = http_local(&lab, "/explain?mac=nonsense");
     assert_eq!(code, 400);
 }

@@ -11,7 +11,7 @@ pub mod wire;
 use std::{
     collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -75,6 +75,8 @@ pub struct Stats {
     /// ACKs not sent because their lease could not be written.
     pub store_failures: AtomicU64,
     clients: Mutex<HashMap<Option<Mac>, ClientStats>>,
+    /// The lease table, once the responder runs (for `/metrics` and `/explain`).
+    table: OnceLock<Arc<Mutex<leases::Leases>>>,
 }
 
 impl Stats {
@@ -133,6 +135,37 @@ impl Stats {
         let mut all: Vec<_> = clients.iter().map(|(k, v)| (*k, v.clone())).collect();
         all.sort_by_key(|(k, _)| *k);
         all
+    }
+
+    /// Publishes the responder's lease table.
+    pub fn set_table(&self, table: Arc<Mutex<leases::Leases>>) {
+        let _ = self.table.set(table);
+    }
+
+    /// Active leases by state at `now` (unix seconds): offered, leased, declined.
+    pub fn lease_counts(&self, now: u64) -> [(leases::LeaseState, u64); 3] {
+        use leases::LeaseState as S;
+        let mut counts = [(S::Offered, 0), (S::Leased, 0), (S::Declined, 0)];
+        if let Some(table) = self.table.get() {
+            let table = table.lock().unwrap_or_else(|p| p.into_inner());
+            for lease in table.iter().filter(|l| l.active(now)) {
+                if let Some(c) = counts.iter_mut().find(|(s, _)| *s == lease.state) {
+                    c.1 += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// The newest lease record (any state) of `mac`.
+    pub fn lease_of(&self, mac: Mac) -> Option<leases::Lease> {
+        let table = self.table.get()?;
+        let table = table.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .iter()
+            .filter(|l| l.mac == mac)
+            .max_by_key(|l| l.expires)
+            .cloned()
     }
 
     /// One client's counters.

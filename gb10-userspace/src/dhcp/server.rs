@@ -74,6 +74,7 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
         }
     }
     let leases = Arc::new(Mutex::new(table));
+    shared.dhcp_stats.set_table(leases.clone());
     let writer = LeaseWriter::spawn(shared.store.clone());
     lan::follow("dhcp", shared.lan_addr.clone(), token, |ip, stop| {
         serve(shared.clone(), leases.clone(), writer.clone(), ip, stop)

@@ -124,8 +124,9 @@ pub struct RawDhcp {
     /// Domain name handed out (option 15); none when unset.
     #[arg(long = "dhcp-domain", env = "GB10_DHCP_DOMAIN")]
     pub domain: Option<String>,
-    /// Pools for relayed subnets, `SUBNET/PREFIX=START-END[,ROUTER]`, comma-separated
-    /// (a DHCP relay's giaddr picks the pool whose subnet holds it).
+    /// Pools for relayed subnets, each `SUBNET/PREFIX=START-END[,ROUTER]`: a TOML array,
+    /// `;`-separated as a flag or env (a relay's giaddr picks the pool whose subnet
+    /// holds it).
     #[arg(
         long = "dhcp-relay-ranges",
         env = "GB10_DHCP_RELAY_RANGES",

@@ -163,11 +163,20 @@ async fn serve(
                 Ok((n, src)) => server.packet(&main, &buf[..n], src, false),
                 Err(err) => warn!(error = %err, "DHCP receive failed"),
             },
-            got = async { pxe.as_ref().expect("guarded").recv_from(&mut pxe_buf).await }, if pxe.is_some() => match got {
-                Ok((n, src)) => server.packet(pxe.as_ref().expect("guarded"), &pxe_buf[..n], src, true),
-                Err(err) => warn!(error = %err, "proxy DHCP receive failed"),
+            got = recv_opt(pxe.as_deref(), &mut pxe_buf) => match (got, &pxe) {
+                (Ok((n, src)), Some(sock)) => server.packet(sock, &pxe_buf[..n], src, true),
+                (Ok(_), None) => {}
+                (Err(err), _) => warn!(error = %err, "proxy DHCP receive failed"),
             },
         }
+    }
+}
+
+/// Receives on `sock`, or never when there is none (direct mode has no port 4011).
+async fn recv_opt(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(sock) => sock.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

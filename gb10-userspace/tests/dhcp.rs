@@ -1220,3 +1220,51 @@ fn perfdhcp_max_rate() {
     let (_, out) = perfdhcp(&lab, &["-p", "10", "-R", "16000", "-W", "2000000"]);
     println!("{out}");
 }
+
+#[test]
+fn unknown_clients_can_be_ignored() {
+    if !require_root("unknown_clients_can_be_ignored")
+        || !require_tool("unknown_clients_can_be_ignored", "udhcpc", "udhcpc")
+    {
+        return;
+    }
+    let lab = Lab::bare("dhn");
+    let mut args = direct_args();
+    args.extend(["--boot-unknown-clients", "ignore"]);
+    let _daemon = start(&lab, &args);
+    let hook = Hook::udhcpc(&lab);
+    let out = lab
+        .client
+        .cmd("timeout")
+        .args([
+            "20",
+            "udhcpc",
+            "-f",
+            "-n",
+            "-q",
+            "-i",
+            &lab.client_if,
+            "-t",
+            "2",
+            "-T",
+            "1",
+        ])
+        .arg("-s")
+        .arg(&hook.script)
+        .output()
+        .expect("udhcpc");
+    assert!(
+        !out.status.success(),
+        "an unknown client got a lease: {out:?}"
+    );
+    let events = std::fs::read_to_string(&hook.events).unwrap_or_default();
+    assert!(!events.contains("bound"), "{events}");
+    assert!(
+        wait_metric(
+            &lab,
+            "gb10_dhcp_no_reply_total",
+            &[("reason", "ignored")],
+            2.0
+        ) >= 2.0
+    );
+}

@@ -15,6 +15,111 @@ pub const TFTP_PORTS_MAP: &str = "GB10_TFTP_PORTS";
 pub const TFTP_PORTS_MAX: u32 = 4_096;
 /// Name of the LAN ingress XDP program in the object file.
 pub const LAN_PROGRAM: &str = "gb10_lan";
+/// XDP program on every other interface: drops provisioning requests arriving there.
+pub const GUARD_IN_PROGRAM: &str = "gb10_guard_in";
+/// TC egress program on every other interface: drops provisioning replies leaving there.
+pub const GUARD_OUT_PROGRAM: &str = "gb10_guard_out";
+
+/// The guard's settings, an array of one [`GuardConfig`], written by the daemon.
+pub const GUARD_CONFIG_MAP: &str = "GB10_GUARD";
+/// Per-MAC token buckets for DHCP/TFTP requests: LRU hash [`MacKey`] → [`Bucket`].
+pub const BUCKETS_MAP: &str = "GB10_BUCKETS";
+/// The global bucket for clients without an allowance: an array of one [`Bucket`].
+pub const GLOBAL_BUCKET_MAP: &str = "GB10_GLOBAL_BUCKET";
+/// Known clients (the inventory) and their own rates: hash [`MacKey`] → [`Rate`].
+pub const ALLOWANCE_MAP: &str = "GB10_ALLOWANCE";
+/// Bound on clients with an allowance.
+pub const ALLOWANCE_MAX: u32 = 4_096;
+/// DHCP servers other than us seen on the LAN: LRU hash [`ServerKey`] → [`ServerSeen`].
+pub const SERVERS_MAP: &str = "GB10_SERVERS";
+/// Bound on foreign DHCP servers tracked.
+pub const SERVERS_MAX: u32 = 256;
+/// Guard counters per non-LAN interface: per-CPU hash ifindex → [`GuardCounters`].
+pub const GUARD_COUNTERS_MAP: &str = "GB10_GUARD_COUNTERS";
+/// Bound on guarded interfaces.
+pub const GUARD_IFACES_MAX: u32 = 1_024;
+
+/// What the guard does with what it would drop.
+pub const GUARD_OFF: u32 = 0;
+/// Count what enforce would drop, drop nothing.
+pub const GUARD_MONITOR: u32 = 1;
+/// Drop.
+pub const GUARD_ENFORCE: u32 = 2;
+
+/// A token bucket's rate: each packet costs `cost_ns` of credit; credit accrues one ns per
+/// ns and is capped at `cap_ns` (so the burst is `cap_ns / cost_ns` packets).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub cost_ns: u64,
+    pub cap_ns: u64,
+}
+
+impl Rate {
+    /// `per_second` packets a second with bursts of `burst`; 0 per second = unlimited.
+    pub const fn new(per_second: u64, burst: u64) -> Self {
+        if per_second == 0 {
+            return Self {
+                cost_ns: 0,
+                cap_ns: 0,
+            };
+        }
+        let cost_ns = 1_000_000_000 / per_second;
+        Self {
+            cost_ns,
+            cap_ns: cost_ns * if burst == 0 { 1 } else { burst },
+        }
+    }
+}
+
+/// The guard's settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// [`GUARD_OFF`], [`GUARD_MONITOR`] or [`GUARD_ENFORCE`].
+    pub mode: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// Per-client rate of DHCP/proxy-DHCP/TFTP requests, for clients without an allowance.
+    pub client: Rate,
+    /// Rate of all requests from clients without an allowance together.
+    pub global: Rate,
+}
+
+/// A token bucket's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
+/// A DHCP server seen on the LAN: its MAC and IPv4 source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServerKey {
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+    pub ip: [u8; 4],
+}
+
+/// What was seen of a foreign DHCP server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerSeen {
+    pub packets: u64,
+    pub last_ns: u64,
+}
+
+/// What the guard did on one non-LAN interface (one CPU's share).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardCounters {
+    /// Inbound DHCP/proxy-DHCP/TFTP requests dropped (or, in monitor mode, seen).
+    pub inbound: u64,
+    /// Outbound DHCP/proxy-DHCP/TFTP replies dropped (or, in monitor mode, seen).
+    pub outbound: u64,
+}
 
 /// UDP port of a DHCP server.
 pub const PORT_DHCP_SERVER: u16 = 67;
@@ -79,10 +184,16 @@ pub enum Global {
     Malformed = 5,
     /// Bytes of every frame the program saw.
     Bytes = 6,
+    /// DHCP/TFTP requests over their rate (dropped in enforce mode, counted in monitor).
+    RateLimited = 7,
+    /// Malformed frames to DHCP/TFTP ports dropped (enforce) or that would be (monitor).
+    MalformedDropped = 8,
+    /// DHCP server messages from servers other than us.
+    ForeignServer = 9,
 }
 
 /// Number of [`Global`] counters.
-pub const GLOBALS: u32 = 7;
+pub const GLOBALS: u32 = 10;
 
 impl Global {
     /// Every counter, in index order.
@@ -94,6 +205,9 @@ impl Global {
         Global::Other,
         Global::Malformed,
         Global::Bytes,
+        Global::RateLimited,
+        Global::MalformedDropped,
+        Global::ForeignServer,
     ];
 
     /// The global counter that counts frames of `kind`.
@@ -116,6 +230,9 @@ impl Global {
             Global::Other => "other",
             Global::Malformed => "malformed",
             Global::Bytes => "bytes",
+            Global::RateLimited => "rate_limited",
+            Global::MalformedDropped => "malformed_dropped",
+            Global::ForeignServer => "foreign_server",
         }
     }
 }
@@ -147,6 +264,8 @@ pub struct ClientCounters {
     pub bytes: [u64; KINDS],
     /// Frames from this MAC whose IPv4/UDP/DHCP/TFTP headers were malformed.
     pub malformed: u64,
+    /// Requests from this MAC over its rate (dropped in enforce mode).
+    pub limited: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last frame seen on this CPU.
     pub last_seen_ns: u64,
 }
@@ -159,6 +278,7 @@ impl ClientCounters {
             self.bytes[i] += other.bytes[i];
         }
         self.malformed += other.malformed;
+        self.limited += other.limited;
         if other.last_seen_ns > self.last_seen_ns {
             self.last_seen_ns = other.last_seen_ns;
         }
@@ -172,7 +292,21 @@ mod pod {
     unsafe impl aya::Pod for super::MacKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClientCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Rate {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GuardConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServerSeen {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GuardCounters {}
 }
 
 const _: () = assert!(size_of::<MacKey>() == 8);
-const _: () = assert!(size_of::<ClientCounters>() == (2 * KINDS + 2) * 8);
+const _: () = assert!(size_of::<ClientCounters>() == (2 * KINDS + 3) * 8);
+const _: () = assert!(size_of::<GuardConfig>() == 40);
+const _: () = assert!(size_of::<ServerKey>() == 12);

@@ -21,7 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the DHCP/TFTP/HTTP responder on the LAN interface.
     Serve(ConfigArgs),
-    /// Validate the configuration and exit (non-zero with the reason when invalid).
+    /// Validate the configuration, the inventory and every template rendered for every
+    /// host; exit non-zero naming file, line and variable when something is wrong.
     Check(ConfigArgs),
     /// What DHCP, TFTP and HTTP would answer one client, and why.
     Explain(ExplainArgs),
@@ -115,6 +116,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 config.mode,
                 config.data_path.display(),
                 config.http_port
+            );
+            // Every template, rendered for every host of the inventory: the same test the
+            // daemon runs at start and on each reload.
+            let inventory = crate::inventory::Inventory::load(&config.data_path)?;
+            let templates = crate::templates::Templates::load(&config.data_path)?;
+            let rendered = crate::templates::check_all(&templates, &inventory)?;
+            println!(
+                "inventory ok: {} hosts, {} profiles; templates ok: {} renders",
+                inventory.hosts.len(),
+                inventory.profiles.len(),
+                rendered
             );
             Ok(())
         }

@@ -1,19 +1,66 @@
-//! Client onboarding events: DHCP, TFTP and HTTP report what a client did, by MAC.
-//! The record of each client (timeline, state, persistence) hangs off [`Clients::record`].
-use std::sync::Mutex;
+//! Client onboarding state: DHCP, TFTP and HTTP report what a client did, by MAC, through
+//! [`Clients::record`]; each client gets a timeline and a state (discovered → pxe_booted →
+//! installing → installed → onboarded, or failed), persisted in the store.
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::Ipv4Addr,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use serde::Serialize;
+use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
-use crate::inventory::Mac;
+use crate::{inventory::Mac, store::Store};
+
+/// One row per client: MAC text → JSON of its [`ClientRecord`].
+const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+
+/// Timeline entries kept per client; older ones are dropped first, so a client that
+/// heartbeats for months cannot grow its record without bound.
+pub const TIMELINE_LIMIT: usize = 200;
+
+/// Clients remembered at most. Heartbeats are unauthenticated, so without a bound anyone
+/// on the LAN could grow the store with made-up MACs; past it, new MACs are not recorded.
+pub const CLIENT_LIMIT: usize = 65_536;
+
+/// Why client state could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientsError {
+    #[error("client store")]
+    Store {
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("client record `{key}` in the store is not valid")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl<E: Into<redb::Error>> From<E> for ClientsError {
+    fn from(e: E) -> Self {
+        Self::Store {
+            source: Box::new(e.into()),
+        }
+    }
+}
 
 /// Something a client did that moves its onboarding along.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClientEvent {
     /// A DHCPDISCOVER (or proxy request) arrived; `arch` is option 93 when sent.
-    Discover { arch: Option<u16> },
+    Discover {
+        #[serde(default)]
+        arch: Option<u16>,
+    },
     /// An address was leased (direct mode).
-    Leased { ip: std::net::Ipv4Addr },
+    Leased { ip: Ipv4Addr },
     /// A boot file was fetched over TFTP or HTTP.
     BootFile { path: String },
     /// A kernel or initrd was fetched.
@@ -23,33 +70,367 @@ pub enum ClientEvent {
     /// The client POSTed a heartbeat.
     Heartbeat {
         phase: String,
+        #[serde(default)]
         message: Option<String>,
+        /// The address the client says it has (informational: heartbeats are not
+        /// authenticated, so this never decides who owns a seed).
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
     },
 }
 
-/// Where events go. Cheap to call from any task.
+/// Where a client is in its onboarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientState {
+    Discovered,
+    PxeBooted,
+    Installing,
+    Installed,
+    Onboarded,
+    Failed,
+}
+
+impl ClientState {
+    pub const ALL: [ClientState; 6] = [
+        Self::Discovered,
+        Self::PxeBooted,
+        Self::Installing,
+        Self::Installed,
+        Self::Onboarded,
+        Self::Failed,
+    ];
+
+    /// The snake_case name used in JSON, heartbeat phases and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Discovered => "discovered",
+            Self::PxeBooted => "pxe_booted",
+            Self::Installing => "installing",
+            Self::Installed => "installed",
+            Self::Onboarded => "onboarded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The state a heartbeat phase names, if it names one.
+    pub fn from_phase(phase: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.label() == phase)
+    }
+
+    /// The state after `event`. Events seen on the wire only move a client forward
+    /// (a reboot into the installed system DHCPs again, which must not undo
+    /// `installed`); a heartbeat naming a state sets it, so an installer can report
+    /// `failed` or a reinstall can start over at `installing`.
+    fn after(current: Option<Self>, event: &ClientEvent) -> Option<Self> {
+        let implied = match event {
+            ClientEvent::Discover { .. } | ClientEvent::Leased { .. } => Self::Discovered,
+            ClientEvent::BootFile { .. } | ClientEvent::Kernel { .. } => Self::PxeBooted,
+            ClientEvent::Seed { .. } => Self::Installing,
+            ClientEvent::Heartbeat { phase, .. } => {
+                return Self::from_phase(phase).or(current);
+            }
+        };
+        match current {
+            // A failed client that boots again is trying again.
+            Some(Self::Failed) => Some(implied),
+            Some(s) if s >= implied => Some(s),
+            _ => Some(implied),
+        }
+    }
+}
+
+/// One entry of a client's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: ClientEvent,
+}
+
+/// Everything known about one client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub mac: Mac,
+    pub state: ClientState,
+    /// The address DHCP leased to it (used to tell who owns a seed).
+    #[serde(default)]
+    pub lease_ip: Option<Ipv4Addr>,
+    /// The address its last heartbeat reported.
+    #[serde(default)]
+    pub reported_ip: Option<Ipv4Addr>,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Oldest first, at most [`TIMELINE_LIMIT`].
+    pub timeline: VecDeque<TimelineEntry>,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: BTreeMap<Mac, ClientRecord>,
+    /// Clients changed since the last [`Clients::flush`].
+    dirty: BTreeSet<Mac>,
+}
+
+/// Where events go. Cheap to call from any task: [`Clients::record`] only touches memory;
+/// [`flush_loop`] writes changed records to the store in one transaction per second, so
+/// a burst of DHCP traffic never waits on fsync.
 #[derive(Default)]
 pub struct Clients {
-    events: Mutex<Vec<(Mac, ClientEvent)>>,
+    inner: Mutex<Inner>,
+    store: Option<Store>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Clients {
+    /// Client state backed by `store`, loading what an earlier run saved.
+    pub fn open(store: Store) -> Result<Self, ClientsError> {
+        let mut records = BTreeMap::new();
+        let txn = store.db().begin_read()?;
+        match txn.open_table(CLIENTS) {
+            Ok(table) => {
+                for row in table.iter()? {
+                    let (key, value) = row?;
+                    let record: ClientRecord =
+                        serde_json::from_slice(value.value()).map_err(|source| {
+                            ClientsError::Decode {
+                                key: key.value().to_owned(),
+                                source,
+                            }
+                        })?;
+                    records.insert(record.mac, record);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                records,
+                dirty: BTreeSet::new(),
+            }),
+            store: Some(store),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records that `mac` did `event`.
     pub fn record(&self, mac: Mac, event: ClientEvent) {
-        tracing::debug!(%mac, ?event, "client event");
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((mac, event));
+        let at_ms = now_ms();
+        let mut inner = self.lock();
+        if inner.records.len() >= CLIENT_LIMIT && !inner.records.contains_key(&mac) {
+            warn!(%mac, limit = CLIENT_LIMIT, ?event, "client table full; event not recorded");
+            return;
+        }
+        let existing = inner.records.get(&mac).map(|r| r.state);
+        let state = ClientState::after(existing, &event).unwrap_or(ClientState::Discovered);
+        let record = inner.records.entry(mac).or_insert_with(|| ClientRecord {
+            mac,
+            state,
+            lease_ip: None,
+            reported_ip: None,
+            first_seen_ms: at_ms,
+            last_seen_ms: at_ms,
+            timeline: VecDeque::new(),
+        });
+        if record.state != state {
+            debug!(%mac, from = record.state.label(), to = state.label(), "client state");
+        }
+        record.state = state;
+        record.last_seen_ms = at_ms;
+        match &event {
+            ClientEvent::Leased { ip } => record.lease_ip = Some(*ip),
+            ClientEvent::Heartbeat { ip: Some(ip), .. } => record.reported_ip = Some(*ip),
+            _ => {}
+        }
+        if record.timeline.len() >= TIMELINE_LIMIT {
+            record.timeline.pop_front();
+        }
+        debug!(%mac, ?event, "client event");
+        record.timeline.push_back(TimelineEntry { at_ms, event });
+        inner.dirty.insert(mac);
     }
 
     /// Events recorded for `mac`, oldest first.
     pub fn events(&self, mac: Mac) -> Vec<ClientEvent> {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        events
-            .iter()
-            .filter(|(m, _)| *m == mac)
-            .map(|(_, e)| e.clone())
+        self.lock().records.get(&mac).map_or_else(Vec::new, |r| {
+            r.timeline.iter().map(|e| e.event.clone()).collect()
+        })
+    }
+
+    /// The record of `mac`.
+    pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
+        self.lock().records.get(&mac).cloned()
+    }
+
+    /// Every record, by MAC.
+    pub fn all(&self) -> Vec<ClientRecord> {
+        self.lock().records.values().cloned().collect()
+    }
+
+    /// The state of `mac`, if it was ever seen.
+    pub fn state(&self, mac: Mac) -> Option<ClientState> {
+        self.lock().records.get(&mac).map(|r| r.state)
+    }
+
+    /// The client DHCP leased `ip` to.
+    pub fn mac_by_lease(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.lock()
+            .records
+            .values()
+            .find(|r| r.lease_ip == Some(ip))
+            .map(|r| r.mac)
+    }
+
+    /// How many clients are in each state (every state listed, zeros included).
+    pub fn counts(&self) -> Vec<(ClientState, usize)> {
+        let inner = self.lock();
+        ClientState::ALL
+            .into_iter()
+            .map(|s| (s, inner.records.values().filter(|r| r.state == s).count()))
             .collect()
+    }
+
+    /// Writes the records changed since the last flush, in one transaction.
+    pub fn flush(&self) -> Result<(), ClientsError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let batch: Vec<(String, Vec<u8>)> = {
+            let mut inner = self.lock();
+            let dirty = std::mem::take(&mut inner.dirty);
+            dirty
+                .into_iter()
+                .filter_map(|mac| {
+                    let r = inner.records.get(&mac)?;
+                    // A record of plain data always serialises.
+                    Some((mac.to_string(), serde_json::to_vec(r).unwrap_or_default()))
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = (|| -> Result<(), ClientsError> {
+            let txn = store.db().begin_write()?;
+            {
+                let mut table = txn.open_table(CLIENTS)?;
+                for (key, value) in &batch {
+                    table.insert(key.as_str(), value.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            // Try again next time rather than lose the change.
+            let mut inner = self.lock();
+            for (key, _) in &batch {
+                if let Ok(mac) = key.parse() {
+                    inner.dirty.insert(mac);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Flushes `clients` every second until `token` fires, then once more.
+pub async fn flush_loop(shared: std::sync::Arc<crate::daemon::Shared>, token: CancellationToken) {
+    let flush = |shared: std::sync::Arc<crate::daemon::Shared>| async move {
+        let result = tokio::task::spawn_blocking(move || shared.clients.flush()).await;
+        if let Ok(Err(err)) = result {
+            warn!(error = %crate::error_chain(&err), "saving client state failed; will retry");
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => flush(shared.clone()).await,
+        }
+    }
+    flush(shared).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: Mac = Mac([2, 0, 0, 0, 0, 1]);
+
+    fn heartbeat(phase: &str) -> ClientEvent {
+        ClientEvent::Heartbeat {
+            phase: phase.into(),
+            message: None,
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn moves_forward_and_heartbeats_set_state() {
+        let c = Clients::default();
+        c.record(MAC, ClientEvent::Discover { arch: Some(7) });
+        assert_eq!(c.state(MAC), Some(ClientState::Discovered));
+        c.record(
+            MAC,
+            ClientEvent::BootFile {
+                path: "x.efi".into(),
+            },
+        );
+        assert_eq!(c.state(MAC), Some(ClientState::PxeBooted));
+        c.record(MAC, ClientEvent::Seed { path: "u".into() });
+        c.record(MAC, heartbeat("installed"));
+        assert_eq!(c.state(MAC), Some(ClientState::Installed));
+        // The installed system DHCPs again: still installed.
+        c.record(MAC, ClientEvent::Discover { arch: None });
+        assert_eq!(c.state(MAC), Some(ClientState::Installed));
+        c.record(MAC, heartbeat("alive"));
+        assert_eq!(c.state(MAC), Some(ClientState::Installed));
+        c.record(MAC, heartbeat("failed"));
+        assert_eq!(c.state(MAC), Some(ClientState::Failed));
+        c.record(MAC, ClientEvent::Kernel { path: "k".into() });
+        assert_eq!(c.state(MAC), Some(ClientState::PxeBooted));
+        assert_eq!(c.events(MAC).len(), 8);
+    }
+
+    #[test]
+    fn timeline_is_bounded_and_lease_is_kept() {
+        let c = Clients::default();
+        c.record(
+            MAC,
+            ClientEvent::Leased {
+                ip: Ipv4Addr::new(198, 18, 0, 100),
+            },
+        );
+        for _ in 0..TIMELINE_LIMIT + 10 {
+            c.record(MAC, heartbeat("alive"));
+        }
+        assert_eq!(c.events(MAC).len(), TIMELINE_LIMIT);
+        assert_eq!(c.mac_by_lease(Ipv4Addr::new(198, 18, 0, 100)), Some(MAC));
+    }
+
+    #[test]
+    fn persists_through_the_store() {
+        let store = Store::in_memory();
+        let c = Clients::open(store.clone()).unwrap();
+        c.record(MAC, ClientEvent::Discover { arch: None });
+        c.record(MAC, heartbeat("onboarded"));
+        c.flush().unwrap();
+        drop(c);
+        let again = Clients::open(store).unwrap();
+        let r = again.get(MAC).unwrap();
+        assert_eq!(r.state, ClientState::Onboarded);
+        assert_eq!(r.timeline.len(), 2);
+        let counts = again.counts();
+        assert!(counts.contains(&(ClientState::Onboarded, 1)));
     }
 }

@@ -91,6 +91,10 @@ pub struct RawConfig {
     /// TCP port of the HTTP service on the LAN address (default 80).
     #[arg(long, env = "GB10_HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// Port of the health listener on 127.0.0.1 (`/healthz`, `/livez`, `/metrics`), for
+    /// probes that must answer while the LAN has no address; 0 turns it off (default 9180).
+    #[arg(long, env = "GB10_HEALTH_PORT")]
+    pub health_port: Option<u16>,
     /// Subnet (CIDR) of the site network proxy-DHCP serves; proxy mode only.
     #[arg(long, env = "GB10_PROXY_SUBNET")]
     pub proxy_subnet: Option<String>,
@@ -103,6 +107,73 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(default)]
     pub boot: RawBoot,
+    #[command(flatten)]
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[http]`: static mounts and seed delivery.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Extra static directories by URL prefix, beside `data_path/www` at `/`. In the file a
+    /// table (`mounts = { "/repos/" = "/data/provision/repos" }`); as flags
+    /// `--http-mount /repos/=/data/provision/repos` (repeatable); in the environment
+    /// `GB10_HTTP_MOUNTS=/repos/=/a,/hf/=/b`. Flags or env replace the file's table whole.
+    #[arg(
+        id = "http_mounts",
+        long = "http-mount",
+        env = "GB10_HTTP_MOUNTS",
+        value_delimiter = ',',
+        value_name = "PREFIX=DIR"
+    )]
+    #[serde(default, with = "mount_table")]
+    pub mounts: Vec<Mount>,
+    /// Serve a host's seed only to the host's fixed IP or DHCP lease (default true). Turn
+    /// off only in labs where clients reach the server through NAT or static addresses.
+    #[arg(long = "seed-owner-check", env = "GB10_HTTP_SEED_OWNER_CHECK")]
+    pub seed_owner_check: Option<bool>,
+}
+
+/// One `PREFIX=DIR` static mount as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub prefix: String,
+    pub dir: PathBuf,
+}
+
+impl std::str::FromStr for Mount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (prefix, dir) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}`: write PREFIX=DIR, like /repos/=/data/provision/repos")
+        })?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            dir: dir.into(),
+        })
+    }
+}
+
+/// `[http] mounts` as a TOML table of prefix → directory.
+mod mount_table {
+    use std::{collections::BTreeMap, path::PathBuf};
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use super::Mount;
+
+    pub fn serialize<S: Serializer>(mounts: &[Mount], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(mounts.iter().map(|m| (&m.prefix, &m.dir)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Mount>, D::Error> {
+        let table = BTreeMap::<String, PathBuf>::deserialize(d)?;
+        Ok(table
+            .into_iter()
+            .map(|(prefix, dir)| Mount { prefix, dir })
+            .collect())
+    }
 }
 
 /// `[dhcp]`: the direct-mode DHCP server.
@@ -207,6 +278,7 @@ impl RawConfig {
             mode,
             data_path,
             http_port,
+            health_port,
             proxy_subnet,
             dhcp:
                 RawDhcp {
@@ -228,6 +300,10 @@ impl RawConfig {
                     ipxe_script,
                     unknown_clients,
                 },
+            http: RawHttp {
+                mounts,
+                seed_owner_check,
+            },
         } = over;
         RawConfig {
             lan_iface: lan_iface.or(self.lan_iface),
@@ -235,6 +311,7 @@ impl RawConfig {
             mode: mode.or(self.mode),
             data_path: data_path.or(self.data_path),
             http_port: http_port.or(self.http_port),
+            health_port: health_port.or(self.health_port),
             proxy_subnet: proxy_subnet.or(self.proxy_subnet),
             dhcp: RawDhcp {
                 range: range.or(self.dhcp.range),
@@ -256,6 +333,14 @@ impl RawConfig {
                 ipxe_script: ipxe_script.or(self.boot.ipxe_script),
                 unknown_clients: unknown_clients.or(self.boot.unknown_clients),
             },
+            http: RawHttp {
+                mounts: if mounts.is_empty() {
+                    self.http.mounts
+                } else {
+                    mounts
+                },
+                seed_owner_check: seed_owner_check.or(self.http.seed_owner_check),
+            },
         }
     }
 }
@@ -266,6 +351,8 @@ pub const DEFAULT_LAN_IP: &str = "10.88.0.1/24";
 pub const DEFAULT_DATA_PATH: &str = "/data/provision";
 /// Default HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 80;
+/// Default port of the loopback health listener.
+pub const DEFAULT_HEALTH_PORT: u16 = 9180;
 /// Default lease duration.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -278,10 +365,21 @@ pub struct Config {
     pub mode: Mode,
     pub data_path: PathBuf,
     pub http_port: u16,
+    /// 0 = no health listener.
+    pub health_port: u16,
     pub proxy_subnet: Option<Ipv4Net>,
     pub dhcp: DhcpConfig,
     pub xdp: XdpMode,
     pub boot: BootConfig,
+    pub http: HttpConfig,
+}
+
+/// Validated `[http]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// URL prefix (starting and ending with `/`) → directory, longest prefix first.
+    pub mounts: Vec<(String, PathBuf)>,
+    pub seed_owner_check: bool,
 }
 
 /// Validated `[dhcp]`.
@@ -387,6 +485,7 @@ impl TryFrom<RawConfig> for Config {
             mode,
             data_path,
             http_port,
+            health_port,
             proxy_subnet,
             dhcp:
                 RawDhcp {
@@ -399,6 +498,10 @@ impl TryFrom<RawConfig> for Config {
                 },
             xdp: RawXdp { mode: xdp },
             boot,
+            http: RawHttp {
+                mounts,
+                seed_owner_check,
+            },
         } = raw;
         let lan_iface = lan_iface
             .filter(|s| !s.is_empty())
@@ -460,6 +563,7 @@ impl TryFrom<RawConfig> for Config {
             mode: mode.unwrap_or_default(),
             data_path: data_path.unwrap_or_else(|| DEFAULT_DATA_PATH.into()),
             http_port: http_port.unwrap_or(DEFAULT_HTTP_PORT),
+            health_port: health_port.unwrap_or(DEFAULT_HEALTH_PORT),
             proxy_subnet,
             dhcp: DhcpConfig {
                 range,
@@ -475,8 +579,47 @@ impl TryFrom<RawConfig> for Config {
             },
             xdp: xdp.unwrap_or_default(),
             boot: BootConfig::from_raw(boot)?,
+            http: HttpConfig {
+                mounts: validate_mounts(mounts)?,
+                seed_owner_check: seed_owner_check.unwrap_or(true),
+            },
         })
     }
+}
+
+fn validate_mounts(mounts: Vec<Mount>) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let mut out: Vec<(String, PathBuf)> = Vec::with_capacity(mounts.len());
+    for Mount { prefix, dir } in mounts {
+        let bad = |reason: &str| {
+            invalid(
+                "http.mounts",
+                &format!("{prefix}={}", dir.display()),
+                reason,
+            )
+        };
+        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix == "/" {
+            return Err(bad(
+                "the prefix must start and end with `/`, like /repos/ (`/` is data_path/www)",
+            ));
+        }
+        if prefix.split('/').any(|seg| seg == ".." || seg == ".")
+            || prefix.contains(['\\', '%', '\0', '?', '#'])
+        {
+            return Err(bad(
+                "the prefix may not hold `.`/`..` segments, `\\`, `%`, `?` or `#`",
+            ));
+        }
+        if !dir.is_absolute() {
+            return Err(bad("the directory must be an absolute path"));
+        }
+        if out.iter().any(|(p, _)| *p == prefix) {
+            return Err(bad("the prefix is mounted twice"));
+        }
+        out.push((prefix, dir));
+    }
+    // Longest prefix first, so /repos/debian/ wins over /repos/.
+    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    Ok(out)
 }
 
 fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -673,6 +816,32 @@ mod tests {
         bad.boot.bios = Some("x".repeat(200));
         let err = Config::try_from(bad).unwrap_err().to_string();
         assert!(err.contains("boot.bios"), "{err}");
+    }
+
+    #[test]
+    fn http_mounts_from_file_and_flags() {
+        let file = raw(
+            "lan_iface = \"eth1\"\n[http]\nseed_owner_check = false\nmounts = { \"/repos/\" = \"/srv/repos\", \"/repos/deb/\" = \"/srv/deb\" }\n",
+        )
+        .unwrap();
+        let cfg = Config::try_from(file.clone().overlay(RawConfig::default())).unwrap();
+        assert!(!cfg.http.seed_owner_check);
+        assert_eq!(
+            cfg.http.mounts[0],
+            ("/repos/deb/".into(), "/srv/deb".into())
+        );
+        let flags = RawConfig {
+            http: RawHttp {
+                mounts: vec!["/hf/=/srv/hf".parse().unwrap()],
+                seed_owner_check: None,
+            },
+            ..Default::default()
+        };
+        let cfg = Config::try_from(file.overlay(flags)).unwrap();
+        assert_eq!(cfg.http.mounts, vec![("/hf/".into(), "/srv/hf".into())]);
+        let bad = raw("lan_iface = \"eth1\"\n[http]\nmounts = { \"/../\" = \"/x\" }\n").unwrap();
+        let err = Config::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("http.mounts"), "{err}");
     }
 
     #[test]

@@ -1,22 +1,21 @@
 //! `serve`: attaches XDP, starts every service on the LAN address, and shuts down on
 //! SIGTERM/SIGINT, detaching the program.
-use std::{
-    ffi::CString,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    clients::Clients,
+    clients::{self, Clients},
     config::{Config, XdpMode},
     http,
-    inventory::Inventory,
+    inventory::{self, Inventory},
     lan::LanAddr,
+    netlink::{LanState, LanWatcher},
     store::Store,
+    templates::Templates,
     xdp::LanXdp,
 };
 
@@ -31,10 +30,14 @@ pub struct Shared {
     pub inventory: RwLock<Arc<Inventory>>,
     /// Where DHCP, TFTP and HTTP report what clients do.
     pub clients: Clients,
+    /// The seed templates; replaced whole, with the inventory, when files change.
+    pub templates: RwLock<Arc<Templates>>,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
     /// DHCP counters, per client and per drop reason.
     pub dhcp_stats: crate::dhcp::Stats,
+    /// The address with the reason when there is none, for readiness.
+    pub lan_state: watch::Receiver<LanState>,
 }
 
 impl Shared {
@@ -45,32 +48,59 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// A state without sockets, XDP or files: in-memory store, built-in templates, the
+    /// LAN address fixed at `lan_ip`. For tests and tools that call handlers directly.
+    pub fn in_memory(config: Config, inventory: Inventory) -> Self {
+        let addr = Some(config.lan_ip.addr());
+        let (_, lan_addr) = watch::channel(addr);
+        let (_, lan_state) = watch::channel(LanState {
+            addr,
+            reason: String::new(),
+        });
+        Self {
+            config,
+            xdp: None,
+            store: Store::in_memory(),
+            inventory: RwLock::new(Arc::new(inventory)),
+            clients: Clients::default(),
+            templates: RwLock::new(Arc::new(Templates::builtin())),
+            lan_addr,
+            lan_state,
+            dhcp_stats: Default::default(),
+        }
+    }
+
+    /// The templates as they are now.
+    pub fn templates(&self) -> Arc<Templates> {
+        self.templates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Runs the daemon until a signal asks it to stop.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let iface = CString::new(config.lan_iface.as_str()).context("lan_iface")?;
-    // SAFETY: a plain libc call on a NUL-terminated string we own.
-    if unsafe { libc::if_nametoindex(iface.as_ptr()) } == 0 {
-        bail!(
-            "lan_iface `{}` does not exist; gb10-provision serves only that interface and \
-             never falls back to another",
-            config.lan_iface
-        );
-    }
+    // Fails when lan_iface does not exist: never a fallback to other interfaces.
+    let (watcher, lan_addr, lan_state) = LanWatcher::start(&config).await?;
     let store = Store::open(&config.data_path)?;
-    let inventory = Inventory::load(&config.data_path)?;
+    // Strict templating is checked at start-up: a file that does not parse stops us, a
+    // seed that does not render for a host is logged (that host's requests get 500).
+    let (inventory, templates) = inventory::load_all(&config.data_path)?;
+    inventory::check_logged(&inventory, &templates);
+    let clients = Clients::open(store.clone())?;
     let xdp = attach_xdp(&config)?;
-    // TODO(#6): rtnetlink asserts/watches the address; until then it is the configured one.
-    let (_lan_tx, lan_addr) = watch::channel(Some(config.lan_ip.addr()));
     let shared = Arc::new(Shared {
         config,
         xdp,
         store,
         inventory: RwLock::new(Arc::new(inventory)),
-        clients: Clients::default(),
+        clients,
+        templates: RwLock::new(Arc::new(templates)),
         lan_addr,
         dhcp_stats: Default::default(),
+        lan_state,
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -82,8 +112,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "gb10-provision starting"
     );
     let mut tasks = JoinSet::new();
+    tasks.spawn({
+        let token = token.clone();
+        async move {
+            watcher.run(token).await;
+            Ok(())
+        }
+    });
     tasks.spawn(http::run(shared.clone(), token.clone()));
     tasks.spawn(crate::dhcp::server::run(shared.clone(), token.clone()));
+    tasks.spawn(http::run_health(shared.clone(), token.clone()));
+    tasks.spawn({
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            clients::flush_loop(shared, token).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (shared, token) = (shared.clone(), token.clone());
+        async move {
+            inventory::watch(shared, token).await;
+            Ok(())
+        }
+    });
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -37,13 +37,19 @@ pub async fn follow<F, Fut, E>(
         let mut run = std::pin::pin!(serve(ip, stop.clone()));
         let mut failed = false;
         tokio::select! {
+            // Shutdown first: a service that returns because shutdown cancelled its
+            // `stop` must not be taken for one that ended on its own and restarted.
+            biased;
+            _ = token.cancelled() => { stop.cancel(); let _ = run.await; return; }
             result = &mut run => {
+                if token.is_cancelled() {
+                    return;
+                }
                 if let Err(err) = result {
                     warn!(service = name, %ip, error = %err, "service failed; retrying in 1 s");
                     failed = true;
                 }
             }
-            _ = token.cancelled() => { stop.cancel(); let _ = run.await; return; }
             changed = addr.changed() => {
                 stop.cancel();
                 let _ = run.await;
@@ -83,12 +89,28 @@ mod tests {
                 }
             }
         }));
-        let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
-        settle().await;
+        // Wait on what the service saw, not on the clock: a loaded machine is slow.
+        let saw = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                for _ in 0..500 {
+                    if seen.lock().unwrap().len() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!(
+                    "service did not see {n} addresses: {:?}",
+                    seen.lock().unwrap()
+                );
+            }
+        };
+        saw(1).await;
         tx.send(None).unwrap();
-        settle().await;
+        // With no address the service must be stopped: the next start is for the new one.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         tx.send(Some(Ipv4Addr::new(198, 18, 0, 9))).unwrap();
-        settle().await;
+        saw(2).await;
         token.cancel();
         task.await.unwrap();
         assert_eq!(

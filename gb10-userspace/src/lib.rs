@@ -11,7 +11,9 @@ pub mod http;
 pub mod inventory;
 pub mod lan;
 pub mod metrics;
+pub mod netlink;
 pub mod store;
+pub mod templates;
 pub mod xdp;
 
 /// An error and its sources on one line, for log fields.

@@ -109,6 +109,11 @@ pub const DHCP_LEASES: Family = family(
     "gauge",
     "Addresses currently held, by lease state (offered, leased, declined).",
 );
+pub const CLIENTS_BY_STATE: Family = family(
+    "gb10_clients",
+    "gauge",
+    "Clients known to the onboarding state machine, by state.",
+);
 
 /// Builds the text exposition.
 #[derive(Default)]
@@ -267,6 +272,14 @@ pub fn write_dhcp(w: &mut Writer, stats: &crate::dhcp::Stats) {
     w.single(&DHCP_LEASES_RESTORED, stats.restored.load(Relaxed));
     w.single(&DHCP_STORE_SKIPPED, stats.store_skipped.load(Relaxed));
     w.single(&DHCP_STORE_FAILURES, stats.store_failures.load(Relaxed));
+}
+
+/// Onboarding clients per state (every state, zeros included).
+pub fn write_clients(w: &mut Writer, counts: &[(crate::clients::ClientState, usize)]) {
+    w.family(&CLIENTS_BY_STATE);
+    for (state, n) in counts {
+        w.sample(&CLIENTS_BY_STATE, &[("state", state.label())], n);
+    }
 }
 
 #[cfg(test)]

@@ -352,12 +352,8 @@ fn malformed_datagrams_are_counted_and_the_next_client_is_served() {
     let cases = malformed_payloads(mac);
     for (payload, _) in &cases {
         raw.send(&frames::udp_frame(
-            mac,
-            frames::BROADCAST,
-            [0, 0, 0, 0],
-            [255, 255, 255, 255],
-            68,
-            67,
+            frames::dhcp_client(mac),
+            frames::DHCP_BROADCAST,
             &[],
             payload,
         ));

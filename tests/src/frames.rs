@@ -4,17 +4,32 @@
 /// Broadcast MAC.
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
+/// One end of a UDP exchange.
+#[derive(Clone, Copy, Debug)]
+pub struct End {
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+    pub port: u16,
+}
+
+impl End {
+    pub const fn new(mac: [u8; 6], ip: [u8; 4], port: u16) -> Self {
+        Self { mac, ip, port }
+    }
+}
+
+/// A DHCP client before it has an address, from `mac`.
+pub const fn dhcp_client(mac: [u8; 6]) -> End {
+    End::new(mac, [0; 4], 68)
+}
+
+/// Everyone's DHCP server port, by broadcast.
+pub const DHCP_BROADCAST: End = End::new(BROADCAST, [255; 4], 67);
+
 /// An IPv4/UDP frame; `ip_options` (a multiple of 4 bytes) exercises IHL > 5.
-pub fn udp_frame(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    ip_options: &[u8],
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn udp_frame(from: End, to: End, ip_options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let (src_mac, dst_mac, src, dst, sport, dport) =
+        (from.mac, to.mac, from.ip, to.ip, from.port, to.port);
     assert_eq!(ip_options.len() % 4, 0, "IP options pad to 4 bytes");
     let ihl = 20 + ip_options.len();
     let udp_len = 8 + payload.len();
@@ -78,23 +93,16 @@ pub fn dhcp_payload(mac: [u8; 6], xid: u32, msg_type: u8, options: &[(u8, &[u8])
 /// A broadcast DHCPDISCOVER from `mac`.
 pub fn dhcp_discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
     let payload = dhcp_payload(mac, xid, 1, &[(55, &[1, 3, 6, 67])]);
-    udp_frame(mac, BROADCAST, [0; 4], [255; 4], 68, 67, &[], &payload)
+    udp_frame(dhcp_client(mac), DHCP_BROADCAST, &[], &payload)
 }
 
 /// A TFTP read request for `file` from `mac` to `server`.
-pub fn tftp_rrq(
-    mac: [u8; 6],
-    server_mac: [u8; 6],
-    src: [u8; 4],
-    server: [u8; 4],
-    sport: u16,
-    file: &str,
-) -> Vec<u8> {
+pub fn tftp_rrq(from: End, server: End, file: &str) -> Vec<u8> {
     let mut p = vec![0, 1];
     p.extend_from_slice(file.as_bytes());
     p.push(0);
     p.extend_from_slice(b"octet\0");
-    udp_frame(mac, server_mac, src, server, sport, 69, &[], &p)
+    udp_frame(from, End { port: 69, ..server }, &[], &p)
 }
 
 /// Frames from `mac` that lie or are cut short, each of which the XDP program must count
@@ -116,36 +124,20 @@ pub fn malformed(mac: [u8; 6]) -> Vec<Vec<u8>> {
     frames.push(f);
     // DHCP payload shorter than BOOTP + cookie (a well-formed IP/UDP frame).
     frames.push(udp_frame(
-        mac,
-        BROADCAST,
-        [0; 4],
-        [255; 4],
-        68,
-        67,
+        dhcp_client(mac),
+        DHCP_BROADCAST,
         &[],
         &[1u8; 100],
     ));
     // Bad magic cookie.
     let mut payload = dhcp_payload(mac, 8, 1, &[]);
     payload[236] = 0;
-    frames.push(udp_frame(
-        mac,
-        BROADCAST,
-        [0; 4],
-        [255; 4],
-        68,
-        67,
-        &[],
-        &payload,
-    ));
+    frames.push(udp_frame(dhcp_client(mac), DHCP_BROADCAST, &[], &payload));
     // TFTP with a 2-byte payload.
+    let tftp_server = End::new(BROADCAST, [255; 4], 69);
     frames.push(udp_frame(
-        mac,
-        BROADCAST,
-        [0; 4],
-        [255; 4],
-        1069,
-        69,
+        End::new(mac, [0; 4], 1069),
+        tftp_server,
         &[],
         &[0, 1],
     ));

@@ -41,6 +41,12 @@ pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
     found
 }
 
+/// Prints a SKIP line straight to stderr: the test harness captures `eprintln!` of
+/// passing tests, and a skip must be seen.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A short id unique within this machine for the life of the test process.
@@ -145,6 +151,8 @@ pub struct Lab {
     pub server_ip: &'static str,
     pub client_ip: &'static str,
     pub prefix: u8,
+    /// Whether the client end has `client_ip` (see [`Lab::new`] and [`Lab::bare`]).
+    pub client_addressed: bool,
     /// Scratch directory (data_path, logs), removed on Drop.
     pub dir: PathBuf,
 }
@@ -153,14 +161,11 @@ impl Lab {
     /// Builds the lab with addresses on both ends.
     #[track_caller]
     pub fn new(tag: &str) -> Self {
-        let lab = Self::bare(tag);
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", lab.client_ip),
-            "dev",
-            &lab.client_if,
-        ]);
+        let mut lab = Self::bare(tag);
+        let addr = format!("{}/24", lab.client_ip);
+        lab.client
+            .ip(&["addr", "add", &addr, "dev", &lab.client_if]);
+        lab.client_addressed = true;
         lab
     }
 
@@ -193,6 +198,7 @@ impl Lab {
             server_ip,
             client_ip,
             prefix: 24,
+            client_addressed: false,
             dir,
         }
     }
@@ -260,13 +266,33 @@ impl Lab {
         }
     }
 
-    /// `curl` from the client namespace; returns (HTTP status, body).
+    /// `curl` from the client namespace (from the server's own when the client end has
+    /// no address yet); returns (HTTP status, body).
     pub fn http(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
+        let ns = if self.client_addressed {
+            &self.client
+        } else {
+            &self.server
+        };
+        let out = ns
+            .cmd("curl")
+            .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// `curl` of `http://IP:HTTP_PORT/PATH` from the client namespace with a short
+    /// timeout; (status, body), status 0 when nothing answered.
+    pub fn http_at(&self, ip: &str, path: &str) -> (u16, String) {
+        let url = format!("http://{ip}:{HTTP_PORT}{path}");
         let out = self
             .client
             .cmd("curl")
-            .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
+            .args(["-sS", "-m", "1", "-o", "-", "-w", "\n%{http_code}", &url])
             .output()
             .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -421,6 +447,39 @@ impl Metrics {
     /// As [`Metrics::get`], 0 when absent.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes; how long it took.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process the test started that must not outlive it: SIGTERM, then SIGKILL, by PID.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own child's PID.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1,1 +1,183 @@
-fn main() {}
+//! `cargo xtask`: install what the project needs, build the eBPF object, run every test,
+//! run the lab.
+mod lab;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[path = "../../gb10-userspace/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages (eBPF toolchain, test peers), bpf-linker,
+    /// the `gb10-ebpf` rustup toolchain.
+    Setup,
+    /// Build the eBPF object alone (the daemon's build embeds the same object).
+    BuildEbpf {
+        #[arg(long, hide = true)]
+        inner: bool,
+    },
+    /// Install what is missing, then run formatting and lint checks and every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Start gb10-provision on a virtual LAN (network namespaces), show a client being
+    /// served, and keep it up until Ctrl-C.
+    Lab {
+        /// Show the client being served, then tear down instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { inner: false } => build_ebpf(),
+        Task::BuildEbpf { inner: true } => build_ebpf_inner(),
+        Task::Test {
+            no_lint,
+            cargo_args,
+        } => test(no_lint, &cargo_args),
+        Task::Lab { once } => {
+            setup::run()?;
+            lab::run(once)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a command from the workspace root, failing with its name when it fails.
+fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// aya-build reads the build-script environment; give it one in a child of ourselves
+/// rather than mutating our own environment.
+fn build_ebpf() -> anyhow::Result<()> {
+    setup::ebpf()?;
+    let out = root().join("target/ebpf");
+    std::fs::create_dir_all(&out)?;
+    let arch = std::env::consts::ARCH;
+    exec(
+        Command::new(std::env::current_exe()?)
+            .args(["build-ebpf", "--inner"])
+            .env("OUT_DIR", &out)
+            .env("CARGO_CFG_TARGET_ENDIAN", "little")
+            .env("CARGO_CFG_TARGET_ARCH", arch),
+    )?;
+    let object = out.join("gb10-ebpf");
+    let size = std::fs::metadata(&object)
+        .with_context(|| format!("{}", object.display()))?
+        .len();
+    println!(
+        "eBPF object: {} ({size} bytes)",
+        object.canonicalize()?.display()
+    );
+    Ok(())
+}
+
+fn build_ebpf_inner() -> anyhow::Result<()> {
+    let toolchain = ebpf_toolchain::pick()
+        .with_context(|| format!("no eBPF toolchain: {}", ebpf_toolchain::SETUP_HINT))?;
+    let root_dir = root().join("gb10-ebpf").canonicalize()?;
+    let root_dir = root_dir.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "gb10-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(toolchain.leak()),
+    )
+}
+
+fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    if !no_lint {
+        exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    let (passed, failed) = cargo_test(cargo_args)?;
+    if failed == 0 {
+        // The main job: the README's first command must keep working.
+        lab::run(true)?;
+    }
+    // The closing line, last: cargo's own final `test result` belongs to whichever binary
+    // ran last, often an empty doctest run.
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result` lines.
+fn cargo_test(cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cargo()
+        .arg("test")
+        .args(cargo_args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed ({status}) before running every test");
+    }
+    Ok((passed, failed))
+}

@@ -1,0 +1,187 @@
+//! Client onboarding API: `POST /heartbeat` (JSON or form), `GET /clients` and
+//! `GET /clients/{mac}`.
+use std::{net::Ipv4Addr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use tracing::{info, instrument, warn};
+
+use super::Peer;
+use crate::{clients::ClientEvent, daemon::Shared, inventory::Mac};
+
+/// Longest heartbeat `phase`, in bytes.
+const PHASE_MAX: usize = 32;
+/// Longest heartbeat `message`, in bytes.
+const MESSAGE_MAX: usize = 1024;
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/heartbeat", post(heartbeat))
+        .route("/clients", get(list))
+        .route("/clients/{mac}", get(one))
+}
+
+/// A heartbeat as posted: `{"mac": "...", "phase": "...", "message": "...", "ip": "..."}`
+/// or the same keys form-encoded (what the onboard unit's `curl -d` sends).
+#[derive(Debug, Default, Deserialize)]
+struct Beat {
+    mac: String,
+    phase: String,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    ip: Option<Ipv4Addr>,
+}
+
+/// Why a heartbeat was refused; the text goes back to the client.
+#[derive(Debug, thiserror::Error)]
+enum BeatError {
+    #[error("body is not a heartbeat: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("`{0}` is missing")]
+    Missing(&'static str),
+    #[error("`mac` {0:?} is not a MAC address")]
+    Mac(String),
+    #[error("`ip` {0:?} is not an IPv4 address")]
+    Ip(String),
+    #[error("`phase` must be 1-{PHASE_MAX} characters of a-z, 0-9, `_` and `-`")]
+    Phase,
+    #[error("`message` is longer than {MESSAGE_MAX} bytes")]
+    Message,
+}
+
+fn parse_beat(headers: &HeaderMap, body: &[u8]) -> Result<(Mac, Beat), BeatError> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let beat = if form {
+        let mut beat = Beat::default();
+        let (mut mac, mut phase) = (false, false);
+        for (k, v) in form_urlencoded::parse(body) {
+            match &*k {
+                "mac" => (beat.mac, mac) = (v.into_owned(), true),
+                "phase" => (beat.phase, phase) = (v.into_owned(), true),
+                "message" => beat.message = Some(v.into_owned()),
+                "ip" if !v.is_empty() => {
+                    beat.ip = Some(v.parse().map_err(|_| BeatError::Ip(v.into_owned()))?)
+                }
+                _ => {}
+            }
+        }
+        if !mac {
+            return Err(BeatError::Missing("mac"));
+        }
+        if !phase {
+            return Err(BeatError::Missing("phase"));
+        }
+        beat
+    } else {
+        serde_json::from_slice(body)?
+    };
+    let mac: Mac = beat
+        .mac
+        .parse()
+        .map_err(|_| BeatError::Mac(beat.mac.clone()))?;
+    if beat.phase.is_empty()
+        || beat.phase.len() > PHASE_MAX
+        || !beat
+            .phase
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(BeatError::Phase);
+    }
+    if beat.message.as_ref().is_some_and(|m| m.len() > MESSAGE_MAX) {
+        return Err(BeatError::Message);
+    }
+    Ok((mac, beat))
+}
+
+async fn heartbeat(
+    State(shared): State<Arc<Shared>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match parse_beat(&headers, &body) {
+        Ok((mac, beat)) => record(&shared, mac, beat, peer),
+        Err(err) => {
+            warn!(peer = ?peer.0, error = %err, "bad heartbeat");
+            (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response()
+        }
+    }
+}
+
+#[instrument(skip_all, fields(mac = %mac))]
+fn record(shared: &Shared, mac: Mac, beat: Beat, peer: Peer) -> Response {
+    let Beat {
+        mac: _,
+        phase,
+        message,
+        ip,
+    } = beat;
+    info!(%phase, ?message, "heartbeat");
+    shared.clients.record(
+        mac,
+        ClientEvent::Heartbeat {
+            phase,
+            message,
+            ip: ip.or(peer.0),
+        },
+    );
+    let state = shared.clients.state(mac).map(|s| s.label());
+    Json(serde_json::json!({ "mac": mac, "state": state })).into_response()
+}
+
+async fn list(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.clients.all()).into_response()
+}
+
+async fn one(State(shared): State<Arc<Shared>>, Path(mac): Path<String>) -> Response {
+    let Ok(mac) = mac.parse::<Mac>() else {
+        return (StatusCode::BAD_REQUEST, "not a MAC address\n").into_response();
+    };
+    match shared.clients.get(mac) {
+        Some(record) => Json(record).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such client\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_form_heartbeats() {
+        let mut h = HeaderMap::new();
+        let (mac, beat) = parse_beat(
+            &h,
+            br#"{"mac":"02-00-00-00-00-01","phase":"installed","ip":"198.18.0.2"}"#,
+        )
+        .unwrap();
+        assert_eq!(mac.to_string(), "02:00:00:00:00:01");
+        assert_eq!(beat.ip, Some(Ipv4Addr::new(198, 18, 0, 2)));
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let (_, beat) = parse_beat(&h, b"mac=02:00:00:00:00:01&phase=onboarded").unwrap();
+        assert_eq!(beat.phase, "onboarded");
+        assert!(matches!(
+            parse_beat(&h, b"mac=02:00:00:00:00:01&phase=Bad%20Phase"),
+            Err(BeatError::Phase)
+        ));
+        assert!(matches!(
+            parse_beat(&h, b"phase=x"),
+            Err(BeatError::Missing("mac"))
+        ));
+    }
+}

@@ -1,0 +1,562 @@
+//! Static files from `data_path/www` and the `[http] mounts`: listings, HEAD, single byte
+//! ranges, ETag/Last-Modified with conditional requests, streamed bodies, and no way out
+//! of the root.
+use std::{
+    io::SeekFrom,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::io::ReaderStream;
+use tracing::{debug, warn};
+
+use super::Peer;
+use crate::{clients::ClientEvent, daemon::Shared};
+
+/// Read size of the streamed body: large enough that a multi-GiB image is a few thousand
+/// reads per GiB, small enough that many parallel downloads stay cheap in memory.
+const CHUNK: usize = 256 * 1024;
+
+/// Directory listings stop here; a directory with more entries says so.
+const LISTING_LIMIT: usize = 10_000;
+
+/// Where a request path points: a root directory and the path below it.
+#[derive(Debug, PartialEq, Eq)]
+enum Located {
+    File {
+        root: PathBuf,
+        path: PathBuf,
+    },
+    /// A mount prefix asked without its trailing slash: redirect there.
+    Redirect(String),
+}
+
+/// Why a path is refused before touching the file system.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// Not valid percent-encoding/UTF-8, a NUL, a backslash, or a `.`/`..` segment.
+    BadPath,
+}
+
+/// Maps the raw (still percent-encoded) request path onto a file under a root. The path
+/// is decoded exactly once; whatever is left that looks like an escape (`%2e` from
+/// `%252e`) is then only a file name, which never exists.
+fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located, Refused> {
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| Refused::BadPath)?;
+    if !decoded.starts_with('/') || decoded.contains(['\0', '\\']) {
+        return Err(Refused::BadPath);
+    }
+    let (root, rest) = match mounts
+        .iter()
+        .find(|(prefix, _)| decoded.starts_with(prefix.as_str()))
+    {
+        Some((prefix, dir)) => (dir.clone(), &decoded[prefix.len()..]),
+        None => {
+            if let Some((prefix, _)) = mounts
+                .iter()
+                .find(|(prefix, _)| prefix.strip_suffix('/') == Some(&*decoded))
+            {
+                return Ok(Located::Redirect(prefix.clone()));
+            }
+            (www.to_owned(), &decoded[1..])
+        }
+    };
+    let mut path = root.clone();
+    for seg in rest.split('/').filter(|s| !s.is_empty()) {
+        if seg == "." || seg == ".." {
+            return Err(Refused::BadPath);
+        }
+        path.push(seg);
+    }
+    Ok(Located::File { root, path })
+}
+
+/// The fallback handler: every GET/HEAD no other route took.
+pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) -> Response {
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+        )
+            .into_response();
+    }
+    let raw = req.uri().path().to_owned();
+    let www = shared.config.data_path.join("www");
+    let (root, path) = match locate(&www, &shared.config.http.mounts, &raw) {
+        Ok(Located::File { root, path }) => (root, path),
+        Ok(Located::Redirect(to)) => return redirect(&to),
+        Err(Refused::BadPath) => {
+            warn!(path = %raw, peer = ?peer.0, "refused request path");
+            return empty(StatusCode::BAD_REQUEST);
+        }
+    };
+    // Resolve symlinks and make sure the result is still under the root.
+    let resolved = tokio::task::spawn_blocking(move || {
+        let root = std::fs::canonicalize(&root).ok()?;
+        let real = std::fs::canonicalize(&path).ok()?;
+        if !real.starts_with(&root) {
+            return Some(Err(real));
+        }
+        let meta = std::fs::metadata(&real).ok()?;
+        Some(Ok((real, meta)))
+    })
+    .await
+    .ok()
+    .flatten();
+    let (real, meta) = match resolved {
+        None => return empty(StatusCode::NOT_FOUND),
+        Some(Err(outside)) => {
+            warn!(path = %raw, target = %outside.display(), "symlink leads out of the root");
+            return empty(StatusCode::FORBIDDEN);
+        }
+        Some(Ok(found)) => found,
+    };
+    let headers = req.headers();
+    if meta.is_dir() {
+        if !raw.ends_with('/') {
+            // One leading slash: `//host/dir` would redirect to another site.
+            return redirect(&format!("/{}/", raw.trim_start_matches('/')));
+        }
+        let index = real.join("index.html");
+        if let Ok(index_meta) = tokio::fs::metadata(&index).await
+            && index_meta.is_file()
+        {
+            return file_response(&method, headers, &index, &index_meta).await;
+        }
+        return listing(&method, &raw, real).await;
+    }
+    if !meta.is_file() {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    let response = file_response(&method, headers, &real, &meta).await;
+    if method == Method::GET && response.status().is_success() {
+        note_fetch(&shared, peer, &raw, headers);
+    }
+    response
+}
+
+/// Tells the client record that a boot file or kernel was fetched, when the requester is
+/// known by its address.
+fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
+    let Some(ip) = peer.0 else { return };
+    // Later ranges of a download are the same fetch.
+    if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok())
+        && !range.starts_with("bytes=0-")
+    {
+        return;
+    }
+    let inv = shared.inventory();
+    let Some(mac) = inv
+        .host_by_ip(ip)
+        .map(|h| h.mac)
+        .or_else(|| shared.clients.mac_by_lease(ip))
+    else {
+        return;
+    };
+    let path = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    let rel = path.trim_start_matches('/');
+    let is_kernel = inv.profile_for(inv.host(mac)).is_some_and(|(_, p)| {
+        [&p.kernel, &p.initrd]
+            .into_iter()
+            .flatten()
+            .any(|k| k.trim_start_matches('/') == rel)
+    });
+    let event = if is_kernel {
+        ClientEvent::Kernel { path }
+    } else if [".efi", ".ipxe", ".kpxe", ".pxe", ".0"]
+        .iter()
+        .any(|ext| rel.ends_with(ext))
+    {
+        ClientEvent::BootFile { path }
+    } else {
+        return;
+    };
+    shared.clients.record(mac, event);
+}
+
+fn empty(status: StatusCode) -> Response {
+    (status, Body::empty()).into_response()
+}
+
+fn redirect(to: &str) -> Response {
+    match HeaderValue::from_str(to) {
+        Ok(location) => (
+            StatusCode::MOVED_PERMANENTLY,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => empty(StatusCode::BAD_REQUEST),
+    }
+}
+
+/// The Content-Type for a file name.
+pub fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        // UEFI HTTP boot wants its loader as application/efi (FIRMWARE.md).
+        Some("efi") => "application/efi",
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt" | "cfg" | "ipxe" | "conf" | "sh" | "asc" | "sum" | "sha256" | "md5") => {
+            "text/plain; charset=utf-8"
+        }
+        Some("json") => "application/json",
+        Some("yaml" | "yml") => "application/yaml",
+        Some("toml") => "application/toml",
+        Some("iso") => "application/x-iso9660-image",
+        Some("gz" | "tgz") => "application/gzip",
+        Some("xz") => "application/x-xz",
+        Some("zst") => "application/zstd",
+        Some("tar") => "application/x-tar",
+        Some("deb" | "udeb") => "application/vnd.debian.binary-package",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The byte range a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    Full,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// RFC 9110 §14: one `bytes=` range. A header that does not parse, another unit, or
+/// several ranges are answered with the whole representation, which the RFC allows and
+/// which costs no more than a plain GET (no multipart amplification).
+fn wanted(range: Option<&str>, len: u64) -> Wanted {
+    let Some(spec) = range.and_then(|r| {
+        r.get(..6)
+            .filter(|u| u.eq_ignore_ascii_case("bytes="))
+            .map(|_| r[6..].trim())
+    }) else {
+        return Wanted::Full;
+    };
+    if spec.contains(',') {
+        return Wanted::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Wanted::Full;
+    };
+    let digits = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match digits(suffix) {
+            None => Wanted::Full,
+            Some(0) => Wanted::Unsatisfiable,
+            Some(_) if len == 0 => Wanted::Unsatisfiable,
+            Some(n) => Wanted::Part(len.saturating_sub(n), len - 1),
+        },
+        (first, last) => {
+            let Some(start) = digits(first) else {
+                return Wanted::Full;
+            };
+            let end = if last.is_empty() {
+                u64::MAX
+            } else {
+                match digits(last) {
+                    Some(end) if end >= start => end,
+                    _ => return Wanted::Full,
+                }
+            };
+            if start >= len {
+                Wanted::Unsatisfiable
+            } else {
+                Wanted::Part(start, end.min(len - 1))
+            }
+        }
+    }
+}
+
+/// Whether an `If-None-Match`/`If-Match` list holds `etag` (weak comparison for the former
+/// is what RFC 9110 asks; our tags are strong, so the two coincide).
+fn etag_listed(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+async fn file_response(
+    method: &Method,
+    headers: &HeaderMap,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Response {
+    let len = meta.len();
+    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let etag = format!("\"{secs:x}-{len:x}\"");
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let header_str = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+
+    let validators = [
+        (header::ETAG, etag.clone()),
+        (header::LAST_MODIFIED, last_modified.clone()),
+    ];
+    if let Some(list) = header_str(header::IF_MATCH)
+        && !etag_listed(list, &etag)
+    {
+        return (StatusCode::PRECONDITION_FAILED, validators, Body::empty()).into_response();
+    }
+    let not_modified = match header_str(header::IF_NONE_MATCH) {
+        Some(list) => etag_listed(list, &etag),
+        None => header_str(header::IF_MODIFIED_SINCE)
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .is_some_and(|since: SystemTime| {
+                since
+                    .duration_since(UNIX_EPOCH)
+                    .is_ok_and(|s| secs <= s.as_secs())
+            }),
+    };
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, validators, Body::empty()).into_response();
+    }
+    // If-Range: the range only applies to the representation the client already has.
+    let range_applies =
+        header_str(header::IF_RANGE).is_none_or(|v| v == etag || v == last_modified);
+    let range = if range_applies {
+        wanted(header_str(header::RANGE), len)
+    } else {
+        Wanted::Full
+    };
+    let ctype = content_type(path);
+    let (status, start, count, content_range) = match range {
+        Wanted::Full => (StatusCode::OK, 0, len, None),
+        Wanted::Part(a, b) => (
+            StatusCode::PARTIAL_CONTENT,
+            a,
+            b - a + 1,
+            Some(format!("bytes {a}-{b}/{len}")),
+        ),
+        Wanted::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                Body::empty(),
+            )
+                .into_response();
+        }
+    };
+    let body = if *method == Method::HEAD || count == 0 {
+        Body::empty()
+    } else {
+        match open_at(path, start).await {
+            Ok(file) => Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK)),
+            Err(err) => {
+                warn!(path = %path.display(), %err, "opening a served file");
+                return empty(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+    };
+    let mut response = (status, validators, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Some(cr) = content_range
+        && let Ok(v) = HeaderValue::from_str(&cr)
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    debug!(path = %path.display(), status = status.as_u16(), start, count, "static file");
+    response
+}
+
+async fn open_at(path: &Path, start: u64) -> std::io::Result<tokio::fs::File> {
+    let mut file = tokio::fs::File::open(path).await?;
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await?;
+    }
+    Ok(file)
+}
+
+/// Characters left as they are in listing links.
+const HREF: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// An nginx-autoindex-like HTML listing of `dir`.
+async fn listing(method: &Method, raw: &str, dir: PathBuf) -> Response {
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut entries: Vec<(String, bool, u64, u64)> = Vec::new();
+        let mut more = false;
+        for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+            if entries.len() >= LISTING_LIMIT {
+                more = true;
+                break;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = std::fs::metadata(entry.path()).ok();
+            let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
+            let size = meta.as_ref().map_or(0, |m| m.len());
+            let mtime = meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            entries.push((name, is_dir, size, mtime));
+        }
+        entries.sort();
+        Ok::<_, std::io::Error>((entries, more))
+    })
+    .await;
+    let Ok(Ok((entries, more))) = entries else {
+        return empty(StatusCode::NOT_FOUND);
+    };
+    let title = html_escape(&percent_decode_str(raw).decode_utf8_lossy());
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n\
+         <body><h1>Index of {title}</h1><hr><pre><a href=\"../\">../</a>\n"
+    );
+    for (name, is_dir, size, mtime) in &entries {
+        let slash = if *is_dir { "/" } else { "" };
+        let href = utf8_percent_encode(name, HREF);
+        let shown = html_escape(name);
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(*mtime));
+        let size = if *is_dir {
+            "-".to_owned()
+        } else {
+            size.to_string()
+        };
+        html.push_str(&format!(
+            "<a href=\"{href}{slash}\">{shown}{slash}</a>  {date}  {size}\n"
+        ));
+    }
+    if more {
+        html.push_str(&format!("(listing stops at {LISTING_LIMIT} entries)\n"));
+    }
+    html.push_str("</pre><hr></body></html>\n");
+    let len = html.len();
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(html)
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(raw: &str) -> Result<Located, Refused> {
+        let mounts = vec![("/repos/".to_owned(), PathBuf::from("/srv/repos"))];
+        locate(Path::new("/www"), &mounts, raw)
+    }
+
+    #[test]
+    fn traversal_vectors_are_refused() {
+        for raw in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/%2E%2E/%2e%2e/etc/passwd",
+            "/a/..%2fb",
+            "/repos/../../etc/passwd",
+            "/..%5c..%5cetc/passwd",
+            "/a\\b",
+            "/a%00b",
+            "/%ff",
+            "/./x",
+        ] {
+            assert_eq!(loc(raw), Err(Refused::BadPath), "{raw}");
+        }
+        // Decoded once: `%252e` is the literal name `%2e`, under the root.
+        assert_eq!(
+            loc("/%252e%252e/x"),
+            Ok(Located::File {
+                root: "/www".into(),
+                path: "/www/%2e%2e/x".into()
+            })
+        );
+    }
+
+    #[test]
+    fn mounts_and_redirects() {
+        assert_eq!(
+            loc("/repos/a%20b.deb"),
+            Ok(Located::File {
+                root: "/srv/repos".into(),
+                path: "/srv/repos/a b.deb".into()
+            })
+        );
+        assert_eq!(loc("/repos"), Ok(Located::Redirect("/repos/".into())));
+        assert_eq!(
+            loc("/x//y"),
+            Ok(Located::File {
+                root: "/www".into(),
+                path: "/www/x/y".into()
+            })
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(wanted(None, 10), Wanted::Full);
+        assert_eq!(wanted(Some("bytes=0-3"), 10), Wanted::Part(0, 3));
+        assert_eq!(wanted(Some("bytes=5-"), 10), Wanted::Part(5, 9));
+        assert_eq!(wanted(Some("bytes=-3"), 10), Wanted::Part(7, 9));
+        assert_eq!(wanted(Some("bytes=-30"), 10), Wanted::Part(0, 9));
+        assert_eq!(wanted(Some("bytes=2-999999999999"), 10), Wanted::Part(2, 9));
+        assert_eq!(wanted(Some("bytes=10-"), 10), Wanted::Unsatisfiable);
+        assert_eq!(wanted(Some("bytes=-0"), 10), Wanted::Unsatisfiable);
+        assert_eq!(wanted(Some("bytes=0-1,3-4"), 10), Wanted::Full);
+        assert_eq!(wanted(Some("bytes=5-2"), 10), Wanted::Full);
+        assert_eq!(wanted(Some("items=0-1"), 10), Wanted::Full);
+        assert_eq!(
+            wanted(Some("bytes=99999999999999999999999-"), 10),
+            Wanted::Full
+        );
+        assert_eq!(wanted(Some("bytes=0-"), 0), Wanted::Unsatisfiable);
+    }
+
+    #[test]
+    fn etags_and_types() {
+        assert!(etag_listed("\"a\", \"b\"", "\"b\""));
+        assert!(etag_listed("*", "\"b\""));
+        assert!(etag_listed("W/\"b\"", "\"b\""));
+        assert!(!etag_listed("\"c\"", "\"b\""));
+        assert_eq!(content_type(Path::new("x/grubx64.EFI")), "application/efi");
+    }
+}

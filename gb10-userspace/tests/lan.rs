@@ -1,0 +1,302 @@
+//! The live LAN address in netns labs: asserted in direct mode, waited for in proxy mode
+//! (a real dhclient lease from a dnsmasq "site DHCP"), followed on change and on
+//! interface recreation, and no socket on a wildcard address without the LAN device.
+use std::{process::Command, time::Duration};
+
+use gb10_lab::{Guard, Lab, require_root, require_tool, run, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
+
+fn addrs(lab: &Lab) -> String {
+    let out = run(lab
+        .server
+        .cmd("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &lab.server_if]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `curl 127.0.0.1:9180/healthz` inside the server namespace: the loopback health listener.
+fn local_health(lab: &Lab) -> (u16, String) {
+    let out = lab
+        .server
+        .cmd("curl")
+        .args([
+            "-sS",
+            "-m",
+            "2",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "http://127.0.0.1:9180/healthz",
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Every listening socket of `pid` in the server namespace, as `ss` prints its local
+/// address (with `%dev` when bound to a device).
+fn listeners(lab: &Lab, pid: u32) -> Vec<String> {
+    let out = run(lab
+        .server
+        .cmd("ss")
+        .args(["-H", "-l", "-n", "-t", "-u", "-p"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn direct_mode_asserts_the_address_and_brings_the_link_up() {
+    if !require_root("direct_mode_asserts_the_address_and_brings_the_link_up") {
+        return;
+    }
+    let lab = Lab::new("ldir");
+    lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
+    lab.server
+        .ip(&["addr", "add", "198.18.0.77/24", "dev", &lab.server_if]);
+    lab.server.ip(&["link", "set", &lab.server_if, "down"]);
+    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let a = addrs(&lab);
+    assert!(a.contains("198.18.0.1/24"), "asserted: {a}");
+    assert!(
+        a.contains("198.18.0.77/24"),
+        "other addresses left alone: {a}"
+    );
+    assert!(
+        daemon.log().contains("bringing the LAN link up"),
+        "{}",
+        daemon.log()
+    );
+    // Asserting is idempotent: a second daemon start adds nothing.
+    drop(daemon);
+    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    assert_eq!(addrs(&lab).matches("198.18.0.1/24").count(), 1);
+}
+
+#[test]
+fn an_address_change_moves_every_listener_within_two_seconds() {
+    if !require_root("an_address_change_moves_every_listener_within_two_seconds") {
+        return;
+    }
+    let lab = Lab::new("lchg");
+    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    assert!(
+        listeners(&lab, daemon.pid())
+            .iter()
+            .any(|l| l.starts_with("198.18.0.1:"))
+    );
+    // The operator renumbers the LAN, deleting the old primary first: without
+    // promote_secondaries Linux takes secondaries in the same subnet with it.
+    lab.server
+        .ip(&["addr", "del", "198.18.0.1/24", "dev", &lab.server_if]);
+    lab.server
+        .ip(&["addr", "add", "198.18.0.9/24", "dev", &lab.server_if]);
+    let took = wait_until(Duration::from_secs(2), || {
+        lab.http_at("198.18.0.9", "/healthz").0 == 200
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "HTTP not on the new address within 2 s: {}\n{}",
+            addrs(&lab),
+            daemon.log()
+        )
+    });
+    eprintln!("HTTP answered on the new address after {took:?}");
+    let (code, body) = lab.http_at("198.18.0.9", "/healthz");
+    assert_eq!(code, 200);
+    assert!(body.contains("198.18.0.9"), "{body}");
+    assert_eq!(
+        lab.http_at("198.18.0.1", "/healthz").0,
+        0,
+        "the old address still answers"
+    );
+    let l = listeners(&lab, daemon.pid());
+    assert!(
+        !l.iter().any(|l| l.starts_with("198.18.0.1:")),
+        "a socket stayed on the old address: {l:?}"
+    );
+}
+
+#[test]
+fn a_recreated_interface_is_served_again_without_restart() {
+    if !require_root("a_recreated_interface_is_served_again_without_restart") {
+        return;
+    }
+    let lab = Lab::new("lrec");
+    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let pid = daemon.pid();
+    lab.server.ip(&["link", "del", &lab.server_if]);
+    assert!(
+        wait_until(Duration::from_secs(3), || local_health(&lab).0 == 503).is_some(),
+        "not-ready while the interface is gone"
+    );
+    assert!(
+        local_health(&lab).1.contains("does not exist"),
+        "{}",
+        local_health(&lab).1
+    );
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        &lab.server_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &lab.client_if,
+    ]));
+    run(Command::new("ip").args(["link", "set", &lab.server_if, "netns", &lab.server.name]));
+    run(Command::new("ip").args(["link", "set", &lab.client_if, "netns", &lab.client.name]));
+    lab.client
+        .ip(&["addr", "add", "198.18.0.2/24", "dev", &lab.client_if]);
+    lab.client.ip(&["link", "set", &lab.client_if, "up"]);
+    let took = wait_until(Duration::from_secs(10), || lab.http("/healthz").0 == 200)
+        .unwrap_or_else(|| panic!("not served after the interface came back\n{}", daemon.log()));
+    eprintln!("served again {took:?} after the interface was recreated");
+    assert_eq!(daemon.pid(), pid);
+    assert!(
+        addrs(&lab).contains("198.18.0.1/24"),
+        "re-asserted on the new interface"
+    );
+}
+
+#[test]
+fn proxy_mode_waits_for_a_real_lease_and_serves_on_it() {
+    let name = "proxy_mode_waits_for_a_real_lease_and_serves_on_it";
+    if !require_root(name)
+        || !require_tool(name, "dnsmasq", "dnsmasq-base")
+        || !require_tool(name, "dhclient", "isc-dhcp-client")
+    {
+        return;
+    }
+    let lab = Lab::new("lprx");
+    lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
+    let mut daemon = lab.spawn_daemon(BIN, &["--xdp", "off", "--mode", "proxy"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || local_health(&lab).0 == 503).is_some(),
+        "proxy mode without an address must say not-ready\n{}",
+        daemon.log()
+    );
+    let (_, body) = local_health(&lab);
+    assert!(body.contains("no IPv4 address"), "{body}");
+    assert!(
+        addrs(&lab).trim().is_empty(),
+        "proxy mode asserted an address: {}",
+        addrs(&lab)
+    );
+
+    // The site's DHCP server lives on the client side of the LAN.
+    let leases = lab.dir.join("dnsmasq.leases");
+    let _site_dhcp = Guard(
+        lab.client
+            .cmd("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--interface={}", lab.client_if))
+            .arg("--dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m")
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg("--conf-file=/dev/null")
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    let pidfile = lab.dir.join("dhclient.pid");
+    let out = lab
+        .server
+        .cmd("timeout")
+        .args(["20", "dhclient", "-1", "-v"])
+        .arg("-pf")
+        .arg(&pidfile)
+        .arg("-lf")
+        .arg(lab.dir.join("dhclient.leases"))
+        .arg(&lab.server_if)
+        .output()
+        .expect("dhclient");
+    // dhclient forks into the background once leased: stop it by the PID it wrote.
+    let dhclient_pid = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    struct KillPid(Option<i32>);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                // SAFETY: kill on the dhclient this test started, by the PID it wrote.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+    let _dhclient = KillPid(dhclient_pid);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let leased = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("bound to ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("dhclient got no lease:\n{text}"))
+        .to_owned();
+    assert!(leased.starts_with("198.18.0."), "{leased}");
+    let took = wait_until(Duration::from_secs(3), || {
+        lab.http_at(&leased, "/healthz").0 == 200
+    })
+    .unwrap_or_else(|| panic!("not serving on the leased {leased}\n{}", daemon.log()));
+    eprintln!("serving on the leased address {leased} {took:?} after the lease");
+    assert_eq!(local_health(&lab).0, 200);
+    assert!(daemon.try_status().is_none(), "daemon exited");
+}
+
+#[test]
+fn no_socket_on_a_wildcard_address_without_the_lan_device() {
+    if !require_root("no_socket_on_a_wildcard_address_without_the_lan_device") {
+        return;
+    }
+    let lab = Lab::new("lwld");
+    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let l = listeners(&lab, daemon.pid());
+    assert!(!l.is_empty(), "no listeners found for pid {}", daemon.pid());
+    for addr in &l {
+        let ok = addr.starts_with("198.18.0.1:")
+            || addr.starts_with("127.0.0.1:")
+            || addr.contains(&format!("%{}:", lab.server_if));
+        assert!(
+            ok,
+            "socket {addr} is neither on the LAN address, loopback, nor bound to {}",
+            lab.server_if
+        );
+    }
+}
+
+#[test]
+fn a_missing_interface_is_fatal_and_named() {
+    if !require_root("a_missing_interface_is_fatal_and_named") {
+        return;
+    }
+    let lab = Lab::new("lmis");
+    let mut cmd = lab.server.cmd(BIN);
+    cmd.args([
+        "serve",
+        "--lan-iface",
+        "nosuch0",
+        "--xdp",
+        "off",
+        "--data-path",
+    ])
+    .arg(lab.dir.join("data"));
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nosuch0") && err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -1,0 +1,140 @@
+//! Installs what the project needs on a fresh Debian machine, skipping what is present.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{ebpf_toolchain, exec};
+
+/// Debian's Rust 1.96 with std sources, LLVM 22 for bpf-linker.
+const EBPF_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
+
+/// Lab plumbing and the real peers the tests run against.
+const LAB_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "curl",
+    "isc-dhcp-client",
+    "udhcpc",
+    "dhcpcd-base",
+    "kea-admin",
+    "isc-dhcp-relay",
+    "dnsmasq-base",
+    "tftp-hpa",
+    "atftp",
+    "python3-scapy",
+    "busybox-static",
+    "tcpdump",
+    // Seed checkers: `cloud-init schema`, `grub-script-check`.
+    "cloud-init",
+    "grub-common",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything: packages, bpf-linker, the eBPF toolchain.
+pub fn run() -> anyhow::Result<()> {
+    apt(&[EBPF_PACKAGES, LAB_PACKAGES].concat())?;
+    ebpf()
+}
+
+/// The eBPF toolchain alone.
+pub fn ebpf() -> anyhow::Result<()> {
+    apt(EBPF_PACKAGES)?;
+    bpf_linker()?;
+    link_toolchain()
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ii"))
+}
+
+fn apt(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing Debian packages: {}; install them as root: apt-get install {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("apt-get install {}", missing.join(" ")))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let current = Command::new("bpf-linker").arg("--version").output();
+    if current.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    exec(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+    .context(
+        "installing bpf-linker (needs llvm-22-dev: `apt-get install llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev`)",
+    )
+}
+
+/// Links Debian's rustc-web as the `gb10-ebpf` rustup toolchain, through wrappers that
+/// allow `-Z build-std` (RUSTC_BOOTSTRAP=1) for that toolchain only. A nightly with
+/// rust-src, where present, is used instead.
+fn link_toolchain() -> anyhow::Result<()> {
+    if let Some(t) = ebpf_toolchain::pick() {
+        eprintln!("setup: eBPF toolchain `{t}`");
+        return Ok(());
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let dir = home.join("gb10-ebpf-toolchain");
+    std::fs::create_dir_all(dir.join("bin"))?;
+    // rustup insists on a lib directory in a linked toolchain.
+    std::fs::create_dir_all(dir.join("lib"))?;
+    for tool in ["rustc", "cargo"] {
+        let path = dir.join("bin").join(tool);
+        let script = format!(
+            "#!/bin/sh\n# gb10-provision: Debian's {tool} for the eBPF build (cargo xtask setup)\n\
+             RUSTC_BOOTSTRAP=1 exec /usr/bin/{tool} \"$@\"\n"
+        );
+        std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    exec(
+        Command::new("rustup")
+            .args(["toolchain", "link", ebpf_toolchain::LINKED_TOOLCHAIN])
+            .arg(&dir),
+    )?;
+    if !ebpf_toolchain::has_rust_src(ebpf_toolchain::LINKED_TOOLCHAIN) {
+        bail!(
+            "the linked `gb10-ebpf` toolchain has no core sources at /usr/lib/rustlib/src/rust/library: \
+             apt-get install rust-web-src"
+        );
+    }
+    eprintln!("setup: linked Debian's rustc-web as rustup toolchain `gb10-ebpf`");
+    Ok(())
+}

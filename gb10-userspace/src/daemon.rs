@@ -34,6 +34,8 @@ pub struct Shared {
     pub templates: RwLock<Arc<Templates>>,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
+    /// DHCP counters, per client and per drop reason.
+    pub dhcp_stats: crate::dhcp::Stats,
     /// The address with the reason when there is none, for readiness.
     pub lan_state: watch::Receiver<LanState>,
 }
@@ -65,6 +67,7 @@ impl Shared {
             templates: RwLock::new(Arc::new(Templates::builtin())),
             lan_addr,
             lan_state,
+            dhcp_stats: Default::default(),
         }
     }
 
@@ -96,6 +99,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         clients,
         templates: RwLock::new(Arc::new(templates)),
         lan_addr,
+        dhcp_stats: Default::default(),
         lan_state,
     });
     let token = CancellationToken::new();
@@ -116,6 +120,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     tasks.spawn(http::run(shared.clone(), token.clone()));
+    tasks.spawn(crate::dhcp::server::run(shared.clone(), token.clone()));
     tasks.spawn(http::run_health(shared.clone(), token.clone()));
     tasks.spawn(guard::run(shared.clone(), token.clone()));
     tasks.spawn({

@@ -161,9 +161,18 @@ fn cargo_test(cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
     // Setup installed every peer and tool: a test that would skip is a failure here.
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
+    // Privileged lab tests run one at a time: load tests (perfdhcp, floods, TFTP under
+    // netem) measure what they see and must not share two cores with each other.
+    let mut args: Vec<String> = cargo_args.to_vec();
+    if !args.iter().any(|a| a == "--") {
+        args.push("--".into());
+    }
+    if !args.iter().any(|a| a.starts_with("--test-threads")) {
+        args.push("--test-threads=1".into());
+    }
     let mut child = cargo()
         .arg("test")
-        .args(cargo_args)
+        .args(&args)
         .env("GB10_NO_SKIP", if as_root { "1" } else { "0" })
         .current_dir(root())
         .stdout(std::process::Stdio::piped())

@@ -3,8 +3,8 @@
 //! mode, nothing provisioning-related in or out of a second "wan" interface even for a
 //! socket listening there, and a foreign DHCP server (dnsmasq) reported within a second.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd as _,
+    net::UdpSocket,
+    os::fd::FromRawFd as _,
     process::Command,
     thread::sleep,
     time::{Duration, Instant},
@@ -265,27 +265,54 @@ impl Wan {
 fn listen_on(ns: &Netns, iface: &str, port: u16) -> UdpSocket {
     let iface = iface.to_owned();
     ns.enter(move || {
-        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind");
-        let name = std::ffi::CString::new(iface).unwrap();
-        // SAFETY: setsockopt with a NUL-terminated interface name we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                name.as_ptr().cast(),
-                name.as_bytes_with_nul().len() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "SO_BINDTODEVICE: {}",
-            std::io::Error::last_os_error()
-        );
-        sock.set_broadcast(true).unwrap();
-        sock.set_nonblocking(true).unwrap();
-        sock
+        // Bound to the device before bind(), as the daemon's DHCP socket is: two sockets
+        // on 0.0.0.0:67 for different devices then coexist.
+        // SAFETY: a fresh socket, owned right away; setsockopt/bind on memory we own.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let sock = UdpSocket::from_raw_fd(fd);
+            let name = std::ffi::CString::new(iface).unwrap();
+            let on: libc::c_int = 1;
+            for (opt, val, len) in [
+                (
+                    libc::SO_BINDTODEVICE,
+                    name.as_ptr().cast(),
+                    name.as_bytes_with_nul().len(),
+                ),
+                (
+                    libc::SO_REUSEADDR,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>(),
+                ),
+                (
+                    libc::SO_BROADCAST,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>(),
+                ),
+            ] {
+                let rc = libc::setsockopt(fd, libc::SOL_SOCKET, opt, val, len as u32);
+                assert_eq!(
+                    rc,
+                    0,
+                    "setsockopt {opt}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_zero: [0; 8],
+            };
+            let rc = libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(rc, 0, "bind :{port}: {}", std::io::Error::last_os_error());
+            sock
+        }
     })
 }
 
@@ -467,5 +494,75 @@ fn a_foreign_dhcp_server_is_reported_within_a_second() {
         daemon.log().matches("rogue DHCP server").count(),
         1,
         "logged once per server"
+    );
+}
+
+#[test]
+fn a_flood_of_random_macs_is_limited_and_the_known_client_still_gets_its_lease() {
+    let name = "a_flood_of_random_macs_is_limited_and_the_known_client_still_gets_its_lease";
+    if !require_root(name) || !require_tool(name, "dhclient", "isc-dhcp-client") {
+        return;
+    }
+    let lab = Lab::bare("gfld");
+    let legit = lab.client_mac();
+    gb10_lab::write_file(
+        &lab.dir.join("data/inventory.toml"),
+        &format!(
+            "[[hosts]]\nmac = \"{}\"\nhostname = \"legit-1\"\nip = \"198.18.0.50\"\n",
+            format_mac(&legit)
+        ),
+    );
+    let (rate, burst) = (500u64, 1000u64);
+    let daemon = lab.start_daemon(
+        BIN,
+        &[
+            "--xdp",
+            "required",
+            "--guard",
+            "enforce",
+            "--guard-global-rate",
+            &rate.to_string(),
+            "--guard-global-burst",
+            &burst.to_string(),
+        ],
+    );
+    // The guard task writes the inventory's allowance shortly after start.
+    sleep(Duration::from_millis(600));
+    let budget = gb10_lab::flood::Budget {
+        frames: 3_000_000,
+        time: Duration::from_secs(5),
+    };
+    let r = gb10_lab::flood::run(&lab, &daemon, budget);
+    eprintln!(
+        "flood: {} DISCOVERs in {:.1?} ({:.0}/s) from random MACs; limited {}; the daemon \
+         processed {} DHCP messages and used {:.1} % of a core; legit client: {:?}",
+        r.sent,
+        r.elapsed,
+        r.rate(),
+        r.limited,
+        r.daemon_messages,
+        r.daemon_cpu * 100.0,
+        r.leased
+    );
+    assert_eq!(
+        r.leased.as_deref(),
+        Some("198.18.0.50"),
+        "the known client lost its lease\n{}",
+        daemon.log()
+    );
+    assert!(r.sent > 10_000, "the generator sent only {}", r.sent);
+    // What got through is bounded by the global bucket: burst + rate x duration (+ the
+    // legitimate client's few), whatever the flood rate.
+    let bound = burst as f64 + rate as f64 * r.elapsed.as_secs_f64() + 20.0;
+    assert!(
+        r.daemon_messages <= bound,
+        "{} messages reached the daemon, bound {bound}",
+        r.daemon_messages
+    );
+    assert!(
+        r.limited >= r.sent as f64 - bound,
+        "limited {} of {}",
+        r.limited,
+        r.sent
     );
 }

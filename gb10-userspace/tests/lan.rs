@@ -181,41 +181,8 @@ fn proxy_mode_waits_for_a_real_lease_and_serves_on_it() {
         &lab.dir,
         &[],
     );
-    let pidfile = lab.dir.join("dhclient.pid");
-    let out = lab
-        .server
-        .cmd("timeout")
-        .args(["20", "dhclient", "-1", "-v"])
-        .arg("-pf")
-        .arg(&pidfile)
-        .arg("-lf")
-        .arg(lab.dir.join("dhclient.leases"))
-        .arg(&lab.server_if)
-        .output()
-        .expect("dhclient");
-    // dhclient forks into the background once leased: stop it by the PID it wrote.
-    let dhclient_pid = std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok());
-    struct KillPid(Option<i32>);
-    impl Drop for KillPid {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                // SAFETY: kill on the dhclient this test started, by the PID it wrote.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
-    }
-    let _dhclient = KillPid(dhclient_pid);
-    let text = String::from_utf8_lossy(&out.stderr);
-    let leased = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("bound to ")
-                .and_then(|r| r.split_whitespace().next())
-        })
-        .unwrap_or_else(|| panic!("dhclient got no lease:\n{text}"))
-        .to_owned();
+    let (leased, _dhclient) = lab.server.dhclient_once(&lab.server_if, &lab.dir, 20);
+    let leased = leased.expect("dhclient got no lease from the site DHCP");
     assert!(leased.starts_with("198.18.0."), "{leased}");
     let took = wait_until(Duration::from_secs(3), || {
         lab.http_at(&leased, "/healthz").0 == 200

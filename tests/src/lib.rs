@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod flood;
 pub mod frames;
 
 /// True when running as root. Otherwise prints a visible SKIP line naming the test.
@@ -171,6 +172,40 @@ impl Netns {
             .spawn()
             .expect("dnsmasq (apt-get install dnsmasq-base)");
         Guard(child)
+    }
+
+    /// `dhclient -1` on `iface` (its default script configures the address), bounded by
+    /// `timeout_s`: the address it was bound to, if any, and a guard that stops the
+    /// dhclient it left in the background (by the PID it wrote).
+    pub fn dhclient_once(
+        &self,
+        iface: &str,
+        dir: &Path,
+        timeout_s: u32,
+    ) -> (Option<String>, PidGuard) {
+        let pidfile = dir.join(format!("dhclient-{iface}.pid"));
+        let out = self
+            .cmd("timeout")
+            .args([&timeout_s.to_string(), "dhclient", "-1", "-v"])
+            .arg("-pf")
+            .arg(&pidfile)
+            .arg("-lf")
+            .arg(dir.join(format!("dhclient-{iface}.leases")))
+            .arg(iface)
+            .output()
+            .expect("dhclient (apt-get install isc-dhcp-client)");
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let text = String::from_utf8_lossy(&out.stderr);
+        let leased = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("bound to ")
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .map(str::to_owned);
+        (leased, PidGuard(pid))
     }
 
     /// UDP datagrams that reached this namespace's stack: delivered to a socket plus
@@ -547,6 +582,19 @@ impl Drop for Guard {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A process the test did not spawn directly but started (a daemonized client), by the
+/// PID it wrote: SIGTERM on drop.
+pub struct PidGuard(pub Option<i32>);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill on the process this test started, by the PID it wrote.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask`: install what the project needs, build the eBPF object, run every test,
 //! run the lab.
+mod bench;
 mod lab;
 mod setup;
 
@@ -37,6 +38,11 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Measurements, side by side, reported (never asserted): `flood`.
+    Bench {
+        #[arg(value_enum)]
+        what: BenchKind,
+    },
     /// Start gb10-provision on a virtual LAN (network namespaces), show a client being
     /// served, and keep it up until Ctrl-C.
     Lab {
@@ -44,6 +50,12 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    /// A random-MAC DHCP flood with the guard enforcing and off.
+    Flood,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +67,12 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             cargo_args,
         } => test(no_lint, &cargo_args),
+        Task::Bench {
+            what: BenchKind::Flood,
+        } => {
+            setup::run()?;
+            bench::flood()
+        }
         Task::Lab { once } => {
             setup::run()?;
             lab::run(once)

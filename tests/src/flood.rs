@@ -41,24 +41,6 @@ impl Report {
     }
 }
 
-/// CPU ticks (user + system) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ") ".
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
 fn dhcp_messages(lab: &Lab) -> f64 {
     let m = lab.metrics();
     m.0.lines()
@@ -76,7 +58,7 @@ pub fn run(lab: &Lab, daemon: &Daemon, budget: Budget) -> Report {
     let sent = Arc::new(AtomicU64::new(0));
     let messages_before = dhcp_messages(lab);
     let limited_before = lab.metrics().value("gb10_xdp_rate_limited_total", &[]);
-    let cpu_before = cpu_ticks(daemon.pid());
+    let cpu_before = crate::cpu_seconds(daemon.pid());
     let start = Instant::now();
     let flood = std::thread::spawn({
         let (stop, sent) = (stop.clone(), sent.clone());
@@ -111,7 +93,7 @@ pub fn run(lab: &Lab, daemon: &Daemon, budget: Budget) -> Report {
     let _ = flood.join();
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
-    let cpu = (cpu_ticks(daemon.pid()) - cpu_before) as f64 / ticks_per_second();
+    let cpu = crate::cpu_seconds(daemon.pid()) - cpu_before;
     Report {
         sent: sent.load(Ordering::Relaxed),
         elapsed,

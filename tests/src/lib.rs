@@ -585,6 +585,21 @@ impl Drop for Guard {
     }
 }
 
+/// CPU time (user + system, seconds) process `pid` has used so far; 0 when it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
 /// A process the test did not spawn directly but started (a daemonized client), by the
 /// PID it wrote: SIGTERM on drop.
 pub struct PidGuard(pub Option<i32>);

@@ -56,6 +56,10 @@ enum Task {
 enum BenchKind {
     /// A random-MAC DHCP flood with the guard enforcing and off.
     Flood,
+    /// perfdhcp against gb10-provision, dnsmasq and kea-dhcp4.
+    Dhcp,
+    /// wrk against gb10-provision and nginx.
+    Http,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,11 +71,14 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             cargo_args,
         } => test(no_lint, &cargo_args),
-        Task::Bench {
-            what: BenchKind::Flood,
-        } => {
+        Task::Bench { what } => {
             setup::run()?;
-            bench::flood()
+            setup::bench()?;
+            match what {
+                BenchKind::Flood => bench::flood(),
+                BenchKind::Dhcp => bench::dhcp(),
+                BenchKind::Http => bench::http(),
+            }
         }
         Task::Lab { once } => {
             setup::run()?;

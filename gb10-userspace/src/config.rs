@@ -100,6 +100,9 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(default)]
     pub xdp: RawXdp,
+    #[command(flatten)]
+    #[serde(default)]
+    pub tftp: RawTftp,
 }
 
 /// `[dhcp]`: the direct-mode DHCP server.
@@ -121,6 +124,39 @@ pub struct RawXdp {
     /// `auto`, `required` or `off` (default auto).
     #[arg(id = "xdp_mode", long = "xdp", env = "GB10_XDP_MODE")]
     pub mode: Option<XdpMode>,
+}
+
+/// `[tftp]`: the read-only TFTP service on the LAN address (root `data_path/tftp`).
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    /// UDP port of the TFTP listener on the LAN address (default 69).
+    #[arg(id = "tftp_port", long = "tftp-port", env = "GB10_TFTP_PORT")]
+    pub port: Option<u16>,
+    /// Transfers running at once; requests beyond get a "busy" error (default 64).
+    #[arg(
+        id = "tftp_max_sessions",
+        long = "tftp-max-sessions",
+        env = "GB10_TFTP_MAX_SESSIONS"
+    )]
+    pub max_sessions: Option<usize>,
+    /// Wait for an ACK before retransmitting, like `1s` or `500ms`, doubled per retry up
+    /// to 8x; a client's `timeout` option overrides it (default 1s).
+    #[arg(id = "tftp_timeout", long = "tftp-timeout", env = "GB10_TFTP_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Consecutive timeouts after which a client is given up (default 5).
+    #[arg(id = "tftp_retries", long = "tftp-retries", env = "GB10_TFTP_RETRIES")]
+    pub retries: Option<u32>,
+    /// Answer transfers from the listening port instead of one port per transfer, for
+    /// clients behind a relay or firewall that only passes port 69 (default false).
+    #[arg(
+        id = "tftp_single_port",
+        long = "tftp-single-port",
+        env = "GB10_TFTP_SINGLE_PORT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub single_port: Option<bool>,
 }
 
 impl RawConfig {
@@ -147,6 +183,7 @@ impl RawConfig {
             proxy_subnet,
             dhcp: RawDhcp { range, lease_time },
             xdp: RawXdp { mode: xdp_mode },
+            tftp,
         } = over;
         RawConfig {
             lan_iface: lan_iface.or(self.lan_iface),
@@ -162,6 +199,26 @@ impl RawConfig {
             xdp: RawXdp {
                 mode: xdp_mode.or(self.xdp.mode),
             },
+            tftp: self.tftp.overlay(tftp),
+        }
+    }
+}
+
+impl RawTftp {
+    fn overlay(self, over: RawTftp) -> RawTftp {
+        let RawTftp {
+            port,
+            max_sessions,
+            timeout,
+            retries,
+            single_port,
+        } = over;
+        RawTftp {
+            port: port.or(self.port),
+            max_sessions: max_sessions.or(self.max_sessions),
+            timeout: timeout.or(self.timeout),
+            retries: retries.or(self.retries),
+            single_port: single_port.or(self.single_port),
         }
     }
 }
@@ -172,6 +229,14 @@ pub const DEFAULT_LAN_IP: &str = "10.88.0.1/24";
 pub const DEFAULT_DATA_PATH: &str = "/data/provision";
 /// Default HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 80;
+/// Default TFTP port.
+pub const DEFAULT_TFTP_PORT: u16 = 69;
+/// Default cap on concurrent TFTP transfers.
+pub const DEFAULT_TFTP_MAX_SESSIONS: usize = 64;
+/// Default TFTP retransmission timeout (tftp-hpa's too).
+pub const DEFAULT_TFTP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default consecutive TFTP timeouts before a client is given up.
+pub const DEFAULT_TFTP_RETRIES: u32 = 5;
 /// Default lease duration.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -187,6 +252,71 @@ pub struct Config {
     pub proxy_subnet: Option<Ipv4Net>,
     pub dhcp: DhcpConfig,
     pub xdp: XdpMode,
+    pub tftp: TftpConfig,
+}
+
+/// Validated `[tftp]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TftpConfig {
+    pub port: u16,
+    pub max_sessions: usize,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub single_port: bool,
+}
+
+impl TryFrom<RawTftp> for TftpConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawTftp) -> Result<Self, ConfigError> {
+        let RawTftp {
+            port,
+            max_sessions,
+            timeout,
+            retries,
+            single_port,
+        } = raw;
+        let max_sessions = max_sessions.unwrap_or(DEFAULT_TFTP_MAX_SESSIONS);
+        if !(1..=65536).contains(&max_sessions) {
+            return Err(invalid(
+                "tftp.max_sessions",
+                &max_sessions.to_string(),
+                "must be 1..=65536",
+            ));
+        }
+        let timeout = match timeout {
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                invalid(
+                    "tftp.timeout",
+                    &text,
+                    format!("{e}; write a duration like 1s"),
+                )
+            })?,
+            None => DEFAULT_TFTP_TIMEOUT,
+        };
+        if !(Duration::from_millis(100)..=Duration::from_secs(255)).contains(&timeout) {
+            return Err(invalid(
+                "tftp.timeout",
+                &humantime::format_duration(timeout).to_string(),
+                "must be between 100ms and 255s",
+            ));
+        }
+        let retries = retries.unwrap_or(DEFAULT_TFTP_RETRIES);
+        if !(1..=100).contains(&retries) {
+            return Err(invalid(
+                "tftp.retries",
+                &retries.to_string(),
+                "must be 1..=100",
+            ));
+        }
+        Ok(TftpConfig {
+            port: port.unwrap_or(DEFAULT_TFTP_PORT),
+            max_sessions,
+            timeout,
+            retries,
+            single_port: single_port.unwrap_or(false),
+        })
+    }
 }
 
 /// Validated `[dhcp]`.
@@ -210,6 +340,7 @@ impl TryFrom<RawConfig> for Config {
             proxy_subnet,
             dhcp: RawDhcp { range, lease_time },
             xdp: RawXdp { mode: xdp },
+            tftp,
         } = raw;
         let lan_iface = lan_iface
             .filter(|s| !s.is_empty())
@@ -274,6 +405,7 @@ impl TryFrom<RawConfig> for Config {
             proxy_subnet,
             dhcp: DhcpConfig { range, lease_time },
             xdp: xdp.unwrap_or_default(),
+            tftp: TftpConfig::try_from(tftp)?,
         })
     }
 }
@@ -399,6 +531,27 @@ mod tests {
         assert!(Config::try_from(r.clone()).is_err());
         r.dhcp.range = Some("198.18.0.10-198.18.0.20".into());
         assert!(Config::try_from(r).is_ok());
+    }
+
+    #[test]
+    fn tftp_section() {
+        let cfg = Config::try_from(raw("lan_iface = \"eth1\"\n").unwrap()).unwrap();
+        assert_eq!(cfg.tftp.port, 69);
+        assert_eq!(cfg.tftp.timeout, Duration::from_secs(1));
+        assert!(!cfg.tftp.single_port);
+        let r = raw(
+            "lan_iface = \"eth1\"\n[tftp]\nport = 6969\ntimeout = \"500ms\"\nsingle_port = true\n",
+        )
+        .unwrap();
+        let cfg = Config::try_from(r).unwrap();
+        assert_eq!((cfg.tftp.port, cfg.tftp.single_port), (6969, true));
+        assert_eq!(cfg.tftp.timeout, Duration::from_millis(500));
+        let err =
+            Config::try_from(raw("lan_iface = \"eth1\"\n[tftp]\ntimeout = \"0s\"\n").unwrap())
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("tftp.timeout"), "{err}");
+        assert!(raw("[tftp]\nprot = 1\n").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::{
     inventory::Inventory,
     lan::LanAddr,
     store::Store,
+    tftp,
     xdp::LanXdp,
 };
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub clients: Clients,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
+    /// TFTP counters for `/metrics`.
+    pub tftp: tftp::Stats,
 }
 
 impl Shared {
@@ -68,6 +71,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         inventory: RwLock::new(Arc::new(inventory)),
         clients: Clients::default(),
         lan_addr,
+        tftp: tftp::Stats::default(),
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -80,6 +84,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let mut tasks = JoinSet::new();
     tasks.spawn(http::run(shared.clone(), token.clone()));
+    tasks.spawn(tftp::run(shared.clone(), token.clone()));
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

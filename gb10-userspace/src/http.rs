@@ -57,6 +57,7 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
         let mut w = metrics::Writer::default();
         let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
         metrics::write_xdp(&mut w, snapshot.as_ref());
+        metrics::write_tftp(&mut w, &shared.tftp.snapshot());
         w.finish()
     })
     .await

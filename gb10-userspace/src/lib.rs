@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod lan;
 pub mod metrics;
 pub mod store;
+pub mod tftp;
 pub mod xdp;
 
 /// An error and its sources on one line, for log fields.

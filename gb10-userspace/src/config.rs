@@ -141,7 +141,7 @@ pub struct RawTftp {
     )]
     pub max_sessions: Option<usize>,
     /// Wait for an ACK before retransmitting, like `1s` or `500ms`, doubled per retry up
-    /// to 8x; a client's `timeout` option overrides it (default 1s).
+    /// to 8x; a client's `timeout` option shortens it (default 1s).
     #[arg(id = "tftp_timeout", long = "tftp-timeout", env = "GB10_TFTP_TIMEOUT")]
     pub timeout: Option<String>,
     /// Consecutive timeouts after which a client is given up (default 5).

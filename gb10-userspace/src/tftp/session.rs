@@ -119,7 +119,7 @@ impl Source {
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     /// Wait for an ACK before the first retransmission (the client's `timeout` option
-    /// when it sent one).
+    /// when it asks for less).
     pub timeout: Duration,
     /// Consecutive timeouts after which the client is given up.
     pub retries: u32,
@@ -169,8 +169,11 @@ pub async fn run(
 ) -> Outcome {
     let blksize = usize::from(n.blksize);
     let window = u64::from(n.windowsize);
+    // The client's timeout says how long it waits for us; retransmitting sooner costs
+    // it a duplicate it re-ACKs, while waiting its 5-6 s (curl, some firmware) after
+    // every loss makes a lossy transfer crawl. So the shorter of the two.
     let timing = Timing {
-        timeout: n.timeout.unwrap_or(timing.timeout),
+        timeout: n.timeout.map_or(timing.timeout, |t| t.min(timing.timeout)),
         ..timing
     };
     // Packets of blocks [unacked, sent), kept for retransmission.
@@ -230,6 +233,13 @@ pub async fn run(
             }
             Wait::Timeout => {
                 tries += 1;
+                tracing::debug!(
+                    unacked,
+                    sent,
+                    tries,
+                    ?wait,
+                    "no ACK in time; retransmitting"
+                );
                 if tries > timing.retries {
                     let _ = link
                         .send(&packet::error(ErrorCode::NotDefined, "Timeout"))

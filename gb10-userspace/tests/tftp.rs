@@ -180,6 +180,8 @@ fn abandoned_and_aborted_sessions_end() {
             "200ms",
             "--tftp-retries",
             "2",
+            "--tftp-max-sessions",
+            "1",
         ],
     );
     let client = [("client", lab.client_ip)];
@@ -192,6 +194,13 @@ fn abandoned_and_aborted_sessions_end() {
     });
     assert_eq!(&first[..4], b"\0\x03\0\x01", "DATA 1");
     assert_eq!(lab.metrics().value("gb10_tftp_sessions", &[]), 1.0);
+    // The cap: a second request while one runs is refused with "busy".
+    let busy = lab.client.enter(|| {
+        let s = client_socket();
+        s.send_to(&rrq(b"f.bin", &[]), SERVER).unwrap();
+        recv(&s).0
+    });
+    assert_eq!(&busy[..4], b"\0\x05\0\0", "{busy:?}");
     wait_for(
         &lab,
         "gb10_tftp_errors_total",

@@ -144,20 +144,50 @@ mod tests {
         assert_eq!(mac_from_arp(table, "198.18.0.4".parse().unwrap()), None);
     }
 
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/tftp_request");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect()
+    }
+
     /// Replays the fuzz corpus (fuzz/corpus/tftp_request) so the normal test command
     /// covers it without cargo-fuzz.
     #[test]
     fn replays_fuzz_corpus() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/tftp_request");
-        let entries: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(entries.len() >= 10, "corpus too small: {}", entries.len());
-        for file in entries {
-            let data = std::fs::read(&file).unwrap();
+        let corpus = corpus();
+        assert!(corpus.len() >= 10, "corpus too small: {}", corpus.len());
+        for data in corpus {
             exercise_request(&data);
+        }
+    }
+
+    /// A poor man's fuzzer on every test run: deterministic byte changes, truncations
+    /// and insertions of NUL, `/` and `.` on the corpus.
+    #[test]
+    fn mutated_corpus_never_panics() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for seed in corpus() {
+            for _ in 0..2000 {
+                let mut data = seed.clone();
+                for _ in 0..=(next() % 4) {
+                    let at = (next() as usize) % (data.len() + 1);
+                    match next() % 3 {
+                        0 if at < data.len() => data[at] = next() as u8,
+                        1 => data.truncate(at),
+                        _ => data.insert(at, [0, b'/', b'.'][next() as usize % 3]),
+                    }
+                }
+                exercise_request(&data);
+            }
         }
     }
 }

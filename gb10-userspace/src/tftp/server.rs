@@ -114,9 +114,9 @@ struct Start {
     slot: SessionSlot,
 }
 
-/// Routes one packet arriving on the listening port: to a running single-port session,
-/// to the bin (a repeated request), to an error reply, or to a new session.
 impl Listener {
+    /// Routes one packet arriving on the listening port: to a running single-port
+    /// session, to the bin (a repeated request), to an error reply, or to a new session.
     async fn dispatch(&self, data: &[u8], peer: SocketAddrV4) -> Option<Start> {
         let (ctx, socket) = (&self.ctx, &self.socket);
         {

@@ -415,3 +415,35 @@ fn edk2_probe_then_windowed_fetch() {
     });
     assert_same(&got, &data, "EDK2-style windowed fetch");
 }
+
+/// With XDP attached, ACKs to a transfer's ephemeral port count as TFTP for the
+/// client's MAC: the session registers its port with the program.
+#[test]
+fn xdp_counts_transfer_acks_as_tftp() {
+    if !setup("xdp_counts_transfer_acks_as_tftp", &CLIENTS) {
+        return;
+    }
+    let lab = Lab::new("tftp-xdp");
+    let data = put_random(&lab, "one.bin", 1 << 20, 9);
+    let _daemon = lab.start_daemon(BIN, &["--xdp", "auto"]);
+    if lab.metrics().value("gb10_xdp_attached", &[]) != 1.0 {
+        eprintln!(
+            "SKIP xdp_counts_transfer_acks_as_tftp: XDP not attached (AYA_BUILD_SKIP build?)"
+        );
+        return;
+    }
+    let got = Fetch::Curl(&["--tftp-blksize", "1468"]).get(&lab, "one.bin");
+    assert_same(&got, &data, "curl with XDP");
+    let mac = gb10_lab::format_mac(&lab.client_mac());
+    let acks = ((1 << 20) / 1468 + 1) as f64;
+    let m = lab.metrics();
+    let tftp = m.value(
+        "gb10_client_packets_total",
+        &[("mac", &mac), ("kind", "tftp")],
+    );
+    assert!(
+        tftp >= acks,
+        "{tftp} TFTP packets counted for {acks} ACKs\n{}",
+        m.0
+    );
+}

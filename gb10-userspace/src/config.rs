@@ -113,6 +113,9 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(default)]
     pub guard: RawGuard,
+    #[command(flatten)]
+    #[serde(default)]
+    pub tftp: RawTftp,
 }
 
 /// `[guard]`: what the eBPF programs enforce. Rates are packets a second (0 = no limit),
@@ -323,6 +326,39 @@ pub struct RawXdp {
     pub mode: Option<XdpMode>,
 }
 
+/// `[tftp]`: the read-only TFTP service on the LAN address (root `data_path/tftp`).
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    /// UDP port of the TFTP listener on the LAN address (default 69).
+    #[arg(id = "tftp_port", long = "tftp-port", env = "GB10_TFTP_PORT")]
+    pub port: Option<u16>,
+    /// Transfers running at once; requests beyond get a "busy" error (default 64).
+    #[arg(
+        id = "tftp_max_sessions",
+        long = "tftp-max-sessions",
+        env = "GB10_TFTP_MAX_SESSIONS"
+    )]
+    pub max_sessions: Option<usize>,
+    /// Wait for an ACK before retransmitting, like `1s` or `500ms`, doubled per retry up
+    /// to 8x; a client's `timeout` option shortens it (default 1s).
+    #[arg(id = "tftp_timeout", long = "tftp-timeout", env = "GB10_TFTP_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Consecutive timeouts after which a client is given up (default 5).
+    #[arg(id = "tftp_retries", long = "tftp-retries", env = "GB10_TFTP_RETRIES")]
+    pub retries: Option<u32>,
+    /// Answer transfers from the listening port instead of one port per transfer, for
+    /// clients behind a relay or firewall that only passes port 69 (default false).
+    #[arg(
+        id = "tftp_single_port",
+        long = "tftp-single-port",
+        env = "GB10_TFTP_SINGLE_PORT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub single_port: Option<bool>,
+}
+
 impl RawConfig {
     /// Reads a config file; unknown keys are an error that names them.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -381,6 +417,7 @@ impl RawConfig {
                     known_rate,
                     known_burst,
                 },
+            tftp,
         } = over;
         RawConfig {
             lan_iface: lan_iface.or(self.lan_iface),
@@ -428,6 +465,26 @@ impl RawConfig {
                 known_rate: known_rate.or(self.guard.known_rate),
                 known_burst: known_burst.or(self.guard.known_burst),
             },
+            tftp: self.tftp.overlay(tftp),
+        }
+    }
+}
+
+impl RawTftp {
+    fn overlay(self, over: RawTftp) -> RawTftp {
+        let RawTftp {
+            port,
+            max_sessions,
+            timeout,
+            retries,
+            single_port,
+        } = over;
+        RawTftp {
+            port: port.or(self.port),
+            max_sessions: max_sessions.or(self.max_sessions),
+            timeout: timeout.or(self.timeout),
+            retries: retries.or(self.retries),
+            single_port: single_port.or(self.single_port),
         }
     }
 }
@@ -440,6 +497,14 @@ pub const DEFAULT_DATA_PATH: &str = "/data/provision";
 pub const DEFAULT_HTTP_PORT: u16 = 80;
 /// Default port of the loopback health listener.
 pub const DEFAULT_HEALTH_PORT: u16 = 9180;
+/// Default TFTP port.
+pub const DEFAULT_TFTP_PORT: u16 = 69;
+/// Default cap on concurrent TFTP transfers.
+pub const DEFAULT_TFTP_MAX_SESSIONS: usize = 64;
+/// Default TFTP retransmission timeout (tftp-hpa's too).
+pub const DEFAULT_TFTP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default consecutive TFTP timeouts before a client is given up.
+pub const DEFAULT_TFTP_RETRIES: u32 = 5;
 /// Default lease duration.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -460,6 +525,71 @@ pub struct Config {
     pub boot: BootConfig,
     pub http: HttpConfig,
     pub guard: GuardConfig,
+    pub tftp: TftpConfig,
+}
+
+/// Validated `[tftp]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TftpConfig {
+    pub port: u16,
+    pub max_sessions: usize,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub single_port: bool,
+}
+
+impl TryFrom<RawTftp> for TftpConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawTftp) -> Result<Self, ConfigError> {
+        let RawTftp {
+            port,
+            max_sessions,
+            timeout,
+            retries,
+            single_port,
+        } = raw;
+        let max_sessions = max_sessions.unwrap_or(DEFAULT_TFTP_MAX_SESSIONS);
+        if !(1..=65536).contains(&max_sessions) {
+            return Err(invalid(
+                "tftp.max_sessions",
+                &max_sessions.to_string(),
+                "must be 1..=65536",
+            ));
+        }
+        let timeout = match timeout {
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                invalid(
+                    "tftp.timeout",
+                    &text,
+                    format!("{e}; write a duration like 1s"),
+                )
+            })?,
+            None => DEFAULT_TFTP_TIMEOUT,
+        };
+        if !(Duration::from_millis(100)..=Duration::from_secs(255)).contains(&timeout) {
+            return Err(invalid(
+                "tftp.timeout",
+                &humantime::format_duration(timeout).to_string(),
+                "must be between 100ms and 255s",
+            ));
+        }
+        let retries = retries.unwrap_or(DEFAULT_TFTP_RETRIES);
+        if !(1..=100).contains(&retries) {
+            return Err(invalid(
+                "tftp.retries",
+                &retries.to_string(),
+                "must be 1..=100",
+            ));
+        }
+        Ok(TftpConfig {
+            port: port.unwrap_or(DEFAULT_TFTP_PORT),
+            max_sessions,
+            timeout,
+            retries,
+            single_port: single_port.unwrap_or(false),
+        })
+    }
 }
 
 /// Validated `[http]`.
@@ -591,6 +721,7 @@ impl TryFrom<RawConfig> for Config {
                 seed_owner_check,
             },
             guard,
+            tftp,
         } = raw;
         let lan_iface = lan_iface
             .filter(|s| !s.is_empty())
@@ -674,6 +805,7 @@ impl TryFrom<RawConfig> for Config {
                 seed_owner_check: seed_owner_check.unwrap_or(true),
             },
             guard: validate_guard(guard, &lan_iface_for_guard)?,
+            tftp: TftpConfig::try_from(tftp)?,
         })
     }
 }
@@ -964,6 +1096,27 @@ mod tests {
         let bad = raw("lan_iface = \"eth1\"\n[http]\nmounts = { \"/../\" = \"/x\" }\n").unwrap();
         let err = Config::try_from(bad).unwrap_err().to_string();
         assert!(err.contains("http.mounts"), "{err}");
+    }
+
+    #[test]
+    fn tftp_section() {
+        let cfg = Config::try_from(raw("lan_iface = \"eth1\"\n").unwrap()).unwrap();
+        assert_eq!(cfg.tftp.port, 69);
+        assert_eq!(cfg.tftp.timeout, Duration::from_secs(1));
+        assert!(!cfg.tftp.single_port);
+        let r = raw(
+            "lan_iface = \"eth1\"\n[tftp]\nport = 6969\ntimeout = \"500ms\"\nsingle_port = true\n",
+        )
+        .unwrap();
+        let cfg = Config::try_from(r).unwrap();
+        assert_eq!((cfg.tftp.port, cfg.tftp.single_port), (6969, true));
+        assert_eq!(cfg.tftp.timeout, Duration::from_millis(500));
+        let err =
+            Config::try_from(raw("lan_iface = \"eth1\"\n[tftp]\ntimeout = \"0s\"\n").unwrap())
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("tftp.timeout"), "{err}");
+        assert!(raw("[tftp]\nprot = 1\n").is_err());
     }
 
     #[test]

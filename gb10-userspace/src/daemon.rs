@@ -16,6 +16,7 @@ use crate::{
     netlink::{LanState, LanWatcher},
     store::Store,
     templates::Templates,
+    tftp,
     xdp::LanXdp,
 };
 
@@ -38,6 +39,8 @@ pub struct Shared {
     pub dhcp_stats: crate::dhcp::Stats,
     /// The address with the reason when there is none, for readiness.
     pub lan_state: watch::Receiver<LanState>,
+    /// TFTP counters for `/metrics`.
+    pub tftp: tftp::Stats,
 }
 
 impl Shared {
@@ -68,6 +71,7 @@ impl Shared {
             lan_addr,
             lan_state,
             dhcp_stats: Default::default(),
+            tftp: tftp::Stats::default(),
         }
     }
 
@@ -101,6 +105,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         lan_addr,
         dhcp_stats: Default::default(),
         lan_state,
+        tftp: tftp::Stats::default(),
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -137,6 +142,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     });
+    tasks.spawn(tftp::run(shared.clone(), token.clone()));
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod store;
 pub mod templates;
+pub mod tftp;
 pub mod xdp;
 
 /// An error and its sources on one line, for log fields.

@@ -158,6 +158,28 @@ pub const FOREIGN_SERVER_PACKETS: Family = family(
     "counter",
     "DHCP server messages seen from a foreign server, by its MAC and IP.",
 );
+pub const TFTP_SESSIONS: Family =
+    family("gb10_tftp_sessions", "gauge", "TFTP transfers running now.");
+pub const TFTP_TRANSFERS: Family = family(
+    "gb10_tftp_transfers_total",
+    "counter",
+    "TFTP transfers completed, by client IP.",
+);
+pub const TFTP_BYTES: Family = family(
+    "gb10_tftp_bytes_total",
+    "counter",
+    "TFTP DATA payload bytes sent, retransmissions included, by client IP.",
+);
+pub const TFTP_RETRANSMITS: Family = family(
+    "gb10_tftp_retransmits_total",
+    "counter",
+    "TFTP DATA/OACK packets sent again (timeout or partial window), by client IP.",
+);
+pub const TFTP_ERRORS: Family = family(
+    "gb10_tftp_errors_total",
+    "counter",
+    "TFTP requests and transfers that did not complete, by client IP and reason.",
+);
 
 /// Builds the text exposition.
 #[derive(Default)]
@@ -384,6 +406,31 @@ pub fn write_guard(w: &mut Writer, s: &Snapshot, role: &str) {
             &[("mac", &mac), ("ip", &ip), ("role", role)],
             seen.packets,
         );
+    }
+}
+
+/// The TFTP section: the session gauge and per-client-IP counters.
+pub fn write_tftp(w: &mut Writer, s: &crate::tftp::stats::Snapshot) {
+    w.single(&TFTP_SESSIONS, s.sessions);
+    let ips: Vec<String> = s.clients.iter().map(|(ip, _)| ip.to_string()).collect();
+    for (family, value) in [
+        (
+            &TFTP_TRANSFERS,
+            (|c| c.transfers) as fn(&crate::tftp::stats::ClientStats) -> u64,
+        ),
+        (&TFTP_BYTES, |c| c.bytes),
+        (&TFTP_RETRANSMITS, |c| c.retransmits),
+    ] {
+        w.family(family);
+        for ((_, c), ip) in s.clients.iter().zip(&ips) {
+            w.sample(family, &[("client", ip)], value(c));
+        }
+    }
+    w.family(&TFTP_ERRORS);
+    for ((_, c), ip) in s.clients.iter().zip(&ips) {
+        for (why, n) in &c.errors {
+            w.sample(&TFTP_ERRORS, &[("client", ip), ("reason", why.label())], n);
+        }
     }
 }
 

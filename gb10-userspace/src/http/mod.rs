@@ -164,6 +164,7 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
         let mut w = metrics::Writer::default();
         let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
         metrics::write_xdp(&mut w, snapshot.as_ref());
+        metrics::write_tftp(&mut w, &shared.tftp.snapshot());
         if let Some(snapshot) = &snapshot {
             let role = match shared.config.mode {
                 crate::config::Mode::Direct => "rogue",

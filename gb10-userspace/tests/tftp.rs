@@ -447,3 +447,52 @@ fn xdp_counts_transfer_acks_as_tftp() {
         m.0
     );
 }
+
+#[test]
+fn grub_configs_are_rendered_over_tftp() {
+    let name = "grub_configs_are_rendered_over_tftp";
+    if !setup(name, &[("grub-script-check", "grub-common")]) {
+        return;
+    }
+    let lab = Lab::new("tftp-grub");
+    gb10_lab::write_file(
+        &lab.dir.join("data/inventory.toml"),
+        include_str!("data/inventory.toml"),
+    );
+    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    // Debian's network GRUB asks for these with a leading slash under its prefix.
+    for path in ["/grub/grub.cfg", "/grub/hosts/02:00:00:00:01:02.cfg"] {
+        // Sent verbatim, as GRUB does (tftp-hpa's client would read `host:file` in it).
+        let name = path.to_owned();
+        let got = lab
+            .client
+            .enter(move || windowed_get(&client_socket(), &name, 512, 1));
+        let text = String::from_utf8(got).expect("UTF-8 config");
+        // The global config sources the host's by MAC under GRUB's own prefix; the host's
+        // config fetches the kernel from the address the request reached.
+        let want = if path.ends_with("grub.cfg") {
+            "hosts/${net_default_mac}.cfg"
+        } else {
+            lab.server_ip
+        };
+        assert!(text.contains(want), "{path} lacks {want}:\n{text}");
+        let file = lab.dir.join("fetched.cfg");
+        std::fs::write(&file, &text).unwrap();
+        let check = std::process::Command::new("grub-script-check")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{path}: {}\n{text}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    // The per-host fetch is an onboarding event of that host.
+    let (_, record) = lab.http("/clients/02:00:00:00:01:02");
+    assert!(
+        record.contains("tftp:/grub/hosts/"),
+        "{record}\n{}",
+        daemon.log()
+    );
+}

@@ -73,10 +73,10 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
 
 /// The file a client gets for the (cleaned, root-relative) name it asked for.
 ///
-/// The seam for per-client boot files: the DHCP boot decision (per host, per
-/// architecture) maps a client's generic request to its own file here, e.g. by client
-/// IP → lease → MAC → host profile. Identity until that decision exists.
-// TODO(DHCP boot-decision issue): wire the per-client decision in.
+/// The seam for mapping a client's request to another file. The boot decision already
+/// names each client's own boot file (per host, per profile, per architecture) in its
+/// DHCP reply, so the client asks for that very name and this is the identity; GRUB's
+/// per-host configs are addressed by MAC in their path (`grub/hosts/<mac>.cfg`).
 pub fn select_file(_shared: &Shared, _client: Ipv4Addr, requested: &str) -> String {
     requested.to_owned()
 }

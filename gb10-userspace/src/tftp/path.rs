@@ -40,6 +40,8 @@ pub enum PathError {
     Unsupported,
     #[error("opening the file")]
     Io(#[source] io::Error),
+    #[error("rendering the boot loader's config")]
+    Render(#[source] Box<crate::templates::TemplateError>),
 }
 
 impl PathError {
@@ -48,6 +50,8 @@ impl PathError {
         match self {
             PathError::NotFound => (ErrorCode::FileNotFound, "File not found"),
             PathError::Unsupported | PathError::Io(_) => (ErrorCode::NotDefined, "Cannot read"),
+            // Never a fragment of the config: the log names template and variable.
+            PathError::Render(_) => (ErrorCode::NotDefined, "Config failed to render"),
             _ => (ErrorCode::AccessViolation, "Access violation"),
         }
     }

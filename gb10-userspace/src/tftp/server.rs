@@ -336,19 +336,41 @@ fn unregister(ctx: &Ctx, port: Option<u16>) {
     }
 }
 
-/// The file for this client and request: (file, size, name served).
+/// What a transfer sends: a file beneath the root, or a rendered config.
+type Content = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// The content for this client and request: (content, size, name served). GRUB's
+/// configs (`grub/grub.cfg`, `grub/hosts/<mac>.cfg`) are rendered per request, as over
+/// HTTP: Debian's signed network GRUB has no http module and reads them over TFTP.
 async fn open(
     ctx: &Ctx,
     client: Ipv4Addr,
     request: &Request,
-) -> Result<(std::fs::File, u64, String), PathError> {
+) -> Result<(Content, u64, String), PathError> {
     let name = path::clean(&request.filename)?;
     let name = super::select_file(&ctx.shared, client, &name);
+    let server_ip = (*ctx.shared.lan_addr.borrow()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if let Some(rendered) = crate::http::tftp_script(&ctx.shared, &name, server_ip) {
+        let text = rendered.map_err(|e| {
+            warn!(file = %name, error = %crate::error_chain(&e), "boot loader config failed to render");
+            PathError::Render(Box::new(e))
+        })?;
+        let size = text.len() as u64;
+        return Ok((
+            Box::pin(std::io::Cursor::new(text.into_bytes())),
+            size,
+            name,
+        ));
+    }
     let root = ctx.root.clone();
     tokio::task::spawn_blocking(move || {
         let file = root.open_file(&name)?;
         let size = file.metadata().map_err(PathError::Io)?.len();
-        Ok((file, size, name))
+        Ok((
+            Box::pin(tokio::fs::File::from_std(file)) as Content,
+            size,
+            name,
+        ))
     })
     .await
     .map_err(|e| PathError::Io(e.into()))?

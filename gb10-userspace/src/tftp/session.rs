@@ -74,7 +74,7 @@ impl Link {
 
 /// The file being sent, read in large chunks and cut into blocks.
 pub struct Source {
-    file: tokio::fs::File,
+    reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
     mode: Mode,
     /// Bytes read (and converted, in netascii) but not yet cut into blocks.
     pending: Vec<u8>,
@@ -84,9 +84,10 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(file: std::fs::File, mode: Mode) -> Self {
+    /// A file, or bytes rendered in memory (a boot loader's config).
+    pub fn new(reader: impl tokio::io::AsyncRead + Send + 'static, mode: Mode) -> Self {
         Self {
-            file: tokio::fs::File::from_std(file),
+            reader: Box::pin(reader),
             mode,
             pending: Vec::new(),
             start: 0,
@@ -100,7 +101,7 @@ impl Source {
         while self.pending.len() - self.start < size && !self.eof {
             self.pending.drain(..self.start);
             self.start = 0;
-            let n = self.file.read(&mut self.scratch).await?;
+            let n = self.reader.read(&mut self.scratch).await?;
             match (n, self.mode) {
                 (0, _) => self.eof = true,
                 (n, Mode::Octet) => self.pending.extend_from_slice(&self.scratch[..n]),

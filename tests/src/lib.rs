@@ -600,6 +600,18 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
+/// As [`cpu_seconds`], for `pid` and its children (nginx's workers under its master).
+pub fn cpu_seconds_tree(pid: u32) -> f64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    cpu_seconds(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(cpu_seconds_tree)
+            .sum::<f64>()
+}
+
 /// A process the test did not spawn directly but started (a daemonized client), by the
 /// PID it wrote: SIGTERM on drop.
 pub struct PidGuard(pub Option<i32>);

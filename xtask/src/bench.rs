@@ -222,10 +222,10 @@ pub fn dhcp() -> anyhow::Result<()> {
                 "dnsmasq" => (None, dnsmasq(&lab)),
                 _ => (None, kea(&lab)?),
             };
-            let cpu0 = gb10_lab::cpu_seconds(server.pid);
+            let cpu0 = gb10_lab::cpu_seconds_tree(server.pid);
             let t0 = std::time::Instant::now();
             let (done, loss, delay) = perfdhcp(&lab, rate, secs);
-            let cpu = (gb10_lab::cpu_seconds(server.pid) - cpu0) / t0.elapsed().as_secs_f64();
+            let cpu = (gb10_lab::cpu_seconds_tree(server.pid) - cpu0) / t0.elapsed().as_secs_f64();
             eprintln!(
                 "  {:<8} offered {rate:>6}/s: completed {done:>8.0}/s, loss {:.2} %, delay {delay:.2} ms, CPU {:.0} %",
                 server.name,
@@ -360,14 +360,14 @@ pub fn http() -> anyhow::Result<()> {
             ("nginx", 8081, nginx.pid),
         ] {
             let url = format!("http://{}:{port}/{file}", lab.server_ip);
-            let cpu0 = gb10_lab::cpu_seconds(pid);
+            let cpu0 = gb10_lab::cpu_seconds_tree(pid);
             let out = lab
                 .client
                 .cmd("taskset")
                 .args(["-c", "1", "wrk", "-t1", "-c16", "-d5s", &url])
                 .output()
                 .context("wrk (apt-get install wrk)")?;
-            let cpu = (gb10_lab::cpu_seconds(pid) - cpu0) / 5.0;
+            let cpu = (gb10_lab::cpu_seconds_tree(pid) - cpu0) / 5.0;
             let text = String::from_utf8_lossy(&out.stdout);
             let field = |key: &str| {
                 text.lines()

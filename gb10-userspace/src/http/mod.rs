@@ -18,6 +18,7 @@ use axum::{
     http::{StatusCode, header, request::Parts},
     response::IntoResponse,
     routing::get,
+    serve::ListenerExt as _,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,13 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
         async move {
             let listener = TcpListener::bind((ip, port)).await?;
             info!(addr = %listener.local_addr()?, "HTTP listening");
+            // Headers and a small body go out as separate writes: without TCP_NODELAY
+            // Nagle holds the body until the client's delayed ACK, ~40 ms a request.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(%err, "TCP_NODELAY not set");
+                }
+            });
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),

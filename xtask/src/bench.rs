@@ -112,6 +112,9 @@ fn big_lab(tag: &str) -> Lab {
     lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
     lab.server
         .ip(&["addr", "add", "198.18.0.1/15", "dev", &lab.server_if]);
+    // perfdhcp talks to the server's unicast address: the client end needs one too.
+    lab.client
+        .ip(&["addr", "add", "198.18.0.2/15", "dev", &lab.client_if]);
     lab.prefix = 15;
     lab
 }

@@ -636,7 +636,7 @@ fn udhcpc_lease(lab: &Lab) -> Result<String, String> {
 /// (status, body).
 fn server_http(lab: &Lab, path: &str) -> (u16, String) {
     let url = format!("http://{}:{}{path}", lab.server_ip, gb10_lab::HTTP_PORT);
-    lab.server.curl(&url, 5)
+    lab.server.curl(&url, 5.0)
 }
 
 /// Waits (20 s at most) until `/healthz` answers from the server namespace; panics

@@ -17,7 +17,7 @@ fn addrs(lab: &Lab) -> String {
 
 /// `curl 127.0.0.1:9180/healthz` inside the server namespace: the loopback health listener.
 fn local_health(lab: &Lab) -> (u16, String) {
-    lab.server.curl("http://127.0.0.1:9180/healthz", 2)
+    lab.server.curl("http://127.0.0.1:9180/healthz", 2.0)
 }
 
 /// Every listening socket of `pid` in the server namespace, as `ss` prints its local
@@ -68,6 +68,7 @@ fn an_address_change_moves_every_listener_within_two_seconds() {
         return;
     }
     let lab = Lab::new("lchg");
+    gb10_lab::write_file(&lab.dir.join("data/tftp/hello.txt"), "hello over tftp\n");
     let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
     assert!(
         listeners(&lab, daemon.pid())
@@ -80,6 +81,7 @@ fn an_address_change_moves_every_listener_within_two_seconds() {
         .ip(&["addr", "del", "198.18.0.1/24", "dev", &lab.server_if]);
     lab.server
         .ip(&["addr", "add", "198.18.0.9/24", "dev", &lab.server_if]);
+    let changed = std::time::Instant::now();
     let took = wait_until(Duration::from_secs(2), || {
         lab.http_at("198.18.0.9", "/healthz").0 == 200
     })
@@ -91,6 +93,13 @@ fn an_address_change_moves_every_listener_within_two_seconds() {
         )
     });
     eprintln!("HTTP answered on the new address after {took:?}");
+    // TFTP follows within the same 2 s.
+    let tftp = |ip: &str| lab.client.curl(&format!("tftp://{ip}/hello.txt"), 0.3).1;
+    let left = Duration::from_secs(2).saturating_sub(changed.elapsed());
+    let took = wait_until(left, || tftp("198.18.0.9") == "hello over tftp\n")
+        .map(|_| changed.elapsed())
+        .unwrap_or_else(|| panic!("TFTP not on the new address within 2 s\n{}", daemon.log()));
+    eprintln!("TFTP answered on the new address {took:?} after the change");
     let (code, body) = lab.http_at("198.18.0.9", "/healthz");
     assert_eq!(code, 200);
     assert!(body.contains("198.18.0.9"), "{body}");
@@ -99,10 +108,37 @@ fn an_address_change_moves_every_listener_within_two_seconds() {
         0,
         "the old address still answers"
     );
+    assert_eq!(
+        tftp("198.18.0.1"),
+        "",
+        "TFTP still answers on the old address"
+    );
     let l = listeners(&lab, daemon.pid());
     assert!(
         !l.iter().any(|l| l.starts_with("198.18.0.1:")),
         "a socket stayed on the old address: {l:?}"
+    );
+    // A DHCP OFFER names the new address as its server identifier (udhcpc reports it to
+    // its script; the script changes nothing).
+    let events = lab.dir.join("udhcpc.events");
+    let script = lab.dir.join("udhcpc.sh");
+    gb10_lab::write_file(
+        &script,
+        &format!("#!/bin/sh\necho \"$1 $serverid\" >> {}\n", events.display()),
+    );
+    run(Command::new("chmod").arg("+x").arg(&script));
+    let _ = lab
+        .client
+        .cmd("udhcpc")
+        .args(["-i", &lab.client_if, "-n", "-q", "-t", "3", "-T", "1", "-s"])
+        .arg(&script)
+        .output()
+        .expect("udhcpc");
+    let seen = std::fs::read_to_string(&events).unwrap_or_default();
+    assert!(
+        seen.contains("bound 198.18.0.9"),
+        "server identifier after the change: {seen:?}\n{}",
+        daemon.log()
     );
 }
 

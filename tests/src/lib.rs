@@ -124,7 +124,7 @@ impl Netns {
 
     /// `curl URL` from this namespace with a timeout in seconds: (HTTP status, body);
     /// status 0 when nothing answered.
-    pub fn curl(&self, url: &str, timeout_s: u32) -> (u16, String) {
+    pub fn curl(&self, url: &str, timeout_s: f32) -> (u16, String) {
         let out = self
             .cmd("curl")
             .args([
@@ -392,14 +392,14 @@ impl Lab {
         } else {
             &self.server
         };
-        ns.curl(&url, 5)
+        ns.curl(&url, 5.0)
     }
 
     /// `curl` of `http://IP:HTTP_PORT/PATH` from the client namespace with a short
     /// timeout; (status, body), status 0 when nothing answered.
     pub fn http_at(&self, ip: &str, path: &str) -> (u16, String) {
         self.client
-            .curl(&format!("http://{ip}:{HTTP_PORT}{path}"), 1)
+            .curl(&format!("http://{ip}:{HTTP_PORT}{path}"), 1.0)
     }
 
     /// The current `/metrics` text.

@@ -181,7 +181,7 @@ fn perfdhcp(lab: &Lab, rate: u32, secs: u32) -> (f64, f64, f64) {
 /// server's CPU, as ratios to ours.
 pub fn dhcp() -> anyhow::Result<()> {
     let bin = release_bin("cargo xtask bench dhcp")?;
-    let rates = [500u32, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000];
+    let rates = [100u32, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000];
     let secs = 3;
     println!(
         "DHCP: DORA exchanges/s, one server at a time on core 0, perfdhcp on core 1, {secs} s per step"
@@ -310,7 +310,7 @@ fn serde_json_like(lab: &Lab) -> String {
   "lease-database": {{"type": "memfile", "persist": true, "name": "{dir}/kea-leases4.csv", "lfc-interval": 0}},
   "valid-lifetime": 3600,
   "subnet4": [{{"id": 1, "subnet": "198.18.0.0/15", "pools": [{{"pool": "{start} - {end}"}}]}}],
-  "loggers": [{{"name": "kea-dhcp4", "severity": "WARN", "output-options": [{{"output": "{dir}/kea.log"}}]}}]
+  "loggers": [{{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{{"output": "{dir}/kea.log"}}]}}]
 }}}}"#,
         iface = lab.server_if,
         dir = lab.dir.display(),

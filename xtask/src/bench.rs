@@ -433,3 +433,210 @@ fn release_bin(what: &str) -> anyhow::Result<String> {
         .canonicalize()?;
     Ok(bin.to_str().context("non-UTF-8 path")?.to_owned())
 }
+
+/// TFTP: 1 MiB and 30 MiB, 1 and 8 concurrent atftp clients, blksize 1468 with and
+/// without windowsize 8, against gb10-provision, tftpd-hpa, dnsmasq's TFTP and atftpd,
+/// each server alone on core 0, the clients on core 1; wall time per case.
+pub fn tftp() -> anyhow::Result<()> {
+    let bin = release_bin("cargo xtask bench tftp")?;
+    let atftpd = atftpd()?;
+    let lab = Lab::new("btftp");
+    let root = lab.dir.join("data/tftp");
+    std::fs::create_dir_all(&root)?;
+    for (name, size) in [("one.bin", 1usize << 20), ("thirty.bin", 30 << 20)] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.join(name), data)?;
+    }
+    let root_s = root.display().to_string();
+    let ip = lab.server_ip;
+    let servers: Vec<(&'static str, Box<Starter<'_>>)> = vec![
+        (
+            "gb10",
+            Box::new(|| {
+                let (d, pid) = gb10(&lab, &bin, &["--xdp", "off", "--guard", "off"]);
+                let placeholder = gb10_lab::Guard(std::process::Command::new("true").spawn()?);
+                Ok((
+                    Server {
+                        name: "gb10",
+                        _process: placeholder,
+                        pid,
+                    },
+                    Some(d),
+                ))
+            }),
+        ),
+        (
+            "tftpd-hpa",
+            Box::new(|| {
+                let args = ["-L", "-s", &root_s, "-a", &format!("{ip}:69"), "-B", "1468"]
+                    .map(String::from);
+                Ok((reference(&lab, "tftpd-hpa", "in.tftpd", &args, &[]), None))
+            }),
+        ),
+        (
+            "dnsmasq",
+            Box::new(|| {
+                let args = [
+                    "--keep-in-foreground",
+                    "--port=0",
+                    "--enable-tftp",
+                    "--bind-interfaces",
+                    "--conf-file=/dev/null",
+                    "--pid-file=",
+                    "--user=root",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    format!("--tftp-root={root_s}"),
+                    format!("--listen-address={ip}"),
+                ])
+                .collect::<Vec<_>>();
+                Ok((reference(&lab, "dnsmasq", "dnsmasq", &args, &[]), None))
+            }),
+        ),
+        (
+            "atftpd",
+            Box::new(|| {
+                let args = [
+                    "--daemon",
+                    "--no-fork",
+                    "--user",
+                    "root",
+                    "--bind-address",
+                    ip,
+                    "--port",
+                    "69",
+                    "--logfile",
+                    "/dev/null",
+                    &root_s,
+                ]
+                .map(String::from);
+                Ok((reference(&lab, "atftpd", &atftpd, &args, &[]), None))
+            }),
+        ),
+    ];
+    println!(
+        "TFTP: wall time in ms (atftp clients on core 1, blksize 1468), each server alone on core 0"
+    );
+    let cases = [
+        ("one.bin", 1, false),
+        ("one.bin", 8, false),
+        ("thirty.bin", 1, false),
+        ("thirty.bin", 8, false),
+        ("thirty.bin", 1, true),
+        ("thirty.bin", 8, true),
+    ];
+    print!("{:<11}", "server");
+    for (file, n, window) in cases {
+        print!(
+            " {:>16}",
+            format!(
+                "{}x{}{}",
+                n,
+                if file == "one.bin" { "1M" } else { "30M" },
+                if window { " w8" } else { "" }
+            )
+        );
+    }
+    println!();
+    let mut table: Vec<(&str, Vec<Option<f64>>)> = Vec::new();
+    for (name, start) in &servers {
+        let (_server, _daemon) = start()?;
+        let mut row = Vec::new();
+        for (file, n, window) in cases {
+            row.push(fetch_all(&lab, file, n, window));
+        }
+        print!("{name:<11}");
+        for ms in &row {
+            print!(
+                " {:>16}",
+                ms.map_or("failed".to_owned(), |m| format!("{m:.0}"))
+            );
+        }
+        println!();
+        table.push((name, row));
+    }
+    for (name, row) in &table[1..] {
+        let ratios: Vec<String> = table[0]
+            .1
+            .iter()
+            .zip(row)
+            .map(|(ours, theirs)| match (ours, theirs) {
+                (Some(o), Some(t)) => format!("{:.2}x", t / o),
+                _ => "-".into(),
+            })
+            .collect();
+        println!(
+            "speed of gb10-provision / {name} per case: {}",
+            ratios.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Starts one server under test; the daemon handle when it is ours.
+type Starter<'a> = dyn Fn() -> anyhow::Result<(Server, Option<gb10_lab::Daemon>)> + 'a;
+
+/// `n` atftp clients fetching `file` at once; the wall time in ms, None if any failed or
+/// got the wrong size.
+fn fetch_all(lab: &Lab, file: &str, n: usize, window: bool) -> Option<f64> {
+    let want = std::fs::metadata(lab.dir.join("data/tftp").join(file))
+        .ok()?
+        .len();
+    let start = std::time::Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let out = lab.dir.join(format!("got-{i}"));
+            let _ = std::fs::remove_file(&out);
+            let mut cmd = lab.client.cmd("taskset");
+            cmd.args([
+                "-c", "1", "timeout", "120", "atftp", "--get", "-r", file, "-l",
+            ])
+            .arg(&out)
+            .args(["--option", "blksize 1468"]);
+            if window {
+                cmd.args(["--option", "windowsize 8"]);
+            }
+            cmd.arg(lab.server_ip)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            (cmd.spawn().ok(), out)
+        })
+        .collect();
+    let mut ok = true;
+    for (child, out) in children {
+        let done = child
+            .and_then(|mut c| c.wait().ok())
+            .is_some_and(|s| s.success());
+        ok &= done && std::fs::metadata(&out).is_ok_and(|m| m.len() == want);
+    }
+    ok.then(|| start.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// atftpd unpacked from Debian's package: it conflicts with tftpd-hpa as an installed
+/// package, and the benchmark wants both.
+fn atftpd() -> anyhow::Result<String> {
+    let dir = root().join("target/tools/atftpd");
+    let bin = dir.join("usr/sbin/atftpd");
+    if !bin.is_file() {
+        std::fs::create_dir_all(&dir)?;
+        exec(
+            std::process::Command::new("apt-get")
+                .args(["download", "atftpd"])
+                .current_dir(&dir),
+        )?;
+        let deb = std::fs::read_dir(&dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download atftpd left no .deb")?;
+        exec(
+            std::process::Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&dir),
+        )?;
+    }
+    Ok(bin.to_str().context("non-UTF-8 path")?.to_owned())
+}

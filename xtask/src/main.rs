@@ -60,6 +60,8 @@ enum BenchKind {
     Dhcp,
     /// wrk against gb10-provision and nginx.
     Http,
+    /// atftp against gb10-provision, tftpd-hpa, dnsmasq and atftpd.
+    Tftp,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 BenchKind::Flood => bench::flood(),
                 BenchKind::Dhcp => bench::dhcp(),
                 BenchKind::Http => bench::http(),
+                BenchKind::Tftp => bench::tftp(),
             }
         }
         Task::Lab { once } => {

@@ -41,7 +41,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The reference servers and load generators benchmarks compare against (not needed by
 /// the tests, so not installed by `setup`).
-const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "kea-dhcp4-server"];
+const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "kea-dhcp4-server", "tftpd-hpa"];
 
 /// What `cargo xtask bench` needs beyond `setup`.
 pub fn bench() -> anyhow::Result<()> {

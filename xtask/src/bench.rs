@@ -621,11 +621,15 @@ fn atftpd() -> anyhow::Result<String> {
     let bin = dir.join("usr/sbin/atftpd");
     if !bin.is_file() {
         std::fs::create_dir_all(&dir)?;
-        exec(
-            std::process::Command::new("apt-get")
-                .args(["download", "atftpd"])
-                .current_dir(&dir),
-        )?;
+        // Not through exec(): it runs in the workspace root, and the .deb belongs here.
+        let status = std::process::Command::new("apt-get")
+            .args(["download", "atftpd"])
+            .current_dir(&dir)
+            .status()
+            .context("apt-get download atftpd")?;
+        if !status.success() {
+            bail!("apt-get download atftpd failed ({status})");
+        }
         let deb = std::fs::read_dir(&dir)?
             .flatten()
             .map(|e| e.path())

@@ -262,7 +262,14 @@ impl Wan {
 
 /// A UDP socket in `ns` on 0.0.0.0:`port`, bound to `iface` (as a server that listened
 /// on the wrong interface would be), non-blocking.
+/// Binds `0.0.0.0` (broadcasts reach it) unless `ip` is given.
 fn listen_on(ns: &Netns, iface: &str, port: u16) -> UdpSocket {
+    listen_on_at(ns, iface, [0; 4], port)
+}
+
+/// As [`listen_on`], bound to `ip`: the daemon holds `198.18.0.1:69` without
+/// SO_REUSEADDR, so a wildcard listener on 69 would clash with it.
+fn listen_on_at(ns: &Netns, iface: &str, ip: [u8; 4], port: u16) -> UdpSocket {
     let iface = iface.to_owned();
     ns.enter(move || {
         // Bound to the device before bind(), as the daemon's DHCP socket is: two sockets
@@ -302,7 +309,9 @@ fn listen_on(ns: &Netns, iface: &str, port: u16) -> UdpSocket {
             let addr = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: port.to_be(),
-                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip),
+                },
                 sin_zero: [0; 8],
             };
             let rc = libc::bind(
@@ -328,10 +337,13 @@ fn drain(sock: &UdpSocket) -> usize {
 /// Sends provisioning requests into the wan interface and provisioning replies out of it;
 /// returns (requests a listener on wan received, replies the wan client received).
 fn cross_wan(lab: &Lab, wan: &Wan) -> (usize, usize) {
-    let listeners: Vec<UdpSocket> = [67, 4011, 69]
-        .iter()
-        .map(|p| listen_on(&lab.server, &wan.server_if, *p))
-        .collect();
+    // DHCP on the wildcard (the DISCOVER is a broadcast), the unicast ports on wan's
+    // own address, all bound to the wan device as a misconfigured server's would be.
+    let listeners = [
+        listen_on(&lab.server, &wan.server_if, 67),
+        listen_on_at(&lab.server, &wan.server_if, [198, 19, 0, 1], 4011),
+        listen_on_at(&lab.server, &wan.server_if, [198, 19, 0, 1], 69),
+    ];
     let wan_client = listen_on(&wan.ns, &wan.client_if, 68);
     let wan_client_tftp = listen_on(&wan.ns, &wan.client_if, 41_069);
     // In: a broadcast DISCOVER, a 4011 REQUEST and a TFTP RRQ from the wan side.

@@ -5,6 +5,7 @@ pub mod clients;
 pub mod config;
 pub mod daemon;
 pub mod guard;
+pub mod hosts;
 pub mod http;
 pub mod inventory;
 pub mod lan;

@@ -48,7 +48,14 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
 
 /// The router with every route the daemon serves.
 pub fn router(shared: Arc<Shared>) -> Router {
+    // Without a separate admin address, the hosts API and dashboard live under /admin.
+    let admin = if shared.config.admin.listen.is_none() {
+        Router::new().nest("/admin", crate::hosts::api::routes(shared.clone()))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(admin)
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .merge(seeds::routes())

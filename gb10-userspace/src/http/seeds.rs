@@ -84,15 +84,21 @@ pub fn render_for(
     template: &str,
 ) -> Result<String, templates::TemplateError> {
     let inv = shared.inventory();
+    // The host life cycle decides when it knows the host (a rebuild clears `installed`);
+    // otherwise the client's own onboarding state.
     let installed = mac
-        .and_then(|m| shared.clients.state(m))
-        .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded));
+        .and_then(|m| shared.hosts.boots_local(m))
+        .unwrap_or_else(|| {
+            mac.and_then(|m| shared.clients.state(m))
+                .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded))
+        });
+    let host = mac.and_then(|m| shared.hosts.effective_host(&inv, m));
     let templates = shared.templates();
     let ctx = templates::host_context(
         &templates,
         &inv,
         mac.unwrap_or(Mac([0; 6])),
-        mac.and_then(|m| inv.host(m)),
+        host.as_ref().or_else(|| mac.and_then(|m| inv.host(m))),
         server,
         installed,
     )?;

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::{Bmc, HostsError};
 use crate::inventory::Mac;
@@ -60,6 +60,10 @@ pub struct Quirks {
     /// Whether the override PATCH may carry `BootSourceOverrideMode` (some older BMCs
     /// refuse the whole PATCH when it does).
     pub set_boot_mode: bool,
+    /// Whether `BootSourceOverrideEnabled: Once` is kept and read back. sushy-tools
+    /// ignores it and always reports `Continuous` (libvirt has no one-time boot); there
+    /// the boot script's exit-to-disk once installed is what ends the PXE loop.
+    pub honors_once: bool,
 }
 
 impl Quirks {
@@ -71,6 +75,7 @@ impl Quirks {
             Self {
                 reset_type: "ForceRestart",
                 set_boot_mode: false,
+                honors_once: true,
             }
         } else if m.contains("hpe") || m.contains("hewlett") {
             // iLO rejects ForceRestart on a powered-off machine; ForceOn then is wrong
@@ -78,11 +83,19 @@ impl Quirks {
             Self {
                 reset_type: "PowerCycle",
                 set_boot_mode: true,
+                honors_once: true,
+            }
+        } else if m.contains("sushy") {
+            Self {
+                reset_type: "ForceRestart",
+                set_boot_mode: true,
+                honors_once: false,
             }
         } else {
             Self {
                 reset_type: "ForceRestart",
                 set_boot_mode: true,
+                honors_once: true,
             }
         }
     }
@@ -255,8 +268,12 @@ pub async fn rebuild(mac: Mac, bmc: &Bmc, credentials_dir: &Path) -> Result<(), 
         field("BootSourceOverrideEnabled"),
         field("BootSourceOverrideTarget"),
     );
-    if enabled != "Once" || target != "Pxe" {
+    let enabled_ok = enabled == "Once" || (!quirks.honors_once && enabled == "Continuous");
+    if !enabled_ok || target != "Pxe" {
         return Err(RedfishError::ReadBack { enabled, target });
+    }
+    if !quirks.honors_once {
+        warn!(%system, "this BMC keeps no one-time override (reads back Continuous); the boot script exits to disk once installed");
     }
     let action = after["Actions"]["#ComputerSystem.Reset"]["target"]
         .as_str()
@@ -294,9 +311,7 @@ mod tests {
     fn quirks_in_one_place() {
         assert!(!Quirks::for_manufacturer("Supermicro").set_boot_mode);
         assert_eq!(Quirks::for_manufacturer("HPE").reset_type, "PowerCycle");
-        assert_eq!(
-            Quirks::for_manufacturer("Sushy Emulator").reset_type,
-            "ForceRestart"
-        );
+        assert!(!Quirks::for_manufacturer("Sushy Emulator").honors_once);
+        assert!(Quirks::for_manufacturer("Dell Inc.").honors_once);
     }
 }

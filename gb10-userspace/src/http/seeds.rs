@@ -291,8 +291,10 @@ async fn cloud_init(
         None => return not_a_mac(),
     };
     let inv = shared.inventory();
+    // An API-registered host has its profile from its host record.
+    let host = shared.hosts.effective_host(&inv, mac);
     let seed = inv
-        .profile_for(inv.host(mac))
+        .profile_for(host.as_ref())
         .and_then(|(_, p)| p.seed.as_deref());
     let Some(template) = templates::cloud_init_template(seed, &file) else {
         return text(
@@ -356,8 +358,10 @@ fn kind_seed(
         None => return not_a_mac(),
     };
     let inv = shared.inventory();
+    // An API-registered host has its profile from its host record.
+    let host = shared.hosts.effective_host(&inv, mac);
     let seed = inv
-        .profile_for(inv.host(mac))
+        .profile_for(host.as_ref())
         .and_then(|(_, p)| p.seed.clone());
     if seed.as_deref() != Some(*kind) {
         return text(

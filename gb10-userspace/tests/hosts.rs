@@ -596,3 +596,89 @@ fn sshd(lab: &Lab, keys: &Path) -> gb10_lab::Guard {
     );
     guard
 }
+
+/// The dashboard in headless Chromium (playwright-core): a heartbeat changes the host's
+/// tile through SSE without a reload; the screenshot is kept in target/artifacts/.
+#[test]
+fn dashboard_tile_updates_live_in_chromium() {
+    if !require_root("hosts::dashboard")
+        || !require_tool("hosts::dashboard", "chromium", "chromium")
+        || !require_tool("hosts::dashboard", "node", "nodejs")
+        || !require_tool("hosts::dashboard", "curl", "curl")
+    {
+        return;
+    }
+    let npm_root = Command::new("npm").args(["root", "-g"]).output().ok();
+    let npm_root = npm_root
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if !Path::new(&npm_root).join("playwright-core").is_dir() {
+        gb10_lab::skip(
+            "hosts::dashboard",
+            "playwright-core missing: npm install -g playwright-core",
+        );
+        return;
+    }
+    let lab = Lab::new("hdash");
+    let config = setup(&lab, "");
+    let mut daemon = lab.start_daemon(
+        BIN,
+        &["--config", &config, "--xdp", "off", "--guard", "off"],
+    );
+    let reg = format!(r#"{{"mac":"{HOST_MAC}"}}"#);
+    let (code, body) = admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg));
+    assert_eq!(code, 201, "{body}");
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("hosts-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dashboard.cjs");
+    let profile = lab.dir.join("chromium-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let out = lab
+        .server
+        .cmd("timeout")
+        .args(["90", "node"])
+        .arg(&script)
+        .arg(format!("http://{ADMIN}/"))
+        .arg(HOST_MAC)
+        .arg(&lab.client.name)
+        .arg(format!(
+            "http://{}:{}/heartbeat",
+            lab.server_ip,
+            gb10_lab::HTTP_PORT
+        ))
+        .arg(&shot)
+        .env("NODE_PATH", &npm_root)
+        .env("HOME", &lab.dir)
+        .env("XDG_CONFIG_HOME", &profile)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dashboard script failed:\n{stdout}\n{}\n--- daemon ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    let result = json(stdout.trim().lines().last().unwrap_or(""));
+    assert!(
+        result["before"].as_str().unwrap().contains("no heartbeat"),
+        "{result}"
+    );
+    assert!(
+        result["after"]
+            .as_str()
+            .unwrap()
+            .contains("heartbeat alive"),
+        "{result}"
+    );
+    assert_eq!(result["loads"], 1, "the page reloaded: {result}");
+    let png = std::fs::read(&shot).expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 1000,
+        "not a screenshot"
+    );
+    daemon.stop();
+}

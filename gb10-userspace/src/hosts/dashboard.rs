@@ -37,19 +37,15 @@ async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = shared.hosts.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(record) => {
-                    let data = serde_json::to_string(&record).unwrap_or_default();
-                    return Some((Ok(Event::default().event("host").data(data)), rx));
-                }
-                // A slow browser missed some: tell it to reload the list.
-                Err(RecvError::Lagged(_)) => {
-                    return Some((Ok(Event::default().event("resync").data("{}")), rx));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
+        let event = match rx.recv().await {
+            Ok(record) => Event::default()
+                .event("host")
+                .data(serde_json::to_string(&record).unwrap_or_default()),
+            // A slow browser missed some: tell it to reload the list.
+            Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -128,7 +128,7 @@ fn api_token_lifecycle_and_boot_script() {
     let lab = Lab::new("hapi");
     let config = setup(
         &lab,
-        "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\nseed = \"cloud-init\"\n",
+        "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\nseed = \"cloud-init\"\n[[hosts]]\nmac = \"02:00:00:aa:00:09\"\nprofile = \"deb\"\n",
     );
     let mut daemon = lab.start_daemon(
         BIN,
@@ -168,7 +168,11 @@ fn api_token_lifecycle_and_boot_script() {
     );
     assert_eq!(code, 401, "{body}");
     let (_, body) = admin(&lab, "GET", "/api/hosts", None, None);
-    assert_eq!(json(&body), serde_json::json!([]));
+    assert_eq!(
+        json(&body).as_array().map(Vec::len),
+        Some(1),
+        "only the file's host: {body}"
+    );
 
     // With it: registered; a second time: 409; a bad profile: 400.
     let (code, body) = admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg));
@@ -235,7 +239,31 @@ fn api_token_lifecycle_and_boot_script() {
         .map(|t| t["to"].as_str().unwrap())
         .collect();
     assert_eq!(path, ["pxe_ready", "pxe_booted", "installing", "installed"]);
-    // A host from the file cannot be deleted; ours can.
+    let (_, metrics) = lab.http("/metrics");
+    assert_no_canary("/metrics", &metrics);
+    assert!(
+        metrics.contains("gb10_hosts{state=\"installed\"} 1"),
+        "{metrics}"
+    );
+    // A host from the file is listed, cannot be deleted nor registered again; ours can go.
+    let file_host = state(&lab, "02:00:00:aa:00:09");
+    assert_eq!(file_host["source"], "inventory", "{file_host}");
+    let (code, body) = admin(
+        &lab,
+        "DELETE",
+        "/api/hosts/02:00:00:aa:00:09",
+        Some(CANARY_TOKEN),
+        None,
+    );
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = admin(
+        &lab,
+        "POST",
+        "/api/hosts",
+        Some(CANARY_TOKEN),
+        Some(r#"{"mac":"02:00:00:aa:00:09"}"#),
+    );
+    assert_eq!(code, 409, "{body}");
     let (code, body) = admin(
         &lab,
         "DELETE",
@@ -250,8 +278,6 @@ fn api_token_lifecycle_and_boot_script() {
     daemon.stop();
     assert_no_canary("responses", &responses);
     assert_no_canary("the daemon log", &daemon.log());
-    let (_, metrics) = lab.http("/metrics");
-    assert_no_canary("/metrics", &metrics);
 }
 
 /// Starts sushy-tools' emulator with its fake driver in the client namespace.

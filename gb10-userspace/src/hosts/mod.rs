@@ -123,6 +123,16 @@ impl Hosts {
         self.lock().values().cloned().collect()
     }
 
+    /// How many hosts are in each state (every state listed).
+    pub fn counts(&self) -> Vec<(HostState, usize)> {
+        let records = self.lock();
+        HostState::ALL
+            .into_iter()
+            .map(|s| (s, records.values().filter(|r| r.machine.state == s).count()))
+            .collect()
+    }
+
+    /// The record of `mac`.
     pub fn get(&self, mac: Mac) -> Option<HostRecord> {
         self.lock().get(&mac).cloned()
     }

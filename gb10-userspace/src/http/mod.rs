@@ -145,6 +145,7 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
             metrics::write_guard(&mut w, snapshot, role);
         }
         metrics::write_clients(&mut w, &shared.clients.counts());
+        metrics::write_hosts(&mut w, &shared.hosts.counts());
         w.finish()
     })
     .await

@@ -360,7 +360,11 @@ fn rebuild_over_redfish_with_sushy() {
             lab.client_ip
         ),
     ]));
-    assert_eq!(redfish(&lab, &system).unwrap()["PowerState"], "Off");
+    // The fake driver applies power changes after a short delay.
+    let off = wait_until(Duration::from_secs(20), || {
+        redfish(&lab, &system).unwrap()["PowerState"] == "Off"
+    });
+    assert!(off.is_some(), "the emulator did not power off");
     // Start from a disk boot in legacy mode, so the rebuild's change is visible.
     run(lab.client.cmd("curl").args([
         "-sS",

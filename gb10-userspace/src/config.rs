@@ -1223,3 +1223,35 @@ mod tests {
         assert!(!(s..=e).contains(&lan.addr()));
     }
 }
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_print_as_stars_and_admin_is_validated() {
+        let token: Secret = "a-token-of-enough-length".parse().unwrap();
+        assert_eq!(format!("{token} {token:?}"), "*** ***");
+        let raw = |admin| RawConfig {
+            lan_iface: Some("lo".into()),
+            admin,
+            ..Default::default()
+        };
+        let config = Config::try_from(raw(RawAdmin {
+            token: Some(token.clone()),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert!(!format!("{config:?}").contains("a-token"));
+        let short = Config::try_from(raw(RawAdmin {
+            token: Some("short".parse().unwrap()),
+            ..Default::default()
+        }));
+        assert!(short.unwrap_err().to_string().contains("admin.token"));
+        let wild = Config::try_from(raw(RawAdmin {
+            listen: Some("0.0.0.0:9190".parse().unwrap()),
+            ..Default::default()
+        }));
+        assert!(wild.unwrap_err().to_string().contains("wildcard"));
+    }
+}

@@ -401,3 +401,91 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const MAC: Mac = Mac([2, 0, 0, 0, 0, 7]);
+
+    fn inventory(text: &str) -> Inventory {
+        Inventory::parse(Path::new("inventory.toml"), text).unwrap()
+    }
+
+    fn beat(phase: &str) -> ClientEvent {
+        ClientEvent::Heartbeat {
+            phase: phase.into(),
+            message: None,
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn events_drive_the_machine_and_records_persist() {
+        let store = Store::in_memory();
+        let hosts = Hosts::open(store.clone()).unwrap();
+        let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
+        let reg = Registration {
+            mac: MAC,
+            uuid: None,
+            serial: None,
+            profile: Some("p".into()),
+            bmc: None,
+        };
+        hosts.register(&inv, reg.clone()).unwrap();
+        assert!(matches!(
+            hosts.register(&inv, reg),
+            Err(HostsError::Exists { .. })
+        ));
+        // Registered: the client state decides the boot script.
+        assert_eq!(hosts.boots_local(MAC), None);
+        hosts.apply(MAC, Trigger::Rebuild, |_| {}).unwrap();
+        assert_eq!(hosts.boots_local(MAC), Some(false));
+        // A DHCP renewal in pxe_ready moves nothing.
+        hosts.on_client_event(MAC, &ClientEvent::Discover { arch: None });
+        hosts.on_client_event(MAC, &ClientEvent::Kernel { path: "k".into() });
+        hosts.on_client_event(MAC, &ClientEvent::Seed { path: "s".into() });
+        hosts.on_client_event(MAC, &beat("installed"));
+        assert_eq!(hosts.get(MAC).unwrap().machine.state, HostState::Installed);
+        assert_eq!(hosts.boots_local(MAC), Some(true));
+        hosts.on_client_event(MAC, &beat("failed"));
+        let r = hosts.get(MAC).unwrap();
+        assert_eq!(r.machine.state, HostState::Failed);
+        assert!(r.machine.reason.unwrap().contains("host reported failure"));
+        assert_eq!(r.last_heartbeat.unwrap().1, "failed");
+        assert_eq!(r.machine.history.len(), 5);
+        let again = Hosts::open(store).unwrap();
+        assert_eq!(again.get(MAC), hosts.get(MAC));
+    }
+
+    #[test]
+    fn the_file_is_the_declarative_source() {
+        let hosts = Hosts::default();
+        let inv = inventory(
+            "[profiles.p]\nkernel = \"k\"\n[[hosts]]\nmac = \"02:00:00:00:00:07\"\nprofile = \"p\"\n\
+             [hosts.vars.bmc]\nurl = \"http://198.18.1.2\"\ncredentials = \"b\"\n",
+        );
+        hosts.sync_inventory(&inv).unwrap();
+        let r = hosts.get(MAC).unwrap();
+        assert_eq!(r.source, Source::Inventory);
+        assert_eq!(r.bmc.unwrap().credentials, "b");
+        assert!(matches!(
+            hosts.delete(MAC),
+            Err(HostsError::FromInventory { .. })
+        ));
+        hosts
+            .apply(MAC, Trigger::Rebuild, |r| {
+                r.ssh_public_key = Some("ssh-ed25519 A c".into())
+            })
+            .unwrap();
+        let host = hosts.effective_host(&inv, MAC).unwrap();
+        assert_eq!(
+            host.vars["ssh_authorized_keys"],
+            toml::Value::Array(vec![toml::Value::String("ssh-ed25519 A c".into())])
+        );
+        hosts.sync_inventory(&inventory("")).unwrap();
+        assert!(hosts.get(MAC).is_none());
+    }
+}

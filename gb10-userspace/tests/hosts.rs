@@ -712,3 +712,48 @@ fn dashboard_tile_updates_live_in_chromium() {
     );
     daemon.stop();
 }
+
+/// Without `[admin] listen`, the API and dashboard are under /admin on the LAN listener,
+/// with the same token gate.
+#[test]
+fn admin_on_the_lan_listener_when_no_admin_address() {
+    if !require_root("hosts::lan_admin") || !require_tool("hosts::lan_admin", "curl", "curl") {
+        return;
+    }
+    let lab = Lab::new("hlan");
+    let mut daemon = lab.start_daemon(
+        BIN,
+        &[
+            "--xdp",
+            "off",
+            "--guard",
+            "off",
+            "--admin-token",
+            CANARY_TOKEN,
+        ],
+    );
+    let (code, body) = lab.http("/admin/api/hosts");
+    assert_eq!((code, body.as_str()), (200, "[]"));
+    let (code, page) = lab.http("/admin");
+    assert_eq!(code, 200);
+    assert!(page.contains("gb10-provision hosts"), "{page}");
+    let url = format!(
+        "http://{}:{}/admin/api/hosts",
+        lab.server_ip,
+        gb10_lab::HTTP_PORT
+    );
+    let reg = format!(r#"{{"mac":"{HOST_MAC}"}}"#);
+    let post = |token: Option<&str>| {
+        let mut cmd = lab.client.cmd("curl");
+        cmd.args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"]);
+        cmd.args(["-H", "Content-Type: application/json", "--data", &reg]);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        String::from_utf8_lossy(&run(cmd.arg(&url)).stdout).into_owned()
+    };
+    assert_eq!(post(None), "401");
+    assert_eq!(post(Some(CANARY_TOKEN)), "201");
+    daemon.stop();
+    assert_no_canary("the daemon log", &daemon.log());
+}

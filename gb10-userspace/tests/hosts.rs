@@ -466,21 +466,86 @@ fn rebuild_over_redfish_with_sushy() {
 /// key; then the private key is gone from the store and from authorized_keys.
 #[test]
 fn join_over_ssh_with_sshd() {
+    let Some(j) = join_flow("hjoin", 0, "ready") else {
+        return;
+    };
+    assert_eq!(
+        std::fs::read_to_string(&j.args).unwrap().trim(),
+        "add 198.18.0.9"
+    );
+    let left = std::fs::read_to_string(&j.keys).unwrap();
+    assert!(
+        !left.contains("gb10-ephemeral"),
+        "the key is still authorized:\n{left}"
+    );
+    assert!(
+        left.contains("operator-key"),
+        "other keys must stay:\n{left}"
+    );
+    assert!(!j.private.exists(), "the private key is still in the store");
+    assert!(j.rec["ssh_public_key"].is_null(), "{:#}", j.rec);
+    let path: Vec<&str> = j.rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        path,
+        [
+            "pxe_ready",
+            "pxe_booted",
+            "installing",
+            "installed",
+            "first_boot",
+            "joining",
+            "ready"
+        ]
+    );
+}
+
+/// A join command that fails: the host is failed with the reason, and the private key
+/// is deleted all the same.
+#[test]
+fn failed_join_fails_the_host_and_drops_the_key() {
+    let Some(j) = join_flow("hjfail", 3, "failed") else {
+        return;
+    };
+    let reason = j.rec["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the join command failed"), "{reason}");
+    assert!(!j.private.exists(), "the private key is still in the store");
+}
+
+/// What a join run leaves for the test to check.
+struct Join {
+    _lab: Lab,
+    rec: serde_json::Value,
+    keys: std::path::PathBuf,
+    args: std::path::PathBuf,
+    private: std::path::PathBuf,
+}
+
+/// Rebuild → seed with the key → installed → first boot → join against sshd, with a
+/// join command that exits `exit_code`; waits for `end` (None when a tool is missing).
+fn join_flow(tag: &str, exit_code: u8, end: &str) -> Option<Join> {
     if !require_root("hosts::join")
         || !require_tool("hosts::join", "curl", "curl")
         || !require_tool("hosts::join", "/usr/sbin/sshd", "openssh-server")
         || !require_tool("hosts::join", "ssh", "openssh-client")
     {
-        return;
+        return None;
     }
-    let lab = Lab::new("hjoin");
+    let lab = Lab::new(tag);
     let dir = lab.dir.clone();
     let keys = dir.join("authorized_keys");
     let args = dir.join("joined.args");
     let pvecm = dir.join("pvecm");
     write_file(
         &pvecm,
-        &format!("#!/bin/sh\necho \"$@\" > {}\n", args.display()),
+        &format!(
+            "#!/bin/sh\necho \"$@\" > {}\nexit {exit_code}\n",
+            args.display()
+        ),
     );
     run(Command::new("chmod").arg("755").arg(&pvecm));
     write_file(&keys, "");
@@ -490,7 +555,7 @@ fn join_over_ssh_with_sshd() {
         keys.display()
     );
     let config = setup(&lab, &inventory);
-    let _sshd = sshd(&lab, &keys);
+    let sshd = sshd(&lab, &keys);
     let mut daemon = lab.start_daemon(
         BIN,
         &[
@@ -543,42 +608,17 @@ fn join_over_ssh_with_sshd() {
     wait_state(&lab, HOST_MAC, "installed");
     // First boot: the installed system reports in; the join runs.
     heartbeat(&lab, "alive");
-    let rec = wait_state(&lab, HOST_MAC, "ready");
-    assert_eq!(
-        std::fs::read_to_string(&args).unwrap().trim(),
-        "add 198.18.0.9"
-    );
-    let left = std::fs::read_to_string(&keys).unwrap();
-    assert!(
-        !left.contains("gb10-ephemeral"),
-        "the key is still authorized:\n{left}"
-    );
-    assert!(
-        left.contains("operator-key"),
-        "other keys must stay:\n{left}"
-    );
-    assert!(!private.exists(), "the private key is still in the store");
-    assert!(rec["ssh_public_key"].is_null(), "{rec:#}");
-    let path: Vec<&str> = rec["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["to"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        path,
-        [
-            "pxe_ready",
-            "pxe_booted",
-            "installing",
-            "installed",
-            "first_boot",
-            "joining",
-            "ready"
-        ]
-    );
+    let rec = wait_state(&lab, HOST_MAC, end);
     daemon.stop();
+    drop(sshd);
     assert_no_canary("the daemon log", &daemon.log());
+    Some(Join {
+        _lab: lab,
+        rec,
+        keys,
+        args,
+        private,
+    })
 }
 
 /// sshd in the client namespace on port 22, keys only, authorized_keys at `keys`.

@@ -180,6 +180,8 @@ struct Inner {
 pub struct Clients {
     inner: Mutex<Inner>,
     store: Option<Store>,
+    /// Every recorded event, for the host life cycle ([`Clients::subscribe`]).
+    events: std::sync::OnceLock<tokio::sync::broadcast::Sender<(Mac, ClientEvent)>>,
 }
 
 fn now_ms() -> u64 {
@@ -216,6 +218,7 @@ impl Clients {
                 dirty: BTreeSet::new(),
             }),
             store: Some(store),
+            events: std::sync::OnceLock::new(),
         })
     }
 
@@ -256,8 +259,18 @@ impl Clients {
             record.timeline.pop_front();
         }
         debug!(%mac, ?event, "client event");
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send((mac, event.clone()));
+        }
         record.timeline.push_back(TimelineEntry { at_ms, event });
         inner.dirty.insert(mac);
+    }
+
+    /// Every event recorded from now on (the host state machines follow this stream).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(Mac, ClientEvent)> {
+        self.events
+            .get_or_init(|| tokio::sync::broadcast::channel(1024).0)
+            .subscribe()
     }
 
     /// Events recorded for `mac`, oldest first.

@@ -116,6 +116,66 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(default)]
     pub tftp: RawTftp,
+    #[command(flatten)]
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`: the hosts API and dashboard, and the token every state-changing call needs.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token for state-changing calls (register, delete, rebuild). Without it
+    /// those calls are refused. Never logged.
+    #[arg(long = "admin-token", env = "GB10_ADMIN_TOKEN")]
+    pub token: Option<Secret>,
+    /// A separate address (like 127.0.0.1:9190) for the hosts API and dashboard; when
+    /// unset they are served on the LAN HTTP listener.
+    #[arg(long = "admin-listen", env = "GB10_ADMIN_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Directory of BMC credential files (`user:password`), named by hosts' `bmc.credentials`
+    /// (default data_path/secrets).
+    #[arg(long = "admin-credentials-dir", env = "GB10_ADMIN_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// A secret value: printed as `***` by Debug and Display, so it never reaches a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that compares or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Validated `[admin]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub token: Option<Secret>,
+    pub listen: Option<std::net::SocketAddr>,
+    pub credentials_dir: PathBuf,
 }
 
 /// `[guard]`: what the eBPF programs enforce. Rates are packets a second (0 = no limit),
@@ -417,6 +477,12 @@ impl RawConfig {
                     known_rate,
                     known_burst,
                 },
+            admin:
+                RawAdmin {
+                    token,
+                    listen,
+                    credentials_dir,
+                },
             tftp,
         } = over;
         RawConfig {
@@ -464,6 +530,11 @@ impl RawConfig {
                 global_burst: global_burst.or(self.guard.global_burst),
                 known_rate: known_rate.or(self.guard.known_rate),
                 known_burst: known_burst.or(self.guard.known_burst),
+            },
+            admin: RawAdmin {
+                token: token.or(self.admin.token),
+                listen: listen.or(self.admin.listen),
+                credentials_dir: credentials_dir.or(self.admin.credentials_dir),
             },
             tftp: self.tftp.overlay(tftp),
         }
@@ -525,6 +596,7 @@ pub struct Config {
     pub boot: BootConfig,
     pub http: HttpConfig,
     pub guard: GuardConfig,
+    pub admin: AdminConfig,
     pub tftp: TftpConfig,
 }
 
@@ -721,6 +793,12 @@ impl TryFrom<RawConfig> for Config {
                 seed_owner_check,
             },
             guard,
+            admin:
+                RawAdmin {
+                    token,
+                    listen,
+                    credentials_dir,
+                },
             tftp,
         } = raw;
         let lan_iface = lan_iface
@@ -778,11 +856,29 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
         let lan_iface_for_guard = lan_iface.clone();
+        if let Some(addr) = listen
+            && addr.ip().is_unspecified()
+        {
+            return Err(invalid(
+                "admin.listen",
+                &addr.to_string(),
+                "never a wildcard address: name one, like 127.0.0.1:9190",
+            ));
+        }
+        if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(invalid("admin.token", "***", "use at least 16 characters"));
+        }
+        let data_path: PathBuf = data_path.unwrap_or_else(|| DEFAULT_DATA_PATH.into());
         Ok(Config {
             lan_iface,
             lan_ip,
             mode: mode.unwrap_or_default(),
-            data_path: data_path.unwrap_or_else(|| DEFAULT_DATA_PATH.into()),
+            admin: AdminConfig {
+                token,
+                listen,
+                credentials_dir: credentials_dir.unwrap_or_else(|| data_path.join("secrets")),
+            },
+            data_path,
             http_port: http_port.unwrap_or(DEFAULT_HTTP_PORT),
             health_port: health_port.unwrap_or(DEFAULT_HEALTH_PORT),
             proxy_subnet,
@@ -1125,5 +1221,37 @@ mod tests {
         let (s, e) = default_range(lan);
         assert!(s <= e && lan.contains(&s) && lan.contains(&e));
         assert!(!(s..=e).contains(&lan.addr()));
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_print_as_stars_and_admin_is_validated() {
+        let token: Secret = "a-token-of-enough-length".parse().unwrap();
+        assert_eq!(format!("{token} {token:?}"), "*** ***");
+        let raw = |admin| RawConfig {
+            lan_iface: Some("lo".into()),
+            admin,
+            ..Default::default()
+        };
+        let config = Config::try_from(raw(RawAdmin {
+            token: Some(token.clone()),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert!(!format!("{config:?}").contains("a-token"));
+        let short = Config::try_from(raw(RawAdmin {
+            token: Some("short".parse().unwrap()),
+            ..Default::default()
+        }));
+        assert!(short.unwrap_err().to_string().contains("admin.token"));
+        let wild = Config::try_from(raw(RawAdmin {
+            listen: Some("0.0.0.0:9190".parse().unwrap()),
+            ..Default::default()
+        }));
+        assert!(wild.unwrap_err().to_string().contains("wildcard"));
     }
 }

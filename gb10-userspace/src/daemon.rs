@@ -10,7 +10,9 @@ use tracing::{info, warn};
 use crate::{
     clients::{self, Clients},
     config::{Config, XdpMode},
-    guard, http,
+    guard,
+    hosts::{self, Hosts},
+    http,
     inventory::{self, Inventory},
     lan::LanAddr,
     netlink::{LanState, LanWatcher},
@@ -31,6 +33,8 @@ pub struct Shared {
     pub inventory: RwLock<Arc<Inventory>>,
     /// Where DHCP, TFTP and HTTP report what clients do.
     pub clients: Clients,
+    /// Registered hosts and their life cycle.
+    pub hosts: Hosts,
     /// The seed templates; replaced whole, with the inventory, when files change.
     pub templates: RwLock<Arc<Templates>>,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
@@ -67,6 +71,7 @@ impl Shared {
             store: Store::in_memory(),
             inventory: RwLock::new(Arc::new(inventory)),
             clients: Clients::default(),
+            hosts: Hosts::default(),
             templates: RwLock::new(Arc::new(Templates::builtin())),
             lan_addr,
             lan_state,
@@ -94,6 +99,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (inventory, templates) = inventory::load_all(&config.data_path)?;
     inventory::check_logged(&inventory, &templates);
     let clients = Clients::open(store.clone())?;
+    let hosts = Hosts::open(store.clone())?;
+    hosts.sync_inventory(&inventory)?;
     let xdp = attach_xdp(&config)?;
     let shared = Arc::new(Shared {
         config,
@@ -101,6 +108,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         inventory: RwLock::new(Arc::new(inventory)),
         clients,
+        hosts,
         templates: RwLock::new(Arc::new(templates)),
         lan_addr,
         dhcp_stats: Default::default(),
@@ -128,6 +136,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tasks.spawn(crate::dhcp::server::run(shared.clone(), token.clone()));
     tasks.spawn(http::run_health(shared.clone(), token.clone()));
     tasks.spawn(guard::run(shared.clone(), token.clone()));
+    tasks.spawn(hosts::run(shared.clone(), token.clone()));
+    tasks.spawn(hosts::api::run_admin(shared.clone(), token.clone()));
     tasks.spawn({
         let (shared, token) = (shared.clone(), token.clone());
         async move {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dhcp;
 pub mod explain;
 pub mod guard;
+pub mod hosts;
 pub mod http;
 pub mod inventory;
 pub mod lan;

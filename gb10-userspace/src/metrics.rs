@@ -118,6 +118,12 @@ pub const CLIENTS_BY_STATE: Family = family(
     "Clients known to the onboarding state machine, by state.",
 );
 
+pub const HOSTS_BY_STATE: Family = family(
+    "gb10_hosts",
+    "gauge",
+    "Registered hosts (inventory and API), by life-cycle state.",
+);
+
 pub const XDP_RATE_LIMITED: Family = family(
     "gb10_xdp_rate_limited_total",
     "counter",
@@ -358,6 +364,14 @@ pub fn write_clients(w: &mut Writer, counts: &[(crate::clients::ClientState, usi
     w.family(&CLIENTS_BY_STATE);
     for (state, n) in counts {
         w.sample(&CLIENTS_BY_STATE, &[("state", state.label())], n);
+    }
+}
+
+/// Registered hosts by state (every state listed, zeros included).
+pub fn write_hosts(w: &mut Writer, counts: &[(crate::hosts::HostState, usize)]) {
+    w.family(&HOSTS_BY_STATE);
+    for (state, n) in counts {
+        w.sample(&HOSTS_BY_STATE, &[("state", state.label())], n);
     }
 }
 

@@ -56,7 +56,14 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
 
 /// The router with every route the daemon serves.
 pub fn router(shared: Arc<Shared>) -> Router {
+    // Without a separate admin address, the hosts API and dashboard live under /admin.
+    let admin = if shared.config.admin.listen.is_none() {
+        Router::new().nest("/admin", crate::hosts::api::routes(shared.clone()))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(admin)
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .route("/explain", get(explain))
@@ -181,6 +188,7 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
             metrics::write_guard(&mut w, snapshot, role);
         }
         metrics::write_clients(&mut w, &shared.clients.counts());
+        metrics::write_hosts(&mut w, &shared.hosts.counts());
         metrics::write_dhcp(&mut w, &shared.dhcp_stats);
         w.finish()
     })

@@ -84,15 +84,21 @@ pub fn render_for(
     template: &str,
 ) -> Result<String, templates::TemplateError> {
     let inv = shared.inventory();
+    // The host life cycle decides when it knows the host (a rebuild clears `installed`);
+    // otherwise the client's own onboarding state.
     let installed = mac
-        .and_then(|m| shared.clients.state(m))
-        .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded));
+        .and_then(|m| shared.hosts.boots_local(m))
+        .unwrap_or_else(|| {
+            mac.and_then(|m| shared.clients.state(m))
+                .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded))
+        });
+    let host = mac.and_then(|m| shared.hosts.effective_host(&inv, m));
     let templates = shared.templates();
     let ctx = templates::host_context(
         &templates,
         &inv,
         mac.unwrap_or(Mac([0; 6])),
-        mac.and_then(|m| inv.host(m)),
+        host.as_ref().or_else(|| mac.and_then(|m| inv.host(m))),
         server,
         installed,
     )?;
@@ -285,8 +291,10 @@ async fn cloud_init(
         None => return not_a_mac(),
     };
     let inv = shared.inventory();
+    // An API-registered host has its profile from its host record.
+    let host = shared.hosts.effective_host(&inv, mac);
     let seed = inv
-        .profile_for(inv.host(mac))
+        .profile_for(host.as_ref())
         .and_then(|(_, p)| p.seed.as_deref());
     let Some(template) = templates::cloud_init_template(seed, &file) else {
         return text(
@@ -350,8 +358,10 @@ fn kind_seed(
         None => return not_a_mac(),
     };
     let inv = shared.inventory();
+    // An API-registered host has its profile from its host record.
+    let host = shared.hosts.effective_host(&inv, mac);
     let seed = inv
-        .profile_for(inv.host(mac))
+        .profile_for(host.as_ref())
         .and_then(|(_, p)| p.seed.clone());
     if seed.as_deref() != Some(*kind) {
         return text(

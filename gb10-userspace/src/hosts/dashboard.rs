@@ -1,0 +1,51 @@
+//! The dashboard: `/` a grid of host tiles, `/hosts/{mac}` a timeline, both plain HTML
+//! and JS embedded in the binary, kept live by Server-Sent Events on `/events`.
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    response::{
+        Html,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::get,
+};
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::daemon::Shared;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+/// The dashboard routes.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/", get(page))
+        .route("/hosts/{mac}", get(page))
+        .route("/events", get(events))
+}
+
+/// One page for both views: the script picks by path.
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// Every host change as a `host` event with the record as JSON.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = shared.hosts.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(record) => Event::default()
+                .event("host")
+                .data(serde_json::to_string(&record).unwrap_or_default()),
+            // A slow browser missed some: tell it to reload the list.
+            Err(RecvError::Lagged(_)) => Event::default().event("resync").data("{}"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

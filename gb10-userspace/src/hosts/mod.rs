@@ -1,0 +1,491 @@
+//! Host life cycle: registered hosts, their state machine fed by client events, rebuild over Redfish, the ephemeral-key join, the API and the live dashboard.
+pub mod api;
+pub mod dashboard;
+pub mod machine;
+pub mod redfish;
+pub mod ssh;
+pub mod store;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use self::{
+    machine::{HostState, Machine, Refused, Timeouts, Trigger},
+    store::{Bmc, HostRecord, HostStoreError, Source},
+};
+use crate::{
+    clients::ClientEvent,
+    daemon::Shared,
+    inventory::{Host, Inventory, Mac},
+    store::Store,
+};
+
+/// Why a host operation failed. Messages never hold a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error("no host {mac}")]
+    NotFound { mac: Mac },
+    #[error("host {mac} is already registered")]
+    Exists { mac: Mac },
+    #[error("host {mac} comes from inventory.toml: change the file instead")]
+    FromInventory { mac: Mac },
+    #[error("host {mac}: {source}")]
+    Refused {
+        mac: Mac,
+        #[source]
+        source: Refused,
+    },
+    #[error("`{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] HostStoreError),
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the API registers.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub mac: Mac,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub bmc: Option<Bmc>,
+}
+
+/// The registered hosts. Every change is saved and broadcast to dashboard listeners.
+pub struct Hosts {
+    records: Mutex<BTreeMap<Mac, HostRecord>>,
+    store: Option<Store>,
+    changes: broadcast::Sender<HostRecord>,
+    timeouts: Timeouts,
+}
+
+impl Default for Hosts {
+    fn default() -> Self {
+        Self::with(None, Vec::new())
+    }
+}
+
+impl Hosts {
+    fn with(store: Option<Store>, records: Vec<HostRecord>) -> Self {
+        Self {
+            records: Mutex::new(records.into_iter().map(|r| (r.mac, r)).collect()),
+            store,
+            changes: broadcast::channel(256).0,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Hosts backed by `store`, with what an earlier run saved.
+    pub fn open(store: Store) -> Result<Self, HostStoreError> {
+        let records = store::load(&store)?;
+        Ok(Self::with(Some(store), records))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Mac, HostRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves and announces `record` (the caller holds the lock, so writes are ordered).
+    fn commit(&self, record: &HostRecord) -> Result<(), HostStoreError> {
+        if let Some(store) = &self.store {
+            store::save(store, record)?;
+        }
+        let _ = self.changes.send(record.clone());
+        Ok(())
+    }
+
+    /// Changes as they happen, for the dashboard.
+    pub fn subscribe(&self) -> broadcast::Receiver<HostRecord> {
+        self.changes.subscribe()
+    }
+
+    /// Every host, by MAC.
+    pub fn list(&self) -> Vec<HostRecord> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// How many hosts are in each state (every state listed).
+    pub fn counts(&self) -> Vec<(HostState, usize)> {
+        let records = self.lock();
+        HostState::ALL
+            .into_iter()
+            .map(|s| (s, records.values().filter(|r| r.machine.state == s).count()))
+            .collect()
+    }
+
+    /// The record of `mac`.
+    pub fn get(&self, mac: Mac) -> Option<HostRecord> {
+        self.lock().get(&mac).cloned()
+    }
+
+    /// The file is the declarative source: each inventory host gets a record (source
+    /// `inventory`) that follows the file; a host gone from the file is forgotten. API
+    /// hosts are left alone, unless the file now declares the same MAC: the file wins.
+    pub fn sync_inventory(&self, inv: &Inventory) -> Result<(), HostStoreError> {
+        let mut records = self.lock();
+        for h in &inv.hosts {
+            let existing = records.get(&h.mac);
+            let mut record = existing.cloned().unwrap_or_else(|| HostRecord {
+                mac: h.mac,
+                uuid: None,
+                serial: None,
+                profile: None,
+                bmc: None,
+                source: Source::Inventory,
+                ssh_public_key: None,
+                last_heartbeat: None,
+                machine: Machine::new(now_ms()),
+            });
+            record.source = Source::Inventory;
+            record.uuid.clone_from(&h.uuid);
+            record.serial.clone_from(&h.serial);
+            record.profile.clone_from(&h.profile);
+            record.bmc = h.vars.get("bmc").and_then(|v| v.clone().try_into().ok());
+            if existing != Some(&record) {
+                self.commit(&record)?;
+                records.insert(h.mac, record);
+            }
+        }
+        let gone: Vec<Mac> = records
+            .values()
+            .filter(|r| r.source == Source::Inventory && inv.host(r.mac).is_none())
+            .map(|r| r.mac)
+            .collect();
+        for mac in gone {
+            records.remove(&mac);
+            if let Some(store) = &self.store {
+                store::remove(store, mac)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a host through the API.
+    pub fn register(&self, inv: &Inventory, reg: Registration) -> Result<HostRecord, HostsError> {
+        let Registration {
+            mac,
+            uuid,
+            serial,
+            profile,
+            bmc,
+        } = reg;
+        if let Some(p) = &profile
+            && !inv.profiles.contains_key(p)
+        {
+            return Err(HostsError::Invalid {
+                field: "profile",
+                reason: format!("no profile `{p}` in the inventory"),
+            });
+        }
+        if let Some(b) = &bmc {
+            redfish::check_bmc(b)?;
+        }
+        let mut records = self.lock();
+        if records.contains_key(&mac) {
+            return Err(HostsError::Exists { mac });
+        }
+        let record = HostRecord {
+            mac,
+            uuid,
+            serial,
+            profile,
+            bmc,
+            source: Source::Api,
+            ssh_public_key: None,
+            last_heartbeat: None,
+            machine: Machine::new(now_ms()),
+        };
+        self.commit(&record)?;
+        records.insert(mac, record.clone());
+        Ok(record)
+    }
+
+    /// Forgets an API host.
+    pub fn delete(&self, mac: Mac) -> Result<HostRecord, HostsError> {
+        let mut records = self.lock();
+        let record = records.get(&mac).ok_or(HostsError::NotFound { mac })?;
+        if record.source == Source::Inventory {
+            return Err(HostsError::FromInventory { mac });
+        }
+        if let Some(store) = &self.store {
+            store::remove(store, mac)?;
+        }
+        Ok(records.remove(&mac).expect("checked above"))
+    }
+
+    /// Applies `trigger` to `mac`, with `edit` run on the record when it is accepted.
+    pub fn apply(
+        &self,
+        mac: Mac,
+        trigger: Trigger,
+        edit: impl FnOnce(&mut HostRecord),
+    ) -> Result<HostRecord, HostsError> {
+        let mut records = self.lock();
+        let record = records.get_mut(&mac).ok_or(HostsError::NotFound { mac })?;
+        let mut next = record.clone();
+        let from = next.machine.state;
+        next.machine
+            .apply(trigger, now_ms())
+            .map_err(|source| HostsError::Refused { mac, source })?;
+        edit(&mut next);
+        info!(%mac, from = from.label(), to = next.machine.state.label(), reason = ?next.machine.reason, "host state");
+        self.commit(&next)?;
+        *record = next.clone();
+        Ok(next)
+    }
+
+    /// Fails `mac` with `reason` (logged; the reason never holds a secret).
+    pub fn fail(&self, mac: Mac, reason: String) -> Option<HostRecord> {
+        match self.apply(mac, Trigger::Fail { reason }, |_| {}) {
+            Ok(r) => Some(r),
+            Err(err) => {
+                warn!(%mac, error = %crate::error_chain(&err), "could not fail host");
+                None
+            }
+        }
+    }
+
+    /// Moves a host along on what DHCP, TFTP and HTTP saw. Events that do not apply in
+    /// the current state are normal (a retried fetch, a DHCP renewal) and ignored.
+    pub fn on_client_event(&self, mac: Mac, event: &ClientEvent) {
+        let trigger = match event {
+            ClientEvent::Discover { .. } | ClientEvent::Leased { .. } => Trigger::Dhcp,
+            ClientEvent::BootFile { path } | ClientEvent::Kernel { path } => {
+                Trigger::BootFetch { path: path.clone() }
+            }
+            ClientEvent::Seed { path } => Trigger::SeedFetch { path: path.clone() },
+            ClientEvent::Heartbeat { phase, message, .. } => {
+                self.note_heartbeat(mac, phase);
+                match phase.as_str() {
+                    "installed" => Trigger::InstallDone,
+                    "failed" => Trigger::Fail {
+                        reason: format!(
+                            "host reported failure: {}",
+                            message.as_deref().unwrap_or("no message")
+                        ),
+                    },
+                    _ => Trigger::Heartbeat {
+                        phase: phase.clone(),
+                    },
+                }
+            }
+        };
+        let Some(state) = self.get(mac).map(|r| r.machine.state) else {
+            return;
+        };
+        if Machine::next(state, &trigger).is_none() {
+            debug!(%mac, state = state.label(), ?trigger, "event does not move the host");
+            return;
+        }
+        if let Err(err) = self.apply(mac, trigger, |_| {}) {
+            warn!(%mac, error = %crate::error_chain(&err), "host event not applied");
+        }
+    }
+
+    fn note_heartbeat(&self, mac: Mac, phase: &str) {
+        let mut records = self.lock();
+        let Some(record) = records.get_mut(&mac) else {
+            return;
+        };
+        record.last_heartbeat = Some((now_ms(), phase.to_owned()));
+        if let Err(err) = self.commit(record) {
+            warn!(%mac, error = %crate::error_chain(&err), "saving heartbeat failed");
+        }
+    }
+
+    /// Fails every host whose state outlived its timeout.
+    pub fn check_timeouts(&self) {
+        let now = now_ms();
+        let mut records = self.lock();
+        for record in records.values_mut() {
+            let mut next = record.clone();
+            if next.machine.check_timeout(&self.timeouts, now) {
+                warn!(mac = %next.mac, reason = ?next.machine.reason, "host timed out");
+                match self.commit(&next) {
+                    Ok(()) => *record = next,
+                    Err(err) => warn!(error = %crate::error_chain(&err), "saving timeout failed"),
+                }
+            }
+        }
+    }
+
+    /// Whether a network boot of `mac` must exit to the local disk, when the host state
+    /// decides it: installed and later → yes; a rebuild under way → no (a rebuild
+    /// overrides the client's old `installed`); otherwise `None` (client state decides).
+    pub fn boots_local(&self, mac: Mac) -> Option<bool> {
+        let state = self.get(mac)?.machine.state;
+        match state {
+            HostState::Registered | HostState::Failed => None,
+            s => Some(s.boots_local()),
+        }
+    }
+
+    /// The host seeds render for: the inventory entry or, for an API host, one made from
+    /// its record; with the rebuild's ephemeral public key added to `ssh_authorized_keys`.
+    pub fn effective_host(&self, inv: &Inventory, mac: Mac) -> Option<Host> {
+        let record = self.get(mac);
+        let mut host = inv.host(mac).cloned().or_else(|| {
+            let r = record.as_ref()?;
+            Some(Host {
+                mac,
+                hostname: None,
+                uuid: r.uuid.clone(),
+                serial: r.serial.clone(),
+                profile: r.profile.clone(),
+                ip: None,
+                boot_file: None,
+                vars: BTreeMap::new(),
+            })
+        })?;
+        if let Some(key) = record.and_then(|r| r.ssh_public_key) {
+            let keys = host
+                .vars
+                .entry("ssh_authorized_keys".into())
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            if let toml::Value::Array(list) = keys {
+                list.push(toml::Value::String(key));
+            }
+        }
+        Some(host)
+    }
+}
+
+/// Feeds client events into the host machines, follows the inventory, checks timeouts
+/// and starts the join step of hosts that reached `first_boot`, until `token` fires.
+pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
+    let mut events = shared.clients.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut inventory: Option<Arc<Inventory>> = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            event = events.recv() => match event {
+                Ok((mac, event)) => {
+                    shared.hosts.on_client_event(mac, &event);
+                    ssh::maybe_join(&shared, mac);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "host events lagged: some transitions may be missed");
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = tick.tick() => {
+                let inv = shared.inventory();
+                if inventory.as_ref().is_none_or(|i| !Arc::ptr_eq(i, &inv)) {
+                    if let Err(err) = shared.hosts.sync_inventory(&inv) {
+                        warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed");
+                    }
+                    inventory = Some(inv);
+                }
+                shared.hosts.check_timeouts();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const MAC: Mac = Mac([2, 0, 0, 0, 0, 7]);
+
+    fn inventory(text: &str) -> Inventory {
+        Inventory::parse(Path::new("inventory.toml"), text).unwrap()
+    }
+
+    fn beat(phase: &str) -> ClientEvent {
+        ClientEvent::Heartbeat {
+            phase: phase.into(),
+            message: None,
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn events_drive_the_machine_and_records_persist() {
+        let store = Store::in_memory();
+        let hosts = Hosts::open(store.clone()).unwrap();
+        let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
+        let reg = Registration {
+            mac: MAC,
+            uuid: None,
+            serial: None,
+            profile: Some("p".into()),
+            bmc: None,
+        };
+        hosts.register(&inv, reg.clone()).unwrap();
+        assert!(matches!(
+            hosts.register(&inv, reg),
+            Err(HostsError::Exists { .. })
+        ));
+        // Registered: the client state decides the boot script.
+        assert_eq!(hosts.boots_local(MAC), None);
+        hosts.apply(MAC, Trigger::Rebuild, |_| {}).unwrap();
+        assert_eq!(hosts.boots_local(MAC), Some(false));
+        // A DHCP renewal in pxe_ready moves nothing.
+        hosts.on_client_event(MAC, &ClientEvent::Discover { arch: None });
+        hosts.on_client_event(MAC, &ClientEvent::Kernel { path: "k".into() });
+        hosts.on_client_event(MAC, &ClientEvent::Seed { path: "s".into() });
+        hosts.on_client_event(MAC, &beat("installed"));
+        assert_eq!(hosts.get(MAC).unwrap().machine.state, HostState::Installed);
+        assert_eq!(hosts.boots_local(MAC), Some(true));
+        hosts.on_client_event(MAC, &beat("failed"));
+        let r = hosts.get(MAC).unwrap();
+        assert_eq!(r.machine.state, HostState::Failed);
+        assert!(r.machine.reason.unwrap().contains("host reported failure"));
+        assert_eq!(r.last_heartbeat.unwrap().1, "failed");
+        assert_eq!(r.machine.history.len(), 5);
+        let again = Hosts::open(store).unwrap();
+        assert_eq!(again.get(MAC), hosts.get(MAC));
+    }
+
+    #[test]
+    fn the_file_is_the_declarative_source() {
+        let hosts = Hosts::default();
+        let inv = inventory(
+            "[profiles.p]\nkernel = \"k\"\n[[hosts]]\nmac = \"02:00:00:00:00:07\"\nprofile = \"p\"\n\
+             [hosts.vars.bmc]\nurl = \"http://198.18.1.2\"\ncredentials = \"b\"\n",
+        );
+        hosts.sync_inventory(&inv).unwrap();
+        let r = hosts.get(MAC).unwrap();
+        assert_eq!(r.source, Source::Inventory);
+        assert_eq!(r.bmc.unwrap().credentials, "b");
+        assert!(matches!(
+            hosts.delete(MAC),
+            Err(HostsError::FromInventory { .. })
+        ));
+        hosts
+            .apply(MAC, Trigger::Rebuild, |r| {
+                r.ssh_public_key = Some("ssh-ed25519 A c".into())
+            })
+            .unwrap();
+        let host = hosts.effective_host(&inv, MAC).unwrap();
+        assert_eq!(
+            host.vars["ssh_authorized_keys"],
+            toml::Value::Array(vec![toml::Value::String("ssh-ed25519 A c".into())])
+        );
+        hosts.sync_inventory(&inventory("")).unwrap();
+        assert!(hosts.get(MAC).is_none());
+    }
+}

@@ -1,0 +1,317 @@
+//! A small Redfish client for rebuilds: a one-time PXE boot override, read back, then a
+//! reset. Vendor differences live in [`Quirks`], and nowhere else.
+use std::{path::Path, time::Duration};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::{Value, json};
+use tracing::{info, instrument, warn};
+
+use super::{Bmc, HostsError};
+use crate::inventory::Mac;
+
+/// Each Redfish request gets this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a rebuild over Redfish failed. Messages name the URL and status, never the
+/// credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum RedfishError {
+    #[error("reading BMC credentials `{name}`")]
+    Credentials {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BMC credentials `{name}` are not `user:password`")]
+    CredentialsFormat { name: String },
+    #[error("BMC {url} unreachable")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("BMC {url}: no answer in {} s", REQUEST_TIMEOUT.as_secs())]
+    Timeout { url: String },
+    #[error("BMC refused {what}: HTTP {status}")]
+    Status {
+        what: &'static str,
+        status: StatusCode,
+    },
+    #[error("BMC answer to {what} is not JSON")]
+    Body {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("BMC lists no system")]
+    NoSystem,
+    #[error("boot override read back as enabled={enabled} target={target}, not Once/Pxe")]
+    ReadBack { enabled: String, target: String },
+}
+
+/// What differs between BMC vendors, in one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quirks {
+    /// The ResetType that reboots a running or powered-off machine.
+    pub reset_type: &'static str,
+    /// Whether the override PATCH may carry `BootSourceOverrideMode` (some older BMCs
+    /// refuse the whole PATCH when it does).
+    pub set_boot_mode: bool,
+    /// Whether `BootSourceOverrideEnabled: Once` is kept and read back. sushy-tools
+    /// ignores it and always reports `Continuous` (libvirt has no one-time boot); there
+    /// the boot script's exit-to-disk once installed is what ends the PXE loop.
+    pub honors_once: bool,
+}
+
+impl Quirks {
+    /// The quirks of the BMC that says it is made by `manufacturer`.
+    pub fn for_manufacturer(manufacturer: &str) -> Self {
+        let m = manufacturer.to_ascii_lowercase();
+        if m.contains("supermicro") {
+            // Supermicro's older firmware rejects BootSourceOverrideMode in the PATCH.
+            Self {
+                reset_type: "ForceRestart",
+                set_boot_mode: false,
+                honors_once: true,
+            }
+        } else if m.contains("hpe") || m.contains("hewlett") {
+            // iLO rejects ForceRestart on a powered-off machine; ForceOn then is wrong
+            // while it runs: iLO's GracefulRestart handles both poorly, so use PowerCycle.
+            Self {
+                reset_type: "PowerCycle",
+                set_boot_mode: true,
+                honors_once: true,
+            }
+        } else if m.contains("sushy") {
+            Self {
+                reset_type: "ForceRestart",
+                set_boot_mode: true,
+                honors_once: false,
+            }
+        } else {
+            Self {
+                reset_type: "ForceRestart",
+                set_boot_mode: true,
+                honors_once: true,
+            }
+        }
+    }
+}
+
+/// Checks a BMC entry as registered: an http(s) URL and a plain credentials name.
+pub fn check_bmc(bmc: &Bmc) -> Result<(), HostsError> {
+    if !(bmc.url.starts_with("http://") || bmc.url.starts_with("https://")) {
+        return Err(HostsError::Invalid {
+            field: "bmc.url",
+            reason: "write an http:// or https:// URL".into(),
+        });
+    }
+    if bmc.url.starts_with("https://") {
+        // TODO(issue 10): TLS to BMCs (rustls); only plain HTTP is wired up so far.
+        return Err(HostsError::Invalid {
+            field: "bmc.url",
+            reason: "https BMCs are not supported yet".into(),
+        });
+    }
+    let name = &bmc.credentials;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(HostsError::Invalid {
+            field: "bmc.credentials",
+            reason: "a file name under credentials_dir: letters, digits, `-`, `_`, `.`".into(),
+        });
+    }
+    Ok(())
+}
+
+fn basic_auth(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}");
+    let mut out = String::from("Basic ");
+    for chunk in input.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A session with one BMC.
+struct Session {
+    base: String,
+    auth: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Session {
+    async fn call(
+        &self,
+        what: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, RedfishError> {
+        let url = format!("{}{path}", self.base);
+        let req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, &self.auth)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .map_err(|_| RedfishError::NoSystem)?;
+        let exchange = async {
+            let resp =
+                self.client
+                    .request(req)
+                    .await
+                    .map_err(|source| RedfishError::Unreachable {
+                        url: url.clone(),
+                        source,
+                    })?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, RedfishError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| RedfishError::Timeout { url: url.clone() })??;
+        if !status.is_success() {
+            return Err(RedfishError::Status { what, status });
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|source| RedfishError::Body { what, source })
+    }
+}
+
+/// Sets a one-time PXE boot (UEFI) on `bmc`'s system, reads it back, and resets it.
+#[instrument(skip_all, fields(mac = %mac, bmc = %bmc.url))]
+pub async fn rebuild(mac: Mac, bmc: &Bmc, credentials_dir: &Path) -> Result<(), RedfishError> {
+    let name = &bmc.credentials;
+    let text = tokio::fs::read_to_string(credentials_dir.join(name))
+        .await
+        .map_err(|source| RedfishError::Credentials {
+            name: name.clone(),
+            source,
+        })?;
+    let (user, password) = text
+        .trim_end_matches(['\n', '\r'])
+        .split_once(':')
+        .ok_or_else(|| RedfishError::CredentialsFormat { name: name.clone() })?;
+    let session = Session {
+        base: bmc.url.trim_end_matches('/').to_owned(),
+        auth: basic_auth(user, password),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    let system = match &bmc.system {
+        Some(s) => s.clone(),
+        None => {
+            let list = session
+                .call("listing systems", Method::GET, "/redfish/v1/Systems", None)
+                .await?;
+            list["Members"][0]["@odata.id"]
+                .as_str()
+                .ok_or(RedfishError::NoSystem)?
+                .to_owned()
+        }
+    };
+    let before = session
+        .call("reading the system", Method::GET, &system, None)
+        .await?;
+    let quirks = Quirks::for_manufacturer(before["Manufacturer"].as_str().unwrap_or(""));
+    let mut boot = json!({
+        "BootSourceOverrideEnabled": "Once",
+        "BootSourceOverrideTarget": "Pxe",
+    });
+    if quirks.set_boot_mode {
+        boot["BootSourceOverrideMode"] = json!("UEFI");
+    }
+    session
+        .call(
+            "the boot override",
+            Method::PATCH,
+            &system,
+            Some(json!({ "Boot": boot })),
+        )
+        .await?;
+    let after = session
+        .call("reading the override back", Method::GET, &system, None)
+        .await?;
+    let field = |k: &str| after["Boot"][k].as_str().unwrap_or("").to_owned();
+    let (enabled, target) = (
+        field("BootSourceOverrideEnabled"),
+        field("BootSourceOverrideTarget"),
+    );
+    let enabled_ok = enabled == "Once" || (!quirks.honors_once && enabled == "Continuous");
+    if !enabled_ok || target != "Pxe" {
+        return Err(RedfishError::ReadBack { enabled, target });
+    }
+    if !quirks.honors_once {
+        warn!(%system, "this BMC keeps no one-time override (reads back Continuous); the boot script exits to disk once installed");
+    }
+    let action = after["Actions"]["#ComputerSystem.Reset"]["target"]
+        .as_str()
+        .map_or_else(
+            || format!("{system}/Actions/ComputerSystem.Reset"),
+            str::to_owned,
+        );
+    session
+        .call(
+            "the reset",
+            Method::POST,
+            &action,
+            Some(json!({ "ResetType": quirks.reset_type })),
+        )
+        .await?;
+    info!(%system, reset = quirks.reset_type, "one-time PXE boot set and system reset");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_encodes() {
+        assert_eq!(
+            basic_auth("admin", "password"),
+            "Basic YWRtaW46cGFzc3dvcmQ="
+        );
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
+        assert_eq!(basic_auth("ab", "cd"), "Basic YWI6Y2Q=");
+    }
+
+    #[test]
+    fn quirks_in_one_place() {
+        assert!(!Quirks::for_manufacturer("Supermicro").set_boot_mode);
+        assert_eq!(Quirks::for_manufacturer("HPE").reset_type, "PowerCycle");
+        assert!(!Quirks::for_manufacturer("Sushy Emulator").honors_once);
+        assert!(Quirks::for_manufacturer("Dell Inc.").honors_once);
+    }
+}

@@ -1,0 +1,260 @@
+//! Ephemeral ed25519 keys, one per rebuild: the public half goes into the host's seed;
+//! after first boot the join step logs in with it, runs the profile's join command,
+//! removes the key from the host and deletes the private half here.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::process::Command;
+use tracing::{info, instrument, warn};
+
+use super::{HostState, Trigger};
+use crate::{daemon::Shared, inventory::Mac};
+
+/// Each ssh command gets this long.
+const SSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a key or a join step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("running {program}")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed ({status}): {stderr}")]
+    Failed {
+        what: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{what} took longer than {} s", SSH_TIMEOUT.as_secs())]
+    Timeout { what: &'static str },
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no address known for the host (no lease, heartbeat ip or fixed ip)")]
+    NoAddress,
+}
+
+/// Where keys live: `data_path/state/keys`.
+pub fn key_dir(data_path: &Path) -> PathBuf {
+    data_path.join("state").join("keys")
+}
+
+/// The comment that marks a rebuild's key in authorized_keys.
+fn comment(mac: Mac) -> String {
+    format!("gb10-ephemeral-{}", mac.to_string().replace(':', "-"))
+}
+
+fn key_path(data_path: &Path, mac: Mac) -> PathBuf {
+    key_dir(data_path).join(mac.to_string().replace(':', "-"))
+}
+
+/// Makes a fresh key pair for `mac` (0600, replacing an older one); returns the public key.
+pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
+    let dir = key_dir(data_path);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|source| SshError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+    let path = key_path(data_path, mac);
+    delete(data_path, mac).await;
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment(mac), "-f"])
+        .arg(&path)
+        .output()
+        .await
+        .map_err(|source| SshError::Spawn {
+            program: "ssh-keygen",
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(SshError::Failed {
+            what: "ssh-keygen",
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    let public = path.with_extension("pub");
+    let text = tokio::fs::read_to_string(&public)
+        .await
+        .map_err(|source| SshError::Read {
+            path: public,
+            source,
+        })?;
+    Ok(text.trim().to_owned())
+}
+
+/// Deletes both halves of `mac`'s key, if any.
+pub async fn delete(data_path: &Path, mac: Mac) {
+    let path = key_path(data_path, mac);
+    let _ = tokio::fs::remove_file(&path).await;
+    let _ = tokio::fs::remove_file(path.with_extension("pub")).await;
+}
+
+/// Whether the private key of `mac` is in the store.
+pub fn has_key(data_path: &Path, mac: Mac) -> bool {
+    key_path(data_path, mac).exists()
+}
+
+/// Starts the join step when `mac` has just reached `first_boot`.
+pub fn maybe_join(shared: &Arc<Shared>, mac: Mac) {
+    let Some(record) = shared.hosts.get(mac) else {
+        return;
+    };
+    if record.machine.state != HostState::FirstBoot {
+        return;
+    }
+    // Moving to `joining` first means a second event cannot start a second join.
+    if shared
+        .hosts
+        .apply(mac, Trigger::JoinStarted, |_| {})
+        .is_err()
+    {
+        return;
+    }
+    tokio::spawn(join(shared.clone(), mac));
+}
+
+#[instrument(skip_all, fields(mac = %mac))]
+async fn join(shared: Arc<Shared>, mac: Mac) {
+    let data_path = shared.config.data_path.clone();
+    let outcome = join_steps(&shared, mac).await;
+    // The private key goes whatever happened: a failed join needs a rebuild anyway.
+    delete(&data_path, mac).await;
+    let result = match outcome {
+        Ok(()) => shared
+            .hosts
+            .apply(mac, Trigger::Joined, |r| r.ssh_public_key = None),
+        Err(err) => {
+            let reason = format!("join: {}", crate::error_chain(&err));
+            shared.hosts.apply(mac, Trigger::Fail { reason }, |r| {
+                r.ssh_public_key = None;
+            })
+        }
+    };
+    match result {
+        Ok(r) => info!(state = r.machine.state.label(), "join step done"),
+        Err(err) => warn!(error = %crate::error_chain(&err), "join step outcome not recorded"),
+    }
+}
+
+async fn join_steps(shared: &Shared, mac: Mac) -> Result<(), SshError> {
+    let inv = shared.inventory();
+    let record = shared.hosts.get(mac);
+    let profile = record
+        .as_ref()
+        .and_then(|r| r.profile.as_deref())
+        .and_then(|p| inv.profiles.get(p))
+        .or_else(|| inv.profile_for(inv.host(mac)).map(|(_, p)| p));
+    let var = |k: &str| {
+        profile
+            .and_then(|p| p.vars.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    // Where the seed put the key on the host (the profile may say; default root's file).
+    let keys_file =
+        var("join_authorized_keys").unwrap_or_else(|| "$HOME/.ssh/authorized_keys".into());
+    let Some(command) = var("join_command") else {
+        info!("profile has no join_command: nothing to run, only the key to remove");
+        let ip = address(shared, mac).ok_or(SshError::NoAddress)?;
+        let target = Target::new(shared, mac, ip, &var("join_user"), &var("join_port"));
+        return target
+            .run("removing the key", &remove_command(mac, &keys_file))
+            .await;
+    };
+    let ip = address(shared, mac).ok_or(SshError::NoAddress)?;
+    let target = Target::new(shared, mac, ip, &var("join_user"), &var("join_port"));
+    target.run("the join command", &command).await?;
+    info!(%ip, "join command succeeded");
+    target
+        .run("removing the key", &remove_command(mac, &keys_file))
+        .await
+}
+
+/// Deletes the line of this rebuild's key (matched by its comment) from `file`.
+fn remove_command(mac: Mac, file: &str) -> String {
+    format!("sed -i '/ {}$/d' \"{file}\"", comment(mac))
+}
+
+/// The host's address: its fixed IP, its lease, or what its heartbeat said.
+fn address(shared: &Shared, mac: Mac) -> Option<Ipv4Addr> {
+    let fixed = shared.inventory().host(mac).and_then(|h| h.ip);
+    let client = shared.clients.get(mac);
+    fixed
+        .or_else(|| client.as_ref().and_then(|c| c.lease_ip))
+        .or_else(|| client.and_then(|c| c.reported_ip))
+}
+
+struct Target {
+    key: PathBuf,
+    known_hosts: PathBuf,
+    user: String,
+    port: String,
+    ip: Ipv4Addr,
+}
+
+impl Target {
+    fn new(
+        shared: &Shared,
+        mac: Mac,
+        ip: Ipv4Addr,
+        user: &Option<String>,
+        port: &Option<String>,
+    ) -> Self {
+        let data_path = &shared.config.data_path;
+        Self {
+            key: key_path(data_path, mac),
+            known_hosts: key_dir(data_path).join("known_hosts"),
+            user: user.clone().unwrap_or_else(|| "root".into()),
+            port: port.clone().unwrap_or_else(|| "22".into()),
+            ip,
+        }
+    }
+
+    async fn run(&self, what: &'static str, command: &str) -> Result<(), SshError> {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.port])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=accept-new"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["-o", "ConnectTimeout=10"])
+            .arg(format!("{}@{}", self.user, self.ip))
+            .arg("--")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(SSH_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| SshError::Timeout { what })?
+            .map_err(|source| SshError::Spawn {
+                program: "ssh",
+                source,
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // The tail is enough to tell why; the host's output holds no secret of ours.
+            let tail: String = stderr.trim().chars().rev().take(300).collect();
+            return Err(SshError::Failed {
+                what,
+                status: out.status,
+                stderr: tail.chars().rev().collect(),
+            });
+        }
+        Ok(())
+    }
+}

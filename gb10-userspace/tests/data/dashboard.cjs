@@ -1,0 +1,34 @@
+// Drives the dashboard in headless Chromium: load the grid, then have the host
+// heartbeat (from the client namespace) and wait for its tile to change by SSE, with
+// no reload. argv: url mac heartbeat-ns heartbeat-url screenshot.
+const { chromium } = require("playwright-core");
+const { execFileSync } = require("child_process");
+const [url, mac, ns, beatUrl, shot] = process.argv.slice(2);
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  try {
+    const page = await browser.newPage();
+    let loads = 0;
+    page.on("load", () => loads++);
+    await page.goto(url, { timeout: 15000 });
+    const tile = page.locator(`[id="h-${mac}"]`);
+    await tile.waitFor({ timeout: 10000 });
+    await page.waitForFunction(() => document.getElementById("live").textContent === "live", null, { timeout: 10000 });
+    const before = await tile.innerText();
+    execFileSync("ip", ["netns", "exec", ns, "curl", "-sS", "-f", "-m", "5", "-H", "Content-Type: application/json",
+      "--data", JSON.stringify({ mac, phase: "alive" }), beatUrl]);
+    await page.waitForFunction((m) => {
+      const el = document.getElementById("h-" + m);
+      return el && el.dataset.pushed && el.textContent.includes("heartbeat alive");
+    }, mac, { timeout: 10000 });
+    const after = await tile.innerText();
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(JSON.stringify({ before, after, loads }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => { console.error(String(e)); process.exit(1); });

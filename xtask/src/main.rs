@@ -1,5 +1,6 @@
 //! `cargo xtask`: install what the project needs, build the eBPF object, run every test,
 //! run the lab.
+mod e2e;
 mod lab;
 mod setup;
 
@@ -44,6 +45,18 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
+    /// Real firmware in QEMU network-boots through gb10-provision (scenarios 2, 3 with
+    /// Secure Boot, and 5 unless named or `--all`).
+    E2e {
+        /// Every scenario.
+        #[arg(long)]
+        all: bool,
+        /// Boot each scenario also through the reference stack and print both times.
+        #[arg(long)]
+        compare: bool,
+        /// Scenario names (see `--all` output).
+        scenarios: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +72,11 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             lab::run(once)
         }
+        Task::E2e {
+            all,
+            compare,
+            scenarios,
+        } => e2e::run(all, compare, &scenarios),
     }
 }
 

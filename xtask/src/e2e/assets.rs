@@ -12,8 +12,8 @@ use crate::{exec, root};
 /// The kernel modules that bring up a virtio NIC on Debian's cloud kernels, in load
 /// order (the cloud kernels build virtio as modules).
 const NIC_MODULES: &[&str] = &[
-    "virtio",
     "virtio_ring",
+    "virtio",
     "virtio_pci_legacy_dev",
     "virtio_pci_modern_dev",
     "virtio_pci",
@@ -114,7 +114,10 @@ impl Assets {
 
     /// Upstream-ish iPXE EFI binaries (Debian's `ipxe`, an `all` package).
     pub fn ipxe_efi(&self, name: &str) -> PathBuf {
-        self.amd64.tree.join("usr/lib/ipxe").join(name)
+        // usr/lib/ipxe/ipxe.efi is an absolute symlink to /boot/ipxe.efi.
+        let lib = self.amd64.tree.join("usr/lib/ipxe").join(name);
+        let boot = self.amd64.tree.join("boot").join(name);
+        if boot.exists() { boot } else { lib }
     }
 }
 
@@ -159,13 +162,17 @@ fn prepare_arch(base: &Path, arch: Arch) -> anyhow::Result<ArchAssets> {
         std::fs::create_dir_all(&debs)?;
         let list = packages(arch)?;
         println!("e2e: apt-get download {}", list.join(" "));
-        exec(
-            Command::new("apt-get")
-                .arg("download")
-                .args(&list)
-                .current_dir(&debs),
-        )
-        .with_context(|| format!("apt-get download in {}", debs.display()))?;
+        // Not `exec`: that runs from the workspace root, and apt-get downloads into the
+        // current directory.
+        let status = Command::new("apt-get")
+            .arg("download")
+            .args(&list)
+            .current_dir(&debs)
+            .status()
+            .context("spawning apt-get download")?;
+        if !status.success() {
+            bail!("apt-get download {} failed ({status})", list.join(" "));
+        }
         std::fs::create_dir_all(&tree)?;
         for deb in std::fs::read_dir(&debs)? {
             let deb = deb?.path();

@@ -285,8 +285,9 @@ pub fn boot(
             if code != 200 {
                 return Err(fail("setup", format!("/{path}: HTTP {code}: {body}")));
             }
-            fs::create_dir_all(tftp.join("grub")).ok();
-            fs::write(tftp.join(&path), body).map_err(|e| fail("setup", e.to_string()))?;
+            let to = tftp.join(&path);
+            fs::create_dir_all(to.parent().unwrap_or(&tftp)).ok();
+            fs::write(&to, body).map_err(|e| fail("setup", format!("{}: {e}", to.display())))?;
         }
     }
     let conf = lab.dir.join("dnsmasq.conf");
@@ -335,7 +336,8 @@ pub fn boot(
             (Stage::Tftp, log.contains("dnsmasq-tftp") && log.contains(" sent ")),
             (
                 Stage::Http,
-                client.contains("\"pxe_booted\"") || client.contains("\"kernel\"") || client.contains("\"boot_file\""),
+                // Not the grub/hosts render the lab itself fetched at setup.
+                client.contains("\"path\":\"/ipxe/") || client.contains("\"event\":\"kernel\""),
             ),
             (Stage::Kernel, serial_text.contains("Linux version")),
             (Stage::Initramfs, serial_text.contains("e2e: initramfs up")),

@@ -31,7 +31,7 @@ pub struct Scenario {
     pub chain: Chain,
 }
 
-pub const SCENARIOS: &[Scenario] = &[
+pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "seabios-ipxe",
         about: "SeaBIOS + iPXE option ROM -> iPXE script over HTTP -> kernel",

@@ -346,7 +346,15 @@ impl Bridge {
         let iface = format!("br{id}");
         ns.ip(&["link", "add", &iface, "type", "bridge", "stp_state", "0"]);
         // No forward delay: firmware DHCPs within a second of the link coming up.
-        ns.ip(&["link", "set", &iface, "type", "bridge", "forward_delay", "0"]);
+        ns.ip(&[
+            "link",
+            "set",
+            &iface,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
         let server_ip = "198.18.0.1";
         ns.ip(&["addr", "add", &format!("{server_ip}/24"), "dev", &iface]);
         ns.ip(&["link", "set", &iface, "up"]);

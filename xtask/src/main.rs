@@ -151,6 +151,9 @@ fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     if failed == 0 {
         // The main job: the README's first command must keep working.
         lab::run(true)?;
+        // Real firmware through the daemon: the CI set (the rest: `cargo xtask e2e --all`).
+        println!("e2e: CI scenarios {}", e2e::CI.join(", "));
+        e2e::run(false, false, &[])?;
     }
     // The closing line, last: cargo's own final `test result` belongs to whichever binary
     // ran last, often an empty doctest run.

@@ -65,6 +65,22 @@ impl Stage {
     }
 }
 
+impl Stage {
+    /// A short name for summaries.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Started => "start",
+            Self::Dhcp => "dhcp",
+            Self::Tftp => "tftp",
+            Self::Http => "http",
+            Self::Kernel => "kernel",
+            Self::Initramfs => "initramfs",
+            Self::Lease => "lease",
+            Self::Heartbeat => "heartbeat",
+        }
+    }
+}
+
 pub struct Outcome {
     pub heartbeat: Duration,
     pub stages: Vec<(Stage, Duration)>,
@@ -96,7 +112,8 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     if let Some(d) = to.parent() {
         fs::create_dir_all(d)?;
     }
-    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 
@@ -175,7 +192,13 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
 }
 
 /// QEMU for the scenario's firmware, serial console to `serial`.
-fn qemu(s: &Scenario, lab: &Bridge, tap: &str, mac: &str, serial: &Path) -> anyhow::Result<Command> {
+fn qemu(
+    s: &Scenario,
+    lab: &Bridge,
+    tap: &str,
+    mac: &str,
+    serial: &Path,
+) -> anyhow::Result<Command> {
     let dir = &lab.dir;
     let (program, mut args): (&str, Vec<String>) = match s.firmware {
         Firmware::SeaBios => ("qemu-system-x86_64", vec!["-machine".into(), "pc".into()]),
@@ -185,30 +208,49 @@ fn qemu(s: &Scenario, lab: &Bridge, tap: &str, mac: &str, serial: &Path) -> anyh
             } else {
                 ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
             };
-            copy(&Path::new("/usr/share/OVMF").join(vars), &dir.join("vars.fd"))?;
+            copy(
+                &Path::new("/usr/share/OVMF").join(vars),
+                &dir.join("vars.fd"),
+            )?;
             let mut a: Vec<String> = vec![
                 "-machine".into(),
                 if secure { "q35,smm=on" } else { "q35" }.into(),
             ];
             if secure {
-                a.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
+                a.extend([
+                    "-global".into(),
+                    "driver=cfi.pflash01,property=secure,value=on".into(),
+                ]);
             }
-            a.extend(pflash(&Path::new("/usr/share/OVMF").join(code), &dir.join("vars.fd")));
+            a.extend(pflash(
+                &Path::new("/usr/share/OVMF").join(code),
+                &dir.join("vars.fd"),
+            ));
             ("qemu-system-x86_64", a)
         }
         Firmware::Aavmf => {
-            copy(Path::new("/usr/share/AAVMF/AAVMF_VARS.fd"), &dir.join("vars.fd"))?;
+            copy(
+                Path::new("/usr/share/AAVMF/AAVMF_VARS.fd"),
+                &dir.join("vars.fd"),
+            )?;
             let mut a: Vec<String> = ["-machine", "virt", "-cpu", "cortex-a57"]
                 .map(String::from)
                 .to_vec();
-            a.extend(pflash(Path::new("/usr/share/AAVMF/AAVMF_CODE.fd"), &dir.join("vars.fd")));
+            a.extend(pflash(
+                Path::new("/usr/share/AAVMF/AAVMF_CODE.fd"),
+                &dir.join("vars.fd"),
+            ));
             ("qemu-system-aarch64", a)
         }
     };
     // UEFI: no option ROM, so the firmware's own PXE/HTTP stack boots (iPXE's EFI ROM
     // would take the NIC over). SeaBIOS: keep QEMU's default ROM (an explicit romfile=
     // skips the PCI-ID patch and SeaBIOS ignores it).
-    let rom = if s.firmware == Firmware::SeaBios { "" } else { ",romfile=" };
+    let rom = if s.firmware == Firmware::SeaBios {
+        ""
+    } else {
+        ",romfile="
+    };
     args.extend(
         [
             "-m",
@@ -236,7 +278,10 @@ fn qemu(s: &Scenario, lab: &Bridge, tap: &str, mac: &str, serial: &Path) -> anyh
 fn pflash(code: &Path, vars: &Path) -> Vec<String> {
     vec![
         "-drive".into(),
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
+        format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ),
         "-drive".into(),
         format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
     ]
@@ -249,23 +294,29 @@ pub fn boot(
     s: &'static Scenario,
     stack: Stack,
     progress: &mut Progress,
-) -> Result<Outcome, Failure> {
-    let fail = |stage: &str, why: String| Failure {
-        scenario: s.name,
-        stage: stage.into(),
-        why,
-        after: Duration::ZERO,
-        dhcp_tftp: Vec::new(),
-        client: String::new(),
-        serial_tail: Vec::new(),
+    after: impl FnOnce(&Bridge, &str),
+) -> Result<Outcome, Box<Failure>> {
+    let fail = |stage: &str, why: String| {
+        Box::new(Failure {
+            scenario: s.name,
+            stage: stage.into(),
+            why,
+            after: Duration::ZERO,
+            dhcp_tftp: Vec::new(),
+            client: String::new(),
+            serial_tail: Vec::new(),
+        })
     };
     let lab = Bridge::new("e2e");
     let mac = mac_for(s, stack);
     let data = lab.dir.join("data");
     let (tftp, www) = (data.join("tftp"), data.join("www"));
     populate(assets, &tftp, &www).map_err(|e| fail("setup", format!("{e:#}")))?;
-    fs::write(data.join("inventory.toml"), inventory(s, &mac, lab.server_ip))
-        .map_err(|e| fail("setup", e.to_string()))?;
+    fs::write(
+        data.join("inventory.toml"),
+        inventory(s, &mac, lab.server_ip),
+    )
+    .map_err(|e| fail("setup", e.to_string()))?;
 
     let daemon = match stack {
         Stack::Gb10 => {
@@ -292,14 +343,18 @@ pub fn boot(
     }
     let conf = lab.dir.join("dnsmasq.conf");
     let dnsmasq_log = lab.dir.join("dnsmasq.log");
-    fs::write(&conf, dnsmasq_conf(s, &lab, &tftp, &lab.dir)).map_err(|e| fail("setup", e.to_string()))?;
+    fs::write(&conf, dnsmasq_conf(s, &lab, &tftp, &lab.dir))
+        .map_err(|e| fail("setup", e.to_string()))?;
     let _dnsmasq = Guard(
         lab.ns
             .cmd("dnsmasq")
             .arg("-k")
             .arg(format!("--conf-file={}", conf.display()))
             .arg(format!("--log-facility={}", dnsmasq_log.display()))
-            .arg(format!("--pid-file={}", lab.dir.join("dnsmasq.pid").display()))
+            .arg(format!(
+                "--pid-file={}",
+                lab.dir.join("dnsmasq.pid").display()
+            ))
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| fail("setup", format!("dnsmasq: {e}")))?,
@@ -307,11 +362,17 @@ pub fn boot(
 
     let tap = lab.add_tap();
     let serial = lab.dir.join("serial.log");
-    let mut cmd = qemu(s, &lab, &tap, &mac, &serial).map_err(|e| fail("setup", format!("{e:#}")))?;
-    let qemu_log = fs::File::create(lab.dir.join("qemu.log")).map_err(|e| fail("setup", e.to_string()))?;
-    cmd.stdout(qemu_log.try_clone().expect("fd")).stderr(qemu_log);
+    let mut cmd =
+        qemu(s, &lab, &tap, &mac, &serial).map_err(|e| fail("setup", format!("{e:#}")))?;
+    let qemu_log =
+        fs::File::create(lab.dir.join("qemu.log")).map_err(|e| fail("setup", e.to_string()))?;
+    cmd.stdout(qemu_log.try_clone().expect("fd"))
+        .stderr(qemu_log);
     let start = Instant::now();
-    let mut vm = Guard(cmd.spawn().map_err(|e| fail("setup", format!("qemu: {e}")))?);
+    let mut vm = Guard(
+        cmd.spawn()
+            .map_err(|e| fail("setup", format!("qemu: {e}")))?,
+    );
 
     let mut reached = Stage::Started;
     let mut stages = vec![(Stage::Started, Duration::ZERO)];
@@ -332,8 +393,16 @@ pub fn boot(
             String::new()
         };
         let seen = [
-            (Stage::Dhcp, log.contains(&format!("DHCPACK({}) ", lab.iface)) && log.contains(&mac)),
-            (Stage::Tftp, log.contains("dnsmasq-tftp") && log.contains(" sent ")),
+            (
+                Stage::Dhcp,
+                log.lines()
+                    .any(|l| l.contains("DHCPACK(") && l.contains(&mac)),
+            ),
+            (
+                Stage::Tftp,
+                log.lines()
+                    .any(|l| l.contains("dnsmasq-tftp") && l.contains(" sent ")),
+            ),
             (
                 Stage::Http,
                 // Not the grub/hosts render the lab itself fetched at setup.
@@ -357,7 +426,11 @@ pub fn boot(
             }
         }
         if reached == Stage::Heartbeat {
-            return Ok(Outcome { heartbeat: at, stages });
+            after(&lab, &mac);
+            return Ok(Outcome {
+                heartbeat: at,
+                stages,
+            });
         }
         if let Ok(Some(status)) = vm.0.try_wait() {
             break format!("QEMU exited ({status}) before the heartbeat");
@@ -372,7 +445,7 @@ pub fn boot(
     let qemu_err = fs::read_to_string(lab.dir.join("qemu.log")).unwrap_or_default();
     let mut serial_tail = tail(&qemu_err, 5);
     serial_tail.extend(tail(&fs::read_to_string(&serial).unwrap_or_default(), 30));
-    Err(Failure {
+    Err(Box::new(Failure {
         scenario: s.name,
         stage: reached.label().into(),
         why,
@@ -394,5 +467,5 @@ pub fn boot(
             "(reference stack: no gb10-provision)".into()
         },
         serial_tail,
-    })
+    }))
 }

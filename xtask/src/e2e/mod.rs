@@ -27,7 +27,11 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
                 Some(s) => v.push(s),
                 None => bail!(
                     "no scenario `{n}`; known: {}",
-                    SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                    SCENARIOS
+                        .iter()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
         }
@@ -38,16 +42,40 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for s in &chosen {
         println!("e2e: {} — {}", s.name, s.about);
-        let ours = lab::boot(&assets, &bin, s, lab::Stack::Gb10, &mut lab::Progress::Lines);
-        let reference = compare
-            .then(|| lab::boot(&assets, &bin, s, lab::Stack::Reference, &mut lab::Progress::Quiet));
+        let ours = lab::boot(
+            &assets,
+            &bin,
+            s,
+            lab::Stack::Gb10,
+            &mut lab::Progress::Lines,
+            |_, _| {},
+        );
+        let reference = compare.then(|| {
+            lab::boot(
+                &assets,
+                &bin,
+                s,
+                lab::Stack::Reference,
+                &mut lab::Progress::Quiet,
+                |_, _| {},
+            )
+        });
         results.push((s, ours, reference));
     }
     println!("\ne2e summary (time from VM start to heartbeat; TCG):");
     let mut failed = 0;
     for (s, ours, reference) in &results {
-        let fmt = |r: &Result<lab::Outcome, report::Failure>| match r {
-            Ok(o) => format!("{:6.1} s", o.heartbeat.as_secs_f64()),
+        let fmt = |r: &Result<lab::Outcome, Box<report::Failure>>| match r {
+            Ok(o) => format!(
+                "{:6.1} s ({})",
+                o.heartbeat.as_secs_f64(),
+                o.stages
+                    .iter()
+                    .skip(1)
+                    .map(|(st, at)| format!("{} {:.1}", st.short(), at.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Err(f) => format!("FAILED at {}", f.stage),
         };
         let refs = reference

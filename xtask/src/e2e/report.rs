@@ -30,7 +30,11 @@ impl fmt::Display for Failure {
         for l in &self.dhcp_tftp {
             writeln!(f, "  {l}")?;
         }
-        writeln!(f, "--- gb10-provision /clients/<mac> ---\n  {}", self.client)?;
+        writeln!(
+            f,
+            "--- gb10-provision /clients/<mac> ---\n  {}",
+            self.client
+        )?;
         writeln!(f, "--- serial console (tail) ---")?;
         for l in &self.serial_tail {
             writeln!(f, "  {l}")?;

@@ -145,6 +145,56 @@ fn console(arch: Arch) -> &'static str {
     }
 }
 
+/// The kernel command line every chain passes (the initramfs reads `gb10.heartbeat`).
+fn cmdline(s: &Scenario, heartbeat: &str) -> String {
+    format!(
+        "console={} panic=1 gb10.heartbeat={heartbeat}",
+        console(s.arch)
+    )
+}
+
+/// The reference stack's static scripts (what a dnsmasq + web server site writes by
+/// hand) and its heartbeat receiver: a busybox httpd CGI that appends to a file.
+fn reference_files(
+    s: &Scenario,
+    server: &str,
+    www: &Path,
+    tftp: &Path,
+    beats: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let a = s.arch.debian();
+    let line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/cgi-bin/heartbeat"));
+    fs::write(
+        www.join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel http://{server}:{HTTP_PORT}/{a}/vmlinuz initrd=initrd {line}\n\
+             initrd --name initrd http://{server}:{HTTP_PORT}/{a}/initrd.img\nboot\n"
+        ),
+    )?;
+    fs::create_dir_all(tftp.join("grub"))?;
+    fs::write(
+        tftp.join("grub/grub.cfg"),
+        format!(
+            "set timeout=0\nmenuentry e2e {{\n  linux (tftp,{server})/{a}/vmlinuz {line}\n  \
+             initrd (tftp,{server})/{a}/initrd.img\n}}\n"
+        ),
+    )?;
+    let cgi = www.join("cgi-bin/heartbeat");
+    fs::create_dir_all(cgi.parent().unwrap_or(www))?;
+    fs::write(
+        &cgi,
+        format!(
+            "#!/bin/sh\nhead -c \"${{CONTENT_LENGTH:-0}}\" >> {}\necho >> {}\n\
+             printf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'\n",
+            beats.display(),
+            beats.display()
+        ),
+    )?;
+    fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
 fn inventory(s: &Scenario, mac: &str, server: &str) -> String {
     let a = s.arch.debian();
     format!(
@@ -152,7 +202,7 @@ fn inventory(s: &Scenario, mac: &str, server: &str) -> String {
 [profiles.e2e]
 kernel = "{a}/vmlinuz"
 initrd = "{a}/initrd.img"
-cmdline = "console={con} panic=1 gb10.heartbeat=http://{server}:{HTTP_PORT}/heartbeat"
+cmdline = "{line}"
 seed = "none"
 vars = {{ grub_fetch = "tftp", grub_timeout = 0 }}
 
@@ -162,7 +212,7 @@ hostname = "e2e-{name}"
 profile = "e2e"
 "#,
         name = s.name,
-        con = console(s.arch),
+        line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/heartbeat")),
     )
 }
 
@@ -171,7 +221,21 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
     let ip = lab.server_ip;
     let efi_file = match s.chain {
         Chain::Ipxe(f) => f,
-        Chain::ShimGrub | Chain::IpxeScript => "shimx64.efi",
+        Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
+    };
+    let pxe = if let Chain::HttpBoot(file) = s.chain {
+        // Only the HTTP boot request (arch 16/19) gets a boot file.
+        format!(
+            "dhcp-match=set:http,option:client-arch,16\n\
+             dhcp-match=set:http,option:client-arch,19\n\
+             dhcp-option-force=tag:http,60,HTTPClient\n\
+             dhcp-boot=tag:!ipxe,tag:http,http://{ip}:{HTTP_PORT}/{file}\n"
+        )
+    } else {
+        format!(
+            "dhcp-boot=tag:!ipxe,tag:efi-x86,{efi_file},,{ip}\n\
+             dhcp-boot=tag:!ipxe,tag:efi-arm,shimaa64.efi,,{ip}\n"
+        )
     };
     format!(
         "port=0\ninterface={iface}\nbind-interfaces\nexcept-interface=lo\n\
@@ -182,9 +246,7 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
          dhcp-match=set:efi-x86,option:client-arch,7\n\
          dhcp-match=set:efi-arm,option:client-arch,11\n\
          dhcp-option-force=tag:ipxe,175,b0:01:01\n\
-         dhcp-boot=tag:ipxe,http://{ip}:{HTTP_PORT}/boot.ipxe\n\
-         dhcp-boot=tag:!ipxe,tag:efi-x86,{efi_file},,{ip}\n\
-         dhcp-boot=tag:!ipxe,tag:efi-arm,shimaa64.efi,,{ip}\n",
+         dhcp-boot=tag:ipxe,http://{ip}:{HTTP_PORT}/boot.ipxe\n{pxe}",
         iface = lab.iface,
         dir = dir.display(),
         tftp = tftp.display(),
@@ -328,6 +390,29 @@ pub fn boot(
         }
         Stack::Reference => None,
     };
+    let beats = lab.dir.join("heartbeats");
+    let _httpd = match stack {
+        Stack::Gb10 => None,
+        Stack::Reference => {
+            reference_files(s, lab.server_ip, &www, &tftp, &beats)
+                .map_err(|e| fail("setup", format!("{e:#}")))?;
+            Some(Guard(
+                lab.ns
+                    .cmd("busybox")
+                    .args([
+                        "httpd",
+                        "-f",
+                        "-p",
+                        &format!("{}:{HTTP_PORT}", lab.server_ip),
+                        "-h",
+                    ])
+                    .arg(&www)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .map_err(|e| fail("setup", format!("busybox httpd: {e}")))?,
+            ))
+        }
+    };
     // GRUB reads grub/grub.cfg over TFTP: until gb10-provision's TFTP service serves
     // them itself, the daemon's renders are copied into dnsmasq's TFTP root.
     if daemon.is_some() {
@@ -414,7 +499,8 @@ pub fn boot(
             (
                 Stage::Heartbeat,
                 client.contains("\"state\":\"onboarded\"")
-                    || (daemon.is_none() && serial_text.contains("e2e: heartbeat sent")),
+                    || (daemon.is_none()
+                        && fs::read_to_string(&beats).is_ok_and(|b| b.contains(&mac))),
             ),
         ];
         for (stage, yes) in seen {

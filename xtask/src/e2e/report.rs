@@ -58,3 +58,22 @@ pub fn tail(text: &str, n: usize) -> Vec<String> {
         .collect();
     clean[clean.len().saturating_sub(n)..].to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_strips_console_escapes_and_keeps_the_last_lines() {
+        let text = "a\r\n\x1b[0mb\n\n  \nc\rd\n";
+        assert_eq!(tail(text, 2), ["c", "d"]);
+        assert_eq!(tail(text, 10), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn ci_scenarios_exist() {
+        for name in super::super::CI {
+            assert!(super::super::scenario::find(name).is_some(), "{name}");
+        }
+    }
+}

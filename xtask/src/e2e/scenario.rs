@@ -21,6 +21,10 @@ pub enum Chain {
     Ipxe(&'static str),
     /// TFTP shim → signed network GRUB → `grub/grub.cfg` → kernel over TFTP.
     ShimGrub,
+    /// UEFI HTTP boot (option 60 `HTTPClient` echoed, a URL as boot file) of iPXE,
+    /// which then gets the script. PXE offers carry no boot file, so the firmware moves
+    /// on from its PXE entry to its HTTP one.
+    HttpBoot(&'static str),
 }
 
 pub struct Scenario {
@@ -66,6 +70,13 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: true },
         chain: Chain::ShimGrub,
+    },
+    Scenario {
+        name: "ovmf-httpboot",
+        about: "OVMF UEFI HTTP boot (arch 16) -> ipxe.efi over HTTP -> HTTP script -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::HttpBoot("ipxe.efi"),
     },
     Scenario {
         name: "aavmf-shim-grub",

@@ -24,6 +24,30 @@ pub enum Command {
     /// Validate the configuration, the inventory and every template rendered for every
     /// host; exit non-zero naming file, line and variable when something is wrong.
     Check(ConfigArgs),
+    /// What DHCP, TFTP and HTTP would answer one client, and why.
+    Explain(ExplainArgs),
+}
+
+/// `explain`: the client as its firmware would present itself.
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// The client's MAC address.
+    #[arg(long = "mac")]
+    pub client_mac: String,
+    /// Option 93 architecture (0 BIOS, 7 x86 UEFI, 11 arm64 UEFI, 16/19 HTTP boot).
+    #[arg(long)]
+    pub arch: Option<u16>,
+    /// Option 77 user class, e.g. iPXE.
+    #[arg(long)]
+    pub user_class: Option<String>,
+    /// Option 60 vendor class (default derived from --arch).
+    #[arg(long)]
+    pub vendor_class: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Where the configuration comes from: a TOML file, then env, then flags.
@@ -57,6 +81,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?
                 .block_on(crate::daemon::serve(config))
+        }
+        Command::Explain(args) => {
+            let ExplainArgs {
+                client_mac,
+                arch,
+                user_class,
+                vendor_class,
+                json,
+                config,
+            } = args;
+            let config = config.load()?;
+            let inventory = crate::inventory::Inventory::load(&config.data_path)?;
+            let query = crate::explain::Query {
+                mac: Some(client_mac),
+                arch,
+                user_class,
+                vendor_class,
+            };
+            let e = crate::explain::explain(&config, &inventory, config.lan_ip.addr(), &query)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{e}");
+            }
+            Ok(())
         }
         Command::Check(args) => {
             let config = args.load()?;

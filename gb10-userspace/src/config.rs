@@ -106,10 +106,16 @@ pub struct RawConfig {
     pub xdp: RawXdp,
     #[command(flatten)]
     #[serde(default)]
+    pub boot: RawBoot,
+    #[command(flatten)]
+    #[serde(default)]
     pub http: RawHttp,
     #[command(flatten)]
     #[serde(default)]
     pub guard: RawGuard,
+    #[command(flatten)]
+    #[serde(default)]
+    pub tftp: RawTftp,
 }
 
 /// `[guard]`: what the eBPF programs enforce. Rates are packets a second (0 = no limit),
@@ -249,6 +255,66 @@ pub struct RawDhcp {
     /// Lease duration, like `12h` or `30m` (default 12h).
     #[arg(long = "lease-time", env = "GB10_DHCP_LEASE_TIME")]
     pub lease_time: Option<String>,
+    /// Default gateway handed out (option 3); none when unset.
+    #[arg(long = "dhcp-router", env = "GB10_DHCP_ROUTER")]
+    pub router: Option<Ipv4Addr>,
+    /// DNS servers handed out (option 6), comma-separated; none when unset.
+    #[arg(long = "dhcp-dns", env = "GB10_DHCP_DNS", value_delimiter = ',')]
+    pub dns: Option<Vec<Ipv4Addr>>,
+    /// Domain name handed out (option 15); none when unset.
+    #[arg(long = "dhcp-domain", env = "GB10_DHCP_DOMAIN")]
+    pub domain: Option<String>,
+    /// Pools for relayed subnets, each `SUBNET/PREFIX=START-END[,ROUTER]`: a TOML array,
+    /// `;`-separated as a flag or env (a relay's giaddr picks the pool whose subnet
+    /// holds it).
+    #[arg(
+        long = "dhcp-relay-ranges",
+        env = "GB10_DHCP_RELAY_RANGES",
+        value_delimiter = ';'
+    )]
+    pub relay_ranges: Option<Vec<String>>,
+}
+
+/// `[boot]`: what each firmware boots (TFTP paths or URLs; `{server}`, `{http_port}`,
+/// `{mac}` are filled in per client).
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBoot {
+    /// Boot file for BIOS PXE, arch 0 (default `undionly.kpxe`).
+    #[arg(long = "boot-bios", env = "GB10_BOOT_BIOS")]
+    pub bios: Option<String>,
+    /// Boot file for x86 UEFI PXE, arch 6/7/9 (default `ipxe.efi`; `shimx64.efi` for
+    /// Secure Boot).
+    #[arg(long = "boot-uefi-x86", env = "GB10_BOOT_UEFI_X86")]
+    pub uefi_x86: Option<String>,
+    /// Boot file for arm64 UEFI PXE, arch 11 (default `shimaa64.efi`).
+    #[arg(long = "boot-uefi-arm64", env = "GB10_BOOT_UEFI_ARM64")]
+    pub uefi_arm64: Option<String>,
+    /// x86 UEFI HTTP boot, arch 16: a URL or a path under the HTTP root (default `ipxe.efi`).
+    #[arg(long = "boot-http-x86", env = "GB10_BOOT_HTTP_X86")]
+    pub http_x86: Option<String>,
+    /// arm64 UEFI HTTP boot, arch 19: a URL or a path under the HTTP root (default
+    /// `shimaa64.efi`).
+    #[arg(long = "boot-http-arm64", env = "GB10_BOOT_HTTP_ARM64")]
+    pub http_arm64: Option<String>,
+    /// URL iPXE gets instead of a boot file (default
+    /// `http://{server}:{http_port}/boot.ipxe`).
+    #[arg(long = "boot-ipxe-script", env = "GB10_BOOT_IPXE_SCRIPT")]
+    pub ipxe_script: Option<String>,
+    /// Clients not in the inventory: `serve` (default profile) or `ignore` (no answer).
+    #[arg(long = "boot-unknown-clients", env = "GB10_BOOT_UNKNOWN_CLIENTS")]
+    pub unknown_clients: Option<UnknownClients>,
+}
+
+/// What happens to clients whose MAC is not in the inventory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownClients {
+    /// Serve them with the inventory's default profile.
+    #[default]
+    Serve,
+    /// Do not answer them at all.
+    Ignore,
 }
 
 /// `[xdp]`: the XDP program on the LAN interface.
@@ -258,6 +324,39 @@ pub struct RawXdp {
     /// `auto`, `required` or `off` (default auto).
     #[arg(id = "xdp_mode", long = "xdp", env = "GB10_XDP_MODE")]
     pub mode: Option<XdpMode>,
+}
+
+/// `[tftp]`: the read-only TFTP service on the LAN address (root `data_path/tftp`).
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    /// UDP port of the TFTP listener on the LAN address (default 69).
+    #[arg(id = "tftp_port", long = "tftp-port", env = "GB10_TFTP_PORT")]
+    pub port: Option<u16>,
+    /// Transfers running at once; requests beyond get a "busy" error (default 64).
+    #[arg(
+        id = "tftp_max_sessions",
+        long = "tftp-max-sessions",
+        env = "GB10_TFTP_MAX_SESSIONS"
+    )]
+    pub max_sessions: Option<usize>,
+    /// Wait for an ACK before retransmitting, like `1s` or `500ms`, doubled per retry up
+    /// to 8x; a client's `timeout` option shortens it (default 1s).
+    #[arg(id = "tftp_timeout", long = "tftp-timeout", env = "GB10_TFTP_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Consecutive timeouts after which a client is given up (default 5).
+    #[arg(id = "tftp_retries", long = "tftp-retries", env = "GB10_TFTP_RETRIES")]
+    pub retries: Option<u32>,
+    /// Answer transfers from the listening port instead of one port per transfer, for
+    /// clients behind a relay or firewall that only passes port 69 (default false).
+    #[arg(
+        id = "tftp_single_port",
+        long = "tftp-single-port",
+        env = "GB10_TFTP_SINGLE_PORT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub single_port: Option<bool>,
 }
 
 impl RawConfig {
@@ -283,8 +382,26 @@ impl RawConfig {
             http_port,
             health_port,
             proxy_subnet,
-            dhcp: RawDhcp { range, lease_time },
+            dhcp:
+                RawDhcp {
+                    range,
+                    lease_time,
+                    router,
+                    dns,
+                    domain,
+                    relay_ranges,
+                },
             xdp: RawXdp { mode: xdp_mode },
+            boot:
+                RawBoot {
+                    bios,
+                    uefi_x86,
+                    uefi_arm64,
+                    http_x86,
+                    http_arm64,
+                    ipxe_script,
+                    unknown_clients,
+                },
             http: RawHttp {
                 mounts,
                 seed_owner_check,
@@ -300,6 +417,7 @@ impl RawConfig {
                     known_rate,
                     known_burst,
                 },
+            tftp,
         } = over;
         RawConfig {
             lan_iface: lan_iface.or(self.lan_iface),
@@ -312,9 +430,22 @@ impl RawConfig {
             dhcp: RawDhcp {
                 range: range.or(self.dhcp.range),
                 lease_time: lease_time.or(self.dhcp.lease_time),
+                router: router.or(self.dhcp.router),
+                dns: dns.or(self.dhcp.dns),
+                domain: domain.or(self.dhcp.domain),
+                relay_ranges: relay_ranges.or(self.dhcp.relay_ranges),
             },
             xdp: RawXdp {
                 mode: xdp_mode.or(self.xdp.mode),
+            },
+            boot: RawBoot {
+                bios: bios.or(self.boot.bios),
+                uefi_x86: uefi_x86.or(self.boot.uefi_x86),
+                uefi_arm64: uefi_arm64.or(self.boot.uefi_arm64),
+                http_x86: http_x86.or(self.boot.http_x86),
+                http_arm64: http_arm64.or(self.boot.http_arm64),
+                ipxe_script: ipxe_script.or(self.boot.ipxe_script),
+                unknown_clients: unknown_clients.or(self.boot.unknown_clients),
             },
             http: RawHttp {
                 mounts: if mounts.is_empty() {
@@ -334,6 +465,26 @@ impl RawConfig {
                 known_rate: known_rate.or(self.guard.known_rate),
                 known_burst: known_burst.or(self.guard.known_burst),
             },
+            tftp: self.tftp.overlay(tftp),
+        }
+    }
+}
+
+impl RawTftp {
+    fn overlay(self, over: RawTftp) -> RawTftp {
+        let RawTftp {
+            port,
+            max_sessions,
+            timeout,
+            retries,
+            single_port,
+        } = over;
+        RawTftp {
+            port: port.or(self.port),
+            max_sessions: max_sessions.or(self.max_sessions),
+            timeout: timeout.or(self.timeout),
+            retries: retries.or(self.retries),
+            single_port: single_port.or(self.single_port),
         }
     }
 }
@@ -346,6 +497,14 @@ pub const DEFAULT_DATA_PATH: &str = "/data/provision";
 pub const DEFAULT_HTTP_PORT: u16 = 80;
 /// Default port of the loopback health listener.
 pub const DEFAULT_HEALTH_PORT: u16 = 9180;
+/// Default TFTP port.
+pub const DEFAULT_TFTP_PORT: u16 = 69;
+/// Default cap on concurrent TFTP transfers.
+pub const DEFAULT_TFTP_MAX_SESSIONS: usize = 64;
+/// Default TFTP retransmission timeout (tftp-hpa's too).
+pub const DEFAULT_TFTP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default consecutive TFTP timeouts before a client is given up.
+pub const DEFAULT_TFTP_RETRIES: u32 = 5;
 /// Default lease duration.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -363,8 +522,74 @@ pub struct Config {
     pub proxy_subnet: Option<Ipv4Net>,
     pub dhcp: DhcpConfig,
     pub xdp: XdpMode,
+    pub boot: BootConfig,
     pub http: HttpConfig,
     pub guard: GuardConfig,
+    pub tftp: TftpConfig,
+}
+
+/// Validated `[tftp]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TftpConfig {
+    pub port: u16,
+    pub max_sessions: usize,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub single_port: bool,
+}
+
+impl TryFrom<RawTftp> for TftpConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawTftp) -> Result<Self, ConfigError> {
+        let RawTftp {
+            port,
+            max_sessions,
+            timeout,
+            retries,
+            single_port,
+        } = raw;
+        let max_sessions = max_sessions.unwrap_or(DEFAULT_TFTP_MAX_SESSIONS);
+        if !(1..=65536).contains(&max_sessions) {
+            return Err(invalid(
+                "tftp.max_sessions",
+                &max_sessions.to_string(),
+                "must be 1..=65536",
+            ));
+        }
+        let timeout = match timeout {
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                invalid(
+                    "tftp.timeout",
+                    &text,
+                    format!("{e}; write a duration like 1s"),
+                )
+            })?,
+            None => DEFAULT_TFTP_TIMEOUT,
+        };
+        if !(Duration::from_millis(100)..=Duration::from_secs(255)).contains(&timeout) {
+            return Err(invalid(
+                "tftp.timeout",
+                &humantime::format_duration(timeout).to_string(),
+                "must be between 100ms and 255s",
+            ));
+        }
+        let retries = retries.unwrap_or(DEFAULT_TFTP_RETRIES);
+        if !(1..=100).contains(&retries) {
+            return Err(invalid(
+                "tftp.retries",
+                &retries.to_string(),
+                "must be 1..=100",
+            ));
+        }
+        Ok(TftpConfig {
+            port: port.unwrap_or(DEFAULT_TFTP_PORT),
+            max_sessions,
+            timeout,
+            retries,
+            single_port: single_port.unwrap_or(false),
+        })
+    }
 }
 
 /// Validated `[http]`.
@@ -381,6 +606,91 @@ pub struct DhcpConfig {
     /// First and last address of the pool, both inside the LAN subnet.
     pub range: (Ipv4Addr, Ipv4Addr),
     pub lease_time: Duration,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    /// Pools of relayed subnets.
+    pub relay_ranges: Vec<RelayRange>,
+}
+
+/// A pool for a subnet behind a DHCP relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayRange {
+    pub subnet: Ipv4Net,
+    pub range: (Ipv4Addr, Ipv4Addr),
+    pub router: Option<Ipv4Addr>,
+}
+
+/// Validated `[boot]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootConfig {
+    pub bios: String,
+    pub uefi_x86: String,
+    pub uefi_arm64: String,
+    pub http_x86: String,
+    pub http_arm64: String,
+    pub ipxe_script: String,
+    pub unknown_clients: UnknownClients,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        Self {
+            bios: "undionly.kpxe".into(),
+            uefi_x86: "ipxe.efi".into(),
+            uefi_arm64: "shimaa64.efi".into(),
+            http_x86: "ipxe.efi".into(),
+            http_arm64: "shimaa64.efi".into(),
+            ipxe_script: "http://{server}:{http_port}/boot.ipxe".into(),
+            unknown_clients: UnknownClients::Serve,
+        }
+    }
+}
+
+impl BootConfig {
+    /// The configured boot file of a firmware class.
+    pub fn file(&self, fw: crate::boot::Firmware) -> &str {
+        use crate::boot::Firmware as F;
+        match fw {
+            F::Bios => &self.bios,
+            F::UefiX86 => &self.uefi_x86,
+            F::UefiArm64 => &self.uefi_arm64,
+            F::HttpX86 => &self.http_x86,
+            F::HttpArm64 => &self.http_arm64,
+        }
+    }
+
+    fn from_raw(raw: RawBoot) -> Result<Self, ConfigError> {
+        let RawBoot {
+            bios,
+            uefi_x86,
+            uefi_arm64,
+            http_x86,
+            http_arm64,
+            ipxe_script,
+            unknown_clients,
+        } = raw;
+        let d = Self::default();
+        let pick = |key: &'static str, v: Option<String>, default: String| match v {
+            // The BOOTP `file` field holds 128 bytes with its NUL.
+            Some(v) if v.is_empty() || v.len() > 127 => Err(invalid(
+                key,
+                &v,
+                "must be 1 to 127 bytes (it travels in the BOOTP file field)",
+            )),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        Ok(Self {
+            bios: pick("boot.bios", bios, d.bios)?,
+            uefi_x86: pick("boot.uefi_x86", uefi_x86, d.uefi_x86)?,
+            uefi_arm64: pick("boot.uefi_arm64", uefi_arm64, d.uefi_arm64)?,
+            http_x86: pick("boot.http_x86", http_x86, d.http_x86)?,
+            http_arm64: pick("boot.http_arm64", http_arm64, d.http_arm64)?,
+            ipxe_script: pick("boot.ipxe_script", ipxe_script, d.ipxe_script)?,
+            unknown_clients: unknown_clients.unwrap_or_default(),
+        })
+    }
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -395,13 +705,23 @@ impl TryFrom<RawConfig> for Config {
             http_port,
             health_port,
             proxy_subnet,
-            dhcp: RawDhcp { range, lease_time },
+            dhcp:
+                RawDhcp {
+                    range,
+                    lease_time,
+                    router,
+                    dns,
+                    domain,
+                    relay_ranges,
+                },
             xdp: RawXdp { mode: xdp },
+            boot,
             http: RawHttp {
                 mounts,
                 seed_owner_check,
             },
             guard,
+            tftp,
         } = raw;
         let lan_iface = lan_iface
             .filter(|s| !s.is_empty())
@@ -466,13 +786,26 @@ impl TryFrom<RawConfig> for Config {
             http_port: http_port.unwrap_or(DEFAULT_HTTP_PORT),
             health_port: health_port.unwrap_or(DEFAULT_HEALTH_PORT),
             proxy_subnet,
-            dhcp: DhcpConfig { range, lease_time },
+            dhcp: DhcpConfig {
+                range,
+                lease_time,
+                router,
+                dns: dns.unwrap_or_default(),
+                domain: domain.filter(|d| !d.is_empty()),
+                relay_ranges: relay_ranges
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| parse_relay_range(r))
+                    .collect::<Result<_, _>>()?,
+            },
             xdp: xdp.unwrap_or_default(),
+            boot: BootConfig::from_raw(boot)?,
             http: HttpConfig {
                 mounts: validate_mounts(mounts)?,
                 seed_owner_check: seed_owner_check.unwrap_or(true),
             },
             guard: validate_guard(guard, &lan_iface_for_guard)?,
+            tftp: TftpConfig::try_from(tftp)?,
         })
     }
 }
@@ -552,7 +885,17 @@ fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> ConfigE
 }
 
 fn parse_range(text: &str, lan: Ipv4Net) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
-    let bad = |reason: &str| invalid("dhcp.range", text, reason);
+    parse_range_in("dhcp.range", text, lan.trunc(), Some(lan.addr()))
+}
+
+/// `START-END` of host addresses of `subnet`, not holding `own`.
+fn parse_range_in(
+    key: &'static str,
+    text: &str,
+    subnet: Ipv4Net,
+    own: Option<Ipv4Addr>,
+) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
+    let bad = |reason: &str| invalid(key, text, reason);
     let (start, end) = text
         .split_once('-')
         .ok_or_else(|| bad("write START-END, like 198.18.0.100-198.18.0.200"))?;
@@ -567,7 +910,6 @@ fn parse_range(text: &str, lan: Ipv4Net) -> Result<(Ipv4Addr, Ipv4Addr), ConfigE
     if start > end {
         return Err(bad("START is after END"));
     }
-    let subnet = lan.trunc();
     for addr in [start, end] {
         if !subnet.contains(&addr) || addr == subnet.network() || addr == subnet.broadcast() {
             return Err(bad(&format!(
@@ -575,13 +917,43 @@ fn parse_range(text: &str, lan: Ipv4Net) -> Result<(Ipv4Addr, Ipv4Addr), ConfigE
             )));
         }
     }
-    if (start..=end).contains(&lan.addr()) {
+    if let Some(own) = own
+        && (start..=end).contains(&own)
+    {
         return Err(bad(&format!(
-            "the range holds the server's own address {}",
-            lan.addr()
+            "the range holds the server's own address {own}"
         )));
     }
     Ok((start, end))
+}
+
+/// `SUBNET/PREFIX=START-END[,ROUTER]`.
+fn parse_relay_range(text: &str) -> Result<RelayRange, ConfigError> {
+    let bad = |reason: &str| invalid("dhcp.relay_ranges", text, reason);
+    let (subnet, rest) = text
+        .split_once('=')
+        .ok_or_else(|| bad("write SUBNET/PREFIX=START-END[,ROUTER]"))?;
+    let subnet: Ipv4Net = subnet
+        .trim()
+        .parse()
+        .map_err(|_| bad("SUBNET is not a CIDR like 198.19.1.0/24"))?;
+    let (range, router) = match rest.split_once(',') {
+        Some((r, gw)) => (
+            r,
+            Some(
+                gw.trim()
+                    .parse()
+                    .map_err(|_| bad("ROUTER is not an IPv4 address"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
+    let range = parse_range_in("dhcp.relay_ranges", range, subnet.trunc(), None)?;
+    Ok(RelayRange {
+        subnet: subnet.trunc(),
+        range,
+        router,
+    })
 }
 
 /// .100-.200 of the LAN subnet where it fits, else the upper half of its hosts.
@@ -667,6 +1039,40 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_options_relay_ranges_and_boot_section() {
+        let r = raw(r#"
+            lan_iface = "eth1"
+            lan_ip = "198.18.0.1/24"
+            [dhcp]
+            router = "198.18.0.254"
+            dns = ["198.18.0.53"]
+            relay_ranges = ["198.19.1.0/24=198.19.1.100-198.19.1.200,198.19.1.1"]
+            [boot]
+            uefi_x86 = "shimx64.efi"
+            unknown_clients = "ignore"
+            "#)
+        .unwrap();
+        let cfg = Config::try_from(r.clone()).unwrap();
+        assert_eq!(cfg.dhcp.router, Some(Ipv4Addr::new(198, 18, 0, 254)));
+        assert_eq!(cfg.dhcp.dns, vec![Ipv4Addr::new(198, 18, 0, 53)]);
+        let relay = &cfg.dhcp.relay_ranges[0];
+        assert_eq!(relay.subnet, "198.19.1.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(relay.router, Some(Ipv4Addr::new(198, 19, 1, 1)));
+        assert_eq!(cfg.boot.uefi_x86, "shimx64.efi");
+        assert_eq!(cfg.boot.bios, "undionly.kpxe");
+        assert_eq!(cfg.boot.unknown_clients, UnknownClients::Ignore);
+
+        let mut bad = r.clone();
+        bad.dhcp.relay_ranges = Some(vec!["198.19.1.0/24=198.19.2.5-198.19.2.9".into()]);
+        let err = Config::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("dhcp.relay_ranges"), "{err}");
+        let mut bad = r;
+        bad.boot.bios = Some("x".repeat(200));
+        let err = Config::try_from(bad).unwrap_err().to_string();
+        assert!(err.contains("boot.bios"), "{err}");
+    }
+
+    #[test]
     fn http_mounts_from_file_and_flags() {
         let file = raw(
             "lan_iface = \"eth1\"\n[http]\nseed_owner_check = false\nmounts = { \"/repos/\" = \"/srv/repos\", \"/repos/deb/\" = \"/srv/deb\" }\n",
@@ -690,6 +1096,27 @@ mod tests {
         let bad = raw("lan_iface = \"eth1\"\n[http]\nmounts = { \"/../\" = \"/x\" }\n").unwrap();
         let err = Config::try_from(bad).unwrap_err().to_string();
         assert!(err.contains("http.mounts"), "{err}");
+    }
+
+    #[test]
+    fn tftp_section() {
+        let cfg = Config::try_from(raw("lan_iface = \"eth1\"\n").unwrap()).unwrap();
+        assert_eq!(cfg.tftp.port, 69);
+        assert_eq!(cfg.tftp.timeout, Duration::from_secs(1));
+        assert!(!cfg.tftp.single_port);
+        let r = raw(
+            "lan_iface = \"eth1\"\n[tftp]\nport = 6969\ntimeout = \"500ms\"\nsingle_port = true\n",
+        )
+        .unwrap();
+        let cfg = Config::try_from(r).unwrap();
+        assert_eq!((cfg.tftp.port, cfg.tftp.single_port), (6969, true));
+        assert_eq!(cfg.tftp.timeout, Duration::from_millis(500));
+        let err =
+            Config::try_from(raw("lan_iface = \"eth1\"\n[tftp]\ntimeout = \"0s\"\n").unwrap())
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("tftp.timeout"), "{err}");
+        assert!(raw("[tftp]\nprot = 1\n").is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::{
     netlink::{LanState, LanWatcher},
     store::Store,
     templates::Templates,
+    tftp,
     xdp::LanXdp,
 };
 
@@ -34,8 +35,12 @@ pub struct Shared {
     pub templates: RwLock<Arc<Templates>>,
     /// The LAN interface's live address; every listener follows it (see [`crate::lan`]).
     pub lan_addr: LanAddr,
+    /// DHCP counters, per client and per drop reason.
+    pub dhcp_stats: crate::dhcp::Stats,
     /// The address with the reason when there is none, for readiness.
     pub lan_state: watch::Receiver<LanState>,
+    /// TFTP counters for `/metrics`.
+    pub tftp: tftp::Stats,
 }
 
 impl Shared {
@@ -65,6 +70,8 @@ impl Shared {
             templates: RwLock::new(Arc::new(Templates::builtin())),
             lan_addr,
             lan_state,
+            dhcp_stats: Default::default(),
+            tftp: tftp::Stats::default(),
         }
     }
 
@@ -96,7 +103,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         clients,
         templates: RwLock::new(Arc::new(templates)),
         lan_addr,
+        dhcp_stats: Default::default(),
         lan_state,
+        tftp: tftp::Stats::default(),
     });
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -116,6 +125,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     tasks.spawn(http::run(shared.clone(), token.clone()));
+    tasks.spawn(crate::dhcp::server::run(shared.clone(), token.clone()));
     tasks.spawn(http::run_health(shared.clone(), token.clone()));
     tasks.spawn(guard::run(shared.clone(), token.clone()));
     tasks.spawn({
@@ -132,6 +142,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     });
+    tasks.spawn(tftp::run(shared.clone(), token.clone()));
     // The first service to fail takes the daemon down; the others stop with it.
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -1,9 +1,12 @@
 //! gb10-provision: DHCP, TFTP and HTTP for an isolated provisioning LAN, with an XDP
 //! program that counts and guards what reaches it.
+pub mod boot;
 pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod daemon;
+pub mod dhcp;
+pub mod explain;
 pub mod guard;
 pub mod http;
 pub mod inventory;
@@ -12,6 +15,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod store;
 pub mod templates;
+pub mod tftp;
 pub mod xdp;
 
 /// An error and its sources on one line, for log fields.

@@ -66,6 +66,52 @@ pub const CLIENT_LAST_SEEN: Family = family(
     "Unix time of the last frame from a client MAC.",
 );
 
+pub const DHCP_MESSAGES: Family = family(
+    "gb10_dhcp_messages_total",
+    "counter",
+    "Well-formed DHCP messages received, by client MAC and message type.",
+);
+pub const DHCP_REPLIES: Family = family(
+    "gb10_dhcp_replies_total",
+    "counter",
+    "DHCP replies sent, by client MAC and message type (offer, ack, nak).",
+);
+pub const DHCP_OFFERS_UNANSWERED: Family = family(
+    "gb10_dhcp_offers_unanswered_total",
+    "counter",
+    "Offers (direct or proxy) a client never followed with a REQUEST: firmware that ignored us.",
+);
+pub const DHCP_MALFORMED: Family = family(
+    "gb10_dhcp_malformed_total",
+    "counter",
+    "DHCP datagrams dropped as malformed, by reason.",
+);
+pub const DHCP_NO_REPLY: Family = family(
+    "gb10_dhcp_no_reply_total",
+    "counter",
+    "Well-formed DHCP messages deliberately left unanswered, by reason.",
+);
+pub const DHCP_LEASES_RESTORED: Family = family(
+    "gb10_dhcp_leases_restored",
+    "gauge",
+    "Leases read back from the store at start.",
+);
+pub const DHCP_STORE_SKIPPED: Family = family(
+    "gb10_dhcp_store_records_skipped",
+    "gauge",
+    "Lease records skipped at start as corrupt or inconsistent.",
+);
+pub const DHCP_STORE_FAILURES: Family = family(
+    "gb10_dhcp_store_failures_total",
+    "counter",
+    "ACKs withheld because their lease could not be written.",
+);
+
+pub const DHCP_LEASES: Family = family(
+    "gb10_dhcp_leases",
+    "gauge",
+    "Addresses currently held, by lease state (offered, leased, declined).",
+);
 pub const CLIENTS_BY_STATE: Family = family(
     "gb10_clients",
     "gauge",
@@ -111,6 +157,28 @@ pub const FOREIGN_SERVER_PACKETS: Family = family(
     "gb10_dhcp_foreign_server_packets_total",
     "counter",
     "DHCP server messages seen from a foreign server, by its MAC and IP.",
+);
+pub const TFTP_SESSIONS: Family =
+    family("gb10_tftp_sessions", "gauge", "TFTP transfers running now.");
+pub const TFTP_TRANSFERS: Family = family(
+    "gb10_tftp_transfers_total",
+    "counter",
+    "TFTP transfers completed, by client IP.",
+);
+pub const TFTP_BYTES: Family = family(
+    "gb10_tftp_bytes_total",
+    "counter",
+    "TFTP DATA payload bytes sent, retransmissions included, by client IP.",
+);
+pub const TFTP_RETRANSMITS: Family = family(
+    "gb10_tftp_retransmits_total",
+    "counter",
+    "TFTP DATA/OACK packets sent again (timeout or partial window), by client IP.",
+);
+pub const TFTP_ERRORS: Family = family(
+    "gb10_tftp_errors_total",
+    "counter",
+    "TFTP requests and transfers that did not complete, by client IP and reason.",
 );
 
 /// Builds the text exposition.
@@ -226,6 +294,65 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
     }
 }
 
+/// The DHCP section: per-client messages, replies and unanswered offers; drops by reason;
+/// the lease store.
+pub fn write_dhcp(w: &mut Writer, stats: &crate::dhcp::Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::dhcp::{TYPE_LABELS, handler::Silent, wire::Malformed};
+    let clients = stats.clients();
+    let now = std::time::Instant::now();
+    let label = |mac: &Option<crate::inventory::Mac>| {
+        mac.map_or_else(|| "other".to_owned(), |m| m.to_string())
+    };
+    for (family, pick) in [
+        (
+            &DHCP_MESSAGES,
+            (|c| &c.received) as fn(&crate::dhcp::ClientStats) -> &[u64; 9],
+        ),
+        (&DHCP_REPLIES, |c| &c.sent),
+    ] {
+        w.family(family);
+        for (mac, c) in &clients {
+            let mac = label(mac);
+            for (ty, n) in TYPE_LABELS.iter().zip(pick(c)) {
+                if *n > 0 {
+                    w.sample(family, &[("mac", &mac), ("type", ty)], n);
+                }
+            }
+        }
+    }
+    w.family(&DHCP_OFFERS_UNANSWERED);
+    for (mac, c) in &clients {
+        w.sample(
+            &DHCP_OFFERS_UNANSWERED,
+            &[("mac", &label(mac))],
+            c.unanswered(now),
+        );
+    }
+    w.family(&DHCP_MALFORMED);
+    for (reason, n) in Malformed::LABELS.iter().zip(&stats.malformed) {
+        w.sample(&DHCP_MALFORMED, &[("reason", reason)], n.load(Relaxed));
+    }
+    w.family(&DHCP_NO_REPLY);
+    for (reason, n) in Silent::LABELS.iter().zip(&stats.silent) {
+        w.sample(&DHCP_NO_REPLY, &[("reason", reason)], n.load(Relaxed));
+    }
+    w.family(&DHCP_LEASES);
+    for (state, n) in stats.lease_counts(crate::dhcp::unix_now()) {
+        let label = match state {
+            crate::dhcp::leases::LeaseState::Offered => "offered",
+            crate::dhcp::leases::LeaseState::Leased => "leased",
+            crate::dhcp::leases::LeaseState::Declined => "declined",
+            crate::dhcp::leases::LeaseState::Released => "released",
+        };
+        w.sample(&DHCP_LEASES, &[("state", label)], n);
+    }
+    w.single(&DHCP_LEASES_RESTORED, stats.restored.load(Relaxed));
+    w.single(&DHCP_STORE_SKIPPED, stats.store_skipped.load(Relaxed));
+    w.single(&DHCP_STORE_FAILURES, stats.store_failures.load(Relaxed));
+}
+
 /// Onboarding clients per state (every state, zeros included).
 pub fn write_clients(w: &mut Writer, counts: &[(crate::clients::ClientState, usize)]) {
     w.family(&CLIENTS_BY_STATE);
@@ -279,6 +406,31 @@ pub fn write_guard(w: &mut Writer, s: &Snapshot, role: &str) {
             &[("mac", &mac), ("ip", &ip), ("role", role)],
             seen.packets,
         );
+    }
+}
+
+/// The TFTP section: the session gauge and per-client-IP counters.
+pub fn write_tftp(w: &mut Writer, s: &crate::tftp::stats::Snapshot) {
+    w.single(&TFTP_SESSIONS, s.sessions);
+    let ips: Vec<String> = s.clients.iter().map(|(ip, _)| ip.to_string()).collect();
+    for (family, value) in [
+        (
+            &TFTP_TRANSFERS,
+            (|c| c.transfers) as fn(&crate::tftp::stats::ClientStats) -> u64,
+        ),
+        (&TFTP_BYTES, |c| c.bytes),
+        (&TFTP_RETRANSMITS, |c| c.retransmits),
+    ] {
+        w.family(family);
+        for ((_, c), ip) in s.clients.iter().zip(&ips) {
+            w.sample(family, &[("client", ip)], value(c));
+        }
+    }
+    w.family(&TFTP_ERRORS);
+    for ((_, c), ip) in s.clients.iter().zip(&ips) {
+        for (why, n) in &c.errors {
+            w.sample(&TFTP_ERRORS, &[("client", ip), ("reason", why.label())], n);
+        }
     }
 }
 

@@ -608,12 +608,6 @@ fn proc_caps(pid: u32, field: &str) -> u64 {
     u64::from_str_radix(line.trim(), 16).expect("hex caps")
 }
 
-/// TODO(#2): on by default once the DHCP server is merged; until then GB10_CHART_DHCP=1
-/// adds the DHCP halves of the capability tests.
-fn dhcp_enabled() -> bool {
-    std::env::var_os("GB10_CHART_DHCP").is_some_and(|v| v == "1")
-}
-
 /// A real client asks for a lease from the address-less client end: Ok(udhcpc's
 /// output) when one is obtained. `-s /bin/true`: no script, so nothing on the host
 /// (resolv.conf) is touched; the lease line is the proof.
@@ -642,15 +636,7 @@ fn udhcpc_lease(lab: &Lab) -> Result<String, String> {
 /// (status, body).
 fn server_http(lab: &Lab, path: &str) -> (u16, String) {
     let url = format!("http://{}:{}{path}", lab.server_ip, gb10_lab::HTTP_PORT);
-    let out = lab
-        .server
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.server.curl(&url, 5)
 }
 
 /// Waits (20 s at most) until `/healthz` answers from the server namespace; panics
@@ -680,8 +666,7 @@ fn daemon_serves_with_exactly_the_chart_capabilities() {
     {
         return;
     }
-    let dhcp = dhcp_enabled();
-    if dhcp && !gb10_lab::require_tool(test, "udhcpc", "udhcpc") {
+    if !gb10_lab::require_tool(test, "udhcpc", "udhcpc") {
         return;
     }
     // Bare: the client end has no address, as a PXE client has none.
@@ -711,17 +696,13 @@ fn daemon_serves_with_exactly_the_chart_capabilities() {
     );
     assert!(Lab::xdp_attached(&lab.server, &lab.server_if));
 
-    if dhcp {
-        let said = udhcpc_lease(&lab).unwrap_or_else(|said| {
-            panic!(
-                "udhcpc got no lease under the chart's capabilities:\n{said}\n--- daemon ---\n{}",
-                daemon.log()
-            )
-        });
-        println!("{said}");
-    } else {
-        println!("{test}: DHCP half not run; set GB10_CHART_DHCP=1 once the DHCP server is merged");
-    }
+    let said = udhcpc_lease(&lab).unwrap_or_else(|said| {
+        panic!(
+            "udhcpc got no lease under the chart's capabilities:\n{said}\n--- daemon ---\n{}",
+            daemon.log()
+        )
+    });
+    println!("{said}");
     let status = daemon.stop();
     assert!(status.success(), "{status}\n{}", daemon.log());
 }
@@ -749,12 +730,6 @@ fn each_capability_is_needed() {
     }
     // Without NET_BIND_SERVICE, DHCP cannot bind port 67: no lease. (The lab's HTTP
     // port is 8080, so only the DHCP half can show it.)
-    if !dhcp_enabled() {
-        println!(
-            "{test}: NET_BIND_SERVICE half not run; set GB10_CHART_DHCP=1 once the DHCP server is merged"
-        );
-        return;
-    }
     if !gb10_lab::require_tool(test, "udhcpc", "udhcpc") {
         return;
     }

@@ -3,15 +3,15 @@
 //! mode, nothing provisioning-related in or out of a second "wan" interface even for a
 //! socket listening there, and a foreign DHCP server (dnsmasq) reported within a second.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd as _,
+    net::UdpSocket,
+    os::fd::FromRawFd as _,
     process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use gb10_lab::{
-    Guard, Lab, Netns, RawSender, format_mac,
+    Lab, Netns, RawSender, format_mac,
     frames::{self, End},
     require_root, require_tool, run, wait_until,
 };
@@ -221,6 +221,24 @@ struct Wan {
 }
 
 impl Wan {
+    /// The wan interface, then the daemon with the guard in `mode`, once the guard is
+    /// attached to wan.
+    fn with_daemon(lab: &Lab, mode: &str) -> (Self, gb10_lab::Daemon) {
+        let wan = Self::new(lab);
+        let daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", mode]);
+        let attached = wait_until(Duration::from_secs(6), || {
+            let m = lab.metrics();
+            m.value("gb10_guard_attached", &[("iface", &wan.server_if)]) == 1.0
+        });
+        assert!(
+            attached.is_some(),
+            "guard not attached to {}\n{}",
+            wan.server_if,
+            daemon.log()
+        );
+        (wan, daemon)
+    }
+
     fn new(lab: &Lab) -> Self {
         let ns = Netns::new(format!("gb10-wan-{}", lab.id));
         let (server_if, client_if) = (format!("gw{}", lab.id), format!("gv{}", lab.id));
@@ -247,27 +265,54 @@ impl Wan {
 fn listen_on(ns: &Netns, iface: &str, port: u16) -> UdpSocket {
     let iface = iface.to_owned();
     ns.enter(move || {
-        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind");
-        let name = std::ffi::CString::new(iface).unwrap();
-        // SAFETY: setsockopt with a NUL-terminated interface name we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                name.as_ptr().cast(),
-                name.as_bytes_with_nul().len() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "SO_BINDTODEVICE: {}",
-            std::io::Error::last_os_error()
-        );
-        sock.set_broadcast(true).unwrap();
-        sock.set_nonblocking(true).unwrap();
-        sock
+        // Bound to the device before bind(), as the daemon's DHCP socket is: two sockets
+        // on 0.0.0.0:67 for different devices then coexist.
+        // SAFETY: a fresh socket, owned right away; setsockopt/bind on memory we own.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let sock = UdpSocket::from_raw_fd(fd);
+            let name = std::ffi::CString::new(iface).unwrap();
+            let on: libc::c_int = 1;
+            for (opt, val, len) in [
+                (
+                    libc::SO_BINDTODEVICE,
+                    name.as_ptr().cast(),
+                    name.as_bytes_with_nul().len(),
+                ),
+                (
+                    libc::SO_REUSEADDR,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>(),
+                ),
+                (
+                    libc::SO_BROADCAST,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>(),
+                ),
+            ] {
+                let rc = libc::setsockopt(fd, libc::SOL_SOCKET, opt, val, len as u32);
+                assert_eq!(
+                    rc,
+                    0,
+                    "setsockopt {opt}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_zero: [0; 8],
+            };
+            let rc = libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(rc, 0, "bind :{port}: {}", std::io::Error::last_os_error());
+            sock
+        }
     })
 }
 
@@ -338,19 +383,7 @@ fn nothing_provisioning_crosses_a_guarded_interface() {
         return;
     }
     let lab = Lab::new("gwan");
-    let wan = Wan::new(&lab);
-    let daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", "enforce"]);
-    assert!(
-        wait_until(Duration::from_secs(6), || {
-            lab.metrics()
-                .value("gb10_guard_attached", &[("iface", &wan.server_if)])
-                == 1.0
-        })
-        .is_some(),
-        "guard not attached to {}\n{}",
-        wan.server_if,
-        daemon.log()
-    );
+    let (wan, _daemon) = Wan::with_daemon(&lab, "enforce");
     assert!(
         lab.metrics()
             .get("gb10_guard_attached", &[("iface", &lab.server_if)])
@@ -393,16 +426,7 @@ fn monitor_mode_lets_wan_traffic_through_and_counts_it() {
         return;
     }
     let lab = Lab::new("gwmn");
-    let wan = Wan::new(&lab);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", "monitor"]);
-    assert!(
-        wait_until(Duration::from_secs(6), || {
-            lab.metrics()
-                .value("gb10_guard_attached", &[("iface", &wan.server_if)])
-                == 1.0
-        })
-        .is_some()
-    );
+    let (wan, _daemon) = Wan::with_daemon(&lab, "monitor");
     // The same crossing reaches the listeners: so it is the guard that stops it in enforce.
     let (got_in, got_out) = cross_wan(&lab, &wan);
     assert_eq!((got_in, got_out), (3, 2));
@@ -425,27 +449,11 @@ fn a_foreign_dhcp_server_is_reported_within_a_second() {
     let lab = Lab::new("grog");
     let daemon = lab.start_daemon(BIN, &["--xdp", "required"]);
     let rogue_mac = format_mac(&lab.client_mac());
-    let _rogue = Guard(
-        lab.client
-            .cmd("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--bind-interfaces",
-            ])
-            .arg(format!("--interface={}", lab.client_if))
-            .arg("--dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m")
-            // Offer at once: by default dnsmasq pings an address for ~3 s before offering it.
-            .arg("--no-ping")
-            .arg(format!(
-                "--dhcp-leasefile={}",
-                lab.dir.join("rogue.leases").display()
-            ))
-            .arg("--conf-file=/dev/null")
-            .spawn()
-            .expect("dnsmasq"),
+    let _rogue = lab.client.dnsmasq_dhcp(
+        &lab.client_if,
+        "198.18.0.50,198.18.0.60,255.255.255.0,10m",
+        &lab.dir,
+        &[],
     );
     sleep(Duration::from_millis(300));
     // Any client's DISCOVER makes the rogue answer; its OFFER crosses the LAN interface.
@@ -486,5 +494,75 @@ fn a_foreign_dhcp_server_is_reported_within_a_second() {
         daemon.log().matches("rogue DHCP server").count(),
         1,
         "logged once per server"
+    );
+}
+
+#[test]
+fn a_flood_of_random_macs_is_limited_and_the_known_client_still_gets_its_lease() {
+    let name = "a_flood_of_random_macs_is_limited_and_the_known_client_still_gets_its_lease";
+    if !require_root(name) || !require_tool(name, "dhclient", "isc-dhcp-client") {
+        return;
+    }
+    let lab = Lab::bare("gfld");
+    let legit = lab.client_mac();
+    gb10_lab::write_file(
+        &lab.dir.join("data/inventory.toml"),
+        &format!(
+            "[[hosts]]\nmac = \"{}\"\nhostname = \"legit-1\"\nip = \"198.18.0.50\"\n",
+            format_mac(&legit)
+        ),
+    );
+    let (rate, burst) = (500u64, 1000u64);
+    let daemon = lab.start_daemon(
+        BIN,
+        &[
+            "--xdp",
+            "required",
+            "--guard",
+            "enforce",
+            "--guard-global-rate",
+            &rate.to_string(),
+            "--guard-global-burst",
+            &burst.to_string(),
+        ],
+    );
+    // The guard task writes the inventory's allowance shortly after start.
+    sleep(Duration::from_millis(600));
+    let budget = gb10_lab::flood::Budget {
+        frames: 3_000_000,
+        time: Duration::from_secs(5),
+    };
+    let r = gb10_lab::flood::run(&lab, &daemon, budget);
+    eprintln!(
+        "flood: {} DISCOVERs in {:.1?} ({:.0}/s) from random MACs; limited {}; the daemon \
+         processed {} DHCP messages and used {:.1} % of a core; legit client: {:?}",
+        r.sent,
+        r.elapsed,
+        r.rate(),
+        r.limited,
+        r.daemon_messages,
+        r.daemon_cpu * 100.0,
+        r.leased
+    );
+    assert_eq!(
+        r.leased.as_deref(),
+        Some("198.18.0.50"),
+        "the known client lost its lease\n{}",
+        daemon.log()
+    );
+    assert!(r.sent > 10_000, "the generator sent only {}", r.sent);
+    // What got through is bounded by the global bucket: burst + rate x duration (+ the
+    // legitimate client's few), whatever the flood rate.
+    let bound = burst as f64 + rate as f64 * r.elapsed.as_secs_f64() + 20.0;
+    assert!(
+        r.daemon_messages <= bound,
+        "{} messages reached the daemon, bound {bound}",
+        r.daemon_messages
+    );
+    assert!(
+        r.limited >= r.sent as f64 - bound,
+        "limited {} of {}",
+        r.limited,
+        r.sent
     );
 }

@@ -3,7 +3,7 @@
 //! interface recreation, and no socket on a wildcard address without the LAN device.
 use std::{process::Command, time::Duration};
 
-use gb10_lab::{Guard, Lab, require_root, require_tool, run, wait_until};
+use gb10_lab::{Lab, require_root, require_tool, run, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
 
@@ -17,24 +17,7 @@ fn addrs(lab: &Lab) -> String {
 
 /// `curl 127.0.0.1:9180/healthz` inside the server namespace: the loopback health listener.
 fn local_health(lab: &Lab) -> (u16, String) {
-    let out = lab
-        .server
-        .cmd("curl")
-        .args([
-            "-sS",
-            "-m",
-            "2",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "http://127.0.0.1:9180/healthz",
-        ])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.server.curl("http://127.0.0.1:9180/healthz", 2)
 }
 
 /// Every listening socket of `pid` in the server namespace, as `ss` prints its local
@@ -192,59 +175,14 @@ fn proxy_mode_waits_for_a_real_lease_and_serves_on_it() {
     );
 
     // The site's DHCP server lives on the client side of the LAN.
-    let leases = lab.dir.join("dnsmasq.leases");
-    let _site_dhcp = Guard(
-        lab.client
-            .cmd("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--bind-interfaces",
-            ])
-            .arg(format!("--interface={}", lab.client_if))
-            .arg("--dhcp-range=198.18.0.50,198.18.0.60,255.255.255.0,10m")
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .arg("--conf-file=/dev/null")
-            .spawn()
-            .expect("dnsmasq"),
+    let _site_dhcp = lab.client.dnsmasq_dhcp(
+        &lab.client_if,
+        "198.18.0.50,198.18.0.60,255.255.255.0,10m",
+        &lab.dir,
+        &[],
     );
-    let pidfile = lab.dir.join("dhclient.pid");
-    let out = lab
-        .server
-        .cmd("timeout")
-        .args(["20", "dhclient", "-1", "-v"])
-        .arg("-pf")
-        .arg(&pidfile)
-        .arg("-lf")
-        .arg(lab.dir.join("dhclient.leases"))
-        .arg(&lab.server_if)
-        .output()
-        .expect("dhclient");
-    // dhclient forks into the background once leased: stop it by the PID it wrote.
-    let dhclient_pid = std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok());
-    struct KillPid(Option<i32>);
-    impl Drop for KillPid {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                // SAFETY: kill on the dhclient this test started, by the PID it wrote.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
-    }
-    let _dhclient = KillPid(dhclient_pid);
-    let text = String::from_utf8_lossy(&out.stderr);
-    let leased = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("bound to ")
-                .and_then(|r| r.split_whitespace().next())
-        })
-        .unwrap_or_else(|| panic!("dhclient got no lease:\n{text}"))
-        .to_owned();
+    let (leased, _dhclient) = lab.server.dhclient_once(&lab.server_if, &lab.dir, 20);
+    let leased = leased.expect("dhclient got no lease from the site DHCP");
     assert!(leased.starts_with("198.18.0."), "{leased}");
     let took = wait_until(Duration::from_secs(3), || {
         lab.http_at(&leased, "/healthz").0 == 200

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod flood;
 pub mod frames;
 
 /// True when running as root. Otherwise prints a visible SKIP line naming the test.
@@ -119,6 +120,92 @@ impl Netns {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
         ip(&full);
+    }
+
+    /// `curl URL` from this namespace with a timeout in seconds: (HTTP status, body);
+    /// status 0 when nothing answered.
+    pub fn curl(&self, url: &str, timeout_s: u32) -> (u16, String) {
+        let out = self
+            .cmd("curl")
+            .args([
+                "-sS",
+                "-m",
+                &timeout_s.to_string(),
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ])
+            .output()
+            .expect("curl (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// dnsmasq as a DHCP server (no DNS) on `iface` handing out `range`
+    /// (`START,END,MASK,LEASE`), in the foreground, stopped on drop. It offers at once
+    /// (`--no-ping`: by default it pings an address for ~3 s before offering it).
+    pub fn dnsmasq_dhcp(&self, iface: &str, range: &str, dir: &Path, extra: &[&str]) -> Guard {
+        let child = self
+            .cmd("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+            ])
+            .args([
+                "--bind-interfaces",
+                "--no-ping",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+            ])
+            .arg(format!("--interface={iface}"))
+            .arg(format!("--dhcp-range={range}"))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.join(format!("dnsmasq-{iface}.leases")).display()
+            ))
+            .args(extra)
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        Guard(child)
+    }
+
+    /// `dhclient -1` on `iface` (its default script configures the address), bounded by
+    /// `timeout_s`: the address it was bound to, if any, and a guard that stops the
+    /// dhclient it left in the background (by the PID it wrote).
+    pub fn dhclient_once(
+        &self,
+        iface: &str,
+        dir: &Path,
+        timeout_s: u32,
+    ) -> (Option<String>, PidGuard) {
+        let pidfile = dir.join(format!("dhclient-{iface}.pid"));
+        let out = self
+            .cmd("timeout")
+            .args([&timeout_s.to_string(), "dhclient", "-1", "-v"])
+            .arg("-pf")
+            .arg(&pidfile)
+            .arg("-lf")
+            .arg(dir.join(format!("dhclient-{iface}.leases")))
+            .arg(iface)
+            .output()
+            .expect("dhclient (apt-get install isc-dhcp-client)");
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let text = String::from_utf8_lossy(&out.stderr);
+        let leased = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("bound to ")
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .map(str::to_owned);
+        (leased, PidGuard(pid))
     }
 
     /// UDP datagrams that reached this namespace's stack: delivered to a socket plus
@@ -284,29 +371,14 @@ impl Lab {
         } else {
             &self.server
         };
-        let out = ns
-            .cmd("curl")
-            .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        ns.curl(&url, 5)
     }
 
     /// `curl` of `http://IP:HTTP_PORT/PATH` from the client namespace with a short
     /// timeout; (status, body), status 0 when nothing answered.
     pub fn http_at(&self, ip: &str, path: &str) -> (u16, String) {
-        let url = format!("http://{ip}:{HTTP_PORT}{path}");
-        let out = self
-            .client
-            .cmd("curl")
-            .args(["-sS", "-m", "1", "-o", "-", "-w", "\n%{http_code}", &url])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        self.client
+            .curl(&format!("http://{ip}:{HTTP_PORT}{path}"), 1)
     }
 
     /// The current `/metrics` text.
@@ -638,6 +710,34 @@ impl Drop for Guard {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// CPU time (user + system, seconds) process `pid` has used so far; 0 when it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// A process the test did not spawn directly but started (a daemonized client), by the
+/// PID it wrote: SIGTERM on drop.
+pub struct PidGuard(pub Option<i32>);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill on the process this test started, by the PID it wrote.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
     }
 }
 

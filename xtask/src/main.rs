@@ -1,5 +1,6 @@
 //! `cargo xtask`: install what the project needs, build the eBPF object, run every test,
 //! run the lab.
+mod bench;
 mod e2e;
 mod lab;
 mod setup;
@@ -38,6 +39,11 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Measurements, side by side, reported (never asserted): `flood`.
+    Bench {
+        #[arg(value_enum)]
+        what: BenchKind,
+    },
     /// Start gb10-provision on a virtual LAN (network namespaces), show a client being
     /// served, and keep it up until Ctrl-C.
     Lab {
@@ -59,6 +65,16 @@ enum Task {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    /// A random-MAC DHCP flood with the guard enforcing and off.
+    Flood,
+    /// perfdhcp against gb10-provision, dnsmasq and kea-dhcp4.
+    Dhcp,
+    /// wrk against gb10-provision and nginx.
+    Http,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::run(),
@@ -68,6 +84,15 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             cargo_args,
         } => test(no_lint, &cargo_args),
+        Task::Bench { what } => {
+            setup::run()?;
+            setup::bench()?;
+            match what {
+                BenchKind::Flood => bench::flood(),
+                BenchKind::Dhcp => bench::dhcp(),
+                BenchKind::Http => bench::http(),
+            }
+        }
         Task::Lab { once } => {
             setup::run()?;
             lab::run(once)
@@ -108,13 +133,25 @@ fn build_ebpf() -> anyhow::Result<()> {
     let out = root().join("target/ebpf");
     std::fs::create_dir_all(&out)?;
     let arch = std::env::consts::ARCH;
-    exec(
-        Command::new(std::env::current_exe()?)
-            .args(["build-ebpf", "--inner"])
-            .env("OUT_DIR", &out)
-            .env("CARGO_CFG_TARGET_ENDIAN", "little")
-            .env("CARGO_CFG_TARGET_ARCH", arch),
-    )?;
+    // aya-build speaks to cargo (`cargo:warning=…`); outside a build script, print plainly.
+    let output = Command::new(std::env::current_exe()?)
+        .args(["build-ebpf", "--inner"])
+        .env("OUT_DIR", &out)
+        .env("CARGO_CFG_TARGET_ENDIAN", "little")
+        .env("CARGO_CFG_TARGET_ARCH", arch)
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("spawning the eBPF build")?;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let line = line.strip_prefix("cargo:warning=").unwrap_or(line);
+        if !line.starts_with("cargo:") {
+            println!("{line}");
+        }
+    }
+    if !output.status.success() {
+        bail!("the eBPF build failed ({})", output.status);
+    }
     let object = out.join("gb10-ebpf");
     let size = std::fs::metadata(&object)
         .with_context(|| format!("{}", object.display()))?
@@ -170,9 +207,18 @@ fn cargo_test(cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
     // Setup installed every peer and tool: a test that would skip is a failure here.
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
+    // Privileged lab tests run one at a time: load tests (perfdhcp, floods, TFTP under
+    // netem) measure what they see and must not share two cores with each other.
+    let mut args: Vec<String> = cargo_args.to_vec();
+    if !args.iter().any(|a| a == "--") {
+        args.push("--".into());
+    }
+    if !args.iter().any(|a| a.starts_with("--test-threads")) {
+        args.push("--test-threads=1".into());
+    }
     let mut child = cargo()
         .arg("test")
-        .args(cargo_args)
+        .args(&args)
         .env("GB10_NO_SKIP", if as_root { "1" } else { "0" })
         .current_dir(root())
         .stdout(std::process::Stdio::piped())

@@ -54,6 +54,15 @@ const E2E_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The reference servers and load generators benchmarks compare against (not needed by
+/// the tests, so not installed by `setup`).
+const BENCH_PACKAGES: &[&str] = &["wrk", "nginx-light", "kea-dhcp4-server"];
+
+/// What `cargo xtask bench` needs beyond `setup`.
+pub fn bench() -> anyhow::Result<()> {
+    apt(BENCH_PACKAGES)
+}
+
 /// Python tools the chart tests use (pinned; kubernetes-validate bundles the schemas).
 const PIP_PACKAGES: &[(&str, &str)] = &[
     ("kubernetes-validate", "1.37.0"),

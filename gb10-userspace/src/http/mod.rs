@@ -51,6 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
+        .route("/explain", get(explain))
         .merge(seeds::routes())
         .merge(api::routes())
         .fallback(static_files::serve)
@@ -124,12 +125,46 @@ async fn livez() -> &'static str {
     "ok\n"
 }
 
+/// `/explain?mac=…&arch=…&user_class=…`: the boot decision for a client as JSON, with
+/// its DHCP counters.
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<crate::explain::Query>,
+) -> axum::response::Response {
+    let server = (*shared.lan_addr.borrow()).unwrap_or(shared.config.lan_ip.addr());
+    let inventory = shared.inventory();
+    match crate::explain::explain(&shared.config, &inventory, server, &query) {
+        Ok(e) => {
+            let counters = shared.dhcp_stats.client(e.mac).map(|c| {
+                serde_json::json!({
+                    "received": crate::dhcp::TYPE_LABELS.iter().zip(c.received).filter(|(_, n)| *n > 0)
+                        .map(|(t, n)| (t.to_string(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "sent": crate::dhcp::TYPE_LABELS.iter().zip(c.sent).filter(|(_, n)| *n > 0)
+                        .map(|(t, n)| (t.to_string(), n)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "offers_unanswered": c.unanswered(std::time::Instant::now()),
+                })
+            });
+            let mut body = serde_json::to_value(&e).unwrap_or_default();
+            body["dhcp_counters"] = counters.unwrap_or_default();
+            body["lease"] =
+                serde_json::to_value(shared.dhcp_stats.lease_of(e.mac)).unwrap_or_default();
+            axum::Json(body).into_response()
+        }
+        Err(err) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": err.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     // The map walk is a few thousand syscalls at most: off the async workers.
     let text = tokio::task::spawn_blocking(move || {
         let mut w = metrics::Writer::default();
         let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
         metrics::write_xdp(&mut w, snapshot.as_ref());
+        metrics::write_tftp(&mut w, &shared.tftp.snapshot());
         if let Some(snapshot) = &snapshot {
             let role = match shared.config.mode {
                 crate::config::Mode::Direct => "rogue",
@@ -138,6 +173,7 @@ async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse 
             metrics::write_guard(&mut w, snapshot, role);
         }
         metrics::write_clients(&mut w, &shared.clients.counts());
+        metrics::write_dhcp(&mut w, &shared.dhcp_stats);
         w.finish()
     })
     .await

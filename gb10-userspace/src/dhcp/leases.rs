@@ -1,0 +1,398 @@
+//! The lease table: pools and explicit lease states (offered → leased → released /
+//! expired; declined on probation). Pure and in memory; [`super::store`] makes it
+//! durable.
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::inventory::Mac;
+
+/// How long an offered address is held for the client that was offered it. EDK2
+/// collects offers for ~4 s before it requests; a minute covers slow firmware.
+pub const OFFER_HOLD_SECS: u64 = 60;
+/// How long a declined address (in use by someone we don't know) stays out of the pool.
+pub const DECLINE_PROBATION_SECS: u64 = 600;
+
+/// Who holds a lease: option 61 when the client sent one, else htype + chaddr (RFC 2131
+/// §4.2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ClientId(pub Vec<u8>);
+
+/// Where a lease is in its life. "Expired" is a leased state whose time has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Offered, held for [`OFFER_HOLD_SECS`]; in memory only.
+    Offered,
+    /// ACKed; on disk before the ACK left.
+    Leased,
+    /// The client said the address is in use by another host; on probation.
+    Declined,
+    /// Given back by the client; free, but remembered for it.
+    Released,
+}
+
+/// One address and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub client: ClientId,
+    pub mac: Mac,
+    pub state: LeaseState,
+    /// Unix seconds when the state ends (offer hold, lease end, probation end).
+    pub expires: u64,
+    pub hostname: Option<String>,
+}
+
+impl Lease {
+    /// Whether the address is taken at `now` (so not for anyone else).
+    pub fn active(&self, now: u64) -> bool {
+        match self.state {
+            LeaseState::Released => false,
+            LeaseState::Offered | LeaseState::Leased | LeaseState::Declined => self.expires > now,
+        }
+    }
+}
+
+/// An address pool on one subnet.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub subnet: Ipv4Net,
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    /// Where the next search for a free address starts, so allocation is amortised O(1)
+    /// and recently released addresses are handed out last.
+    cursor: u32,
+}
+
+impl Pool {
+    pub fn new(
+        subnet: Ipv4Net,
+        (start, end): (Ipv4Addr, Ipv4Addr),
+        router: Option<Ipv4Addr>,
+    ) -> Self {
+        Self {
+            subnet: subnet.trunc(),
+            start,
+            end,
+            router,
+            cursor: u32::from(start),
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.start..=self.end).contains(&ip)
+    }
+}
+
+/// Every pool and every lease.
+#[derive(Debug)]
+pub struct Leases {
+    pools: Vec<Pool>,
+    by_ip: HashMap<Ipv4Addr, Lease>,
+    by_client: HashMap<ClientId, Ipv4Addr>,
+}
+
+impl Leases {
+    /// Pools: the LAN's first, then relayed subnets.
+    pub fn new(pools: Vec<Pool>) -> Self {
+        Self {
+            pools,
+            by_ip: HashMap::new(),
+            by_client: HashMap::new(),
+        }
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// The pool index serving a request relayed by `giaddr` (0.0.0.0: the LAN's).
+    pub fn pool_for(&self, giaddr: Ipv4Addr) -> Option<usize> {
+        if giaddr.is_unspecified() {
+            return Some(0);
+        }
+        self.pools.iter().position(|p| p.subnet.contains(&giaddr))
+    }
+
+    /// Restores a lease read from the store.
+    pub fn restore(&mut self, lease: Lease) {
+        self.insert(lease);
+    }
+
+    pub fn get(&self, ip: Ipv4Addr) -> Option<&Lease> {
+        self.by_ip.get(&ip)
+    }
+
+    /// The lease (any state) the client holds.
+    pub fn of_client(&self, client: &ClientId) -> Option<&Lease> {
+        self.by_client.get(client).and_then(|ip| self.by_ip.get(ip))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.by_ip.values()
+    }
+
+    /// Whether `client` may have `ip` at `now`.
+    pub fn free_for(&self, ip: Ipv4Addr, client: &ClientId, now: u64) -> bool {
+        match self.by_ip.get(&ip) {
+            None => true,
+            Some(l) if l.state == LeaseState::Declined => !l.active(now),
+            Some(l) => l.client == *client || !l.active(now),
+        }
+    }
+
+    /// An address for `client` in pool `pool`: its current one, else `requested` when
+    /// free, else the next free one. `reserved` addresses (fixed hosts) are skipped.
+    pub fn pick(
+        &mut self,
+        pool: usize,
+        client: &ClientId,
+        requested: Option<Ipv4Addr>,
+        now: u64,
+        reserved: impl Fn(Ipv4Addr) -> bool,
+    ) -> Option<Ipv4Addr> {
+        let p = self.pools.get(pool)?;
+        let usable =
+            |ip: Ipv4Addr| p.contains(ip) && !reserved(ip) && self.free_for(ip, client, now);
+        if let Some(ip) = self.by_client.get(client).copied()
+            && usable(ip)
+            && self
+                .by_ip
+                .get(&ip)
+                .is_some_and(|l| l.state != LeaseState::Declined)
+        {
+            return Some(ip);
+        }
+        if let Some(ip) = requested
+            && usable(ip)
+        {
+            return Some(ip);
+        }
+        let (start, end) = (u32::from(p.start), u32::from(p.end));
+        let size = end - start + 1;
+        let mut candidate = p.cursor.clamp(start, end);
+        for _ in 0..size {
+            let ip = Ipv4Addr::from(candidate);
+            let next = if candidate == end {
+                start
+            } else {
+                candidate + 1
+            };
+            if usable(ip) {
+                self.pools[pool].cursor = next;
+                return Some(ip);
+            }
+            candidate = next;
+        }
+        None
+    }
+
+    /// Holds `ip` for `client` as offered.
+    pub fn offer(&mut self, ip: Ipv4Addr, client: &ClientId, mac: Mac, now: u64) -> Lease {
+        let lease = Lease {
+            ip,
+            client: client.clone(),
+            mac,
+            state: LeaseState::Offered,
+            expires: now + OFFER_HOLD_SECS,
+            hostname: None,
+        };
+        // An offer never shortens a lease the client already holds on this address.
+        match self.by_ip.get(&ip) {
+            Some(l) if l.client == *client && l.state == LeaseState::Leased && l.active(now) => {
+                l.clone()
+            }
+            _ => {
+                self.insert(lease.clone());
+                lease
+            }
+        }
+    }
+
+    /// Leases `ip` to `client` until `now + secs`.
+    pub fn commit(
+        &mut self,
+        ip: Ipv4Addr,
+        client: &ClientId,
+        mac: Mac,
+        hostname: Option<String>,
+        now: u64,
+        secs: u64,
+    ) -> Lease {
+        let lease = Lease {
+            ip,
+            client: client.clone(),
+            mac,
+            state: LeaseState::Leased,
+            expires: now + secs,
+            hostname,
+        };
+        self.insert(lease.clone());
+        lease
+    }
+
+    /// Moves the client's lease on `ip` to `state` (released or declined). `None` when
+    /// the client holds no lease there.
+    pub fn end(
+        &mut self,
+        ip: Ipv4Addr,
+        client: &ClientId,
+        state: LeaseState,
+        now: u64,
+    ) -> Option<Lease> {
+        let lease = self.by_ip.get_mut(&ip).filter(|l| l.client == *client)?;
+        lease.state = state;
+        lease.expires = match state {
+            LeaseState::Declined => now + DECLINE_PROBATION_SECS,
+            _ => now,
+        };
+        let lease = lease.clone();
+        if state == LeaseState::Declined {
+            // The client must get another address next time.
+            self.by_client.remove(client);
+        }
+        Some(lease)
+    }
+
+    /// Drops an offer the client did not take (it chose another server).
+    pub fn withdraw_offer(&mut self, client: &ClientId) {
+        if let Some(ip) = self.by_client.get(client).copied()
+            && self
+                .by_ip
+                .get(&ip)
+                .is_some_and(|l| l.state == LeaseState::Offered)
+        {
+            self.by_ip.remove(&ip);
+            self.by_client.remove(client);
+        }
+    }
+
+    fn insert(&mut self, lease: Lease) {
+        if let Some(old) = self.by_ip.get(&lease.ip)
+            && old.client != lease.client
+            && self.by_client.get(&old.client) == Some(&lease.ip)
+        {
+            self.by_client.remove(&old.client);
+        }
+        if let Some(old_ip) = self.by_client.get(&lease.client).copied()
+            && old_ip != lease.ip
+            && self
+                .by_ip
+                .get(&old_ip)
+                .is_some_and(|l| l.state == LeaseState::Offered)
+        {
+            self.by_ip.remove(&old_ip);
+        }
+        if lease.state != LeaseState::Declined {
+            self.by_client.insert(lease.client.clone(), lease.ip);
+        }
+        self.by_ip.insert(lease.ip, lease);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leases(start: u8, end: u8) -> Leases {
+        Leases::new(vec![Pool::new(
+            "198.18.0.0/24".parse().unwrap(),
+            (
+                Ipv4Addr::new(198, 18, 0, start),
+                Ipv4Addr::new(198, 18, 0, end),
+            ),
+            None,
+        )])
+    }
+    fn id(n: u8) -> ClientId {
+        ClientId(vec![1, 2, 0, 0, 0, 0, n])
+    }
+    const MAC: Mac = Mac([2, 0, 0, 0, 0, 1]);
+    const NONE: fn(Ipv4Addr) -> bool = |_| false;
+
+    #[test]
+    fn offer_then_lease_keeps_the_address_and_others_get_another() {
+        let mut l = leases(10, 11);
+        let a = l.pick(0, &id(1), None, 100, NONE).unwrap();
+        l.offer(a, &id(1), MAC, 100);
+        let b = l.pick(0, &id(2), Some(a), 100, NONE).unwrap();
+        assert_ne!(a, b, "an offered address is held");
+        l.offer(b, &id(2), MAC, 100);
+        assert_eq!(l.pick(0, &id(3), None, 100, NONE), None, "pool exhausted");
+        assert_eq!(
+            l.pick(0, &id(1), None, 101, NONE),
+            Some(a),
+            "same client, same address"
+        );
+        l.commit(a, &id(1), MAC, None, 101, 3600);
+        // b's offer runs out: someone else may have it.
+        assert_eq!(
+            l.pick(0, &id(3), None, 100 + OFFER_HOLD_SECS + 1, NONE),
+            Some(b)
+        );
+        // a's lease does not run out that soon.
+        assert!(!l.free_for(a, &id(3), 200));
+        assert!(l.free_for(a, &id(3), 101 + 3600));
+    }
+
+    #[test]
+    fn released_is_free_and_declined_is_on_probation() {
+        let mut l = leases(10, 10);
+        let a = Ipv4Addr::new(198, 18, 0, 10);
+        l.commit(a, &id(1), MAC, None, 0, 3600);
+        assert_eq!(
+            l.end(a, &id(2), LeaseState::Released, 5),
+            None,
+            "not its lease"
+        );
+        l.end(a, &id(1), LeaseState::Released, 5).unwrap();
+        assert_eq!(l.pick(0, &id(2), None, 6, NONE), Some(a));
+        l.commit(a, &id(2), MAC, None, 6, 3600);
+        l.end(a, &id(2), LeaseState::Declined, 7).unwrap();
+        assert_eq!(
+            l.pick(0, &id(2), None, 8, NONE),
+            None,
+            "declined: probation"
+        );
+        assert_eq!(
+            l.pick(0, &id(3), None, 8 + DECLINE_PROBATION_SECS, NONE),
+            Some(a)
+        );
+    }
+
+    #[test]
+    fn reserved_and_relay_pools() {
+        let mut l = Leases::new(vec![
+            Pool::new(
+                "198.18.0.0/24".parse().unwrap(),
+                (
+                    "198.18.0.10".parse().unwrap(),
+                    "198.18.0.11".parse().unwrap(),
+                ),
+                None,
+            ),
+            Pool::new(
+                "198.18.1.0/24".parse().unwrap(),
+                (
+                    "198.18.1.10".parse().unwrap(),
+                    "198.18.1.10".parse().unwrap(),
+                ),
+                None,
+            ),
+        ]);
+        let fixed: Ipv4Addr = "198.18.0.10".parse().unwrap();
+        assert_eq!(
+            l.pick(0, &id(1), None, 0, |ip| ip == fixed),
+            Some("198.18.0.11".parse().unwrap())
+        );
+        assert_eq!(l.pool_for("198.18.1.1".parse().unwrap()), Some(1));
+        assert_eq!(l.pool_for("198.18.2.1".parse().unwrap()), None);
+        assert_eq!(
+            l.pick(1, &id(1), None, 0, NONE),
+            Some("198.18.1.10".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The DHCP responder: direct mode (leases from pools, durable before the ACK) and
+//! proxy mode (boot files only, beside the site's DHCP server), on the LAN interface
+//! only.
+pub mod fuzz;
+pub mod handler;
+pub mod leases;
+pub mod server;
+pub mod store;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use dhcproto::v4::MessageType;
+
+use crate::inventory::Mac;
+
+/// Most clients tracked individually; beyond it their counts go to one `other` row, so
+/// a flood of random MACs cannot grow memory without bound.
+pub const MAX_TRACKED_CLIENTS: usize = 65_536;
+/// An offer with no REQUEST after this long counts as unanswered.
+pub const OFFER_FOLLOW_UP: Duration = Duration::from_secs(10);
+
+/// Message types by metric label, index = type code (0: other).
+pub const TYPE_LABELS: [&str; 9] = [
+    "other", "discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
+];
+
+fn type_index(ty: Option<MessageType>) -> usize {
+    match ty.map(u8::from) {
+        Some(n @ 1..=8) => usize::from(n),
+        _ => 0,
+    }
+}
+
+/// One client's DHCP counters.
+#[derive(Clone, Debug, Default)]
+pub struct ClientStats {
+    /// Messages received by type.
+    pub received: [u64; 9],
+    /// Replies sent by type.
+    pub sent: [u64; 9],
+    /// Offers (direct or proxy) followed by no REQUEST.
+    pub offers_unanswered: u64,
+    /// The last offer still waiting for its REQUEST.
+    pending_offer: Option<Instant>,
+}
+
+impl ClientStats {
+    /// Unanswered offers including a pending one older than [`OFFER_FOLLOW_UP`].
+    pub fn unanswered(&self, now: Instant) -> u64 {
+        self.offers_unanswered
+            + u64::from(
+                self.pending_offer
+                    .is_some_and(|t| now.duration_since(t) > OFFER_FOLLOW_UP),
+            )
+    }
+}
+
+/// Every DHCP counter the responder keeps, read by `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    pub malformed: [AtomicU64; wire::Malformed::LABELS.len()],
+    pub silent: [AtomicU64; handler::Silent::LABELS.len()],
+    /// Lease records skipped at start (corrupt, poisoned).
+    pub store_skipped: AtomicU64,
+    /// Leases restored from the store at start.
+    pub restored: AtomicU64,
+    /// ACKs not sent because their lease could not be written.
+    pub store_failures: AtomicU64,
+    clients: Mutex<HashMap<Option<Mac>, ClientStats>>,
+    /// The lease table, once the responder runs (for `/metrics` and `/explain`).
+    table: OnceLock<Arc<Mutex<leases::Leases>>>,
+}
+
+impl Stats {
+    pub fn malformed(&self, why: wire::Malformed) {
+        let i = wire::Malformed::LABELS
+            .iter()
+            .position(|l| *l == why.label())
+            .unwrap_or(0);
+        self.malformed[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn silent(&self, why: handler::Silent) {
+        let i = handler::Silent::LABELS
+            .iter()
+            .position(|l| *l == why.label())
+            .unwrap_or(0);
+        self.silent[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn with_client(&self, mac: Mac, f: impl FnOnce(&mut ClientStats)) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if clients.contains_key(&Some(mac)) || clients.len() < MAX_TRACKED_CLIENTS {
+            Some(mac)
+        } else {
+            None
+        };
+        f(clients.entry(key).or_default());
+    }
+
+    /// A message from `mac` arrived.
+    pub fn received(&self, mac: Mac, ty: Option<MessageType>) {
+        self.with_client(mac, |c| {
+            c.received[type_index(ty)] += 1;
+            if ty == Some(MessageType::Request) {
+                c.pending_offer = None;
+            }
+        });
+    }
+
+    /// A reply to `mac` left.
+    pub fn sent(&self, mac: Mac, ty: Option<MessageType>) {
+        self.with_client(mac, |c| {
+            c.sent[type_index(ty)] += 1;
+            if ty == Some(MessageType::Offer) {
+                // A new offer while the last one still waits: the last one was ignored.
+                if c.pending_offer.replace(Instant::now()).is_some() {
+                    c.offers_unanswered += 1;
+                }
+            }
+        });
+    }
+
+    /// Every tracked client (`None`: the overflow row).
+    pub fn clients(&self) -> Vec<(Option<Mac>, ClientStats)> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = clients.iter().map(|(k, v)| (*k, v.clone())).collect();
+        all.sort_by_key(|(k, _)| *k);
+        all
+    }
+
+    /// Publishes the responder's lease table.
+    pub fn set_table(&self, table: Arc<Mutex<leases::Leases>>) {
+        let _ = self.table.set(table);
+    }
+
+    /// Active leases by state at `now` (unix seconds): offered, leased, declined.
+    pub fn lease_counts(&self, now: u64) -> [(leases::LeaseState, u64); 3] {
+        use leases::LeaseState as S;
+        let mut counts = [(S::Offered, 0), (S::Leased, 0), (S::Declined, 0)];
+        if let Some(table) = self.table.get() {
+            let table = table.lock().unwrap_or_else(|p| p.into_inner());
+            for lease in table.iter().filter(|l| l.active(now)) {
+                if let Some(c) = counts.iter_mut().find(|(s, _)| *s == lease.state) {
+                    c.1 += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// The newest lease record (any state) of `mac`.
+    pub fn lease_of(&self, mac: Mac) -> Option<leases::Lease> {
+        let table = self.table.get()?;
+        let table = table.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .iter()
+            .filter(|l| l.mac == mac)
+            .max_by_key(|l| l.expires)
+            .cloned()
+    }
+
+    /// One client's counters.
+    pub fn client(&self, mac: Mac) -> Option<ClientStats> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get(&Some(mac)).cloned()
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_without_request_are_counted() {
+        let s = Stats::default();
+        let mac = Mac([2, 0, 0, 0, 0, 1]);
+        s.received(mac, Some(MessageType::Discover));
+        s.sent(mac, Some(MessageType::Offer));
+        s.received(mac, Some(MessageType::Discover));
+        s.sent(mac, Some(MessageType::Offer));
+        let c = s.client(mac).unwrap();
+        assert_eq!(c.offers_unanswered, 1);
+        assert_eq!(c.received[1], 2);
+        s.received(mac, Some(MessageType::Request));
+        let c = s.client(mac).unwrap();
+        assert_eq!(c.unanswered(Instant::now() + OFFER_FOLLOW_UP * 2), 1);
+    }
+}

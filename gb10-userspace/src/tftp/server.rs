@@ -1,0 +1,396 @@
+//! The listener on `lan_ip:port`: reads requests, refuses what it must, and runs each
+//! read as a session task (on its own port, or on the listening port in single-port mode).
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::{net::UdpSocket, sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::{
+    TftpError,
+    packet::{self, ErrorCode, Kind, Limits, Mode, PacketError, Request},
+    path::{self, PathError, Root},
+    session::{self, Link, Outcome, Source, Tally, Timing},
+    stats::{Failure, SessionSlot},
+};
+use crate::{clients::ClientEvent, config::TftpConfig, daemon::Shared};
+
+/// Packets queued for one single-port session before the listener drops them.
+const INBOX: usize = 64;
+
+/// What every session of one listener shares.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub root: Arc<Root>,
+    pub limits: Limits,
+    pub config: TftpConfig,
+}
+
+/// A client port with a session running, and what started it.
+struct Active {
+    id: u64,
+    request: Vec<u8>,
+    inbox: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+type Peers = Arc<Mutex<HashMap<SocketAddrV4, Active>>>;
+
+/// Removes the session's peer entry (if still its own) when the session ends.
+struct PeerGuard {
+    peers: Peers,
+    peer: SocketAddrV4,
+    id: u64,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.get(&self.peer).is_some_and(|a| a.id == self.id) {
+            peers.remove(&self.peer);
+        }
+    }
+}
+
+/// One bound listener and the sessions it started.
+struct Listener {
+    ctx: Arc<Ctx>,
+    socket: Arc<UdpSocket>,
+    ip: Ipv4Addr,
+    peers: Peers,
+    next_id: u64,
+}
+
+/// Serves on `ip` until `stop` fires; running sessions are ended with it.
+pub async fn serve(ctx: Arc<Ctx>, ip: Ipv4Addr, stop: CancellationToken) -> Result<(), TftpError> {
+    let addr = SocketAddrV4::new(ip, ctx.config.port);
+    let socket = Arc::new(
+        UdpSocket::bind(addr)
+            .await
+            .map_err(|source| TftpError::Bind { addr, source })?,
+    );
+    info!(%addr, max_blksize = ctx.limits.max_blksize,
+        single_port = ctx.config.single_port, "TFTP listening");
+    let mut listener = Listener {
+        ctx,
+        socket,
+        ip,
+        peers: Arc::default(),
+        next_id: 0,
+    };
+    let mut sessions = JoinSet::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            received = listener.socket.recv_from(&mut buf) => {
+                let (len, peer) = match received {
+                    Ok((len, SocketAddr::V4(peer))) => (len, peer),
+                    // Bound to an IPv4 address: nothing else arrives.
+                    Ok((_, SocketAddr::V6(_))) => continue,
+                    Err(err) => {
+                        warn!(%err, "TFTP receive failed");
+                        continue;
+                    }
+                };
+                if let Some(start) = listener.dispatch(&buf[..len], peer).await {
+                    sessions.spawn(listener.start_session(start, peer, &buf[..len]));
+                }
+            }
+        }
+    }
+    sessions.shutdown().await;
+    Ok(())
+}
+
+/// A request that gets a session.
+struct Start {
+    request: Request,
+    slot: SessionSlot,
+}
+
+impl Listener {
+    /// Routes one packet arriving on the listening port: to a running single-port
+    /// session, to the bin (a repeated request), to an error reply, or to a new session.
+    async fn dispatch(&self, data: &[u8], peer: SocketAddrV4) -> Option<Start> {
+        let (ctx, socket) = (&self.ctx, &self.socket);
+        {
+            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(active) = peers.get(&peer) {
+                // The client repeated its request because our first answer was slow or
+                // lost: the session already answers it.
+                if active.request == data {
+                    debug!(%peer, "repeated request ignored");
+                    return None;
+                }
+                if let Some(inbox) = &active.inbox
+                    && packet::parse_request(data).is_err()
+                {
+                    // Full inbox: drop, as the network would; the client retransmits.
+                    let _ = inbox.try_send(data.to_vec());
+                    return None;
+                }
+            }
+        }
+        let stats = &ctx.shared.tftp;
+        let client = *peer.ip();
+        let refuse = |code, message: &str, why: Failure| {
+            stats.failed(client, why);
+            let reply = packet::error(code, message);
+            async move {
+                if let Err(err) = socket.send_to(&reply, peer).await {
+                    debug!(%peer, %err, "error reply not sent");
+                }
+            }
+        };
+        let request = match packet::parse_request(data) {
+            // Never answer an ERROR or a stray ACK/DATA: two servers could ping-pong.
+            Err(PacketError::NotARequest(_)) => return None,
+            Err(err) => {
+                info!(%peer, %err, "bad TFTP request");
+                refuse(
+                    ErrorCode::IllegalOperation,
+                    &err.to_string(),
+                    Failure::BadRequest,
+                )
+                .await;
+                return None;
+            }
+            Ok(r) => r,
+        };
+        if request.kind == Kind::Write {
+            info!(%peer, file = %String::from_utf8_lossy(&request.filename), "write refused");
+            refuse(
+                ErrorCode::AccessViolation,
+                "Read-only server",
+                Failure::WriteRefused,
+            )
+            .await;
+            return None;
+        }
+        let Some(slot) = stats.try_start(ctx.config.max_sessions) else {
+            warn!(%peer, max = ctx.config.max_sessions, "too many TFTP sessions; request refused");
+            refuse(
+                ErrorCode::NotDefined,
+                "Server busy, retry later",
+                Failure::Busy,
+            )
+            .await;
+            return None;
+        };
+        Some(Start { request, slot })
+    }
+
+    /// Registers the peer and returns the session future.
+    fn start_session(
+        &mut self,
+        start: Start,
+        peer: SocketAddrV4,
+        data: &[u8],
+    ) -> impl Future<Output = ()> + use<> {
+        self.next_id += 1;
+        let (id, ip, peers) = (self.next_id, self.ip, &self.peers);
+        let (tx, rx) = if self.ctx.config.single_port {
+            let (tx, rx) = mpsc::channel(INBOX);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        peers.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            peer,
+            Active {
+                id,
+                request: data.to_vec(),
+                inbox: tx,
+            },
+        );
+        let guard = PeerGuard {
+            peers: peers.clone(),
+            peer,
+            id,
+        };
+        let (ctx, socket) = (self.ctx.clone(), self.socket.clone());
+        let name = String::from_utf8_lossy(&start.request.filename).into_owned();
+        let span = info_span!("tftp", client = %peer, file = %name);
+        async move {
+            let _guard = guard;
+            let Start {
+                request,
+                slot: _slot,
+            } = start;
+            let link = match rx {
+                Some(inbox) => Link::Shared {
+                    socket,
+                    peer,
+                    inbox,
+                },
+                None => match Link::bind(ip, peer).await {
+                    Ok(link) => link,
+                    Err(err) => {
+                        warn!(%err, "cannot open a transfer socket");
+                        ctx.shared.tftp.failed(*peer.ip(), Failure::Io);
+                        return;
+                    }
+                },
+            };
+            transfer(&ctx, link, request, peer).await;
+        }
+        .instrument(span)
+    }
+}
+
+/// Opens the file and sends it.
+async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV4) {
+    let client = *peer.ip();
+    let stats = &ctx.shared.tftp;
+    let xdp_port = link.port().filter(|_| ctx.shared.xdp.is_some());
+    if let (Some(port), Some(xdp)) = (xdp_port, &ctx.shared.xdp) {
+        xdp.add_tftp_port(port);
+    }
+    let started = Instant::now();
+    let opened = open(ctx, client, &request).await;
+    let (file, size, served) = match opened {
+        Ok(f) => f,
+        Err(err) => {
+            let (code, message) = err.tftp();
+            let why = match err {
+                PathError::NotFound => Failure::NotFound,
+                PathError::Io(_) | PathError::Unsupported => Failure::Io,
+                _ => Failure::Denied,
+            };
+            info!(error = %err, "request refused");
+            stats.failed(client, why);
+            let _ = link.send(&packet::error(code, message)).await;
+            unregister(ctx, xdp_port);
+            return;
+        }
+    };
+    let requested = packet::read_options(&request.options);
+    if !requested.ignored.is_empty() {
+        debug!(ignored = ?requested.ignored, "options ignored");
+    }
+    // A netascii size is only known after conversion: tsize is left out then.
+    let size = (request.mode == Mode::Octet).then_some(size);
+    let negotiated = packet::negotiate(&requested, ctx.limits, size);
+    let timing = Timing {
+        timeout: ctx.config.timeout,
+        retries: ctx.config.retries,
+    };
+    let mut tally = Tally::default();
+    let outcome = session::run(
+        &mut link,
+        Source::new(file, request.mode),
+        &negotiated,
+        timing,
+        &mut tally,
+    )
+    .await;
+    unregister(ctx, xdp_port);
+    let elapsed = started.elapsed();
+    stats.update(client, |c| {
+        c.bytes += tally.bytes;
+        c.retransmits += tally.retransmits;
+        if matches!(outcome, Outcome::Complete) {
+            c.transfers += 1;
+        }
+    });
+    match outcome {
+        Outcome::Complete => {
+            let rate = tally.bytes as f64 / elapsed.as_secs_f64().max(1e-6) / 1e6;
+            info!(file = %served, bytes = tally.bytes, blksize = negotiated.blksize,
+                windowsize = negotiated.windowsize, retransmits = tally.retransmits,
+                ms = elapsed.as_millis() as u64, mb_per_s = format!("{rate:.1}"), "transfer complete");
+            record_boot_file(ctx, client, served).await;
+        }
+        Outcome::Aborted { code, message } => {
+            // EDK2 ends its tsize probe this way: normal, but counted.
+            info!(code, %message, "client ended the transfer");
+            stats.failed(client, Failure::Aborted);
+        }
+        Outcome::TimedOut => {
+            info!(
+                blocks = tally.blocks,
+                "client stopped answering; transfer given up"
+            );
+            stats.failed(client, Failure::Timeout);
+        }
+        Outcome::Replaced => {
+            debug!("client started a new request from the same port");
+            stats.failed(client, Failure::Aborted);
+        }
+        Outcome::Io(err) => {
+            info!(%err, "transfer failed");
+            stats.failed(client, Failure::Io);
+        }
+    }
+}
+
+fn unregister(ctx: &Ctx, port: Option<u16>) {
+    if let (Some(port), Some(xdp)) = (port, &ctx.shared.xdp) {
+        xdp.remove_tftp_port(port);
+    }
+}
+
+/// What a transfer sends: a file beneath the root, or a rendered config.
+type Content = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// The content for this client and request: (content, size, name served). GRUB's
+/// configs (`grub/grub.cfg`, `grub/hosts/<mac>.cfg`) are rendered per request, as over
+/// HTTP: Debian's signed network GRUB has no http module and reads them over TFTP.
+async fn open(
+    ctx: &Ctx,
+    client: Ipv4Addr,
+    request: &Request,
+) -> Result<(Content, u64, String), PathError> {
+    let name = path::clean(&request.filename)?;
+    let name = super::select_file(&ctx.shared, client, &name);
+    let server_ip = (*ctx.shared.lan_addr.borrow()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if let Some(rendered) = crate::http::tftp_script(&ctx.shared, &name, server_ip) {
+        let text = rendered.map_err(|e| {
+            warn!(file = %name, error = %crate::error_chain(&e), "boot loader config failed to render");
+            PathError::Render(Box::new(e))
+        })?;
+        let size = text.len() as u64;
+        return Ok((
+            Box::pin(std::io::Cursor::new(text.into_bytes())),
+            size,
+            name,
+        ));
+    }
+    let root = ctx.root.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = root.open_file(&name)?;
+        let size = file.metadata().map_err(PathError::Io)?.len();
+        Ok((
+            Box::pin(tokio::fs::File::from_std(file)) as Content,
+            size,
+            name,
+        ))
+    })
+    .await
+    .map_err(|e| PathError::Io(e.into()))?
+}
+
+/// Records `ClientEvent::BootFile` under the client's MAC, from the kernel's neighbour
+/// table (the client just talked to us, so its entry is fresh).
+async fn record_boot_file(ctx: &Ctx, client: Ipv4Addr, path: String) {
+    let mac = tokio::task::spawn_blocking(move || {
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        super::mac_from_arp(&table, client)
+    })
+    .await
+    .ok()
+    .flatten();
+    match mac {
+        Some(mac) => ctx
+            .shared
+            .clients
+            .record(mac, ClientEvent::BootFile { path }),
+        None => debug!(%client, "no MAC known for the client; boot-file event not recorded"),
+    }
+}

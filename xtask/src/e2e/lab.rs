@@ -1,6 +1,6 @@
-//! One boot: a bridge namespace, gb10-provision (HTTP, inventory, templates, client
-//! state) beside dnsmasq (DHCP and TFTP, until gb10-provision's own are merged), one
-//! QEMU VM on a tap, watched stage by stage, everything killed by PID on return.
+//! One boot: a bridge namespace, gb10-provision (DHCP, TFTP, HTTP) or the reference
+//! stack (dnsmasq + busybox httpd), one QEMU VM on a tap, watched stage by stage,
+//! everything killed by PID on return.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -24,7 +24,7 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 /// Which servers answer the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stack {
-    /// gb10-provision (with dnsmasq for DHCP/TFTP until those services are merged).
+    /// gb10-provision alone: DHCP, TFTP, HTTP.
     Gb10,
     /// The reference: dnsmasq + busybox httpd with static scripts.
     Reference,
@@ -253,6 +253,40 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
     )
 }
 
+/// gb10-provision's flags for the scenario: DHCP range, and the x86 UEFI PXE boot file.
+fn daemon_args(s: &Scenario) -> Vec<String> {
+    let efi = match s.chain {
+        Chain::Ipxe(f) => f,
+        // No such file: PXE fails at once and the firmware moves on to HTTP boot.
+        Chain::HttpBoot(_) => "no-pxe-in-this-scenario.efi",
+        Chain::ShimGrub | Chain::IpxeScript => "shimx64.efi",
+    };
+    let mut args: Vec<String> = [
+        "--xdp",
+        "off",
+        "--guard",
+        "off",
+        "--dhcp-range",
+        "198.18.0.100-198.18.0.200",
+        "--boot-uefi-x86",
+        efi,
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Chain::HttpBoot(file) = s.chain {
+        args.extend(["--boot-http-x86".into(), file.into()]);
+    }
+    args
+}
+
+/// Whether the client record holds a boot file fetched over TFTP (HTTP paths start
+/// with `/`, TFTP ones are relative to the TFTP root).
+fn tftp_fetched(client: &str) -> bool {
+    client
+        .match_indices("\"event\":\"boot_file\",\"path\":\"")
+        .any(|(i, m)| !client[i + m.len()..].starts_with('/'))
+}
+
 /// QEMU for the scenario's firmware, serial console to `serial`.
 fn qemu(
     s: &Scenario,
@@ -383,8 +417,10 @@ pub fn boot(
     let daemon = match stack {
         Stack::Gb10 => {
             let bin = bin.to_str().unwrap_or_default();
+            let args = daemon_args(s);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Some(
-                lab.start_daemon(bin, &["--xdp", "off", "--guard", "off"])
+                lab.start_daemon(bin, &args)
                     .map_err(|e| fail("setup", format!("gb10-provision: {e}")))?,
             )
         }
@@ -413,37 +449,26 @@ pub fn boot(
             ))
         }
     };
-    // GRUB reads grub/grub.cfg over TFTP: until gb10-provision's TFTP service serves
-    // them itself, the daemon's renders are copied into dnsmasq's TFTP root.
-    if daemon.is_some() {
-        for path in ["grub/grub.cfg".to_string(), format!("grub/hosts/{mac}.cfg")] {
-            let (code, body) = lab.http(&format!("/{path}"));
-            if code != 200 {
-                return Err(fail("setup", format!("/{path}: HTTP {code}: {body}")));
-            }
-            let to = tftp.join(&path);
-            fs::create_dir_all(to.parent().unwrap_or(&tftp)).ok();
-            fs::write(&to, body).map_err(|e| fail("setup", format!("{}: {e}", to.display())))?;
-        }
-    }
     let conf = lab.dir.join("dnsmasq.conf");
     let dnsmasq_log = lab.dir.join("dnsmasq.log");
     fs::write(&conf, dnsmasq_conf(s, &lab, &tftp, &lab.dir))
         .map_err(|e| fail("setup", e.to_string()))?;
-    let _dnsmasq = Guard(
-        lab.ns
-            .cmd("dnsmasq")
-            .arg("-k")
-            .arg(format!("--conf-file={}", conf.display()))
-            .arg(format!("--log-facility={}", dnsmasq_log.display()))
-            .arg(format!(
-                "--pid-file={}",
-                lab.dir.join("dnsmasq.pid").display()
-            ))
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| fail("setup", format!("dnsmasq: {e}")))?,
-    );
+    let _dnsmasq = (stack == Stack::Reference).then(|| {
+        Guard(
+            lab.ns
+                .cmd("dnsmasq")
+                .arg("-k")
+                .arg(format!("--conf-file={}", conf.display()))
+                .arg(format!("--log-facility={}", dnsmasq_log.display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    lab.dir.join("dnsmasq.pid").display()
+                ))
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawning dnsmasq (apt-get install dnsmasq-base)"),
+        )
+    });
 
     let tap = lab.add_tap();
     let serial = lab.dir.join("serial.log");
@@ -471,7 +496,10 @@ pub fn boot(
         std::thread::sleep(Duration::from_millis(250));
         let at = start.elapsed();
         let serial_text = fs::read_to_string(&serial).unwrap_or_default();
-        let log = fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+        let log = match &daemon {
+            Some(d) => d.log(),
+            None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
+        };
         let client = if daemon.is_some() {
             lab.http(&format!("/clients/{mac}")).1
         } else {
@@ -480,17 +508,20 @@ pub fn boot(
         let seen = [
             (
                 Stage::Dhcp,
-                log.lines()
-                    .any(|l| l.contains("DHCPACK(") && l.contains(&mac)),
+                client.contains("\"event\":\"leased\"")
+                    || log
+                        .lines()
+                        .any(|l| l.contains("DHCPACK(") && l.contains(&mac)),
             ),
             (
                 Stage::Tftp,
-                log.lines()
-                    .any(|l| l.contains("dnsmasq-tftp") && l.contains(" sent ")),
+                tftp_fetched(&client)
+                    || log
+                        .lines()
+                        .any(|l| l.contains("dnsmasq-tftp") && l.contains(" sent ")),
             ),
             (
                 Stage::Http,
-                // Not the grub/hosts render the lab itself fetched at setup.
                 client.contains("\"path\":\"/ipxe/") || client.contains("\"event\":\"kernel\""),
             ),
             (Stage::Kernel, serial_text.contains("Linux version")),
@@ -527,7 +558,10 @@ pub fn boot(
     };
     let after = start.elapsed();
     drop(vm);
-    let log = fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+    let log = match &daemon {
+        Some(d) => d.log(),
+        None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
+    };
     let qemu_err = fs::read_to_string(lab.dir.join("qemu.log")).unwrap_or_default();
     let mut serial_tail = tail(&qemu_err, 5);
     serial_tail.extend(tail(&fs::read_to_string(&serial).unwrap_or_default(), 30));
@@ -538,7 +572,11 @@ pub fn boot(
         after,
         dhcp_tftp: log
             .lines()
-            .filter(|l| l.contains("tftp") || l.contains(&mac) || l.contains("DHCP"))
+            .filter(|l| {
+                l.contains(&mac)
+                    || l.to_ascii_lowercase().contains("tftp")
+                    || l.to_ascii_lowercase().contains("dhcp")
+            })
             .filter(|l| !l.contains("available DHCP range"))
             .map(str::to_owned)
             .rev()

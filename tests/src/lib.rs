@@ -351,36 +351,15 @@ impl Lab {
 
     /// As [`Lab::spawn_daemon`], from a prepared command (e.g. wrapped in setpriv).
     #[track_caller]
-    pub fn spawn_daemon_with(&self, mut cmd: Command, extra: &[&str]) -> Daemon {
-        let data = self.dir.join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        let log_path = self.dir.join(format!(
-            "daemon-{}.log",
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let log = File::create(&log_path).expect("daemon log");
-        cmd.arg("serve")
-            .args(["--lan-iface", &self.server_if])
-            .args(["--lan-ip", &format!("{}/{}", self.server_ip, self.prefix)])
-            .args(["--http-port", &HTTP_PORT.to_string()])
-            .arg("--data-path")
-            .arg(&data)
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        Daemon {
-            child: Some(child),
-            log_path,
-        }
+    pub fn spawn_daemon_with(&self, cmd: Command, extra: &[&str]) -> Daemon {
+        spawn_daemon(
+            cmd,
+            &self.server_if,
+            &format!("{}/{}", self.server_ip, self.prefix),
+            &self.dir.join("data"),
+            &self.dir,
+            extra,
+        )
     }
 
     /// `curl` from the client namespace (from the server's own when the client end has
@@ -414,6 +393,155 @@ impl Lab {
     pub fn xdp_attached(ns: &Netns, iface: &str) -> bool {
         let out = run(ns.cmd("ip").args(["-d", "link", "show", "dev", iface]));
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+}
+
+/// A one-namespace LAN for virtual machines: a bridge holding the server address
+/// (198.18.0.1/24, no routes, IPv6 off) and one tap device per VM, which QEMU opens by
+/// name. The namespace (and with it bridge and taps) goes on Drop.
+pub struct Bridge {
+    pub ns: Netns,
+    /// The bridge: the LAN interface the server side serves.
+    pub iface: String,
+    pub server_ip: &'static str,
+    pub prefix: u8,
+    /// Scratch directory (data_path, logs, VM files), removed on Drop unless kept.
+    pub dir: PathBuf,
+    taps: AtomicU32,
+}
+
+impl Bridge {
+    #[track_caller]
+    pub fn new(tag: &str) -> Self {
+        let id = unique();
+        let ns = Netns::new(format!("gb10-{tag}-{id}"));
+        let iface = format!("br{id}");
+        ns.ip(&["link", "add", &iface, "type", "bridge", "stp_state", "0"]);
+        // No forward delay: firmware DHCPs within a second of the link coming up.
+        ns.ip(&[
+            "link",
+            "set",
+            &iface,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        let server_ip = "198.18.0.1";
+        ns.ip(&["addr", "add", &format!("{server_ip}/24"), "dev", &iface]);
+        ns.ip(&["link", "set", &iface, "up"]);
+        let dir = std::env::temp_dir().join(format!("gb10-lab-{tag}-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating lab dir");
+        Self {
+            ns,
+            iface,
+            server_ip,
+            prefix: 24,
+            dir,
+            taps: AtomicU32::new(0),
+        }
+    }
+
+    /// A new tap device on the bridge, up; its name (for QEMU's `ifname=`).
+    #[track_caller]
+    pub fn add_tap(&self) -> String {
+        let tap = format!("tap{}", self.taps.fetch_add(1, Ordering::Relaxed));
+        self.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+        self.ns.ip(&["link", "set", &tap, "master", &self.iface]);
+        self.ns.ip(&["link", "set", &tap, "up"]);
+        tap
+    }
+
+    /// Starts the daemon in the namespace serving the bridge, with `extra` arguments
+    /// after `serve`, and waits until `/healthz` answers.
+    pub fn start_daemon(&self, bin: &str, extra: &[&str]) -> Result<Daemon, String> {
+        let data = self.dir.join("data");
+        let mut daemon = spawn_daemon(
+            self.ns.cmd(bin),
+            &self.iface,
+            &format!("{}/{}", self.server_ip, self.prefix),
+            &data,
+            &self.dir,
+            extra,
+        );
+        let ready = wait_until(Duration::from_secs(20), || {
+            daemon.try_status().is_some() || self.http("/healthz").0 == 200
+        });
+        match (ready, daemon.try_status()) {
+            (Some(_), None) => Ok(daemon),
+            (_, Some(status)) => Err(format!("daemon exited: {status}\n{}", daemon.log())),
+            (None, None) => Err(format!("/healthz not ready after 20 s\n{}", daemon.log())),
+        }
+    }
+
+    /// `curl` of `PATH` on the daemon from inside the namespace: (status, body).
+    pub fn http(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
+        curl(self.ns.cmd("curl"), &url)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("GB10_KEEP_LAB").is_some() {
+            eprintln!("lab files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `curl -sS -m 5 URL` from a prepared command: (status, body), 0 when unreachable.
+fn curl(mut cmd: Command, url: &str) -> (u16, String) {
+    let Ok(out) = cmd
+        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+    else {
+        return (0, String::new());
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Spawns `cmd serve` on `iface`/`lan_ip` with its data in `data` and its log in `dir`.
+#[track_caller]
+fn spawn_daemon(
+    mut cmd: Command,
+    iface: &str,
+    lan_ip: &str,
+    data: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> Daemon {
+    std::fs::create_dir_all(data).expect("data dir");
+    let log_path = dir.join(format!(
+        "daemon-{}.log",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let log = File::create(&log_path).expect("daemon log");
+    cmd.arg("serve")
+        .args(["--lan-iface", iface])
+        .args(["--lan-ip", lan_ip])
+        .args(["--http-port", &HTTP_PORT.to_string()])
+        .arg("--data-path")
+        .arg(data)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    Daemon {
+        child: Some(child),
+        log_path,
     }
 }
 

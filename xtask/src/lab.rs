@@ -1,100 +1,76 @@
-//! `cargo xtask lab`: gb10-provision on a virtual LAN of network namespaces, a client
-//! served through it, the daemon left up for poking until Ctrl-C, then torn down.
-use anyhow::{Context as _, bail};
-use gb10_lab::{HTTP_PORT, Lab, format_mac};
+//! `cargo xtask lab`: gb10-provision on a virtual LAN (a bridge in a network namespace),
+//! one real firmware VM network-booting through it with its progress shown live, the
+//! daemon left up for poking until Ctrl-C, then torn down.
+use anyhow::bail;
+use gb10_lab::HTTP_PORT;
 
-use crate::{cargo, exec, root};
+use crate::e2e::{
+    self,
+    lab::{Progress, Stack},
+};
+
+/// The scenario the lab boots: x86 UEFI PXE → shim → signed GRUB → kernel, the
+/// quickest chain here (~18 s under TCG).
+const LAB_SCENARIO: &str = "ovmf-shim-grub";
 
 pub fn run(once: bool) -> anyhow::Result<()> {
     if !gb10_lab::require_root("cargo xtask lab") {
-        bail!("the lab builds network namespaces and attaches XDP: run it as root");
+        bail!("the lab builds network namespaces, taps and VMs: run it as root");
     }
-    run_build()?;
-    let bin = root().join("target/debug/gb10-provision").canonicalize()?;
-    let bin = bin.to_str().context("non-UTF-8 path")?;
+    crate::setup::e2e()?;
+    let assets = e2e::assets::Assets::prepare()?;
+    let bin = e2e::lab::build_daemon()?;
+    let scenario = e2e::scenario::find(LAB_SCENARIO).expect("lab scenario in the table");
 
     // Block the stop signals before any thread starts, so sigwait below receives them
     // and Drop tears the lab down instead of the process dying mid-way.
     let signals = block_stop_signals();
 
-    let lab = Lab::bare("lab");
-    println!(
-        "lab: namespaces {} (server) and {} (client), LAN {}/24 on {}",
-        lab.server.name, lab.client.name, lab.server_ip, lab.server_if
+    println!("lab: booting one VM: {}", scenario.about);
+    let outcome = e2e::lab::boot(
+        &assets,
+        &bin,
+        scenario,
+        Stack::Gb10,
+        &mut Progress::Lines,
+        |lab, mac| {
+            let url = format!("http://{}:{HTTP_PORT}", lab.server_ip);
+            println!(
+                "lab: gb10-provision serves {} ({}/24) in namespace {}",
+                lab.iface, lab.server_ip, lab.ns.name
+            );
+            println!(
+                "lab: /clients/{mac}: {}",
+                lab.http(&format!("/clients/{mac}")).1
+            );
+            let metrics = lab.http("/metrics").1;
+            for line in metrics.lines().filter(|l| l.starts_with("gb10_clients{")) {
+                println!("lab: metrics  {line}");
+            }
+            println!("lab: poke it:");
+            for path in ["/clients", "/metrics", "/healthz"] {
+                println!("       ip netns exec {} curl -s {url}{path}", lab.ns.name);
+            }
+            if !once {
+                println!("lab: running; Ctrl-C tears it down");
+                wait_for(&signals);
+            }
+            println!("lab: tearing down");
+        },
     );
-    let daemon = lab.start_daemon(bin, &[]);
-    println!(
-        "lab: gb10-provision up (pid {}), log {}",
-        daemon.pid(),
-        daemon.log_path.display()
-    );
-
-    let mac = format_mac(&lab.client_mac());
-    println!("lab: client {mac} asks for an address (udhcpc)…");
-    let dhcp = lab
-        .client
-        .cmd("udhcpc")
-        .args([
-            "-i",
-            &lab.client_if,
-            "-n",
-            "-q",
-            "-f",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-s",
-            "/bin/true",
-        ])
-        .output()
-        .context("running udhcpc (apt-get install udhcpc)")?;
-    let text =
-        String::from_utf8_lossy(&dhcp.stderr).into_owned() + &String::from_utf8_lossy(&dhcp.stdout);
-    match text.lines().find(|l| l.contains("lease of")) {
-        Some(line) => println!("lab: DHCP   {}", line.trim()),
-        None => println!("lab: DHCP   no lease (the DHCP responder did not answer)"),
+    match outcome {
+        Ok(o) => {
+            println!(
+                "lab: VM start to heartbeat {:.1} s",
+                o.heartbeat.as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(failure) => {
+            eprintln!("{failure}");
+            bail!("the lab VM did not onboard")
+        }
     }
-    let metrics = lab.metrics();
-    let seen = |kind: &str| {
-        metrics.value(
-            "gb10_client_packets_total",
-            &[("mac", &mac), ("kind", kind)],
-        )
-    };
-    println!(
-        "lab: XDP    attached={} frames from {mac}: dhcp={} tftp={} other={}",
-        metrics.value("gb10_xdp_attached", &[]),
-        seen("dhcp"),
-        seen("tftp"),
-        seen("other")
-    );
-    let url = format!("http://{}:{HTTP_PORT}", lab.server_ip);
-    println!("lab: poke it from the client namespace:");
-    for path in ["/metrics", "/healthz"] {
-        println!(
-            "       ip netns exec {} curl -s {url}{path}",
-            lab.client.name
-        );
-    }
-    if once {
-        return Ok(());
-    }
-    println!("lab: running; Ctrl-C tears it down");
-    wait_for(&signals);
-    println!("lab: tearing down");
-    Ok(())
-}
-
-fn run_build() -> anyhow::Result<()> {
-    exec(cargo().args([
-        "build",
-        "--quiet",
-        "-p",
-        "gb10-userspace",
-        "--bin",
-        "gb10-provision",
-    ]))
 }
 
 fn block_stop_signals() -> libc::sigset_t {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: install what the project needs, build the eBPF object, run every test,
 //! run the lab.
 mod bench;
+mod e2e;
 mod lab;
 mod setup;
 
@@ -50,6 +51,18 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
+    /// Real firmware in QEMU network-boots through gb10-provision (scenarios 2, 3 with
+    /// Secure Boot, and 5 unless named or `--all`).
+    E2e {
+        /// Every scenario.
+        #[arg(long)]
+        all: bool,
+        /// Boot each scenario also through the reference stack and print both times.
+        #[arg(long)]
+        compare: bool,
+        /// Scenario names (see `--all` output).
+        scenarios: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -87,6 +100,11 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             lab::run(once)
         }
+        Task::E2e {
+            all,
+            compare,
+            scenarios,
+        } => e2e::run(all, compare, &scenarios),
     }
 }
 
@@ -173,6 +191,9 @@ fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     if failed == 0 {
         // The main job: the README's first command must keep working.
         lab::run(true)?;
+        // Real firmware through the daemon: the CI set (the rest: `cargo xtask e2e --all`).
+        println!("e2e: CI scenarios {}", e2e::CI.join(", "));
+        e2e::run(false, false, &[])?;
     }
     // The closing line, last: cargo's own final `test result` belongs to whichever binary
     // ran last, often an empty doctest run.

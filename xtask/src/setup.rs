@@ -42,6 +42,21 @@ const LAB_PACKAGES: &[&str] = &[
     "chromium",
 ];
 
+/// Real firmware and QEMU for the end-to-end boots (`cargo xtask e2e`, `cargo xtask lab`).
+/// The boot loaders, kernels and busybox for the VMs are not installed: xtask fetches
+/// them with `apt-get download` (arm64 ones need `dpkg --add-architecture arm64`).
+const E2E_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "ovmf",
+    "qemu-efi-aarch64",
+    "ipxe-qemu",
+    "seabios",
+    "cpio",
+    "dnsmasq-base",
+    "busybox-static",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The reference servers and load generators benchmarks compare against (not needed by
@@ -131,6 +146,21 @@ pub fn ebpf() -> anyhow::Result<()> {
     apt(EBPF_PACKAGES)?;
     bpf_linker()?;
     link_toolchain()
+}
+
+/// What the firmware boots need, and the arm64 architecture for `apt-get download`.
+pub fn e2e() -> anyhow::Result<()> {
+    apt(E2E_PACKAGES)?;
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .context("dpkg --print-foreign-architectures")?;
+    if !String::from_utf8_lossy(&foreign.stdout).contains("arm64") {
+        eprintln!("setup: adding the arm64 architecture for the arm64 boot assets");
+        exec(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+        exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    }
+    Ok(())
 }
 
 fn installed(package: &str) -> bool {

@@ -1,0 +1,595 @@
+//! One boot: a bridge namespace, gb10-provision (DHCP, TFTP, HTTP) or the reference
+//! stack (dnsmasq + busybox httpd), one QEMU VM on a tap, watched stage by stage,
+//! everything killed by PID on return.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use gb10_lab::{Bridge, Guard, HTTP_PORT};
+
+use super::{
+    assets::{Arch, Assets},
+    report::{Failure, tail},
+    scenario::{Chain, Firmware, Scenario},
+};
+use crate::{cargo, exec, root};
+
+/// Longest a boot may take, VM start to heartbeat (TCG boots take 14-34 s here).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Which servers answer the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// gb10-provision alone: DHCP, TFTP, HTTP.
+    Gb10,
+    /// The reference: dnsmasq + busybox httpd with static scripts.
+    Reference,
+}
+
+/// How progress is shown.
+pub enum Progress {
+    /// One line per stage as it is reached.
+    Lines,
+    Quiet,
+}
+
+/// The stages of a boot, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Started,
+    Dhcp,
+    Tftp,
+    Http,
+    Kernel,
+    Initramfs,
+    Lease,
+    Heartbeat,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Started => "VM started",
+            Self::Dhcp => "DHCP: firmware got an address",
+            Self::Tftp => "TFTP: boot loader fetched",
+            Self::Http => "HTTP: boot script / kernel fetched",
+            Self::Kernel => "kernel running",
+            Self::Initramfs => "initramfs up",
+            Self::Lease => "initramfs DHCP lease",
+            Self::Heartbeat => "heartbeat: client onboarded",
+        }
+    }
+}
+
+impl Stage {
+    /// A short name for summaries.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Started => "start",
+            Self::Dhcp => "dhcp",
+            Self::Tftp => "tftp",
+            Self::Http => "http",
+            Self::Kernel => "kernel",
+            Self::Initramfs => "initramfs",
+            Self::Lease => "lease",
+            Self::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub heartbeat: Duration,
+    pub stages: Vec<(Stage, Duration)>,
+}
+
+/// Builds the daemon (without the eBPF object when AYA_BUILD_SKIP is set); its path.
+pub fn build_daemon() -> anyhow::Result<PathBuf> {
+    exec(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "gb10-userspace",
+        "--bin",
+        "gb10-provision",
+    ]))?;
+    Ok(root().join("target/debug/gb10-provision").canonicalize()?)
+}
+
+/// A MAC per scenario and stack, so records never mix.
+fn mac_for(s: &Scenario, stack: Stack) -> String {
+    let n = super::scenario::SCENARIOS
+        .iter()
+        .position(|x| std::ptr::eq(x, s))
+        .unwrap_or(0);
+    format!("52:54:00:e2:{:02x}:{:02x}", stack as u8, n + 1)
+}
+
+fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if let Some(d) = to.parent() {
+        fs::create_dir_all(d)?;
+    }
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// Lays out the TFTP and HTTP roots: kernels and initrds under `<arch>/` in both,
+/// boot loaders at the TFTP root (shim looks for GRUB next to itself).
+fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let a = assets.get(arch);
+        for root in [tftp, www] {
+            copy(&a.kernel, &root.join(arch.debian()).join("vmlinuz"))?;
+            copy(&a.initrd, &root.join(arch.debian()).join("initrd.img"))?;
+        }
+    }
+    copy(&assets.amd64.shim, &tftp.join("shimx64.efi"))?;
+    copy(&assets.amd64.grub, &tftp.join("grubx64.efi"))?;
+    copy(&assets.arm64.shim, &tftp.join("shimaa64.efi"))?;
+    copy(&assets.arm64.grub, &tftp.join("grubaa64.efi"))?;
+    for f in ["ipxe.efi", "snponly.efi"] {
+        copy(&assets.ipxe_efi(f), &tftp.join(f))?;
+        copy(&assets.ipxe_efi(f), &www.join(f))?;
+    }
+    Ok(())
+}
+
+fn console(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "ttyS0",
+        Arch::Arm64 => "ttyAMA0",
+    }
+}
+
+/// The kernel command line every chain passes (the initramfs reads `gb10.heartbeat`).
+fn cmdline(s: &Scenario, heartbeat: &str) -> String {
+    format!(
+        "console={} panic=1 gb10.heartbeat={heartbeat}",
+        console(s.arch)
+    )
+}
+
+/// The reference stack's static scripts (what a dnsmasq + web server site writes by
+/// hand) and its heartbeat receiver: a busybox httpd CGI that appends to a file.
+fn reference_files(
+    s: &Scenario,
+    server: &str,
+    www: &Path,
+    tftp: &Path,
+    beats: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let a = s.arch.debian();
+    let line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/cgi-bin/heartbeat"));
+    fs::write(
+        www.join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel http://{server}:{HTTP_PORT}/{a}/vmlinuz initrd=initrd {line}\n\
+             initrd --name initrd http://{server}:{HTTP_PORT}/{a}/initrd.img\nboot\n"
+        ),
+    )?;
+    fs::create_dir_all(tftp.join("grub"))?;
+    fs::write(
+        tftp.join("grub/grub.cfg"),
+        format!(
+            "set timeout=0\nmenuentry e2e {{\n  linux (tftp,{server})/{a}/vmlinuz {line}\n  \
+             initrd (tftp,{server})/{a}/initrd.img\n}}\n"
+        ),
+    )?;
+    let cgi = www.join("cgi-bin/heartbeat");
+    fs::create_dir_all(cgi.parent().unwrap_or(www))?;
+    fs::write(
+        &cgi,
+        format!(
+            "#!/bin/sh\nhead -c \"${{CONTENT_LENGTH:-0}}\" >> {}\necho >> {}\n\
+             printf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'\n",
+            beats.display(),
+            beats.display()
+        ),
+    )?;
+    fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn inventory(s: &Scenario, mac: &str, server: &str) -> String {
+    let a = s.arch.debian();
+    format!(
+        r#"# cargo xtask e2e: one VM, scenario {name}
+[profiles.e2e]
+kernel = "{a}/vmlinuz"
+initrd = "{a}/initrd.img"
+cmdline = "{line}"
+seed = "none"
+vars = {{ grub_fetch = "tftp", grub_timeout = 0 }}
+
+[[hosts]]
+mac = "{mac}"
+hostname = "e2e-{name}"
+profile = "e2e"
+"#,
+        name = s.name,
+        line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/heartbeat")),
+    )
+}
+
+/// dnsmasq as DHCP + TFTP server (port 0: no DNS), booting by option 93 / user class.
+fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
+    let ip = lab.server_ip;
+    let efi_file = match s.chain {
+        Chain::Ipxe(f) => f,
+        Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
+    };
+    let pxe = if let Chain::HttpBoot(file) = s.chain {
+        // Only the HTTP boot request (arch 16/19) gets a boot file.
+        format!(
+            "dhcp-match=set:http,option:client-arch,16\n\
+             dhcp-match=set:http,option:client-arch,19\n\
+             dhcp-option-force=tag:http,60,HTTPClient\n\
+             dhcp-boot=tag:!ipxe,tag:http,http://{ip}:{HTTP_PORT}/{file}\n"
+        )
+    } else {
+        format!(
+            "dhcp-boot=tag:!ipxe,tag:efi-x86,{efi_file},,{ip}\n\
+             dhcp-boot=tag:!ipxe,tag:efi-arm,shimaa64.efi,,{ip}\n"
+        )
+    };
+    format!(
+        "port=0\ninterface={iface}\nbind-interfaces\nexcept-interface=lo\n\
+         dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h\n\
+         dhcp-leasefile={dir}/leases\ndhcp-authoritative\nlog-dhcp\n\
+         enable-tftp\ntftp-root={tftp}\n\
+         dhcp-userclass=set:ipxe,iPXE\ndhcp-match=set:ipxe,175\n\
+         dhcp-match=set:efi-x86,option:client-arch,7\n\
+         dhcp-match=set:efi-arm,option:client-arch,11\n\
+         dhcp-option-force=tag:ipxe,175,b0:01:01\n\
+         dhcp-boot=tag:ipxe,http://{ip}:{HTTP_PORT}/boot.ipxe\n{pxe}",
+        iface = lab.iface,
+        dir = dir.display(),
+        tftp = tftp.display(),
+    )
+}
+
+/// gb10-provision's flags for the scenario: DHCP range, and the x86 UEFI PXE boot file.
+fn daemon_args(s: &Scenario) -> Vec<String> {
+    let efi = match s.chain {
+        Chain::Ipxe(f) => f,
+        // No such file: PXE fails at once and the firmware moves on to HTTP boot.
+        Chain::HttpBoot(_) => "no-pxe-in-this-scenario.efi",
+        Chain::ShimGrub | Chain::IpxeScript => "shimx64.efi",
+    };
+    let mut args: Vec<String> = [
+        "--xdp",
+        "off",
+        "--guard",
+        "off",
+        "--dhcp-range",
+        "198.18.0.100-198.18.0.200",
+        "--boot-uefi-x86",
+        efi,
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Chain::HttpBoot(file) = s.chain {
+        args.extend(["--boot-http-x86".into(), file.into()]);
+    }
+    args
+}
+
+/// Whether the client record holds a boot file fetched over TFTP (HTTP paths start
+/// with `/`, TFTP ones are relative to the TFTP root).
+fn tftp_fetched(client: &str) -> bool {
+    client
+        .match_indices("\"event\":\"boot_file\",\"path\":\"")
+        .any(|(i, m)| !client[i + m.len()..].starts_with('/'))
+}
+
+/// QEMU for the scenario's firmware, serial console to `serial`.
+fn qemu(
+    s: &Scenario,
+    lab: &Bridge,
+    tap: &str,
+    mac: &str,
+    serial: &Path,
+) -> anyhow::Result<Command> {
+    let dir = &lab.dir;
+    let (program, mut args): (&str, Vec<String>) = match s.firmware {
+        Firmware::SeaBios => ("qemu-system-x86_64", vec!["-machine".into(), "pc".into()]),
+        Firmware::Ovmf { secure } => {
+            let (code, vars) = if secure {
+                ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
+            } else {
+                ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+            };
+            copy(
+                &Path::new("/usr/share/OVMF").join(vars),
+                &dir.join("vars.fd"),
+            )?;
+            let mut a: Vec<String> = vec![
+                "-machine".into(),
+                if secure { "q35,smm=on" } else { "q35" }.into(),
+            ];
+            if secure {
+                a.extend([
+                    "-global".into(),
+                    "driver=cfi.pflash01,property=secure,value=on".into(),
+                ]);
+            }
+            a.extend(pflash(
+                &Path::new("/usr/share/OVMF").join(code),
+                &dir.join("vars.fd"),
+            ));
+            ("qemu-system-x86_64", a)
+        }
+        Firmware::Aavmf => {
+            copy(
+                Path::new("/usr/share/AAVMF/AAVMF_VARS.fd"),
+                &dir.join("vars.fd"),
+            )?;
+            let mut a: Vec<String> = ["-machine", "virt", "-cpu", "cortex-a57"]
+                .map(String::from)
+                .to_vec();
+            a.extend(pflash(
+                Path::new("/usr/share/AAVMF/AAVMF_CODE.fd"),
+                &dir.join("vars.fd"),
+            ));
+            ("qemu-system-aarch64", a)
+        }
+    };
+    // UEFI: no option ROM, so the firmware's own PXE/HTTP stack boots (iPXE's EFI ROM
+    // would take the NIC over). SeaBIOS: keep QEMU's default ROM (an explicit romfile=
+    // skips the PCI-ID patch and SeaBIOS ignores it).
+    let rom = if s.firmware == Firmware::SeaBios {
+        ""
+    } else {
+        ",romfile="
+    };
+    args.extend(
+        [
+            "-m",
+            "512",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-boot",
+            "n",
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"),
+            "-serial",
+            &format!("file:{}", serial.display()),
+        ]
+        .map(String::from),
+    );
+    let mut cmd = lab.ns.cmd(program);
+    cmd.args(args).stdin(Stdio::null());
+    Ok(cmd)
+}
+
+fn pflash(code: &Path, vars: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]
+}
+
+/// Boots `s` once; the time to heartbeat, or everything seen when it failed.
+pub fn boot(
+    assets: &Assets,
+    bin: &Path,
+    s: &'static Scenario,
+    stack: Stack,
+    progress: &mut Progress,
+    after: impl FnOnce(&Bridge, &str),
+) -> Result<Outcome, Box<Failure>> {
+    let fail = |stage: &str, why: String| {
+        Box::new(Failure {
+            scenario: s.name,
+            stage: stage.into(),
+            why,
+            after: Duration::ZERO,
+            dhcp_tftp: Vec::new(),
+            client: String::new(),
+            serial_tail: Vec::new(),
+        })
+    };
+    let lab = Bridge::new("e2e");
+    let mac = mac_for(s, stack);
+    let data = lab.dir.join("data");
+    let (tftp, www) = (data.join("tftp"), data.join("www"));
+    populate(assets, &tftp, &www).map_err(|e| fail("setup", format!("{e:#}")))?;
+    fs::write(
+        data.join("inventory.toml"),
+        inventory(s, &mac, lab.server_ip),
+    )
+    .map_err(|e| fail("setup", e.to_string()))?;
+
+    let daemon = match stack {
+        Stack::Gb10 => {
+            let bin = bin.to_str().unwrap_or_default();
+            let args = daemon_args(s);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Some(
+                lab.start_daemon(bin, &args)
+                    .map_err(|e| fail("setup", format!("gb10-provision: {e}")))?,
+            )
+        }
+        Stack::Reference => None,
+    };
+    let beats = lab.dir.join("heartbeats");
+    let _httpd = match stack {
+        Stack::Gb10 => None,
+        Stack::Reference => {
+            reference_files(s, lab.server_ip, &www, &tftp, &beats)
+                .map_err(|e| fail("setup", format!("{e:#}")))?;
+            Some(Guard(
+                lab.ns
+                    .cmd("busybox")
+                    .args([
+                        "httpd",
+                        "-f",
+                        "-p",
+                        &format!("{}:{HTTP_PORT}", lab.server_ip),
+                        "-h",
+                    ])
+                    .arg(&www)
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .map_err(|e| fail("setup", format!("busybox httpd: {e}")))?,
+            ))
+        }
+    };
+    let conf = lab.dir.join("dnsmasq.conf");
+    let dnsmasq_log = lab.dir.join("dnsmasq.log");
+    fs::write(&conf, dnsmasq_conf(s, &lab, &tftp, &lab.dir))
+        .map_err(|e| fail("setup", e.to_string()))?;
+    let _dnsmasq = (stack == Stack::Reference).then(|| {
+        Guard(
+            lab.ns
+                .cmd("dnsmasq")
+                .arg("-k")
+                .arg(format!("--conf-file={}", conf.display()))
+                .arg(format!("--log-facility={}", dnsmasq_log.display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    lab.dir.join("dnsmasq.pid").display()
+                ))
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawning dnsmasq (apt-get install dnsmasq-base)"),
+        )
+    });
+
+    let tap = lab.add_tap();
+    let serial = lab.dir.join("serial.log");
+    let mut cmd =
+        qemu(s, &lab, &tap, &mac, &serial).map_err(|e| fail("setup", format!("{e:#}")))?;
+    let qemu_log =
+        fs::File::create(lab.dir.join("qemu.log")).map_err(|e| fail("setup", e.to_string()))?;
+    cmd.stdout(qemu_log.try_clone().expect("fd"))
+        .stderr(qemu_log);
+    let start = Instant::now();
+    let mut vm = Guard(
+        cmd.spawn()
+            .map_err(|e| fail("setup", format!("qemu: {e}")))?,
+    );
+
+    let mut reached = Stage::Started;
+    let mut stages = vec![(Stage::Started, Duration::ZERO)];
+    let show = |stage: Stage, at: Duration, progress: &Progress| {
+        if let Progress::Lines = progress {
+            println!("  [{:6.1} s] {}", at.as_secs_f64(), stage.label());
+        }
+    };
+    show(Stage::Started, Duration::ZERO, progress);
+    let why = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let at = start.elapsed();
+        let serial_text = fs::read_to_string(&serial).unwrap_or_default();
+        let log = match &daemon {
+            Some(d) => d.log(),
+            None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
+        };
+        let client = if daemon.is_some() {
+            lab.http(&format!("/clients/{mac}")).1
+        } else {
+            String::new()
+        };
+        let seen = [
+            (
+                Stage::Dhcp,
+                client.contains("\"event\":\"leased\"")
+                    || log
+                        .lines()
+                        .any(|l| l.contains("DHCPACK(") && l.contains(&mac)),
+            ),
+            (
+                Stage::Tftp,
+                tftp_fetched(&client)
+                    || log
+                        .lines()
+                        .any(|l| l.contains("dnsmasq-tftp") && l.contains(" sent ")),
+            ),
+            (
+                Stage::Http,
+                client.contains("\"path\":\"/ipxe/") || client.contains("\"event\":\"kernel\""),
+            ),
+            (Stage::Kernel, serial_text.contains("Linux version")),
+            (Stage::Initramfs, serial_text.contains("e2e: initramfs up")),
+            (Stage::Lease, serial_text.contains("e2e: lease")),
+            (
+                Stage::Heartbeat,
+                client.contains("\"state\":\"onboarded\"")
+                    || (daemon.is_none()
+                        && fs::read_to_string(&beats).is_ok_and(|b| b.contains(&mac))),
+            ),
+        ];
+        for (stage, yes) in seen {
+            if yes && stage > reached {
+                // Stages a chain skips (no TFTP for the iPXE ROM) are not shown late.
+                reached = stage;
+                stages.push((stage, at));
+                show(stage, at, progress);
+            }
+        }
+        if reached == Stage::Heartbeat {
+            after(&lab, &mac);
+            return Ok(Outcome {
+                heartbeat: at,
+                stages,
+            });
+        }
+        if let Ok(Some(status)) = vm.0.try_wait() {
+            break format!("QEMU exited ({status}) before the heartbeat");
+        }
+        if at > BOOT_TIMEOUT {
+            break format!("no heartbeat within {} s", BOOT_TIMEOUT.as_secs());
+        }
+    };
+    let after = start.elapsed();
+    drop(vm);
+    let log = match &daemon {
+        Some(d) => d.log(),
+        None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
+    };
+    let qemu_err = fs::read_to_string(lab.dir.join("qemu.log")).unwrap_or_default();
+    let mut serial_tail = tail(&qemu_err, 5);
+    serial_tail.extend(tail(&fs::read_to_string(&serial).unwrap_or_default(), 30));
+    Err(Box::new(Failure {
+        scenario: s.name,
+        stage: reached.label().into(),
+        why,
+        after,
+        dhcp_tftp: log
+            .lines()
+            .filter(|l| {
+                l.contains(&mac)
+                    || l.to_ascii_lowercase().contains("tftp")
+                    || l.to_ascii_lowercase().contains("dhcp")
+            })
+            .filter(|l| !l.contains("available DHCP range"))
+            .map(str::to_owned)
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect(),
+        client: if daemon.is_some() {
+            lab.http(&format!("/clients/{mac}")).1
+        } else {
+            "(reference stack: no gb10-provision)".into()
+        },
+        serial_tail,
+    }))
+}

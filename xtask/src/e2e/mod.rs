@@ -1,0 +1,97 @@
+//! `cargo xtask e2e`: real firmware in QEMU network-boots through gb10-provision.
+pub mod assets;
+pub mod lab;
+pub mod report;
+pub mod scenario;
+
+use anyhow::bail;
+
+use self::scenario::{SCENARIOS, Scenario};
+
+/// The scenarios `cargo xtask test` runs (CI): UEFI iPXE, shim + GRUB with Secure
+/// Boot, and the arm64 GB10 path.
+pub const CI: &[&str] = &["ovmf-ipxe", "ovmf-shim-grub-sb", "aavmf-shim-grub"];
+
+/// Runs the named scenarios (all with `all`, else the CI set when none are named) and
+/// prints one line per scenario; fails when any failed.
+pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
+    crate::setup::e2e()?;
+    let chosen: Vec<&Scenario> = if all {
+        SCENARIOS.iter().collect()
+    } else if names.is_empty() {
+        CI.iter().filter_map(|n| scenario::find(n)).collect()
+    } else {
+        let mut v = Vec::new();
+        for n in names {
+            match scenario::find(n) {
+                Some(s) => v.push(s),
+                None => bail!(
+                    "no scenario `{n}`; known: {}",
+                    SCENARIOS
+                        .iter()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        v
+    };
+    let assets = assets::Assets::prepare()?;
+    let bin = lab::build_daemon()?;
+    let mut results = Vec::new();
+    for s in &chosen {
+        println!("e2e: {} — {}", s.name, s.about);
+        let ours = lab::boot(
+            &assets,
+            &bin,
+            s,
+            lab::Stack::Gb10,
+            &mut lab::Progress::Lines,
+            |_, _| {},
+        );
+        let reference = compare.then(|| {
+            lab::boot(
+                &assets,
+                &bin,
+                s,
+                lab::Stack::Reference,
+                &mut lab::Progress::Quiet,
+                |_, _| {},
+            )
+        });
+        results.push((s, ours, reference));
+    }
+    println!("\ne2e summary (time from VM start to heartbeat; TCG):");
+    let mut failed = 0;
+    for (s, ours, reference) in &results {
+        let fmt = |r: &Result<lab::Outcome, Box<report::Failure>>| match r {
+            Ok(o) => format!(
+                "{:6.1} s ({})",
+                o.heartbeat.as_secs_f64(),
+                o.stages
+                    .iter()
+                    .skip(1)
+                    .map(|(st, at)| format!("{} {:.1}", st.short(), at.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(f) => format!("FAILED at {}", f.stage),
+        };
+        let refs = reference
+            .as_ref()
+            .map(|r| format!("   reference (dnsmasq + busybox httpd): {}", fmt(r)))
+            .unwrap_or_default();
+        println!("  {:<20} gb10-provision: {}{refs}", s.name, fmt(ours));
+        if let Err(f) = ours {
+            failed += 1;
+            eprintln!("{f}");
+        }
+    }
+    let ran: Vec<&str> = results.iter().map(|(s, ..)| s.name).collect();
+    println!("e2e: ran {} ({} failed)", ran.join(", "), failed);
+    if failed > 0 {
+        bail!("{failed} e2e scenarios failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The firmware scenarios: which machine, which firmware, which boot chain.
+use super::assets::Arch;
+
+/// The firmware QEMU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's default iPXE option ROM for virtio-net.
+    SeaBios,
+    /// OVMF (x86 UEFI), `secure` = MS keys enrolled and Secure Boot on.
+    Ovmf { secure: bool },
+    /// AAVMF (arm64 UEFI).
+    Aavmf,
+}
+
+/// What the firmware is handed by DHCP (option 93 decides, see FIRMWARE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// The firmware is iPXE already: HTTP script URL.
+    IpxeScript,
+    /// TFTP an iPXE EFI binary (`ipxe.efi`, `snponly.efi`), which then gets the script.
+    Ipxe(&'static str),
+    /// TFTP shim → signed network GRUB → `grub/grub.cfg` → kernel over TFTP.
+    ShimGrub,
+    /// UEFI HTTP boot (option 60 `HTTPClient` echoed, a URL as boot file) of iPXE,
+    /// which then gets the script. PXE offers carry no boot file, so the firmware moves
+    /// on from its PXE entry to its HTTP one.
+    HttpBoot(&'static str),
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub arch: Arch,
+    pub firmware: Firmware,
+    pub chain: Chain,
+}
+
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "seabios-ipxe",
+        about: "SeaBIOS + iPXE option ROM -> iPXE script over HTTP -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::SeaBios,
+        chain: Chain::IpxeScript,
+    },
+    Scenario {
+        name: "ovmf-ipxe",
+        about: "OVMF UEFI PXE (arch 7) -> TFTP ipxe.efi -> HTTP script -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::Ipxe("ipxe.efi"),
+    },
+    Scenario {
+        name: "ovmf-snponly",
+        about: "OVMF UEFI PXE (arch 7) -> TFTP snponly.efi -> HTTP script -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::Ipxe("snponly.efi"),
+    },
+    Scenario {
+        name: "ovmf-shim-grub",
+        about: "OVMF PXE -> shim -> signed GRUB -> grub.cfg -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::ShimGrub,
+    },
+    Scenario {
+        name: "ovmf-shim-grub-sb",
+        about: "as ovmf-shim-grub with Secure Boot on (MS keys), Debian's signed kernel over TFTP",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: true },
+        chain: Chain::ShimGrub,
+    },
+    Scenario {
+        name: "ovmf-httpboot",
+        about: "OVMF UEFI HTTP boot (arch 16) -> ipxe.efi over HTTP -> HTTP script -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::HttpBoot("ipxe.efi"),
+    },
+    Scenario {
+        name: "aavmf-shim-grub",
+        about: "AAVMF arm64 UEFI PXE (arch 11) -> shimaa64 -> grubnetaa64 -> kernel (the GB10 path)",
+        arch: Arch::Arm64,
+        firmware: Firmware::Aavmf,
+        chain: Chain::ShimGrub,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}

@@ -227,7 +227,9 @@ pub struct BootDecision {
     pub boot_file: Option<String>,
     /// `siaddr`: the TFTP server, set when the boot file is fetched by TFTP.
     pub next_server: Option<Ipv4Addr>,
-    /// Option 60 to echo: `PXEClient` or `HTTPClient`, as the client sent.
+    /// Option 60 to echo: `HTTPClient` only. UEFI HTTP boot needs it; EDK2's PXE rejects
+    /// a full-DHCP offer that echoes `PXEClient` (PXE-E16 "No valid offer received",
+    /// seen on OVMF and AAVMF). Proxy offers add `PXEClient` themselves.
     pub vendor_class: Option<PxeClass>,
     /// Send option 175 with 176 (no-pxedhcp) = 1 so iPXE skips its proxy-offer wait.
     pub ipxe_no_proxy_wait: bool,
@@ -264,7 +266,7 @@ pub fn decide(
         firmware: None,
         boot_file: None,
         next_server: None,
-        vendor_class: req.pxe_class(),
+        vendor_class: req.pxe_class().filter(|c| *c == PxeClass::HttpClient),
         ipxe_no_proxy_wait: false,
         hostname: host.and_then(|h| h.hostname.clone()),
         profile: None,
@@ -422,7 +424,8 @@ mod tests {
         let d = decide_default(&req(Some(7), "PXEClient:Arch:00007:UNDI:003000", None));
         assert_eq!(d.boot_file.as_deref(), Some("ipxe.efi"));
         assert_eq!(d.next_server, Some(SERVER.ip));
-        assert_eq!(d.vendor_class, Some(PxeClass::PxeClient));
+        // No PXEClient echo: EDK2 rejects a full-DHCP offer carrying it.
+        assert_eq!(d.vendor_class, None);
         assert!(!d.ipxe_no_proxy_wait);
         assert_eq!(
             d.uuid.as_deref(),

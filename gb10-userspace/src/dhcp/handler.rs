@@ -200,13 +200,9 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
                 return Outcome::silent(Silent::PoolExhausted);
             };
             leases.offer(ip, &client, mac, ctx.now);
-            let mut msg = reply_base(req, MessageType::Offer, ctx.server.ip);
-            msg.set_yiaddr(ip);
-            add_lease_options(&mut msg, ctx, pool, leases, &decision);
-            add_boot(&mut msg, &decision);
-            let dest = destination(req, false, ip);
+            let msg = address_reply(req, MessageType::Offer, ip, ctx, pool, leases, &decision);
             Outcome {
-                reply: Some((msg, dest)),
+                reply: Some((msg, destination(req, false, ip))),
                 silent: None,
                 persist: Persist::Nothing,
                 decision: None,
@@ -235,13 +231,9 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
             let secs = ctx.dhcp.lease_time.as_secs();
             let lease = leases.commit(wanted, &client, mac, hostname, ctx.now, secs);
             events.push(ClientEvent::Leased { ip: wanted });
-            let mut msg = reply_base(req, MessageType::Ack, ctx.server.ip);
-            msg.set_yiaddr(wanted);
-            add_lease_options(&mut msg, ctx, pool, leases, &decision);
-            add_boot(&mut msg, &decision);
-            let dest = destination(req, false, wanted);
+            let msg = address_reply(req, MessageType::Ack, wanted, ctx, pool, leases, &decision);
             Outcome {
-                reply: Some((msg, dest)),
+                reply: Some((msg, destination(req, false, wanted))),
                 silent: None,
                 persist: Persist::BeforeReply(lease),
                 decision: None,
@@ -381,6 +373,23 @@ fn reply_base(req: &Message, ty: MessageType, server_id: Ipv4Addr) -> Message {
 
 /// Subnet mask always; lease times; router, DNS, domain only when configured; the
 /// inventory host name.
+/// An OFFER or ACK of `ip`: the base reply, the lease's options and the boot decision.
+fn address_reply(
+    req: &Message,
+    ty: MessageType,
+    ip: Ipv4Addr,
+    ctx: &Ctx<'_>,
+    pool: usize,
+    leases: &Leases,
+    decision: &BootDecision,
+) -> Message {
+    let mut msg = reply_base(req, ty, ctx.server.ip);
+    msg.set_yiaddr(ip);
+    add_lease_options(&mut msg, ctx, pool, leases, decision);
+    add_boot(&mut msg, decision);
+    msg
+}
+
 fn add_lease_options(
     msg: &mut Message,
     ctx: &Ctx<'_>,

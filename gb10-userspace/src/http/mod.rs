@@ -18,7 +18,6 @@ use axum::{
     http::{StatusCode, header, request::Parts},
     response::IntoResponse,
     routing::get,
-    serve::ListenerExt as _,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,23 +34,64 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
         async move {
             let listener = TcpListener::bind((ip, port)).await?;
             info!(addr = %listener.local_addr()?, "HTTP listening");
-            // Headers and a small body go out as separate writes: without TCP_NODELAY
-            // Nagle holds the body until the client's delayed ACK, ~40 ms a request.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(err) = tcp.set_nodelay(true) {
-                    tracing::debug!(%err, "TCP_NODELAY not set");
-                }
-            });
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+            serve_lan(listener, app, stop).await;
+            Ok::<_, std::io::Error>(())
         }
     })
     .await;
     Ok(())
+}
+
+/// Accepts connections until `stop` fires, then lets the open ones finish their
+/// response and close. HTTP/1.1 with header names in Title-Case, as nginx and busybox
+/// write them: GRUB's http module matches `Content-Length: ` byte for byte, and without
+/// it waits 30 s for each file before giving up.
+async fn serve_lan(listener: TcpListener, app: Router, stop: CancellationToken) {
+    use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+    use tower::ServiceExt as _;
+
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%err, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Headers and a small body go out as separate writes: without TCP_NODELAY
+        // Nagle holds the body until the client's delayed ACK, ~40 ms a request.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "TCP_NODELAY not set");
+        }
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, %peer, "HTTP connection ended");
+            }
+        });
+    }
+    drop(listener);
+    // Requests in flight finish (bounded: a renumber must not wait on a slow client).
+    if tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("HTTP connections still open 5 s after stop; dropping them");
+    }
 }
 
 /// The router with every route the daemon serves.

@@ -99,7 +99,7 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
         Ok(Located::Redirect(to)) => return redirect(&to),
         Err(Refused::BadPath) => {
             warn!(path = %raw, peer = ?peer.0, "refused request path");
-            return empty(StatusCode::BAD_REQUEST);
+            return status_page(StatusCode::BAD_REQUEST);
         }
     };
     // Resolve symlinks and make sure the result is still under the root.
@@ -116,10 +116,10 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
     .ok()
     .flatten();
     let (real, meta) = match resolved {
-        None => return empty(StatusCode::NOT_FOUND),
+        None => return status_page(StatusCode::NOT_FOUND),
         Some(Err(outside)) => {
             warn!(path = %raw, target = %outside.display(), "symlink leads out of the root");
-            return empty(StatusCode::FORBIDDEN);
+            return status_page(StatusCode::FORBIDDEN);
         }
         Some(Ok(found)) => found,
     };
@@ -138,7 +138,7 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
         return listing(&method, &raw, real).await;
     }
     if !meta.is_file() {
-        return empty(StatusCode::NOT_FOUND);
+        return status_page(StatusCode::NOT_FOUND);
     }
     let response = file_response(&method, headers, &real, &meta).await;
     if method == Method::GET && response.status().is_success() {
@@ -186,8 +186,26 @@ fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
     shared.clients.record(mac, event);
 }
 
-fn empty(status: StatusCode) -> Response {
-    (status, Body::empty()).into_response()
+/// An error status with a one-line text body, closing the connection. Firmware clients
+/// stall on a bare error: EDK2's HTTP stack (shim probing its optional files during UEFI
+/// HTTP boot) waits forever on a 404 with `Content-Length: 0`, and GRUB's http module
+/// waits for the connection to close after any error status (34 s per missing
+/// `command.lst`/`fs.lst` seen here), so both get a body and a close, as from busybox.
+fn status_page(status: StatusCode) -> Response {
+    let line = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CONNECTION, "close"),
+        ],
+        line,
+    )
+        .into_response()
 }
 
 fn redirect(to: &str) -> Response {
@@ -197,7 +215,7 @@ fn redirect(to: &str) -> Response {
             [(header::LOCATION, location)],
         )
             .into_response(),
-        Err(_) => empty(StatusCode::BAD_REQUEST),
+        Err(_) => status_page(StatusCode::BAD_REQUEST),
     }
 }
 
@@ -370,7 +388,7 @@ async fn file_response(
             Ok(file) => Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK)),
             Err(err) => {
                 warn!(path = %path.display(), %err, "opening a served file");
-                return empty(StatusCode::INTERNAL_SERVER_ERROR);
+                return status_page(StatusCode::INTERNAL_SERVER_ERROR);
             }
         }
     };
@@ -436,7 +454,7 @@ async fn listing(method: &Method, raw: &str, dir: PathBuf) -> Response {
     })
     .await;
     let Ok(Ok((entries, more))) = entries else {
-        return empty(StatusCode::NOT_FOUND);
+        return status_page(StatusCode::NOT_FOUND);
     };
     let title = html_escape(&percent_decode_str(raw).decode_utf8_lossy());
     let mut html = format!(

@@ -77,6 +77,14 @@ impl Arch {
             Self::Arm64 => "arm64",
         }
     }
+
+    /// GRUB's EFI platform directory (`usr/lib/grub/<this>`).
+    pub fn grub_platform(self) -> &'static str {
+        match self {
+            Self::Amd64 => "x86_64-efi",
+            Self::Arm64 => "arm64-efi",
+        }
+    }
 }
 
 /// Everything one architecture boots, unpacked.
@@ -88,6 +96,8 @@ pub struct ArchAssets {
     pub shim: PathBuf,
     /// Debian's signed network GRUB (`grubnet*.efi.signed`).
     pub grub: PathBuf,
+    /// A network GRUB with the http module, for UEFI HTTP boot (see [`build_http_grub`]).
+    pub grub_http: PathBuf,
 }
 
 pub struct Assets {
@@ -144,6 +154,7 @@ fn packages(arch: Arch) -> anyhow::Result<Vec<String>> {
         kernel,
         format!("shim-signed:{a}"),
         format!("grub-efi-{a}-signed:{a}"),
+        format!("grub-efi-{a}-bin:{a}"),
         format!("busybox-static:{a}"),
     ];
     if arch == Arch::Amd64 {
@@ -155,12 +166,14 @@ fn packages(arch: Arch) -> anyhow::Result<Vec<String>> {
 fn prepare_arch(base: &Path, arch: Arch) -> anyhow::Result<ArchAssets> {
     let a = arch.debian();
     let tree = base.join(a).join("tree");
+    // The marker holds the package list, so a changed list unpacks afresh.
     let done = base.join(a).join(".unpacked");
-    if !done.exists() {
+    let list = packages(arch)?;
+    if std::fs::read_to_string(&done).ok().as_deref() != Some(list.join("\n").as_str()) {
         let debs = base.join(a).join("debs");
         let _ = std::fs::remove_dir_all(&debs);
         std::fs::create_dir_all(&debs)?;
-        let list = packages(arch)?;
+        let _ = std::fs::remove_dir_all(&tree);
         println!("e2e: apt-get download {}", list.join(" "));
         // Not `exec`: that runs from the workspace root, and apt-get downloads into the
         // current directory.
@@ -178,33 +191,97 @@ fn prepare_arch(base: &Path, arch: Arch) -> anyhow::Result<ArchAssets> {
             let deb = deb?.path();
             exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
         }
-        std::fs::write(&done, "")?;
+        std::fs::write(&done, list.join("\n"))?;
     }
     let version = std::fs::read_dir(tree.join("lib/modules"))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|v| v.ends_with(a))
         .with_context(|| format!("no kernel modules for {a} in {}", tree.display()))?;
-    let (efi, grubdir) = match arch {
-        Arch::Amd64 => ("x64", "x86_64-efi-signed"),
-        Arch::Arm64 => ("aa64", "arm64-efi-signed"),
+    let efi = match arch {
+        Arch::Amd64 => "x64",
+        Arch::Arm64 => "aa64",
     };
+    let grubdir = arch.grub_platform();
     let initrd = base.join(a).join("initrd.img");
     if !initrd.exists() {
         build_initrd(&tree, &version, &initrd)?;
+    }
+    let grub_http = base.join(a).join(format!("grubhttp{efi}.efi"));
+    if !grub_http.exists() {
+        build_http_grub(
+            &tree.join("usr/lib/grub").join(grubdir),
+            grubdir,
+            &grub_http,
+        )?;
     }
     let assets = ArchAssets {
         kernel: tree.join(format!("boot/vmlinuz-{version}")),
         initrd,
         shim: tree.join(format!("usr/lib/shim/shim{efi}.efi.signed")),
-        grub: tree.join(format!("usr/lib/grub/{grubdir}/grubnet{efi}.efi.signed")),
+        grub: tree.join(format!(
+            "usr/lib/grub/{grubdir}-signed/grubnet{efi}.efi.signed"
+        )),
+        grub_http,
         tree,
     };
-    for p in [&assets.kernel, &assets.shim, &assets.grub] {
+    for p in [
+        &assets.kernel,
+        &assets.shim,
+        &assets.grub,
+        &assets.grub_http,
+    ] {
         if !p.exists() {
             bail!("{} missing after unpacking", p.display());
         }
     }
     Ok(assets)
+}
+
+/// Modules of the HTTP GRUB: the network stack, both fetch protocols, and what
+/// gb10-provision's `grub.cfg` uses.
+const HTTP_GRUB_MODULES: &[&str] = &[
+    "efinet",
+    "net",
+    "http",
+    "tftp",
+    "normal",
+    "configfile",
+    "linux",
+    "echo",
+    "test",
+    "true",
+    "sleep",
+    "reboot",
+    "halt",
+    "ls",
+    "cat",
+    "minicmd",
+];
+
+/// Debian's signed network GRUB images hold no http module, so the HTTP boot scenarios
+/// get one built by `grub-mkimage` from Debian's unsigned `grub-efi-<arch>-bin` modules
+/// (it runs with Secure Boot off, which is how Debian's AAVMF ships). Debian's GRUB takes
+/// its server from the UEFI HTTP boot device path (`prefix` becomes
+/// `(http,<server>:<port>)/grub`), but its card sends nothing until `net_bootp` has
+/// configured it, which the embedded config does first.
+fn build_http_grub(modules: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
+    let cfg = out.with_extension("cfg");
+    std::fs::write(&cfg, "net_bootp\n")?;
+    exec(
+        Command::new("grub-mkimage")
+            .arg("-O")
+            .arg(format)
+            .arg("-d")
+            .arg(modules)
+            .arg("-p")
+            .arg("/grub")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-o")
+            .arg(out)
+            .args(HTTP_GRUB_MODULES),
+    )
+    .context("grub-mkimage (apt-get install grub-common)")
 }
 
 /// A gzip'd newc cpio: busybox, /init, the NIC modules.

@@ -127,10 +127,34 @@ fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
             copy(&a.initrd, &root.join(arch.debian()).join("initrd.img"))?;
         }
     }
+    // PXE fetches the loaders over TFTP, UEFI HTTP boot over HTTP (shim then asks for
+    // GRUB next to itself over the same protocol, and that GRUB must speak HTTP).
     copy(&assets.amd64.shim, &tftp.join("shimx64.efi"))?;
     copy(&assets.amd64.grub, &tftp.join("grubx64.efi"))?;
     copy(&assets.arm64.shim, &tftp.join("shimaa64.efi"))?;
     copy(&assets.arm64.grub, &tftp.join("grubaa64.efi"))?;
+    copy(&assets.amd64.shim, &www.join("shimx64.efi"))?;
+    copy(&assets.amd64.grub_http, &www.join("grubx64.efi"))?;
+    copy(&assets.arm64.shim, &www.join("shimaa64.efi"))?;
+    copy(&assets.arm64.grub_http, &www.join("grubaa64.efi"))?;
+    // GRUB's module directory under the HTTP prefix, as `grub-mknetdir` lays it out:
+    // an HTTP GRUB reads `command.lst`, `fs.lst`, ... from `$prefix/<platform>/` and
+    // waits 30 s on each one that is missing (GRUB 2.06 never finishes reading a 404).
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let platform = arch.grub_platform();
+        let from = assets.get(arch).tree.join("usr/lib/grub").join(platform);
+        for entry in fs::read_dir(&from).with_context(|| format!("{}", from.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "mod" || e == "lst") {
+                copy(
+                    &path,
+                    &www.join("grub")
+                        .join(platform)
+                        .join(path.file_name().unwrap_or_default()),
+                )?;
+            }
+        }
+    }
     for f in ["ipxe.efi", "snponly.efi"] {
         copy(&assets.ipxe_efi(f), &tftp.join(f))?;
         copy(&assets.ipxe_efi(f), &www.join(f))?;
@@ -172,14 +196,19 @@ fn reference_files(
              initrd --name initrd http://{server}:{HTTP_PORT}/{a}/initrd.img\nboot\n"
         ),
     )?;
-    fs::create_dir_all(tftp.join("grub"))?;
-    fs::write(
-        tftp.join("grub/grub.cfg"),
-        format!(
-            "set timeout=0\nmenuentry e2e {{\n  linux (tftp,{server})/{a}/vmlinuz {line}\n  \
-             initrd (tftp,{server})/{a}/initrd.img\n}}\n"
-        ),
-    )?;
+    for (root, dev) in [
+        (tftp, format!("tftp,{server}")),
+        (www, format!("http,{server}:{HTTP_PORT}")),
+    ] {
+        fs::create_dir_all(root.join("grub"))?;
+        fs::write(
+            root.join("grub/grub.cfg"),
+            format!(
+                "set timeout=0\nmenuentry e2e {{\n  linux ({dev})/{a}/vmlinuz {line}\n  \
+                 initrd ({dev})/{a}/initrd.img\n}}\n"
+            ),
+        )?;
+    }
     let cgi = www.join("cgi-bin/heartbeat");
     fs::create_dir_all(cgi.parent().unwrap_or(www))?;
     fs::write(
@@ -204,7 +233,7 @@ kernel = "{a}/vmlinuz"
 initrd = "{a}/initrd.img"
 cmdline = "{line}"
 seed = "none"
-vars = {{ grub_fetch = "tftp", grub_timeout = 0 }}
+vars = {{ grub_fetch = "{fetch}", grub_timeout = 0 }}
 
 [[hosts]]
 mac = "{mac}"
@@ -213,7 +242,17 @@ profile = "e2e"
 "#,
         name = s.name,
         line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/heartbeat")),
+        fetch = grub_fetch(s),
     )
+}
+
+/// How GRUB fetches the kernel: over HTTP when it was itself HTTP-booted (an HTTP GRUB),
+/// else over TFTP (Debian's signed network GRUB has no http module).
+fn grub_fetch(s: &Scenario) -> &'static str {
+    match s.chain {
+        Chain::HttpBoot(_) => "http",
+        _ => "tftp",
+    }
 }
 
 /// dnsmasq as DHCP + TFTP server (port 0: no DNS), booting by option 93 / user class.
@@ -257,9 +296,7 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
 fn daemon_args(s: &Scenario) -> Vec<String> {
     let efi = match s.chain {
         Chain::Ipxe(f) => f,
-        // No such file: PXE fails at once and the firmware moves on to HTTP boot.
-        Chain::HttpBoot(_) => "no-pxe-in-this-scenario.efi",
-        Chain::ShimGrub | Chain::IpxeScript => "shimx64.efi",
+        Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
     };
     let mut args: Vec<String> = [
         "--xdp",
@@ -274,7 +311,11 @@ fn daemon_args(s: &Scenario) -> Vec<String> {
     .map(String::from)
     .to_vec();
     if let Chain::HttpBoot(file) = s.chain {
-        args.extend(["--boot-http-x86".into(), file.into()]);
+        let flag = match s.arch {
+            Arch::Amd64 => "--boot-http-x86",
+            Arch::Arm64 => "--boot-http-arm64",
+        };
+        args.extend([flag.into(), file.into()]);
     }
     args
 }
@@ -342,6 +383,17 @@ fn qemu(
     // UEFI: no option ROM, so the firmware's own PXE/HTTP stack boots (iPXE's EFI ROM
     // would take the NIC over). SeaBIOS: keep QEMU's default ROM (an explicit romfile=
     // skips the PCI-ID patch and SeaBIOS ignores it).
+    if let Chain::HttpBoot(_) = s.chain {
+        // A machine set up to boot over HTTP: the firmware's PXE entries (tried first
+        // by default, and PXEv6 waits a minute for a DHCPv6 server the lab does not
+        // have) are switched off through EDK2's fw_cfg knobs.
+        for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
+            args.extend([
+                "-fw_cfg".into(),
+                format!("name=opt/org.tianocore/{knob},string=n"),
+            ]);
+        }
+    }
     let rom = if s.firmware == Firmware::SeaBios {
         ""
     } else {

@@ -21,9 +21,8 @@ pub enum Chain {
     Ipxe(&'static str),
     /// TFTP shim → signed network GRUB → `grub/grub.cfg` → kernel over TFTP.
     ShimGrub,
-    /// UEFI HTTP boot (option 60 `HTTPClient` echoed, a URL as boot file) of iPXE,
-    /// which then gets the script. PXE offers carry no boot file, so the firmware moves
-    /// on from its PXE entry to its HTTP one.
+    /// UEFI HTTP boot (option 60 `HTTPClient` echoed, a URL as boot file) of iPXE or
+    /// shim. The firmware's PXE entries are off, as on a machine set to boot over HTTP.
     HttpBoot(&'static str),
 }
 
@@ -84,6 +83,13 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Arm64,
         firmware: Firmware::Aavmf,
         chain: Chain::ShimGrub,
+    },
+    Scenario {
+        name: "aavmf-httpboot",
+        about: "AAVMF arm64 UEFI HTTP boot (arch 19) -> shimaa64 over HTTP -> grubnetaa64 -> kernel",
+        arch: Arch::Arm64,
+        firmware: Firmware::Aavmf,
+        chain: Chain::HttpBoot("shimaa64.efi"),
     },
 ];
 

@@ -453,6 +453,24 @@ impl Bridge {
         tap
     }
 
+    /// Another host on the LAN, as the site's own DHCP server would be: a namespace
+    /// joined to the bridge by a veth, its end `site<id>` holding `ip`/24. Dropping the
+    /// namespace removes the veth.
+    #[track_caller]
+    pub fn add_site(&self, ip: &str) -> (Netns, String) {
+        let n = self.taps.fetch_add(1, Ordering::Relaxed);
+        let site = Netns::new(format!("{}-site{n}", self.ns.name));
+        let (here, there) = (format!("st{n}"), format!("site{n}"));
+        self.ns
+            .ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        self.ns.ip(&["link", "set", &there, "netns", &site.name]);
+        self.ns.ip(&["link", "set", &here, "master", &self.iface]);
+        self.ns.ip(&["link", "set", &here, "up"]);
+        site.ip(&["addr", "add", &format!("{ip}/24"), "dev", &there]);
+        site.ip(&["link", "set", &there, "up"]);
+        (site, there)
+    }
+
     /// Starts the daemon in the namespace serving the bridge, with `extra` arguments
     /// after `serve`, and waits until `/healthz` answers.
     pub fn start_daemon(&self, bin: &str, extra: &[&str]) -> Result<Daemon, String> {

@@ -55,6 +55,7 @@ const E2E_PACKAGES: &[&str] = &[
     "cpio",
     "dnsmasq-base",
     "busybox-static",
+    "nginx-light",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,5 +1,5 @@
 //! One boot: a bridge namespace, gb10-provision (DHCP, TFTP, HTTP) or the reference
-//! stack (dnsmasq + busybox httpd), one QEMU VM on a tap, watched stage by stage,
+//! stack (dnsmasq + nginx), one QEMU VM on a tap, watched stage by stage,
 //! everything killed by PID on return.
 use std::{
     fs,
@@ -14,9 +14,12 @@ use gb10_lab::{Bridge, Guard, HTTP_PORT};
 use super::{
     assets::{Arch, Assets},
     report::{Failure, tail},
-    scenario::{Chain, Firmware, Scenario},
+    scenario::{Chain, Dhcp, Firmware, Scenario},
 };
 use crate::{cargo, exec, root};
+
+/// The site DHCP server's address in proxy scenarios.
+const SITE_DHCP: &str = "198.18.0.3";
 
 /// Longest a boot may take, VM start to heartbeat (TCG boots take 14-34 s here).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
@@ -26,7 +29,7 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 pub enum Stack {
     /// gb10-provision alone: DHCP, TFTP, HTTP.
     Gb10,
-    /// The reference: dnsmasq + busybox httpd with static scripts.
+    /// The reference: dnsmasq (DHCP, TFTP) + nginx with static scripts.
     Reference,
 }
 
@@ -178,17 +181,18 @@ fn cmdline(s: &Scenario, heartbeat: &str) -> String {
 }
 
 /// The reference stack's static scripts (what a dnsmasq + web server site writes by
-/// hand) and its heartbeat receiver: a busybox httpd CGI that appends to a file.
+/// hand), and nginx's config: the files, and a `/heartbeat/<mac>` location that answers
+/// 200, so the access log shows the heartbeat.
 fn reference_files(
     s: &Scenario,
-    server: &str,
+    lab: &Bridge,
+    mac: &str,
     www: &Path,
     tftp: &Path,
-    beats: &Path,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
+) -> anyhow::Result<PathBuf> {
+    let server = lab.server_ip;
     let a = s.arch.debian();
-    let line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/cgi-bin/heartbeat"));
+    let line = cmdline(s, &format!("http://{server}:{HTTP_PORT}/heartbeat/{mac}"));
     fs::write(
         www.join("boot.ipxe"),
         format!(
@@ -209,19 +213,24 @@ fn reference_files(
             ),
         )?;
     }
-    let cgi = www.join("cgi-bin/heartbeat");
-    fs::create_dir_all(cgi.parent().unwrap_or(www))?;
+    let conf = lab.dir.join("nginx.conf");
     fs::write(
-        &cgi,
+        &conf,
         format!(
-            "#!/bin/sh\nhead -c \"${{CONTENT_LENGTH:-0}}\" >> {}\necho >> {}\n\
-             printf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'\n",
-            beats.display(),
-            beats.display()
+            "user root;\nworker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\n\
+             error_log {dir}/nginx-error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  sendfile on;\n  tcp_nodelay on;\n  access_log {dir}/nginx-access.log;\n\
+             client_body_temp_path {dir}/ngx; proxy_temp_path {dir}/ngx;\n\
+             fastcgi_temp_path {dir}/ngx; uwsgi_temp_path {dir}/ngx; scgi_temp_path {dir}/ngx;\n\
+             types {{ application/efi efi; text/plain ipxe cfg; }}\n\
+             default_type application/octet-stream;\n\
+             server {{\n    listen {server}:{HTTP_PORT};\n    root {www};\n\
+             location /heartbeat/ {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+            dir = lab.dir.display(),
+            www = www.display(),
         ),
     )?;
-    fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755))?;
-    Ok(())
+    Ok(conf)
 }
 
 fn inventory(s: &Scenario, mac: &str, server: &str) -> String {
@@ -270,16 +279,25 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
              dhcp-option-force=tag:http,60,HTTPClient\n\
              dhcp-boot=tag:!ipxe,tag:http,http://{ip}:{HTTP_PORT}/{file}\n"
         )
+    } else if s.dhcp == Dhcp::Proxy {
+        // Proxy offers carry PXE boot services, not dhcp-boot.
+        format!(
+            "pxe-service=tag:!ipxe,X86-64_EFI,\"e2e\",{efi_file}\n\
+             pxe-service=tag:!ipxe,ARM64_EFI,\"e2e\",shimaa64.efi\n"
+        )
     } else {
         format!(
             "dhcp-boot=tag:!ipxe,tag:efi-x86,{efi_file},,{ip}\n\
              dhcp-boot=tag:!ipxe,tag:efi-arm,shimaa64.efi,,{ip}\n"
         )
     };
+    let range = match s.dhcp {
+        Dhcp::Direct => "dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h\ndhcp-authoritative",
+        Dhcp::Proxy => "dhcp-range=198.18.0.0,proxy,255.255.255.0",
+    };
     format!(
-        "port=0\ninterface={iface}\nbind-interfaces\nexcept-interface=lo\n\
-         dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h\n\
-         dhcp-leasefile={dir}/leases\ndhcp-authoritative\nlog-dhcp\n\
+        "port=0\ninterface={iface}\nbind-interfaces\nexcept-interface=lo\n{range}\n\
+         dhcp-leasefile={dir}/leases\nlog-dhcp\n\
          enable-tftp\ntftp-root={tftp}\n\
          dhcp-userclass=set:ipxe,iPXE\ndhcp-match=set:ipxe,175\n\
          dhcp-match=set:efi-x86,option:client-arch,7\n\
@@ -298,18 +316,13 @@ fn daemon_args(s: &Scenario) -> Vec<String> {
         Chain::Ipxe(f) => f,
         Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
     };
-    let mut args: Vec<String> = [
-        "--xdp",
-        "off",
-        "--guard",
-        "off",
-        "--dhcp-range",
-        "198.18.0.100-198.18.0.200",
-        "--boot-uefi-x86",
-        efi,
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = ["--xdp", "off", "--guard", "off", "--boot-uefi-x86", efi]
+        .map(String::from)
+        .to_vec();
+    match s.dhcp {
+        Dhcp::Direct => args.extend(["--dhcp-range".into(), "198.18.0.100-198.18.0.200".into()]),
+        Dhcp::Proxy => args.extend(["--mode".into(), "proxy".into()]),
+    }
     if let Chain::HttpBoot(file) = s.chain {
         let flag = match s.arch {
             Arch::Amd64 => "--boot-http-x86",
@@ -478,26 +491,22 @@ pub fn boot(
         }
         Stack::Reference => None,
     };
-    let beats = lab.dir.join("heartbeats");
-    let _httpd = match stack {
+    let access_log = lab.dir.join("nginx-access.log");
+    let _nginx = match stack {
         Stack::Gb10 => None,
         Stack::Reference => {
-            reference_files(s, lab.server_ip, &www, &tftp, &beats)
+            let conf = reference_files(s, &lab, &mac, &www, &tftp)
                 .map_err(|e| fail("setup", format!("{e:#}")))?;
             Some(Guard(
                 lab.ns
-                    .cmd("busybox")
-                    .args([
-                        "httpd",
-                        "-f",
-                        "-p",
-                        &format!("{}:{HTTP_PORT}", lab.server_ip),
-                        "-h",
-                    ])
-                    .arg(&www)
+                    .cmd("nginx")
+                    .arg("-c")
+                    .arg(&conf)
                     .stdin(Stdio::null())
                     .spawn()
-                    .map_err(|e| fail("setup", format!("busybox httpd: {e}")))?,
+                    .map_err(|e| {
+                        fail("setup", format!("nginx (apt-get install nginx-light): {e}"))
+                    })?,
             ))
         }
     };
@@ -522,6 +531,21 @@ pub fn boot(
         )
     });
 
+    // Proxy scenarios: the site's DHCP server is another host on the LAN.
+    let site_log = lab.dir.join("site-dnsmasq.log");
+    let _site = (s.dhcp == Dhcp::Proxy).then(|| {
+        let (site, iface) = lab.add_site(SITE_DHCP);
+        let dnsmasq = site.dnsmasq_dhcp(
+            &iface,
+            "198.18.0.100,198.18.0.200,255.255.255.0,1h",
+            &lab.dir,
+            &[
+                "--log-dhcp",
+                &format!("--log-facility={}", site_log.display()),
+            ],
+        );
+        (dnsmasq, site)
+    });
     let tap = lab.add_tap();
     let serial = lab.dir.join("serial.log");
     let mut cmd =
@@ -552,6 +576,10 @@ pub fn boot(
             Some(d) => d.log(),
             None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
         };
+        let site_acked = fs::read_to_string(&site_log).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("DHCPACK(") && l.contains(&mac))
+        });
         let client = if daemon.is_some() {
             lab.http(&format!("/clients/{mac}")).1
         } else {
@@ -561,6 +589,7 @@ pub fn boot(
             (
                 Stage::Dhcp,
                 client.contains("\"event\":\"leased\"")
+                    || site_acked
                     || log
                         .lines()
                         .any(|l| l.contains("DHCPACK(") && l.contains(&mac)),
@@ -583,7 +612,12 @@ pub fn boot(
                 Stage::Heartbeat,
                 client.contains("\"state\":\"onboarded\"")
                     || (daemon.is_none()
-                        && fs::read_to_string(&beats).is_ok_and(|b| b.contains(&mac))),
+                        && fs::read_to_string(&access_log).is_ok_and(|l| {
+                            l.lines().any(|l| {
+                                l.contains(&format!("\"POST /heartbeat/{mac} "))
+                                    && l.contains("\" 200 ")
+                            })
+                        })),
             ),
         ];
         for (stage, yes) in seen {
@@ -610,10 +644,12 @@ pub fn boot(
     };
     let after = start.elapsed();
     drop(vm);
-    let log = match &daemon {
+    let mut log = match &daemon {
         Some(d) => d.log(),
         None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
     };
+    // Proxy scenarios: what the site's DHCP server said too.
+    log.push_str(&fs::read_to_string(&site_log).unwrap_or_default());
     let qemu_err = fs::read_to_string(lab.dir.join("qemu.log")).unwrap_or_default();
     let mut serial_tail = tail(&qemu_err, 5);
     serial_tail.extend(tail(&fs::read_to_string(&serial).unwrap_or_default(), 30));

@@ -80,7 +80,7 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
         };
         let refs = reference
             .as_ref()
-            .map(|r| format!("   reference (dnsmasq + busybox httpd): {}", fmt(r)))
+            .map(|r| format!("   reference (dnsmasq + nginx): {}", fmt(r)))
             .unwrap_or_default();
         println!("  {:<20} gb10-provision: {}{refs}", s.name, fmt(ours));
         if let Err(f) = ours {

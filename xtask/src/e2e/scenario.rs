@@ -26,12 +26,23 @@ pub enum Chain {
     HttpBoot(&'static str),
 }
 
+/// Who gives the VM its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dhcp {
+    /// The boot server is the LAN's DHCP server.
+    Direct,
+    /// The site's DHCP server (dnsmasq on another host of the LAN) gives the address;
+    /// the boot server only answers PXE, as proxy DHCP.
+    Proxy,
+}
+
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
     pub arch: Arch,
     pub firmware: Firmware,
     pub chain: Chain,
+    pub dhcp: Dhcp,
 }
 
 pub static SCENARIOS: &[Scenario] = &[
@@ -41,6 +52,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::SeaBios,
         chain: Chain::IpxeScript,
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "ovmf-ipxe",
@@ -48,6 +60,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::Ipxe("ipxe.efi"),
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "ovmf-snponly",
@@ -55,6 +68,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::Ipxe("snponly.efi"),
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "ovmf-shim-grub",
@@ -62,6 +76,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "ovmf-shim-grub-sb",
@@ -69,6 +84,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: true },
         chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "ovmf-httpboot",
@@ -76,6 +92,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::HttpBoot("ipxe.efi"),
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "aavmf-shim-grub",
@@ -83,6 +100,7 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Arm64,
         firmware: Firmware::Aavmf,
         chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
     },
     Scenario {
         name: "aavmf-httpboot",
@@ -90,6 +108,16 @@ pub static SCENARIOS: &[Scenario] = &[
         arch: Arch::Arm64,
         firmware: Firmware::Aavmf,
         chain: Chain::HttpBoot("shimaa64.efi"),
+        dhcp: Dhcp::Direct,
+    },
+    Scenario {
+        name: "ovmf-ipxe-proxy",
+        about: "proxy DHCP: dnsmasq (the site's DHCP) gives the address, the boot server \
+                OVMF PXE -> TFTP ipxe.efi -> HTTP script -> kernel",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::Ipxe("ipxe.efi"),
+        dhcp: Dhcp::Proxy,
     },
 ];
 

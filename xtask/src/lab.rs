@@ -19,7 +19,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     }
     crate::setup::e2e()?;
     let assets = e2e::assets::Assets::prepare()?;
-    let bin = e2e::lab::build_daemon()?;
+    let bin = e2e::lab::build_daemon(false)?;
     let scenario = e2e::scenario::find(LAB_SCENARIO).expect("lab scenario in the table");
 
     // Block the stop signals before any thread starts, so sigwait below receives them

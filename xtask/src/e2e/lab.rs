@@ -90,16 +90,28 @@ pub struct Outcome {
 }
 
 /// Builds the daemon (without the eBPF object when AYA_BUILD_SKIP is set); its path.
-pub fn build_daemon() -> anyhow::Result<PathBuf> {
-    exec(cargo().args([
+/// `release` for timings set beside a reference (which is an optimised build too); the
+/// debug build, already there from the tests, otherwise.
+pub fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
         "build",
         "--quiet",
         "-p",
         "gb10-userspace",
         "--bin",
         "gb10-provision",
-    ]))?;
-    Ok(root().join("target/debug/gb10-provision").canonicalize()?)
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    exec(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(root()
+        .join("target")
+        .join(profile)
+        .join("gb10-provision")
+        .canonicalize()?)
 }
 
 /// A MAC per scenario and stack, so records never mix.

@@ -38,7 +38,7 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
         v
     };
     let assets = assets::Assets::prepare()?;
-    let bin = lab::build_daemon()?;
+    let bin = lab::build_daemon(compare)?;
     let mut results = Vec::new();
     for s in &chosen {
         println!("e2e: {} — {}", s.name, s.about);

@@ -407,7 +407,7 @@ fn static_files_listing_ranges_conditionals_and_no_escape() {
     // byte for byte (lower case made it wait 30 s per file).
     assert!(head.contains("\r\nContent-Length: 12\r\n"), "{head}");
     // A missing file: a body and a closed connection. EDK2 waits forever on a bodiless
-    // 404 and GRUB waits for the close (both seen in the firmware e2e scenarios).
+    // 404 (seen in the arm64 HTTP boot e2e scenario).
     let out = run(lab.client.cmd("curl").args([
         "-sS",
         "-i",

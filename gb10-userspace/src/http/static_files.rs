@@ -201,11 +201,10 @@ fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
     shared.clients.record(mac, event);
 }
 
-/// An error status with a one-line text body, closing the connection. Firmware clients
-/// stall on a bare error: EDK2's HTTP stack (shim probing its optional files during UEFI
-/// HTTP boot) waits forever on a 404 with `Content-Length: 0`, and GRUB's http module
-/// waits for the connection to close after any error status (34 s per missing
-/// `command.lst`/`fs.lst` seen here), so both get a body and a close, as from busybox.
+/// An error status with a one-line text body, closing the connection, as nginx and
+/// busybox answer. EDK2's HTTP stack (shim probing its optional files during UEFI HTTP
+/// boot) waits forever on a 404 with `Content-Length: 0`; the close frees firmware
+/// that does not pipeline from waiting on a connection it will not reuse.
 fn status_page(status: StatusCode) -> Response {
     let line = format!(
         "{} {}\n",

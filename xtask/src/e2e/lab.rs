@@ -152,24 +152,6 @@ fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
     copy(&assets.amd64.grub_http, &www.join("grubx64.efi"))?;
     copy(&assets.arm64.shim, &www.join("shimaa64.efi"))?;
     copy(&assets.arm64.grub_http, &www.join("grubaa64.efi"))?;
-    // GRUB's module directory under the HTTP prefix, as `grub-mknetdir` lays it out:
-    // an HTTP GRUB reads `command.lst`, `fs.lst`, ... from `$prefix/<platform>/` and
-    // waits 30 s on each one that is missing (GRUB 2.06 never finishes reading a 404).
-    for arch in [Arch::Amd64, Arch::Arm64] {
-        let platform = arch.grub_platform();
-        let from = assets.get(arch).tree.join("usr/lib/grub").join(platform);
-        for entry in fs::read_dir(&from).with_context(|| format!("{}", from.display()))? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "mod" || e == "lst") {
-                copy(
-                    &path,
-                    &www.join("grub")
-                        .join(platform)
-                        .join(path.file_name().unwrap_or_default()),
-                )?;
-            }
-        }
-    }
     for f in ["ipxe.efi", "snponly.efi"] {
         copy(&assets.ipxe_efi(f), &tftp.join(f))?;
         copy(&assets.ipxe_efi(f), &www.join(f))?;

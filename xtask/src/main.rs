@@ -51,13 +51,14 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
-    /// Real firmware in QEMU network-boots through gb10-provision (scenarios 2, 3 with
-    /// Secure Boot, and 5 unless named or `--all`).
+    /// Real firmware in QEMU network-boots through gb10-provision (the CI set unless
+    /// scenarios are named or `--all`).
     E2e {
         /// Every scenario.
         #[arg(long)]
         all: bool,
-        /// Boot each scenario also through the reference stack and print both times.
+        /// Boot each scenario also through the reference stack (dnsmasq + nginx) and
+        /// print both times; the daemon is then a release build, as the reference is.
         #[arg(long)]
         compare: bool,
         /// Scenario names (see `--all` output).

@@ -76,6 +76,10 @@ async fn serve_lan(listener: TcpListener, app: Router, stop: CancellationToken) 
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .title_case_headers(true)
+            // A client that opens a connection and sends no request (or trickles one)
+            // is let go, rather than holding a socket and a task for ever.
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(30))
             .serve_connection(TokioIo::new(tcp), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -9,8 +9,14 @@ use anyhow::bail;
 use self::scenario::{SCENARIOS, Scenario};
 
 /// The scenarios `cargo xtask test` runs (CI): UEFI iPXE, shim + GRUB with Secure
-/// Boot, and the arm64 GB10 path.
-pub const CI: &[&str] = &["ovmf-ipxe", "ovmf-shim-grub-sb", "aavmf-shim-grub"];
+/// Boot, the arm64 GB10 path over PXE and over UEFI HTTP boot, and proxy DHCP.
+pub const CI: &[&str] = &[
+    "ovmf-ipxe",
+    "ovmf-shim-grub-sb",
+    "aavmf-shim-grub",
+    "aavmf-httpboot",
+    "ovmf-ipxe-proxy",
+];
 
 /// Runs the named scenarios (all with `all`, else the CI set when none are named) and
 /// prints one line per scenario; fails when any failed.

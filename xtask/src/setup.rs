@@ -56,6 +56,8 @@ const E2E_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "busybox-static",
     "nginx-light",
+    // grub-mkimage, for the HTTP boot scenarios' GRUB.
+    "grub-common",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -48,6 +48,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Who is asking from a LAN address: the inventory host with that fixed address,
+    /// else the client holding its lease.
+    pub fn mac_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<inventory::Mac> {
+        self.inventory()
+            .host_by_ip(ip)
+            .map(|h| h.mac)
+            .or_else(|| self.clients.mac_by_lease(ip))
+    }
+
     /// The inventory as it is now (a cheap clone of the Arc).
     pub fn inventory(&self) -> Arc<Inventory> {
         self.inventory

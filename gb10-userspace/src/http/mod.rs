@@ -4,7 +4,7 @@ mod api;
 mod seeds;
 pub mod static_files;
 
-pub use seeds::{render_for, tftp_script};
+pub use seeds::{GRUB_HOSTS, render_for, tftp_script};
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},

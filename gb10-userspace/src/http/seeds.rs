@@ -105,10 +105,14 @@ pub fn render_for(
     templates.render(template, &ctx)
 }
 
+/// Where per-host GRUB configs live, relative to the TFTP root and the HTTP root.
+pub const GRUB_HOSTS: &str = "grub/hosts/";
+
 /// The boot-loader scripts Debian's network GRUB reads over TFTP (its prefix is
 /// `(tftp,<server>)/grub`): `grub/grub.cfg` and `grub/hosts/<mac>.cfg`, rendered as over
 /// HTTP. `None` for any other path (the TFTP root serves it); `server_ip` is the address
-/// the request reached. Records the fetch for per-host configs.
+/// the request reached. Records the fetch of a per-host config under the MAC it names
+/// (the TFTP server then does not record it again).
 pub fn tftp_script(
     shared: &Shared,
     path: &str,
@@ -123,7 +127,7 @@ pub fn tftp_script(
         return Some(render_for(shared, None, &server, "grub.cfg.j2"));
     }
     let mac: Mac = path
-        .strip_prefix("grub/hosts/")?
+        .strip_prefix(GRUB_HOSTS)?
         .strip_suffix(".cfg")?
         .parse()
         .ok()?;
@@ -132,7 +136,7 @@ pub fn tftp_script(
         shared.clients.record(
             mac,
             ClientEvent::BootFile {
-                path: format!("tftp:/{path}"),
+                path: path.to_owned(),
             },
         );
     }
@@ -193,21 +197,53 @@ fn not_a_mac() -> Response {
     text(StatusCode::NOT_FOUND, "not a MAC address\n")
 }
 
-const IPXE: &str = "text/plain; charset=utf-8";
+/// iPXE and GRUB scripts are plain text.
+const SCRIPT: &str = "text/plain; charset=utf-8";
 
-async fn boot_ipxe(State(shared): State<Arc<Shared>>, peer: Peer, headers: HeaderMap) -> Response {
+/// A script every client gets the same way (no MAC in the path, no event recorded).
+fn shared_script(shared: &Shared, peer: Peer, headers: &HeaderMap, template: &str) -> Response {
     render(
-        &shared,
+        shared,
         None,
         peer,
-        &headers,
+        headers,
         Seed {
-            template: "boot.ipxe.j2",
+            template,
             owner_only: false,
             event: None,
-            content_type: IPXE,
+            content_type: SCRIPT,
         },
     )
+}
+
+/// One host's script, the MAC taken from the URL; the fetch is recorded under `path`.
+fn host_script(
+    shared: &Shared,
+    mac: &str,
+    path: impl FnOnce(Mac) -> String,
+    peer: Peer,
+    headers: &HeaderMap,
+    template: &str,
+) -> Response {
+    let Some(mac) = parse_mac(mac) else {
+        return not_a_mac();
+    };
+    render(
+        shared,
+        Some(mac),
+        peer,
+        headers,
+        Seed {
+            template,
+            owner_only: false,
+            event: Some(ClientEvent::BootFile { path: path(mac) }),
+            content_type: SCRIPT,
+        },
+    )
+}
+
+async fn boot_ipxe(State(shared): State<Arc<Shared>>, peer: Peer, headers: HeaderMap) -> Response {
+    shared_script(&shared, peer, &headers, "boot.ipxe.j2")
 }
 
 async fn ipxe_host(
@@ -216,39 +252,12 @@ async fn ipxe_host(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
-        Some(mac) => mac,
-        None => return not_a_mac(),
-    };
-    render(
-        &shared,
-        Some(mac),
-        peer,
-        &headers,
-        Seed {
-            template: "ipxe-host.j2",
-            owner_only: false,
-            event: Some(ClientEvent::BootFile {
-                path: format!("/ipxe/{mac}"),
-            }),
-            content_type: IPXE,
-        },
-    )
+    let path = |mac| format!("/ipxe/{mac}");
+    host_script(&shared, &mac, path, peer, &headers, "ipxe-host.j2")
 }
 
 async fn grub_cfg(State(shared): State<Arc<Shared>>, peer: Peer, headers: HeaderMap) -> Response {
-    render(
-        &shared,
-        None,
-        peer,
-        &headers,
-        Seed {
-            template: "grub.cfg.j2",
-            owner_only: false,
-            event: None,
-            content_type: IPXE,
-        },
-    )
+    shared_script(&shared, peer, &headers, "grub.cfg.j2")
 }
 
 async fn grub_host(
@@ -260,24 +269,8 @@ async fn grub_host(
     let Some(mac) = file.strip_suffix(".cfg") else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let mac = match parse_mac(mac) {
-        Some(mac) => mac,
-        None => return not_a_mac(),
-    };
-    render(
-        &shared,
-        Some(mac),
-        peer,
-        &headers,
-        Seed {
-            template: "grub-host.j2",
-            owner_only: false,
-            event: Some(ClientEvent::BootFile {
-                path: format!("/grub/hosts/{file}"),
-            }),
-            content_type: IPXE,
-        },
-    )
+    let path = |_| format!("/grub/hosts/{file}");
+    host_script(&shared, mac, path, peer, &headers, "grub-host.j2")
 }
 
 async fn cloud_init(
@@ -411,13 +404,7 @@ async fn proxmox_by_body(
         .flatten()
         .filter_map(|nic| nic["mac"].as_str()?.parse::<Mac>().ok())
         .find(|mac| inv.host(*mac).is_some());
-    let mac = from_body.or_else(|| {
-        peer.0.and_then(|ip| {
-            inv.host_by_ip(ip)
-                .map(|h| h.mac)
-                .or_else(|| shared.clients.mac_by_lease(ip))
-        })
-    });
+    let mac = from_body.or_else(|| peer.0.and_then(|ip| shared.mac_by_ip(ip)));
     let Some(mac) = mac else {
         return text(
             StatusCode::NOT_FOUND,
@@ -451,13 +438,7 @@ async fn onboard(
     let mac = match q.mac.as_deref().map(str::parse::<Mac>) {
         Some(Ok(mac)) => Some(mac),
         Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "`mac` is not a MAC address\n"),
-        None => peer.0.and_then(|ip| {
-            shared
-                .inventory()
-                .host_by_ip(ip)
-                .map(|h| h.mac)
-                .or_else(|| shared.clients.mac_by_lease(ip))
-        }),
+        None => peer.0.and_then(|ip| shared.mac_by_ip(ip)),
     };
     let Some(mac) = mac else {
         return text(

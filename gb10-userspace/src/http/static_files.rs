@@ -172,14 +172,10 @@ fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
     {
         return;
     }
-    let inv = shared.inventory();
-    let Some(mac) = inv
-        .host_by_ip(ip)
-        .map(|h| h.mac)
-        .or_else(|| shared.clients.mac_by_lease(ip))
-    else {
+    let Some(mac) = shared.mac_by_ip(ip) else {
         return;
     };
+    let inv = shared.inventory();
     let path = percent_decode_str(raw).decode_utf8_lossy().into_owned();
     let rel = path.trim_start_matches('/');
     let is_kernel = inv.profile_for(inv.host(mac)).is_some_and(|(_, p)| {

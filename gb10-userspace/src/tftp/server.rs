@@ -305,7 +305,10 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
             info!(file = %served, bytes = tally.bytes, blksize = negotiated.blksize,
                 windowsize = negotiated.windowsize, retransmits = tally.retransmits,
                 ms = elapsed.as_millis() as u64, mb_per_s = format!("{rate:.1}"), "transfer complete");
-            record_boot_file(ctx, client, served).await;
+            // Per-host GRUB configs were recorded when rendered, under the MAC they name.
+            if !served.starts_with(crate::http::GRUB_HOSTS) {
+                record_boot_file(ctx, client, served).await;
+            }
         }
         Outcome::Aborted { code, message } => {
             // EDK2 ends its tsize probe this way: normal, but counted.

@@ -4,6 +4,7 @@ pub mod boot;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod confine;
 pub mod daemon;
 pub mod dhcp;
 pub mod explain;

@@ -367,6 +367,8 @@ fn static_files_listing_ranges_conditionals_and_no_escape() {
     std::fs::write(data.join("secret.txt"), SECRET).unwrap();
     std::os::unix::fs::symlink(lab.dir.join("secret.txt"), www.join("escape.txt")).unwrap();
     std::os::unix::fs::symlink(&lab.dir, www.join("escape-dir")).unwrap();
+    // A relative symlink that stays inside the root is followed.
+    std::os::unix::fs::symlink("hello.txt", www.join("alias.txt")).unwrap();
 
     let mount = format!("/repos/={}", repos.display());
     let _daemon = lab.start_daemon(BIN, &["--xdp", "off", "--http-mount", &mount]);
@@ -392,6 +394,8 @@ fn static_files_listing_ranges_conditionals_and_no_escape() {
     assert_eq!((code, body.as_slice()), (200, b"deb".as_slice()));
     let (code, _, _) = curl(&lab, &[], "/repos");
     assert_eq!(code, 301);
+    let (code, body, _) = curl(&lab, &[], "/alias.txt");
+    assert_eq!((code, body.as_slice()), (200, b"hello, gb10\n".as_slice()));
 
     // HEAD: the GET headers, no body.
     let out = run(lab.client.cmd("curl").args([

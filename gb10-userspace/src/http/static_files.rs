@@ -20,7 +20,11 @@ use tokio_util::io::ReaderStream;
 use tracing::{debug, warn};
 
 use super::Peer;
-use crate::{clients::ClientEvent, daemon::Shared};
+use crate::{
+    clients::ClientEvent,
+    confine::{OpenError, Root},
+    daemon::Shared,
+};
 
 /// Read size of the streamed body: large enough that a multi-GiB image is a few thousand
 /// reads per GiB, small enough that many parallel downloads stay cheap in memory.
@@ -105,17 +109,28 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
             return status_page(StatusCode::BAD_REQUEST);
         }
     };
-    // On the worker thread, as nginx does in its event loop: a stat and a small read of
-    // files in the page cache take microseconds, while trips through the blocking pool
-    // (find, open, read) were most of what a small boot script cost, in thread switches.
-    let resolved = find(&root, &path, method == Method::GET);
-    let (real, meta, small) = match resolved {
-        None => return status_page(StatusCode::NOT_FOUND),
-        Some(Err(outside)) => {
-            warn!(path = %raw, target = %outside.display(), "symlink leads out of the root");
+    // On the worker thread, as nginx does in its event loop: an open, a stat and a
+    // small read of files in the page cache take microseconds, while trips through the
+    // blocking pool (find, open, read) were most of what a small boot script cost, in
+    // thread switches.
+    let rel = path
+        .strip_prefix(&root)
+        .ok()
+        .and_then(Path::to_str)
+        .unwrap_or_default()
+        .to_owned();
+    let (file, meta, small) = match find(&root, &rel, method == Method::GET) {
+        Lookup::Found(file, meta, small) => (file, meta, small),
+        Lookup::Missing => return status_page(StatusCode::NOT_FOUND),
+        Lookup::Refused(OpenError::Outside) => {
+            warn!(path = %raw, peer = ?peer.0, "resolves out of the root (symlink)");
             return status_page(StatusCode::FORBIDDEN);
         }
-        Some(Ok(found)) => found,
+        Lookup::Refused(OpenError::Denied) => return status_page(StatusCode::FORBIDDEN),
+        Lookup::Refused(err) => {
+            warn!(path = %raw, error = %crate::error_chain(&err), "opening a served file");
+            return status_page(StatusCode::INTERNAL_SERVER_ERROR);
+        }
     };
     let headers = req.headers();
     if meta.is_dir() {
@@ -123,43 +138,58 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
             // One leading slash: `//host/dir` would redirect to another site.
             return redirect(&format!("/{}/", raw.trim_start_matches('/')));
         }
-        let index = real.join("index.html");
-        if let Ok(index_meta) = tokio::fs::metadata(&index).await
+        let index = format!("{rel}/index.html");
+        if let Lookup::Found(file, index_meta, small) = find(&root, &index, method == Method::GET)
             && index_meta.is_file()
         {
-            return file_response(&method, headers, &index, &index_meta, None).await;
+            let index = path.join("index.html");
+            return file_response(&method, headers, &index, &index_meta, file, small).await;
         }
-        return listing(&method, &raw, real).await;
+        // Listed by path: the open above proved it lies beneath the root.
+        return listing(&method, &raw, path).await;
     }
     if !meta.is_file() {
         return status_page(StatusCode::NOT_FOUND);
     }
-    let response = file_response(&method, headers, &real, &meta, small).await;
+    let response = file_response(&method, headers, &path, &meta, file, small).await;
     if method == Method::GET && response.status().is_success() {
         note_fetch(&shared, peer, &raw, headers);
     }
     response
 }
 
-/// A found file: its real path, metadata, and its bytes when small and wanted.
-type Found = (PathBuf, std::fs::Metadata, Option<axum::body::Bytes>);
+/// What a request path found beneath its root.
+enum Lookup {
+    /// Open, with its metadata, and its bytes when it is a small file and a body is
+    /// wanted.
+    Found(std::fs::File, std::fs::Metadata, Option<axum::body::Bytes>),
+    Missing,
+    Refused(OpenError),
+}
 
-/// Resolves symlinks and checks the result is still under `root`: `None` when nothing
-/// is there, `Err(real path)` when a symlink leads out of the root.
-fn find(root: &Path, path: &Path, want_body: bool) -> Option<Result<Found, PathBuf>> {
-    let root = std::fs::canonicalize(root).ok()?;
-    let real = std::fs::canonicalize(path).ok()?;
-    if !real.starts_with(&root) {
-        return Some(Err(real));
-    }
-    let meta = std::fs::metadata(&real).ok()?;
+/// Opens `rel` (`""`: the root itself) beneath `root` through [`crate::confine`].
+fn find(root: &Path, rel: &str, want_body: bool) -> Lookup {
+    // A root that does not exist (yet) serves nothing.
+    let Ok(root) = Root::open(root) else {
+        return Lookup::Missing;
+    };
+    let file = match root.open_beneath(if rel.is_empty() { "." } else { rel }) {
+        Ok(file) => file,
+        Err(OpenError::NotFound) => return Lookup::Missing,
+        Err(err) => return Lookup::Refused(err),
+    };
+    let Ok(meta) = file.metadata() else {
+        return Lookup::Missing;
+    };
     let small = (want_body && meta.is_file() && meta.len() <= SMALL_FILE)
-        .then(|| std::fs::read(&real).ok())
-        .flatten()
-        // Changed between stat and read: stream it instead.
-        .filter(|bytes| bytes.len() as u64 == meta.len())
-        .map(axum::body::Bytes::from);
-    Some(Ok((real, meta, small)))
+        .then(|| {
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+            // Changed between stat and read: stream it instead.
+            (bytes.len() as u64 == meta.len()).then(|| axum::body::Bytes::from(bytes))
+        })
+        .flatten();
+    Lookup::Found(file, meta, small)
 }
 
 /// Tells the client record that a boot file or kernel was fetched, when the requester is
@@ -331,6 +361,7 @@ async fn file_response(
     headers: &HeaderMap,
     path: &Path,
     meta: &std::fs::Metadata,
+    file: std::fs::File,
     // The whole file, when it was small enough to be read already.
     small: Option<axum::body::Bytes>,
 ) -> Response {
@@ -399,13 +430,12 @@ async fn file_response(
         // `start + count <= len == whole.len()`: `wanted` keeps ranges inside the file.
         Body::from(whole.slice(start as usize..(start + count) as usize))
     } else {
-        match open_at(path, start).await {
-            Ok(file) => Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK)),
-            Err(err) => {
-                warn!(path = %path.display(), %err, "opening a served file");
-                return status_page(StatusCode::INTERNAL_SERVER_ERROR);
-            }
+        let mut file = tokio::fs::File::from_std(file);
+        if let Err(err) = file.seek(SeekFrom::Start(start)).await {
+            warn!(path = %path.display(), %err, "seeking in a served file");
+            return status_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
+        Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK))
     };
     let mut response = (status, validators, body).into_response();
     let h = response.headers_mut();
@@ -419,14 +449,6 @@ async fn file_response(
     }
     debug!(path = %path.display(), status = status.as_u16(), start, count, "static file");
     response
-}
-
-async fn open_at(path: &Path, start: u64) -> std::io::Result<tokio::fs::File> {
-    let mut file = tokio::fs::File::open(path).await?;
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).await?;
-    }
-    Ok(file)
 }
 
 /// Characters left as they are in listing links.

@@ -1,15 +1,9 @@
-//! Confinement to the TFTP root: names are checked, then opened with openat2
-//! `RESOLVE_BENEATH` on the root's directory fd, so nothing outside the root is ever
-//! opened, symlinks included.
-use std::{
-    ffi::CString,
-    fs::File,
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::Path,
-};
+//! TFTP file names: checked and cleaned, then opened beneath the TFTP root through
+//! [`crate::confine`], so nothing outside the root is ever opened, symlinks included.
+use std::{fs::File, io};
 
 use super::packet::ErrorCode;
+use crate::confine::OpenError;
 
 /// The longest file name we accept (bytes); boot file names are far shorter.
 pub const MAX_NAME: usize = 255;
@@ -82,67 +76,32 @@ pub fn clean(raw: &[u8]) -> Result<String, PathError> {
     Ok(parts.join("/"))
 }
 
-/// The TFTP root, held open as a directory fd.
-#[derive(Debug)]
-pub struct Root {
-    dir: OwnedFd,
+pub use crate::confine::Root;
+
+impl From<OpenError> for PathError {
+    fn from(err: OpenError) -> Self {
+        match err {
+            OpenError::NotFound => Self::NotFound,
+            OpenError::Outside => Self::Outside,
+            OpenError::Denied => Self::Denied,
+            OpenError::Unsupported => Self::Unsupported,
+            OpenError::Io(e) => Self::Io(e),
+        }
+    }
 }
 
-impl Root {
-    /// Opens `path` as the root.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let dir = File::open(path)?;
-        if !dir.metadata()?.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("{} is not a directory", path.display()),
-            ));
-        }
-        Ok(Self { dir: dir.into() })
+/// Opens a [`clean`]ed name beneath the root: a regular file or an error. Blocking.
+pub fn open_file(root: &Root, name: &str) -> Result<File, PathError> {
+    let file = root.open_beneath(name)?;
+    let meta = file.metadata().map_err(PathError::Io)?;
+    if !meta.is_file() {
+        return Err(PathError::NotAFile);
     }
-
-    /// Opens a [`clean`]ed name beneath the root: a regular file or an error. Blocking.
-    pub fn open_file(&self, name: &str) -> Result<File, PathError> {
-        let c_name = CString::new(name).map_err(|_| PathError::BadChar)?;
-        // SAFETY: open_how is plain data; zeroed is its documented default.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        // O_NONBLOCK: a FIFO planted in the root must not hang the open.
-        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: the pointers are valid for the call; the size is the struct's.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.dir.as_raw_fd(),
-                c_name.as_ptr(),
-                &raw const how,
-                size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::ENOENT | libc::ENOTDIR) => PathError::NotFound,
-                Some(libc::EXDEV | libc::ELOOP) => PathError::Outside,
-                Some(libc::EACCES | libc::EPERM) => PathError::Denied,
-                Some(libc::ENOSYS) => PathError::Unsupported,
-                _ => PathError::Io(err),
-            });
-        }
-        // SAFETY: the syscall returned a fresh fd we now own.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        let meta = file.metadata().map_err(PathError::Io)?;
-        if !meta.is_file() {
-            return Err(PathError::NotAFile);
-        }
-        Ok(file)
-    }
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
-
     use super::*;
 
     #[test]
@@ -166,26 +125,15 @@ mod tests {
     }
 
     #[test]
-    fn open_stays_beneath() {
+    fn only_regular_files() {
         let dir = std::env::temp_dir().join(format!("gb10-tftp-path-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let root = dir.join("root");
-        std::fs::create_dir_all(root.join("sub")).unwrap();
-        std::fs::write(dir.join("secret"), b"s").unwrap();
-        std::fs::write(root.join("sub/ok"), b"ok").unwrap();
-        symlink(dir.join("secret"), root.join("abs")).unwrap();
-        symlink("../secret", root.join("rel")).unwrap();
-        symlink("sub/ok", root.join("inside")).unwrap();
-        symlink(&dir, root.join("dirlink")).unwrap();
-        let r = Root::open(&root).unwrap();
-        assert!(r.open_file("sub/ok").is_ok());
-        assert!(r.open_file("inside").is_ok(), "a symlink within the root");
-        for escape in ["abs", "rel", "dirlink/secret"] {
-            let err = r.open_file(escape).unwrap_err();
-            assert!(matches!(err, PathError::Outside), "{escape}: {err:?}");
-        }
-        assert!(matches!(r.open_file("nope"), Err(PathError::NotFound)));
-        assert!(matches!(r.open_file("sub"), Err(PathError::NotAFile)));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/ok"), b"ok").unwrap();
+        let r = Root::open(&dir).unwrap();
+        assert!(open_file(&r, "sub/ok").is_ok());
+        assert!(matches!(open_file(&r, "sub"), Err(PathError::NotAFile)));
+        assert!(matches!(open_file(&r, "nope"), Err(PathError::NotFound)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -367,7 +367,7 @@ async fn open(
     }
     let root = ctx.root.clone();
     tokio::task::spawn_blocking(move || {
-        let file = root.open_file(&name)?;
+        let file = path::open_file(&root, &name)?;
         let size = file.metadata().map_err(PathError::Io)?.len();
         Ok((
             Box::pin(tokio::fs::File::from_std(file)) as Content,

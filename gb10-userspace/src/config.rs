@@ -262,6 +262,10 @@ pub struct RawHttp {
     /// off only in labs where clients reach the server through NAT or static addresses.
     #[arg(long = "seed-owner-check", env = "GB10_HTTP_SEED_OWNER_CHECK")]
     pub seed_owner_check: Option<bool>,
+    /// Open HTTP connections served at once on the LAN (default 1024); beyond it new
+    /// connections wait in the kernel's accept queue instead of taking descriptors.
+    #[arg(long = "http-max-connections", env = "GB10_HTTP_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// One `PREFIX=DIR` static mount as written.
@@ -462,10 +466,12 @@ impl RawConfig {
                     ipxe_script,
                     unknown_clients,
                 },
-            http: RawHttp {
-                mounts,
-                seed_owner_check,
-            },
+            http:
+                RawHttp {
+                    mounts,
+                    seed_owner_check,
+                    max_connections,
+                },
             guard:
                 RawGuard {
                     mode: guard_mode,
@@ -520,6 +526,7 @@ impl RawConfig {
                     mounts
                 },
                 seed_owner_check: seed_owner_check.or(self.http.seed_owner_check),
+                max_connections: max_connections.or(self.http.max_connections),
             },
             guard: RawGuard {
                 mode: guard_mode.or(self.guard.mode),
@@ -664,12 +671,16 @@ impl TryFrom<RawTftp> for TftpConfig {
     }
 }
 
+/// `[http] max_connections` when unset.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
+
 /// Validated `[http]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// URL prefix (starting and ending with `/`) → directory, longest prefix first.
     pub mounts: Vec<(String, PathBuf)>,
     pub seed_owner_check: bool,
+    pub max_connections: usize,
 }
 
 /// Validated `[dhcp]`.
@@ -788,10 +799,12 @@ impl TryFrom<RawConfig> for Config {
                 },
             xdp: RawXdp { mode: xdp },
             boot,
-            http: RawHttp {
-                mounts,
-                seed_owner_check,
-            },
+            http:
+                RawHttp {
+                    mounts,
+                    seed_owner_check,
+                    max_connections,
+                },
             guard,
             admin:
                 RawAdmin {
@@ -899,6 +912,17 @@ impl TryFrom<RawConfig> for Config {
             http: HttpConfig {
                 mounts: validate_mounts(mounts)?,
                 seed_owner_check: seed_owner_check.unwrap_or(true),
+                max_connections: match max_connections {
+                    None => DEFAULT_HTTP_MAX_CONNECTIONS,
+                    Some(0) => {
+                        return Err(ConfigError::Invalid {
+                            key: "http.max_connections",
+                            value: "0".into(),
+                            reason: "must be at least 1".into(),
+                        });
+                    }
+                    Some(n) => n,
+                },
             },
             guard: validate_guard(guard, &lan_iface_for_guard)?,
             tftp: TftpConfig::try_from(tftp)?,
@@ -1176,6 +1200,7 @@ mod tests {
         .unwrap();
         let cfg = Config::try_from(file.clone().overlay(RawConfig::default())).unwrap();
         assert!(!cfg.http.seed_owner_check);
+        assert_eq!(cfg.http.max_connections, DEFAULT_HTTP_MAX_CONNECTIONS);
         assert_eq!(
             cfg.http.mounts[0],
             ("/repos/deb/".into(), "/srv/deb".into())
@@ -1184,14 +1209,19 @@ mod tests {
             http: RawHttp {
                 mounts: vec!["/hf/=/srv/hf".parse().unwrap()],
                 seed_owner_check: None,
+                max_connections: Some(64),
             },
             ..Default::default()
         };
         let cfg = Config::try_from(file.overlay(flags)).unwrap();
         assert_eq!(cfg.http.mounts, vec![("/hf/".into(), "/srv/hf".into())]);
+        assert_eq!(cfg.http.max_connections, 64);
         let bad = raw("lan_iface = \"eth1\"\n[http]\nmounts = { \"/../\" = \"/x\" }\n").unwrap();
         let err = Config::try_from(bad).unwrap_err().to_string();
         assert!(err.contains("http.mounts"), "{err}");
+        let none = raw("lan_iface = \"eth1\"\n[http]\nmax_connections = 0\n").unwrap();
+        let err = Config::try_from(none).unwrap_err().to_string();
+        assert!(err.contains("http.max_connections"), "{err}");
     }
 
     #[test]

@@ -790,3 +790,48 @@ fn heartbeats_move_client_state_and_survive_restart() {
         1.0
     );
 }
+
+/// `[http] max_connections`: with two idle connections open and a limit of two, a third
+/// client waits in the accept queue; when one idle connection goes, it is served.
+#[test]
+fn connections_beyond_the_limit_wait_their_turn() {
+    let name = "connections_beyond_the_limit_wait_their_turn";
+    if !require_root(name) || !require_tool(name, "curl", "curl") {
+        return;
+    }
+    let lab = Lab::new("hcap");
+    let www = lab.dir.join("data/www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello, gb10\n").unwrap();
+    let _daemon = lab.start_daemon(BIN, &["--xdp", "off", "--http-max-connections", "2"]);
+    assert_eq!(
+        curl(&lab, &[], "/hello.txt").0,
+        200,
+        "served below the limit"
+    );
+    // Two clients that connect and send nothing (bash holds each socket open).
+    let hold = || {
+        gb10_lab::Guard(
+            lab.client
+                .cmd("bash")
+                .arg("-c")
+                .arg(format!(
+                    "exec 3<>/dev/tcp/{}/{HTTP_PORT}; sleep 30",
+                    lab.server_ip
+                ))
+                .spawn()
+                .expect("bash"),
+        )
+    };
+    let first = hold();
+    let _second = hold();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, _) = curl(&lab, &["-m", "1.5"], "/hello.txt");
+    assert_eq!(
+        code, 0,
+        "a third connection is not served while two are open"
+    );
+    drop(first);
+    let (code, body, _) = curl(&lab, &["-m", "5"], "/hello.txt");
+    assert_eq!((code, body.as_slice()), (200, b"hello, gb10\n".as_slice()));
+}

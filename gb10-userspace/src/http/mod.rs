@@ -28,13 +28,14 @@ use crate::{daemon::Shared, lan, metrics};
 /// Serves HTTP on `lan_addr:http_port`, following the LAN address, until `token` fires.
 pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
     let port = shared.config.http_port;
+    let max_connections = shared.config.http.max_connections;
     let app = router(shared.clone());
     lan::follow("http", shared.lan_addr.clone(), token, |ip, stop| {
         let app = app.clone();
         async move {
             let listener = TcpListener::bind((ip, port)).await?;
             info!(addr = %listener.local_addr()?, "HTTP listening");
-            serve_lan(listener, app, stop).await;
+            serve_lan(listener, app, max_connections, stop).await;
             Ok::<_, std::io::Error>(())
         }
     })
@@ -45,13 +46,27 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
 /// Accepts connections until `stop` fires, then lets the open ones finish their
 /// response and close. HTTP/1.1 with header names in Title-Case, as nginx and busybox
 /// write them: GRUB's http module matches `Content-Length: ` byte for byte, and without
-/// it waits 30 s for each file before giving up.
-async fn serve_lan(listener: TcpListener, app: Router, stop: CancellationToken) {
+/// it waits 30 s for each file before giving up. At most `max_connections` are served
+/// at once; the next waits in the kernel's accept queue until one ends.
+async fn serve_lan(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    stop: CancellationToken,
+) {
     use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
     use tower::ServiceExt as _;
 
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let slot = tokio::select! {
+            () = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -86,6 +101,7 @@ async fn serve_lan(listener: TcpListener, app: Router, stop: CancellationToken) 
             if let Err(err) = conn.await {
                 tracing::debug!(%err, %peer, "HTTP connection ended");
             }
+            drop(slot);
         });
     }
     drop(listener);

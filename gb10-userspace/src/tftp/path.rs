@@ -1,6 +1,6 @@
 //! TFTP file names: checked and cleaned, then opened beneath the TFTP root through
 //! [`crate::confine`], so nothing outside the root is ever opened, symlinks included.
-use std::{fs::File, io};
+use std::fs::File;
 
 use super::packet::ErrorCode;
 use crate::confine::OpenError;
@@ -22,18 +22,11 @@ pub enum PathError {
     BadChar,
     #[error("file name has a `..` component")]
     DotDot,
-    #[error("not found")]
-    NotFound,
-    #[error("resolves outside the TFTP root")]
-    Outside,
+    /// The open beneath the root failed: not found, outside, denied, ...
+    #[error(transparent)]
+    Open(#[from] OpenError),
     #[error("not a regular file")]
     NotAFile,
-    #[error("permission denied")]
-    Denied,
-    #[error("openat2 is unavailable (Linux 5.6+ needed); refusing to open without confinement")]
-    Unsupported,
-    #[error("opening the file")]
-    Io(#[source] io::Error),
     #[error("rendering the boot loader's config")]
     Render(#[source] Box<crate::templates::TemplateError>),
 }
@@ -42,8 +35,10 @@ impl PathError {
     /// The code and message the client gets.
     pub fn tftp(&self) -> (ErrorCode, &'static str) {
         match self {
-            PathError::NotFound => (ErrorCode::FileNotFound, "File not found"),
-            PathError::Unsupported | PathError::Io(_) => (ErrorCode::NotDefined, "Cannot read"),
+            PathError::Open(OpenError::NotFound) => (ErrorCode::FileNotFound, "File not found"),
+            PathError::Open(OpenError::Unsupported | OpenError::Io(_)) => {
+                (ErrorCode::NotDefined, "Cannot read")
+            }
             // Never a fragment of the config: the log names template and variable.
             PathError::Render(_) => (ErrorCode::NotDefined, "Config failed to render"),
             _ => (ErrorCode::AccessViolation, "Access violation"),
@@ -78,22 +73,10 @@ pub fn clean(raw: &[u8]) -> Result<String, PathError> {
 
 pub use crate::confine::Root;
 
-impl From<OpenError> for PathError {
-    fn from(err: OpenError) -> Self {
-        match err {
-            OpenError::NotFound => Self::NotFound,
-            OpenError::Outside => Self::Outside,
-            OpenError::Denied => Self::Denied,
-            OpenError::Unsupported => Self::Unsupported,
-            OpenError::Io(e) => Self::Io(e),
-        }
-    }
-}
-
 /// Opens a [`clean`]ed name beneath the root: a regular file or an error. Blocking.
 pub fn open_file(root: &Root, name: &str) -> Result<File, PathError> {
     let file = root.open_beneath(name)?;
-    let meta = file.metadata().map_err(PathError::Io)?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
     if !meta.is_file() {
         return Err(PathError::NotAFile);
     }
@@ -133,7 +116,10 @@ mod tests {
         let r = Root::open(&dir).unwrap();
         assert!(open_file(&r, "sub/ok").is_ok());
         assert!(matches!(open_file(&r, "sub"), Err(PathError::NotAFile)));
-        assert!(matches!(open_file(&r, "nope"), Err(PathError::NotFound)));
+        assert!(matches!(
+            open_file(&r, "nope"),
+            Err(PathError::Open(OpenError::NotFound))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -18,7 +18,7 @@ use super::{
     session::{self, Link, Outcome, Source, Tally, Timing},
     stats::{Failure, SessionSlot},
 };
-use crate::{clients::ClientEvent, config::TftpConfig, daemon::Shared};
+use crate::{clients::ClientEvent, config::TftpConfig, confine::OpenError, daemon::Shared};
 
 /// Packets queued for one single-port session before the listener drops them.
 const INBOX: usize = 64;
@@ -259,8 +259,8 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
         Err(err) => {
             let (code, message) = err.tftp();
             let why = match err {
-                PathError::NotFound => Failure::NotFound,
-                PathError::Io(_) | PathError::Unsupported => Failure::Io,
+                PathError::Open(OpenError::NotFound) => Failure::NotFound,
+                PathError::Open(OpenError::Io(_) | OpenError::Unsupported) => Failure::Io,
                 _ => Failure::Denied,
             };
             info!(error = %err, "request refused");
@@ -368,7 +368,7 @@ async fn open(
     let root = ctx.root.clone();
     tokio::task::spawn_blocking(move || {
         let file = path::open_file(&root, &name)?;
-        let size = file.metadata().map_err(PathError::Io)?.len();
+        let size = file.metadata().map_err(OpenError::Io)?.len();
         Ok((
             Box::pin(tokio::fs::File::from_std(file)) as Content,
             size,
@@ -376,7 +376,7 @@ async fn open(
         ))
     })
     .await
-    .map_err(|e| PathError::Io(e.into()))?
+    .map_err(|e| PathError::Open(OpenError::Io(e.into())))?
 }
 
 /// Records `ClientEvent::BootFile` under the client's MAC, from the kernel's neighbour

@@ -69,8 +69,9 @@ fn wait_state(lab: &Lab, mac: &str, want: &str) -> serde_json::Value {
     last
 }
 
-/// Writes the daemon's config: the token and the credentials directory.
-fn setup(lab: &Lab, inventory: &str) -> String {
+/// Writes the config (token, credentials directory, `inventory`) and starts the daemon
+/// with it, XDP and guard off, `extra` flags after.
+fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
     let data = lab.dir.join("data");
     std::fs::create_dir_all(data.join("secrets")).unwrap();
     write_file(
@@ -83,7 +84,10 @@ fn setup(lab: &Lab, inventory: &str) -> String {
         &config,
         &format!("[admin]\ntoken = \"{CANARY_TOKEN}\"\nlisten = \"{ADMIN}\"\n"),
     );
-    config.display().to_string()
+    let config = config.display().to_string();
+    let mut args = vec!["--config", &config, "--xdp", "off", "--guard", "off"];
+    args.extend_from_slice(extra);
+    lab.start_daemon(BIN, &args)
 }
 
 fn heartbeat(lab: &Lab, phase: &str) {
@@ -126,22 +130,10 @@ fn api_token_lifecycle_and_boot_script() {
         return;
     }
     let lab = Lab::new("hapi");
-    let config = setup(
+    let mut daemon = start(
         &lab,
         "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\nseed = \"cloud-init\"\n[[hosts]]\nmac = \"02:00:00:aa:00:09\"\nprofile = \"deb\"\n",
-    );
-    let mut daemon = lab.start_daemon(
-        BIN,
-        &[
-            "--config",
-            &config,
-            "--xdp",
-            "off",
-            "--guard",
-            "off",
-            "--seed-owner-check",
-            "false",
-        ],
+        &["--seed-owner-check", "false"],
     );
     let reg = format!(r#"{{"mac":"{HOST_MAC}","profile":"deb","serial":"SN1"}}"#);
     let mut responses = String::new();
@@ -334,11 +326,7 @@ fn rebuild_over_redfish_with_sushy() {
         return;
     }
     let lab = Lab::new("hrf");
-    let config = setup(&lab, "");
-    let mut daemon = lab.start_daemon(
-        BIN,
-        &["--config", &config, "--xdp", "off", "--guard", "off"],
-    );
+    let mut daemon = start(&lab, "", &[]);
     let _bmc = sushy(&lab);
     let systems = redfish(&lab, "/redfish/v1/Systems").unwrap();
     let system = systems["Members"][0]["@odata.id"]
@@ -554,21 +542,8 @@ fn join_flow(tag: &str, exit_code: u8, end: &str) -> Option<Join> {
         pvecm.display(),
         keys.display()
     );
-    let config = setup(&lab, &inventory);
+    let mut daemon = start(&lab, &inventory, &["--seed-owner-check", "false"]);
     let sshd = sshd(&lab, &keys);
-    let mut daemon = lab.start_daemon(
-        BIN,
-        &[
-            "--config",
-            &config,
-            "--xdp",
-            "off",
-            "--guard",
-            "off",
-            "--seed-owner-check",
-            "false",
-        ],
-    );
 
     let reg = format!(r#"{{"mac":"{HOST_MAC}","profile":"pve"}}"#);
     let (code, body) = admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg));
@@ -690,11 +665,7 @@ fn dashboard_tile_updates_live_in_chromium() {
         return;
     }
     let lab = Lab::new("hdash");
-    let config = setup(&lab, "");
-    let mut daemon = lab.start_daemon(
-        BIN,
-        &["--config", &config, "--xdp", "off", "--guard", "off"],
-    );
+    let mut daemon = start(&lab, "", &[]);
     let reg = format!(r#"{{"mac":"{HOST_MAC}"}}"#);
     let (code, body) = admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg));
     assert_eq!(code, 201, "{body}");

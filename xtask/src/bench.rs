@@ -330,19 +330,12 @@ pub fn http() -> anyhow::Result<()> {
     let big: Vec<u8> = (0..30 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(www.join("30m.bin"), big)?;
     let (_daemon, ours) = gb10(&lab, &bin, &["--xdp", "off", "--guard", "off"]);
-    let conf = lab.dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
-             events {{ worker_connections 1024; }}\nhttp {{ sendfile on; tcp_nopush on; access_log off;\n\
-             client_body_temp_path {dir}/ngx; proxy_temp_path {dir}/ngx; fastcgi_temp_path {dir}/ngx;\n\
-             uwsgi_temp_path {dir}/ngx; scgi_temp_path {dir}/ngx;\n\
-             server {{ listen {ip}:8081; root {www}; }} }}\n",
-            dir = lab.dir.display(),
-            ip = lab.server_ip,
-            www = www.display()
-        ),
+    let conf = crate::nginx::config(
+        &lab.dir,
+        &format!("{}:8081", lab.server_ip),
+        &www,
+        "tcp_nopush on; access_log off;",
+        "",
     )?;
     let nginx = reference(
         &lab,

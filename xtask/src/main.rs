@@ -3,6 +3,7 @@
 mod bench;
 mod e2e;
 mod lab;
+mod nginx;
 mod setup;
 
 use std::{path::PathBuf, process::Command};

@@ -207,24 +207,18 @@ fn reference_files(
             ),
         )?;
     }
-    let conf = lab.dir.join("nginx.conf");
-    fs::write(
-        &conf,
-        format!(
-            "user root;\nworker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\n\
-             error_log {dir}/nginx-error.log;\nevents {{ worker_connections 256; }}\n\
-             http {{\n  sendfile on;\n  tcp_nodelay on;\n  access_log {dir}/nginx-access.log;\n\
-             client_body_temp_path {dir}/ngx; proxy_temp_path {dir}/ngx;\n\
-             fastcgi_temp_path {dir}/ngx; uwsgi_temp_path {dir}/ngx; scgi_temp_path {dir}/ngx;\n\
-             types {{ application/efi efi; text/plain ipxe cfg; }}\n\
-             default_type application/octet-stream;\n\
-             server {{\n    listen {server}:{HTTP_PORT};\n    root {www};\n\
-             location /heartbeat/ {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-            dir = lab.dir.display(),
-            www = www.display(),
+    Ok(crate::nginx::config(
+        &lab.dir,
+        &format!("{server}:{HTTP_PORT}"),
+        www,
+        &format!(
+            "tcp_nodelay on;\n  access_log {}/nginx-access.log;\n  \
+             types {{ application/efi efi; text/plain ipxe cfg; }}\n  \
+             default_type application/octet-stream;",
+            lab.dir.display()
         ),
-    )?;
-    Ok(conf)
+        "location /heartbeat/ { return 200 \"ok\\n\"; }",
+    )?)
 }
 
 fn inventory(s: &Scenario, mac: &str, server: &str) -> String {
@@ -570,10 +564,12 @@ pub fn boot(
             Some(d) => d.log(),
             None => fs::read_to_string(&dnsmasq_log).unwrap_or_default(),
         };
-        let site_acked = fs::read_to_string(&site_log).is_ok_and(|l| {
-            l.lines()
+        // dnsmasq's log (the reference's, or the site's in proxy scenarios) acked the VM.
+        let acked = |text: &str| {
+            text.lines()
                 .any(|l| l.contains("DHCPACK(") && l.contains(&mac))
-        });
+        };
+        let site_acked = fs::read_to_string(&site_log).is_ok_and(|l| acked(&l));
         let client = if daemon.is_some() {
             lab.http(&format!("/clients/{mac}")).1
         } else {
@@ -582,11 +578,7 @@ pub fn boot(
         let seen = [
             (
                 Stage::Dhcp,
-                client.contains("\"event\":\"leased\"")
-                    || site_acked
-                    || log
-                        .lines()
-                        .any(|l| l.contains("DHCPACK(") && l.contains(&mac)),
+                client.contains("\"event\":\"leased\"") || site_acked || acked(&log),
             ),
             (
                 Stage::Tftp,

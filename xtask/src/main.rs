@@ -36,6 +36,10 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Also the heavier scenarios CI leaves out: every e2e scenario, and lab tests
+        /// that check for `GB10_TEST_ALL=1`.
+        #[arg(long)]
+        all: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
@@ -86,8 +90,9 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf { inner: true } => build_ebpf_inner(),
         Task::Test {
             no_lint,
+            all,
             cargo_args,
-        } => test(no_lint, &cargo_args),
+        } => test(no_lint, all, &cargo_args),
         Task::Bench { what } => {
             setup::run()?;
             setup::bench()?;
@@ -183,19 +188,21 @@ fn build_ebpf_inner() -> anyhow::Result<()> {
     )
 }
 
-fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
+fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     if !no_lint {
         exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
         exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    let (passed, failed) = cargo_test(cargo_args)?;
+    let (passed, failed) = cargo_test(all, cargo_args)?;
     if failed == 0 {
         // The main job: the README's first command must keep working.
         lab::run(true)?;
-        // Real firmware through the daemon: the CI set (the rest: `cargo xtask e2e --all`).
-        println!("e2e: CI scenarios {}", e2e::CI.join(", "));
-        e2e::run(false, false, &[])?;
+        // Real firmware through the daemon: the CI set, or every scenario with --all.
+        if !all {
+            println!("e2e: CI scenarios {}", e2e::CI.join(", "));
+        }
+        e2e::run(all, false, &[])?;
     }
     // The closing line, last: cargo's own final `test result` belongs to whichever binary
     // ran last, often an empty doctest run.
@@ -207,7 +214,7 @@ fn test(no_lint: bool, cargo_args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Runs `cargo test`, echoing its output, and sums its `test result` lines.
-fn cargo_test(cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
+fn cargo_test(all: bool, cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
     // Setup installed every peer and tool: a test that would skip is a failure here.
     // SAFETY: geteuid has no preconditions.
@@ -225,6 +232,7 @@ fn cargo_test(cargo_args: &[String]) -> anyhow::Result<(u64, u64)> {
         .arg("test")
         .args(&args)
         .env("GB10_NO_SKIP", if as_root { "1" } else { "0" })
+        .env("GB10_TEST_ALL", if all { "1" } else { "0" })
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
         .spawn()

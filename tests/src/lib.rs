@@ -14,6 +14,7 @@ use std::{
 
 pub mod flood;
 pub mod frames;
+pub mod storm;
 
 /// True when running as root. Otherwise prints a visible SKIP line naming the test.
 #[track_caller]

@@ -61,14 +61,14 @@ pub fn flood() -> anyhow::Result<()> {
 }
 
 /// A server under test, started in the lab's server namespace pinned to core 0.
-struct Server {
-    name: &'static str,
-    _process: gb10_lab::Guard,
-    pid: u32,
+pub(crate) struct Server {
+    pub(crate) name: &'static str,
+    pub(crate) _process: gb10_lab::Guard,
+    pub(crate) pid: u32,
 }
 
 /// Our release binary, pinned to core 0, serving the lab with `extra` flags.
-fn gb10(lab: &Lab, bin: &str, extra: &[&str]) -> (gb10_lab::Daemon, u32) {
+pub(crate) fn gb10(lab: &Lab, bin: &str, extra: &[&str]) -> (gb10_lab::Daemon, u32) {
     let mut cmd = lab.server.cmd("taskset");
     cmd.args(["-c", "0", bin]);
     let mut daemon = lab.spawn_daemon_with(cmd, extra);
@@ -80,7 +80,7 @@ fn gb10(lab: &Lab, bin: &str, extra: &[&str]) -> (gb10_lab::Daemon, u32) {
 }
 
 /// A reference server, pinned to core 0.
-fn reference(
+pub(crate) fn reference(
     lab: &Lab,
     name: &'static str,
     program: &str,
@@ -408,7 +408,7 @@ fn parse_rate(text: &str) -> f64 {
 }
 
 /// Builds the release daemon; its path.
-fn release_bin(what: &str) -> anyhow::Result<String> {
+pub(crate) fn release_bin(what: &str) -> anyhow::Result<String> {
     if !gb10_lab::require_root(what) {
         bail!("benchmarks build network namespaces: run them as root");
     }

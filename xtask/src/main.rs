@@ -5,6 +5,7 @@ mod e2e;
 mod lab;
 mod nginx;
 mod setup;
+mod storm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -48,6 +49,12 @@ enum Task {
     Bench {
         #[arg(value_enum)]
         what: BenchKind,
+        /// `storm`: how many machines boot at once, one storm per size.
+        #[arg(long, value_delimiter = ',', default_values_t = [100, 500, 1000])]
+        machines: Vec<usize>,
+        /// `image`: how many clients pull at once, one run per count.
+        #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+        clients: Vec<usize>,
     },
     /// Start gb10-provision on a virtual LAN (network namespaces), show a client being
     /// served, and keep it up until Ctrl-C.
@@ -81,6 +88,10 @@ enum BenchKind {
     Http,
     /// atftp against gb10-provision, tftpd-hpa, dnsmasq and atftpd.
     Tftp,
+    /// A rack booting at once (DHCP, TFTP, HTTP) against dnsmasq + nginx.
+    Storm,
+    /// Many clients pulling one 1 GiB image over HTTP, against nginx.
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,7 +104,36 @@ fn main() -> anyhow::Result<()> {
             all,
             cargo_args,
         } => test(no_lint, all, &cargo_args),
-        Task::Bench { what } => {
+        Task::Bench {
+            what,
+            machines,
+            clients,
+        } => {
+            if matches!(what, BenchKind::Storm | BenchKind::Image) && cfg!(debug_assertions) {
+                // The load generator runs in this process: a debug build would measure
+                // itself. Run again as a release build.
+                let list =
+                    |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+                let what = if matches!(what, BenchKind::Storm) {
+                    "storm"
+                } else {
+                    "image"
+                };
+                return exec(
+                    cargo()
+                        .args([
+                            "run",
+                            "--release",
+                            "--quiet",
+                            "-p",
+                            "xtask",
+                            "--",
+                            "bench",
+                            what,
+                        ])
+                        .args(["--machines", &list(&machines), "--clients", &list(&clients)]),
+                );
+            }
             setup::run()?;
             setup::bench()?;
             match what {
@@ -101,6 +141,8 @@ fn main() -> anyhow::Result<()> {
                 BenchKind::Dhcp => bench::dhcp(),
                 BenchKind::Http => bench::http(),
                 BenchKind::Tftp => bench::tftp(),
+                BenchKind::Storm => storm::run(&machines),
+                BenchKind::Image => storm::image(&clients),
             }
         }
         Task::Lab { once } => {

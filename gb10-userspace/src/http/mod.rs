@@ -1,6 +1,7 @@
 //! The HTTP service on `lan_ip:http_port`: one axum router for static files, seeds,
 //! client onboarding and metrics.
 mod api;
+mod conn;
 mod seeds;
 pub mod static_files;
 
@@ -47,17 +48,16 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
 /// response and close. HTTP/1.1 with header names in Title-Case, as nginx and busybox
 /// write them: GRUB's http module matches `Content-Length: ` byte for byte, and without
 /// it waits 30 s for each file before giving up. At most `max_connections` are served
-/// at once; the next waits in the kernel's accept queue until one ends.
+/// at once; the next waits in the kernel's accept queue until one ends. Each connection
+/// is served by [`conn::serve`] (static files with sendfile), which leaves requests
+/// with a body and other rare shapes to hyper.
 async fn serve_lan(
     listener: TcpListener,
     app: Router,
     max_connections: usize,
     stop: CancellationToken,
 ) {
-    use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
-    use tower::ServiceExt as _;
-
-    let graceful = GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let slot = tokio::select! {
@@ -79,34 +79,22 @@ async fn serve_lan(
                 }
             },
         };
-        // Headers and a small body go out as separate writes: without TCP_NODELAY
-        // Nagle holds the body until the client's delayed ACK, ~40 ms a request.
+        // Headers and a small body may go out as separate writes (hyper's path):
+        // without TCP_NODELAY Nagle holds the body until the client's delayed ACK,
+        // ~40 ms a request.
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "TCP_NODELAY not set");
         }
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .title_case_headers(true)
-            // A client that opens a connection and sends no request (or trickles one)
-            // is let go, rather than holding a socket and a task for ever.
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(30))
-            .serve_connection(TokioIo::new(tcp), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, %peer, "HTTP connection ended");
-            }
+        let (app, stop) = (app.clone(), stop.clone());
+        connections.spawn(async move {
+            conn::serve(tcp, peer, app, stop).await;
             drop(slot);
         });
     }
     drop(listener);
+    connections.close();
     // Requests in flight finish (bounded: a renumber must not wait on a slow client).
-    if tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown())
+    if tokio::time::timeout(std::time::Duration::from_secs(5), connections.wait())
         .await
         .is_err()
     {

@@ -2,7 +2,6 @@
 //! ranges, ETag/Last-Modified with conditional requests, streamed bodies, and no way out
 //! of the root.
 use std::{
-    io::SeekFrom,
     path::{Path, PathBuf},
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
@@ -15,8 +14,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio_util::io::ReaderStream;
 use tracing::{debug, warn};
 
 use super::Peer;
@@ -356,6 +353,44 @@ fn etag_listed(list: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
 }
 
+/// A byte range of an open file that the response body streams. The LAN connection
+/// loop ([`super::conn`]) sends it with sendfile(2) instead and drops the body unread;
+/// any other server streams the body.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    pub file: Arc<std::fs::File>,
+    pub start: u64,
+    pub count: u64,
+}
+
+impl FileRange {
+    /// The range in [`CHUNK`] reads on the blocking pool, started only when polled.
+    fn chunks(self) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
+        futures::stream::try_unfold(self, |range| async move {
+            if range.count == 0 {
+                return Ok(None);
+            }
+            let n = range.count.min(CHUNK as u64) as usize;
+            let (file, at) = (range.file.clone(), range.start);
+            let bytes = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                // A file that shrank while served ends the body early: an error, so
+                // the connection closes instead of promising bytes it lacks.
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)?;
+                Ok::<_, std::io::Error>(axum::body::Bytes::from(buf))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            let next = FileRange {
+                start: range.start + n as u64,
+                count: range.count - n as u64,
+                ..range
+            };
+            Ok(Some((bytes, next)))
+        })
+    }
+}
+
 async fn file_response(
     method: &Method,
     headers: &HeaderMap,
@@ -424,20 +459,25 @@ async fn file_response(
                 .into_response();
         }
     };
+    let mut sendable = None;
     let body = if *method == Method::HEAD || count == 0 {
         Body::empty()
     } else if let Some(whole) = small {
         // `start + count <= len == whole.len()`: `wanted` keeps ranges inside the file.
         Body::from(whole.slice(start as usize..(start + count) as usize))
     } else {
-        let mut file = tokio::fs::File::from_std(file);
-        if let Err(err) = file.seek(SeekFrom::Start(start)).await {
-            warn!(path = %path.display(), %err, "seeking in a served file");
-            return status_page(StatusCode::INTERNAL_SERVER_ERROR);
-        }
-        Body::from_stream(ReaderStream::with_capacity(file.take(count), CHUNK))
+        let range = FileRange {
+            file: Arc::new(file),
+            start,
+            count,
+        };
+        sendable = Some(range.clone());
+        Body::from_stream(range.chunks())
     };
     let mut response = (status, validators, body).into_response();
+    if let Some(range) = sendable {
+        response.extensions_mut().insert(range);
+    }
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));

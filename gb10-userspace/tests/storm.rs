@@ -66,7 +66,7 @@ fn storm_boots_every_machine_byte_identical() {
             files: Arc::new(files),
             deadline: Duration::from_secs(90),
             cpu: None,
-            mac_prefix: 0,
+            check: storm::Check::Every,
         },
     );
     let m = lab.metrics();

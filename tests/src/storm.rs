@@ -1,8 +1,9 @@
 //! A boot storm: many simulated machines powering on at once, each fetching what EDK2,
 //! shim and GRUB fetch on a network boot (DHCP through a relay, TFTP with EDK2's `tsize`
-//! probe and RFC 7440 window, GRUB's own TFTP, HTTP for kernel and initrd), every byte
+//! probe and RFC 7440 window, GRUB's own TFTP, HTTP for kernel and initrd), the bytes
 //! checked. One async load generator in the client namespace plays all of them, bounded
-//! in time. Shared by the storm test and `cargo xtask bench storm`.
+//! in time. Shared by the storm test and `cargo xtask bench storm`; [`pull`], many
+//! clients fetching one large image, by `cargo xtask bench image`.
 //!
 //! Addressing: the machines live in the relayed subnet 198.19.0.0/16. The generator is
 //! their relay (DHCP with `giaddr` 198.19.0.1 from port 67, chaddr per machine) and
@@ -163,8 +164,8 @@ pub struct Plan {
     pub deadline: Duration,
     /// The CPU the generator's one thread is pinned to.
     pub cpu: Option<usize>,
-    /// Distinguishes the MACs of runs that share a server.
-    pub mac_prefix: u8,
+    /// How much of each HTTP body is compared (TFTP: every byte, always).
+    pub check: Check,
 }
 
 /// One completed boot: how long it took from the first DISCOVER, and per phase.
@@ -201,9 +202,10 @@ impl Report {
         self.failures.values().sum()
     }
 
-    /// The `p`-th percentile (0–100) of completed boot times.
+    /// The `p`-th percentile (0–100) of boot times over every machine, a failed boot
+    /// counting as one that never ends: `None` when the percentile falls on a failure.
     pub fn percentile(&self, p: f64) -> Option<Duration> {
-        let n = self.boots.len();
+        let n = self.machines.max(self.boots.len());
         let rank = ((p / 100.0 * n as f64).ceil() as usize).clamp(1, n.max(1));
         self.boots.get(rank - 1).map(|b| b.total)
     }
@@ -327,14 +329,7 @@ async fn machine(
     retransmits: &mut u64,
 ) -> Result<Boot, Failure> {
     let n = i as u32;
-    let mac = [
-        0x02,
-        plan.mac_prefix,
-        0x5b,
-        (n >> 16) as u8,
-        (n >> 8) as u8,
-        n as u8,
-    ];
+    let mac = [0x02, 0x00, 0x5b, (n >> 16) as u8, (n >> 8) as u8, n as u8];
     let start = Instant::now();
     let lease = relay
         .lease(mac, n.wrapping_mul(2_654_435_761) ^ 0x5eed, retransmits)
@@ -377,7 +372,7 @@ async fn machine(
     .await?;
     let tftp = start.elapsed() - dhcp;
     for file in [&files.kernel, &files.initrd] {
-        http_get(lease.ip, plan.server, plan.http_port, file).await?;
+        http_get(lease.ip, plan.server, plan.http_port, file, plan.check).await?;
     }
     let total = start.elapsed();
     Ok(Boot {
@@ -738,29 +733,56 @@ fn ack(block: u16) -> Vec<u8> {
     vec![0, 4, b[0], b[1]]
 }
 
-/// One HTTP/1.1 GET of `file` from `ip`, a connection of its own as GRUB opens, every
-/// body byte checked.
+/// One HTTP/1.1 GET of `file` from `ip`, a connection of its own as GRUB opens.
 async fn http_get(
     ip: Ipv4Addr,
     server: Ipv4Addr,
     port: u16,
     file: &Fetched,
+    check: Check,
 ) -> Result<(), Failure> {
+    let url = Url {
+        server,
+        port,
+        path: file.name.clone(),
+    };
+    get(ip, &url, "GRUB 2.12", &file.data, check)
+        .await
+        .map(drop)
+}
+
+/// How much of an HTTP body is compared with what the server holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Every byte.
+    Every,
+    /// The length, and the first 64 KiB byte for byte; the rest is counted and
+    /// discarded in the kernel (MSG_TRUNC), so that a benchmark's clients cost little.
+    Sample,
+}
+
+/// A GET of `url` from `from`, its body checked against `want`; the body length.
+async fn get(
+    from: Ipv4Addr,
+    url: &Url,
+    agent: &str,
+    want: &[u8],
+    check: Check,
+) -> Result<u64, Failure> {
     let io = |e: std::io::Error| fail("http", format!("{}", e.kind()));
     let sock = TcpSocket::new_v4().map_err(io)?;
-    sock.bind(SocketAddr::from((ip, 0))).map_err(io)?;
+    sock.bind(SocketAddr::from((from, 0))).map_err(io)?;
     let mut stream = sock
-        .connect(SocketAddr::from((server, port)))
+        .connect(SocketAddr::from((url.server, url.port)))
         .await
         .map_err(io)?;
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {server}:{port}\r\nUser-Agent: GRUB 2.12\r\n\r\n",
-        file.name
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: {agent}\r\n\r\n",
+        url.path, url.server, url.port
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = vec![0u8; HTTP_BUF];
     let (len, head_end, have) = read_head(&mut stream, &mut buf).await?;
-    let want = &file.data[..];
     if len != want.len() {
         return Err(fail("http", format!("Content-Length {len}")));
     }
@@ -768,8 +790,12 @@ async fn http_get(
     if want.get(..got) != Some(&buf[head_end..have]) {
         return Err(fail("http", "wrong bytes"));
     }
-    while got < len {
-        let room = (len - got).min(buf.len());
+    let compared = match check {
+        Check::Every => len,
+        Check::Sample => HTTP_BUF.min(len),
+    };
+    while got < compared {
+        let room = (compared - got).min(buf.len());
         let n = stream.read(&mut buf[..room]).await.map_err(io)?;
         if n == 0 {
             return Err(fail("http", "closed mid-body"));
@@ -779,7 +805,42 @@ async fn http_get(
         }
         got += n;
     }
-    Ok(())
+    while got < len {
+        match discard(&stream, len - got).await.map_err(io)? {
+            0 => return Err(fail("http", "closed mid-body")),
+            n => got += n,
+        }
+    }
+    Ok(len as u64)
+}
+
+/// Takes up to `max` bytes off `stream` without copying them (0: the peer closed).
+async fn discard(stream: &tokio::net::TcpStream, max: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    loop {
+        stream.readable().await?;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: with MSG_TRUNC a TCP socket drops up to `max` bytes and writes
+            // nothing to the (null) buffer.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    max.min(1 << 30),
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match read {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
 }
 
 /// Reads a response head into `buf`: (Content-Length, head length, bytes in `buf`),
@@ -848,9 +909,8 @@ pub struct Url {
 }
 
 /// `clients` HTTP clients fetching `url` (whose bytes are `want`) at once from `lab`'s
-/// client namespace, as image installers pull one disk image. The first 64 KiB of each
-/// body are compared; the rest is counted and discarded in the kernel (MSG_TRUNC), so
-/// the clients cost as little as they can and the server is what is measured.
+/// client namespace, as image installers pull one disk image; bodies checked as
+/// [`Check::Sample`] says, so the clients cost as little as they can.
 pub fn pull(
     lab: &Lab,
     url: Url,
@@ -875,7 +935,7 @@ pub fn pull(
             for _ in 0..clients {
                 let (url, want) = (url.clone(), want.clone());
                 set.spawn(async move {
-                    timeout(deadline, drain(from, &url, &want))
+                    timeout(deadline, get(from, &url, "curl/8", &want, Check::Sample))
                         .await
                         .unwrap_or_else(|_| Err(fail("http", "deadline")))
                 });
@@ -898,72 +958,6 @@ pub fn pull(
         report.generator_cpu = thread_cpu().saturating_sub(cpu0);
         report
     })
-}
-
-/// One GET of the image: its body length once all of it arrived.
-async fn drain(from: Ipv4Addr, url: &Url, want: &[u8]) -> Result<u64, Failure> {
-    use std::os::fd::AsRawFd as _;
-
-    let io = |e: std::io::Error| fail("http", format!("{}", e.kind()));
-    let sock = TcpSocket::new_v4().map_err(io)?;
-    sock.bind(SocketAddr::from((from, 0))).map_err(io)?;
-    let mut stream = sock
-        .connect(SocketAddr::from((url.server, url.port)))
-        .await
-        .map_err(io)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: curl/8\r\n\r\n",
-        url.path, url.server, url.port
-    );
-    stream.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut buf = vec![0u8; HTTP_BUF];
-    let (len, head_end, have) = read_head(&mut stream, &mut buf).await?;
-    if len != want.len() {
-        return Err(fail("http", format!("Content-Length {len}")));
-    }
-    let mut got = have - head_end;
-    if want.get(..got) != Some(&buf[head_end..have]) {
-        return Err(fail("http", "wrong bytes"));
-    }
-    let checked = HTTP_BUF.min(len);
-    while got < checked {
-        let n = stream.read(&mut buf[..checked - got]).await.map_err(io)?;
-        if n == 0 {
-            return Err(fail("http", "closed mid-body"));
-        }
-        if want[got..got + n] != buf[..n] {
-            return Err(fail("http", "wrong bytes"));
-        }
-        got += n;
-    }
-    while got < len {
-        stream.readable().await.map_err(io)?;
-        let left = len - got;
-        let read = stream.try_io(tokio::io::Interest::READABLE, || {
-            // SAFETY: with MSG_TRUNC a TCP socket discards up to `left` bytes and
-            // writes nothing to the (null) buffer.
-            let n = unsafe {
-                libc::recv(
-                    stream.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left.min(1 << 30),
-                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match read {
-            Ok(0) => return Err(fail("http", "closed mid-body")),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
-    Ok(len as u64)
 }
 
 /// Peak resident memory (VmHWM) of `pid` and its children, in bytes.
@@ -1001,7 +995,10 @@ mod tests {
 
     #[test]
     fn percentiles() {
-        let mut r = Report::default();
+        let mut r = Report {
+            machines: 100,
+            ..Report::default()
+        };
         for ms in 1..=100 {
             let d = Duration::from_millis(ms);
             r.boots.push(Boot {
@@ -1014,5 +1011,9 @@ mod tests {
         assert_eq!(r.percentile(50.0), Some(Duration::from_millis(50)));
         assert_eq!(r.percentile(99.0), Some(Duration::from_millis(99)));
         assert_eq!(Report::default().percentile(50.0), None);
+        // Two of a hundred failed: the 99th percentile is a boot that never ended.
+        r.boots.truncate(98);
+        assert_eq!(r.percentile(98.0), Some(Duration::from_millis(98)));
+        assert_eq!(r.percentile(99.0), None);
     }
 }

@@ -213,24 +213,33 @@ impl Netns {
     /// those for a port nobody listens on (`/proc/net/snmp` InDatagrams + NoPorts).
     /// A frame dropped by XDP never counts here.
     pub fn udp_reached(&self) -> u64 {
+        self.udp_counter("InDatagrams") + self.udp_counter("NoPorts")
+    }
+
+    /// UDP datagrams dropped because the receiving socket's buffer was full
+    /// (`/proc/net/snmp` RcvbufErrors): a receiver that could not keep up.
+    pub fn udp_buffer_drops(&self) -> u64 {
+        self.udp_counter("RcvbufErrors")
+    }
+
+    /// One field of the `Udp:` lines of this namespace's `/proc/net/snmp`.
+    #[track_caller]
+    fn udp_counter(&self, name: &str) -> u64 {
         let out = run(self.cmd("cat").arg("/proc/net/snmp"));
         let text = String::from_utf8_lossy(&out.stdout);
         let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
         let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
             panic!("no Udp lines in /proc/net/snmp");
         };
-        let field = |name: &str| -> u64 {
-            let i = names
-                .split_whitespace()
-                .position(|n| n == name)
-                .expect("snmp field");
-            values
-                .split_whitespace()
-                .nth(i)
-                .and_then(|v| v.parse().ok())
-                .expect("snmp value")
-        };
-        field("InDatagrams") + field("NoPorts")
+        let i = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .expect("snmp field");
+        values
+            .split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .expect("snmp value")
     }
 
     /// Runs `f` on a thread that has entered this namespace; sockets it creates stay in

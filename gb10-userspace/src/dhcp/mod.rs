@@ -4,6 +4,7 @@
 pub mod fuzz;
 pub mod handler;
 pub mod leases;
+mod log;
 pub mod server;
 pub mod store;
 pub mod wire;

@@ -59,8 +59,9 @@ pub fn pools(config: &Config) -> Vec<Pool> {
 /// Runs the responder until `token` fires, re-binding when the LAN address changes.
 pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
     let mut table = Leases::new(pools(&shared.config));
+    let log_dir = shared.config.data_path.join("state").join(store::LOG_DIR);
     if shared.config.mode == Mode::Direct {
-        let (loaded, skipped) = store::load(&shared.store);
+        let (loaded, skipped) = store::load(&shared.store, &log_dir);
         let stats = &shared.dhcp_stats;
         stats
             .restored
@@ -75,7 +76,7 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
     }
     let leases = Arc::new(Mutex::new(table));
     shared.dhcp_stats.set_table(leases.clone());
-    let writer = LeaseWriter::spawn(shared.store.clone());
+    let writer = LeaseWriter::spawn(shared.store.clone(), log_dir);
     lan::follow("dhcp", shared.lan_addr.clone(), token, |ip, stop| {
         serve(shared.clone(), leases.clone(), writer.clone(), ip, stop)
     })

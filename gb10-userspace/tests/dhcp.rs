@@ -974,9 +974,13 @@ fn kill_9_under_load_loses_no_acked_lease() {
             assert_eq!(other, *mac, "{ip} ACKed to two clients");
         }
     }
-    // Every ACKed lease is in the store after the last kill.
+    // Every ACKed lease is in the store (its table and its log) after the last kill.
     let store = gb10_provision::store::Store::open(&lab.dir.join("data")).expect("store");
-    let (leases, skipped) = gb10_provision::dhcp::store::load(&store);
+    let log = lab
+        .dir
+        .join("data/state")
+        .join(gb10_provision::dhcp::store::LOG_DIR);
+    let (leases, skipped) = gb10_provision::dhcp::store::load(&store, &log);
     assert_eq!(skipped, 0);
     let stored: std::collections::HashMap<_, _> = leases.iter().map(|l| (l.ip, l.mac.0)).collect();
     let missing: Vec<_> = acked

@@ -35,18 +35,8 @@ fn storm_boots_every_machine_byte_identical() {
 
     // The daemon renders grub.cfg per request; what it answers one client, it must
     // answer each machine of the storm.
-    let cfg = lab
-        .client
-        .cmd("curl")
-        .args([
-            "-sS",
-            "-m",
-            "10",
-            &format!("tftp://{}/grub/grub.cfg", lab.server_ip),
-        ])
-        .output()
-        .expect("curl");
-    let cfg = cfg.stdout;
+    let cfg = storm::tftp_fetch(&lab, "grub/grub.cfg")
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
     assert!(
         String::from_utf8_lossy(&cfg).contains("net_default_mac"),
         "grub.cfg over TFTP:\n{}\n{}",

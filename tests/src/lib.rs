@@ -862,6 +862,20 @@ impl RawSender {
     }
 }
 
+/// `size` pseudo-random bytes (xorshift from `seed`): nothing compresses or repeats.
+pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
 /// Writes `text` to `path`, creating parents.
 #[track_caller]
 pub fn write_file(path: &Path, text: &str) {

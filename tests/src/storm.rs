@@ -84,20 +84,6 @@ pub struct Files {
     pub initrd: Fetched,
 }
 
-/// `size` pseudo-random bytes (xorshift from `seed`): nothing compresses or repeats.
-pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(size);
-    out
-}
-
 impl Files {
     /// The boot files at their usual sizes (shim 1 MiB, GRUB 2.5 MiB, kernel 10 MiB,
     /// initrd 40 MiB), written under `data` (`tftp/` and `www/`, the daemon's layout);
@@ -111,28 +97,35 @@ impl Files {
                 .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
             bytes.into()
         };
-        let fetched = |name: &str, data: Arc<[u8]>| Fetched {
+        // (name asked for, where it lives under `data`, size): TFTP names are relative
+        // to the TFTP root, HTTP paths to `www`.
+        let [shim, grub, kernel, initrd] = [
+            ("shimaa64.efi", "tftp", 1 << 20),
+            ("grubaa64.efi", "tftp", 5 << 19),
+            ("/boot/vmlinuz", "www", 10 << 20),
+            ("/boot/initrd.img", "www", 40 << 20),
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|((name, dir, size), seed)| Fetched {
             name: name.to_owned(),
-            data,
-        };
+            data: put(
+                &format!("{dir}/{}", name.trim_start_matches('/')),
+                crate::random_bytes(size, seed),
+            ),
+        })
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("four files");
         Self {
-            shim: fetched(
-                "shimaa64.efi",
-                put("tftp/shimaa64.efi", random_bytes(1 << 20, 1)),
-            ),
-            grub: fetched(
-                "grubaa64.efi",
-                put("tftp/grubaa64.efi", random_bytes(5 << 19, 2)),
-            ),
-            grub_cfg: fetched("grub/grub.cfg", grub_cfg.into()),
-            kernel: fetched(
-                "/boot/vmlinuz",
-                put("www/boot/vmlinuz", random_bytes(10 << 20, 3)),
-            ),
-            initrd: fetched(
-                "/boot/initrd.img",
-                put("www/boot/initrd.img", random_bytes(40 << 20, 4)),
-            ),
+            shim,
+            grub,
+            grub_cfg: Fetched {
+                name: "grub/grub.cfg".into(),
+                data: grub_cfg.into(),
+            },
+            kernel,
+            initrd,
         }
     }
 
@@ -958,6 +951,30 @@ pub fn pull(
         report.generator_cpu = thread_cpu().saturating_sub(cpu0);
         report
     })
+}
+
+/// One TFTP download of `name` from `lab`'s client namespace with curl: its bytes, or
+/// what curl said.
+pub fn tftp_fetch(lab: &Lab, name: &str) -> Result<Vec<u8>, String> {
+    let out = lab
+        .client
+        .cmd("curl")
+        .args([
+            "-sS",
+            "-m",
+            "10",
+            &format!("tftp://{}/{name}", lab.server_ip),
+        ])
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    if out.status.success() && !out.stdout.is_empty() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "TFTP {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// Peak resident memory (VmHWM) of `pid` and its children, in bytes.

@@ -189,7 +189,7 @@ fn one(
         }
     }
     // Both stacks answer before the storm: one TFTP fetch of grub.cfg, one HTTP HEAD.
-    let cfg = tftp_fetch(&lab, "grub/grub.cfg")?;
+    let cfg = storm::tftp_fetch(&lab, "grub/grub.cfg").map_err(anyhow::Error::msg)?;
     if grub_cfg.is_none() {
         if !String::from_utf8_lossy(&cfg).contains("menuentry")
             && !String::from_utf8_lossy(&cfg).contains("configfile")
@@ -260,28 +260,6 @@ fn one(
         peak_rss,
         check,
     })
-}
-
-/// One TFTP download from the client namespace with curl; its bytes.
-fn tftp_fetch(lab: &Lab, name: &str) -> anyhow::Result<Vec<u8>> {
-    let out = lab
-        .client
-        .cmd("curl")
-        .args([
-            "-sS",
-            "-m",
-            "10",
-            &format!("tftp://{}/{name}", lab.server_ip),
-        ])
-        .output()
-        .context("curl")?;
-    if !out.status.success() || out.stdout.is_empty() {
-        bail!(
-            "TFTP {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out.stdout)
 }
 
 /// dnsmasq as a PXE site runs it for DHCP and TFTP: the relayed subnet's range, the boot
@@ -403,7 +381,7 @@ pub fn image(clients: &[usize]) -> anyhow::Result<()> {
     let lab = Lab::new("bimage");
     let www = lab.dir.join("data/www");
     std::fs::create_dir_all(&www)?;
-    let image: Arc<[u8]> = storm::random_bytes(1 << 30, 9).into();
+    let image: Arc<[u8]> = gb10_lab::random_bytes(1 << 30, 9).into();
     std::fs::write(www.join("image.raw"), &image)?;
     let (_daemon, ours) = gb10(&lab, &bin, &[]);
     let nginx = nginx_on(&lab, &www, 8081, 1024, "access_log off;")?;

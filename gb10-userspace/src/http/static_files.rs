@@ -167,7 +167,7 @@ enum Lookup {
 /// Opens `rel` (`""`: the root itself) beneath `root` through [`crate::confine`].
 fn find(root: &Path, rel: &str, want_body: bool) -> Lookup {
     // A root that does not exist (yet) serves nothing.
-    let Ok(root) = Root::open(root) else {
+    let Some(root) = open_root(root) else {
         return Lookup::Missing;
     };
     let file = match root.open_beneath(if rel.is_empty() { "." } else { rel }) {
@@ -179,14 +179,49 @@ fn find(root: &Path, rel: &str, want_body: bool) -> Lookup {
         return Lookup::Missing;
     };
     let small = (want_body && meta.is_file() && meta.len() <= SMALL_FILE)
-        .then(|| {
-            let mut bytes = Vec::with_capacity(meta.len() as usize);
-            std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
-            // Changed between stat and read: stream it instead.
-            (bytes.len() as u64 == meta.len()).then(|| axum::body::Bytes::from(bytes))
-        })
+        .then(|| read_whole(&file, meta.len() as usize))
         .flatten();
     Lookup::Found(file, meta, small)
+}
+
+/// The file's `len` bytes in as few reads as it takes (one, for a file in the page
+/// cache); `None` when it holds fewer now than it did at the stat (it is streamed then).
+fn read_whole(file: &std::fs::File, len: usize) -> Option<axum::body::Bytes> {
+    use std::os::unix::fs::FileExt as _;
+    let mut bytes = vec![0u8; len];
+    let mut at = 0;
+    while at < len {
+        match file.read_at(&mut bytes[at..], at as u64) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => at += n,
+        }
+    }
+    Some(axum::body::Bytes::from(bytes))
+}
+
+/// How long an open root directory is reused before it is opened again by path: a
+/// root replaced (renamed over) is served within this.
+const ROOT_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+thread_local! {
+    /// Roots opened lately on this thread, by path: opening the root and checking it is
+    /// a directory were three of a small file's ten system calls.
+    static ROOTS: std::cell::RefCell<Vec<(PathBuf, std::time::Instant, Arc<Root>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The root at `path`, open.
+fn open_root(path: &Path) -> Option<Arc<Root>> {
+    let now = std::time::Instant::now();
+    ROOTS.with_borrow_mut(|roots| {
+        roots.retain(|(_, opened, _)| now.duration_since(*opened) < ROOT_REUSE);
+        if let Some((_, _, root)) = roots.iter().find(|(p, _, _)| p == path) {
+            return Some(root.clone());
+        }
+        let root = Arc::new(Root::open(path).ok()?);
+        roots.push((path.to_owned(), now, root.clone()));
+        Some(root)
+    })
 }
 
 /// Tells the client record that a boot file or kernel was fetched, when the requester is

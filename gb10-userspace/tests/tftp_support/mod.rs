@@ -39,15 +39,7 @@ pub fn put(lab: &Lab, rel: &str, data: &[u8]) {
 /// `size` pseudo-random bytes (xorshift, `seed`) written at `rel`; returns them.
 #[track_caller]
 pub fn put_random(lab: &Lab, rel: &str, size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut data = Vec::with_capacity(size + 8);
-    while data.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(size);
+    let data = gb10_lab::random_bytes(size, seed);
     put(lab, rel, &data);
     data
 }

@@ -80,7 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(crate::daemon::serve(config))
+                .block_on(crate::app::serve(config))
         }
         Command::Explain(args) => {
             let ExplainArgs {
@@ -119,9 +119,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             // Every template, rendered for every host of the inventory: the same test the
             // daemon runs at start and on each reload.
-            let inventory = crate::inventory::Inventory::load(&config.data_path)?;
-            let templates = crate::templates::Templates::load(&config.data_path)?;
-            let rendered = crate::templates::check_all(&templates, &inventory)?;
+            let crate::live::Snapshot {
+                inventory,
+                templates,
+            } = crate::live::Snapshot::load(&config.data_path)?;
+            let rendered = crate::seeds::check_all(&templates, &inventory)?;
             println!(
                 "inventory ok: {} hosts, {} profiles; templates ok: {} renders",
                 inventory.hosts.len(),

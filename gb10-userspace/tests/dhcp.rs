@@ -1170,7 +1170,7 @@ fn poisoned_lease_records_are_skipped_and_the_daemon_serves() {
         let good = gb10_provision::dhcp::leases::Lease {
             ip: "198.18.0.100".parse().unwrap(),
             client: gb10_provision::dhcp::leases::ClientId(vec![1, 2, 0, 0, 0, 0, 9]),
-            mac: gb10_provision::inventory::Mac([2, 0, 0, 0, 0, 9]),
+            mac: gb10_provision::mac::Mac([2, 0, 0, 0, 0, 9]),
             state: gb10_provision::dhcp::leases::LeaseState::Leased,
             expires: u64::MAX / 2,
             hostname: None,

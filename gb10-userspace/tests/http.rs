@@ -9,8 +9,10 @@ use std::{
 
 use gb10_lab::{HTTP_PORT, Lab, require_root, require_tool, run};
 use gb10_provision::{
-    inventory::{Inventory, Mac},
-    templates::{self, Server, Templates},
+    inventory::Inventory,
+    mac::Mac,
+    seeds::{self, Server},
+    templates::Templates,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
@@ -111,7 +113,7 @@ fn builtin_seeds_pass_their_checkers() {
     }
     let dir = scratch("checkers");
     let inv = sample_inventory();
-    let t = Templates::builtin();
+    let t = Templates::builtin(seeds::BUILTIN);
     let server = Server {
         host: "198.18.0.1".into(),
         port: 8080,
@@ -119,8 +121,7 @@ fn builtin_seeds_pass_their_checkers() {
     let mut checked = std::collections::BTreeMap::<&str, usize>::new();
     let mut contexts = vec![(
         "unknown".to_owned(),
-        templates::host_context(&t, &inv, Mac([2, 0, 0, 0, 0, 0x99]), None, &server, false)
-            .unwrap(),
+        seeds::host_context(&t, &inv, Mac([2, 0, 0, 0, 0, 0x99]), None, &server, false).unwrap(),
         vec![
             "boot.ipxe.j2",
             "grub.cfg.j2",
@@ -129,16 +130,14 @@ fn builtin_seeds_pass_their_checkers() {
         ],
     )];
     for host in &inv.hosts {
-        let seed = inv
-            .profile_for(Some(host))
-            .and_then(|(_, p)| p.seed.as_deref());
+        let seed = inv.profile_for(Some(host)).and_then(|(_, p)| p.seed);
         for installed in [false, true] {
-            let ctx = templates::host_context(&t, &inv, host.mac, Some(host), &server, installed)
-                .unwrap();
+            let ctx =
+                seeds::host_context(&t, &inv, host.mac, Some(host), &server, installed).unwrap();
             contexts.push((
                 format!("{}-{installed}", host.hostname.as_deref().unwrap()),
                 ctx,
-                templates::templates_for(seed),
+                seeds::templates_for(seed),
             ));
         }
     }
@@ -208,7 +207,7 @@ fn builtin_seeds_pass_their_checkers() {
         }
     }
     // Every built-in was checked at least once.
-    for (name, _) in templates::BUILTIN {
+    for (name, _) in seeds::BUILTIN {
         assert!(
             checked.contains_key(name),
             "{name} never checked: {checked:?}"
@@ -233,7 +232,7 @@ fn builtin_seeds_pass_their_checkers() {
     let boot = t
         .render(
             "ipxe-host.j2",
-            &templates::host_context(&t, &inv, spark, inv.host(spark), &server, false).unwrap(),
+            &seeds::host_context(&t, &inv, spark, inv.host(spark), &server, false).unwrap(),
         )
         .unwrap();
     assert!(

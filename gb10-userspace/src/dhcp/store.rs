@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use super::leases::{ClientId, Lease, LeaseState};
-use crate::{inventory::Mac, store::Store};
+use crate::{mac::Mac, store::Store};
 
 /// Leases by IPv4 address (as u32): one encoded [`Lease`] each.
 pub const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("dhcp_leases");

@@ -1,36 +1,85 @@
-//! The HTTP service on `lan_ip:http_port`: one axum router for static files, seeds,
-//! client onboarding and metrics.
+//! The HTTP service on `lan_ip:http_port`: one router for static files, seeds, client
+//! onboarding, `/explain`, `/metrics` and (without a separate admin address) the hosts
+//! API, each part holding only what it uses; and the loopback health listener.
 mod api;
+mod explain;
+mod health;
 mod seeds;
 pub mod static_files;
-
-pub use seeds::{GRUB_HOSTS, render_for, tftp_script};
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
 
-use anyhow::Context as _;
 use axum::{
     Router,
-    extract::{ConnectInfo, FromRequestParts, State},
-    http::{StatusCode, header, request::Parts},
-    response::IntoResponse,
-    routing::get,
+    extract::{ConnectInfo, FromRequestParts},
+    http::request::Parts,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{daemon::Shared, lan, metrics};
+pub use self::{
+    explain::Explain,
+    health::{Health, run as run_health},
+    seeds::SeedRoutes,
+    static_files::Files,
+};
+use crate::{
+    clients::Clients,
+    hosts::api::Admin,
+    lan::{self, LanAddr},
+};
 
-/// Serves HTTP on `lan_addr:http_port`, following the LAN address, until `token` fires.
-pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let port = shared.config.http_port;
-    let max_connections = shared.config.http.max_connections;
-    let app = router(shared.clone());
-    lan::follow("http", shared.lan_addr.clone(), token, |ip, stop| {
+/// Everything the LAN listener serves.
+pub struct Routes {
+    pub files: Files,
+    pub seeds: SeedRoutes,
+    /// Heartbeats and the client records.
+    pub clients: Arc<Clients>,
+    pub explain: Explain,
+    pub health: Health,
+    /// The hosts API and dashboard under `/admin`, when they have no listener of their own.
+    pub admin: Option<Admin>,
+}
+
+/// The router with every route the LAN listener serves.
+pub fn router(routes: Routes) -> Router {
+    let Routes {
+        files,
+        seeds,
+        clients,
+        explain,
+        health,
+        admin,
+    } = routes;
+    let mut router = Router::new()
+        .merge(health.routes())
+        .merge(explain.routes())
+        .merge(seeds::routes(seeds))
+        .merge(api::routes(clients))
+        .fallback_service(
+            Router::new()
+                .fallback(static_files::serve)
+                .with_state(files),
+        );
+    if let Some(admin) = admin {
+        router = router.nest("/admin", crate::hosts::api::routes(admin));
+    }
+    router
+}
+
+/// Serves `app` on `lan_addr:port`, following the LAN address, until `token` fires.
+pub async fn run(
+    app: Router,
+    port: u16,
+    max_connections: usize,
+    lan_addr: LanAddr,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    lan::follow("http", lan_addr, token, |ip, stop| {
         let app = app.clone();
         async move {
             let listener = TcpListener::bind((ip, port)).await?;
@@ -114,25 +163,6 @@ async fn serve_lan(
     }
 }
 
-/// The router with every route the daemon serves.
-pub fn router(shared: Arc<Shared>) -> Router {
-    // Without a separate admin address, the hosts API and dashboard live under /admin.
-    let admin = if shared.config.admin.listen.is_none() {
-        Router::new().nest("/admin", crate::hosts::api::routes(shared.clone()))
-    } else {
-        Router::new()
-    };
-    Router::new()
-        .merge(admin)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(render_metrics))
-        .route("/explain", get(explain))
-        .merge(seeds::routes())
-        .merge(api::routes())
-        .fallback(static_files::serve)
-        .with_state(shared)
-}
-
 /// The requester's IPv4 address (`None` when unknown, e.g. in-process tests).
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub Option<Ipv4Addr>);
@@ -149,186 +179,5 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
                 IpAddr::V6(v6) => v6.to_ipv4_mapped(),
             });
         Ok(Self(ip))
-    }
-}
-
-/// Serves `/healthz`, `/livez` and `/metrics` on 127.0.0.1:health_port, for probes that
-/// must work while the LAN has no address (proxy mode waiting for its lease). Loopback
-/// only: nothing is exposed beyond the host.
-pub async fn run_health(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let port = shared.config.health_port;
-    if port == 0 {
-        return Ok(());
-    }
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/livez", get(livez))
-        .route("/metrics", get(render_metrics))
-        .with_state(shared);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        .await
-        .with_context(|| format!("binding the health listener to 127.0.0.1:{port}"))?;
-    info!(addr = %listener.local_addr()?, "health listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
-    Ok(())
-}
-
-/// Readiness: 200 while the LAN has an address, 503 with the reason while it has none.
-async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let lan = shared.lan_state.borrow().clone();
-    let ready = lan.addr.is_some();
-    let body = serde_json::json!({
-        "ready": ready,
-        "reason": (!ready).then_some(lan.reason),
-        "lan_iface": shared.config.lan_iface,
-        "lan_addr": lan.addr,
-        "mode": shared.config.mode,
-        "xdp_attached": shared.xdp.is_some(),
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body))
-}
-
-/// Liveness: the process serves. A LAN without an address is not a reason to restart.
-async fn livez() -> &'static str {
-    "ok\n"
-}
-
-/// `/explain?mac=…&arch=…&user_class=…`: the boot decision for a client as JSON, with
-/// its DHCP counters.
-async fn explain(
-    State(shared): State<Arc<Shared>>,
-    axum::extract::Query(query): axum::extract::Query<crate::explain::Query>,
-) -> axum::response::Response {
-    let server = (*shared.lan_addr.borrow()).unwrap_or(shared.config.lan_ip.addr());
-    let inventory = shared.inventory();
-    match crate::explain::explain(&shared.config, &inventory, server, &query) {
-        Ok(e) => {
-            let counters = shared.dhcp_stats.client(e.mac).map(|c| {
-                serde_json::json!({
-                    "received": crate::dhcp::TYPE_LABELS.iter().zip(c.received).filter(|(_, n)| *n > 0)
-                        .map(|(t, n)| (t.to_string(), n)).collect::<std::collections::BTreeMap<_, _>>(),
-                    "sent": crate::dhcp::TYPE_LABELS.iter().zip(c.sent).filter(|(_, n)| *n > 0)
-                        .map(|(t, n)| (t.to_string(), n)).collect::<std::collections::BTreeMap<_, _>>(),
-                    "offers_unanswered": c.unanswered(std::time::Instant::now()),
-                })
-            });
-            let mut body = serde_json::to_value(&e).unwrap_or_default();
-            body["dhcp_counters"] = counters.unwrap_or_default();
-            body["lease"] =
-                serde_json::to_value(shared.dhcp_stats.lease_of(e.mac)).unwrap_or_default();
-            axum::Json(body).into_response()
-        }
-        Err(err) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(serde_json::json!({ "error": err.to_string() })),
-        )
-            .into_response(),
-    }
-}
-
-async fn render_metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    // The map walk is a few thousand syscalls at most: off the async workers.
-    let text = tokio::task::spawn_blocking(move || {
-        let mut w = metrics::Writer::default();
-        let snapshot = shared.xdp.as_ref().map(|x| x.snapshot());
-        metrics::write_xdp(&mut w, snapshot.as_ref());
-        metrics::write_tftp(&mut w, &shared.tftp.snapshot());
-        if let Some(snapshot) = &snapshot {
-            let role = match shared.config.mode {
-                crate::config::Mode::Direct => "rogue",
-                crate::config::Mode::Proxy => "site",
-            };
-            metrics::write_guard(&mut w, snapshot, role);
-        }
-        metrics::write_clients(&mut w, &shared.clients.counts());
-        metrics::write_hosts(&mut w, &shared.hosts.counts());
-        metrics::write_dhcp(&mut w, &shared.dhcp_stats);
-        w.finish()
-    })
-    .await
-    .unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        config::{Config, RawConfig},
-        inventory::Inventory,
-    };
-
-    /// A daemon state without sockets, for calling handlers' helpers directly.
-    fn shared(inventory: &str) -> Arc<Shared> {
-        let config = Config::try_from(RawConfig {
-            lan_iface: Some("lo".into()),
-            lan_ip: Some("198.18.0.1/24".into()),
-            ..Default::default()
-        })
-        .unwrap();
-        let inv = Inventory::parse(std::path::Path::new("inventory.toml"), inventory).unwrap();
-        Arc::new(Shared::in_memory(config, inv))
-    }
-
-    #[test]
-    fn owner_is_the_fixed_ip_or_the_lease() {
-        let shared = shared(
-            "[[hosts]]\nmac = \"02:00:00:00:00:01\"\nip = \"198.18.0.10\"\n\
-             [[hosts]]\nmac = \"02:00:00:00:00:02\"\n",
-        );
-        let (a, b) = (
-            "02:00:00:00:00:01".parse().unwrap(),
-            "02:00:00:00:00:02".parse().unwrap(),
-        );
-        let ip = |last| Some(Ipv4Addr::new(198, 18, 0, last));
-        assert!(seeds::is_owner(&shared, a, ip(10)));
-        assert!(!seeds::is_owner(&shared, a, ip(11)));
-        assert!(!seeds::is_owner(&shared, b, ip(11)));
-        assert!(!seeds::is_owner(&shared, b, None));
-        shared.clients.record(
-            b,
-            crate::clients::ClientEvent::Leased {
-                ip: Ipv4Addr::new(198, 18, 0, 11),
-            },
-        );
-        assert!(seeds::is_owner(&shared, b, ip(11)));
-        assert!(!seeds::is_owner(&shared, a, ip(11)));
-    }
-
-    #[test]
-    fn grub_scripts_over_tftp() {
-        let shared = shared(
-            "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\ncmdline = \"ds=nocloud;s={{ seed_url }}\"\n\
-             [[hosts]]\nmac = \"02:00:00:00:00:01\"\nhostname = \"h1\"\nprofile = \"deb\"\n",
-        );
-        let ip = Ipv4Addr::new(198, 18, 0, 1);
-        let cfg = tftp_script(&shared, "/grub/grub.cfg", ip).unwrap().unwrap();
-        assert!(cfg.contains("${net_default_mac}"), "{cfg}");
-        let host = tftp_script(&shared, "grub/hosts/02:00:00:00:00:01.cfg", ip)
-            .unwrap()
-            .unwrap();
-        assert!(
-            host.contains("linux (http,198.18.0.1)/d/linux 'ds=nocloud;s=http://198.18.0.1/cloud-init/02:00:00:00:00:01/'"),
-            "{host}"
-        );
-        assert!(tftp_script(&shared, "grub/x86_64-efi/normal.mod", ip).is_none());
-        let mac = "02:00:00:00:00:01".parse().unwrap();
-        assert_eq!(
-            shared.clients.state(mac),
-            Some(crate::clients::ClientState::PxeBooted)
-        );
     }
 }

@@ -146,9 +146,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         move |token| async move { http::run_health(port, health, token).await }
     });
     if let Some(listen) = config.admin.listen {
-        let admin = admin.clone();
+        if admin.token.is_none() {
+            warn!("no [admin] token: the hosts API refuses every change");
+        }
+        let app = hosts::api::routes(admin.clone());
         services
-            .spawn(move |token| async move { hosts::api::run_admin(listen, admin, token).await });
+            .spawn(move |token| async move { http::run_fixed("admin", listen, app, token).await });
     }
     if let Some(xdp) = &xdp {
         let guard = Guard {

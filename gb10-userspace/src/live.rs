@@ -13,7 +13,7 @@ use tracing::{error, info};
 
 use crate::{
     inventory::{INVENTORY_FILE, Inventory, InventoryError},
-    seeds,
+    seeds::table::BUILTIN,
     templates::{self, TemplateError, Templates},
 };
 
@@ -26,11 +26,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads both from `data_path`. Either failing to parse is refused (a reload keeps
     /// what serves now); a seed that does not render for some host is not checked here
-    /// (see [`seeds::check_logged`]), so one host's missing variable never blocks others.
+    /// (see [`crate::seeds::check_logged`]), so one host's missing variable never blocks others.
     pub fn load(data_path: &Path) -> Result<Self, ReloadError> {
         Ok(Self {
             inventory: Inventory::load(data_path)?,
-            templates: Templates::load(data_path, seeds::BUILTIN)?,
+            templates: Templates::load(data_path, BUILTIN)?,
         })
     }
 
@@ -38,7 +38,7 @@ impl Snapshot {
     pub fn builtin(inventory: Inventory) -> Self {
         Self {
             inventory,
-            templates: Templates::builtin(seeds::BUILTIN),
+            templates: Templates::builtin(BUILTIN),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! hold a secret.
 use std::{path::PathBuf, sync::Arc};
 
-use anyhow::Context as _;
 use axum::{
     Json, Router,
     extract::{Path, Request, State},
@@ -12,7 +11,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Hosts, HostsError, Registration, Trigger, redfish, ssh};
@@ -45,27 +43,6 @@ pub fn routes(admin: Admin) -> Router {
         .merge(changing)
         .with_state(admin.clone())
         .merge(super::dashboard::routes(admin.hosts))
-}
-
-/// Serves the admin router on `listen` (not the LAN), until `token` fires.
-pub async fn run_admin(
-    listen: std::net::SocketAddr,
-    admin: Admin,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let addr = listen;
-    if admin.token.is_none() {
-        warn!("no [admin] token: the hosts API refuses every change");
-    }
-    let app = routes(admin);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener to {addr}"))?;
-    info!(addr = %listener.local_addr()?, "admin listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
-    Ok(())
 }
 
 /// Lets a request through only with the configured token; without one configured,

@@ -3,7 +3,6 @@
 //! address (proxy mode waiting for its lease). Loopback only: nothing beyond the host.
 use std::{net::Ipv4Addr, sync::Arc};
 
-use anyhow::Context as _;
 use axum::{
     Router,
     extract::State,
@@ -11,9 +10,8 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use crate::{config::Mode, metrics, netlink::LanState};
 
@@ -44,14 +42,7 @@ pub async fn run(port: u16, health: Health, token: CancellationToken) -> anyhow:
         return Ok(());
     }
     let app = health.routes().route("/livez", get(livez));
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        .await
-        .with_context(|| format!("binding the health listener to 127.0.0.1:{port}"))?;
-    info!(addr = %listener.local_addr()?, "health listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
-    Ok(())
+    super::run_fixed("health", (Ipv4Addr::LOCALHOST, port).into(), app, token).await
 }
 
 /// Readiness: 200 while the LAN has an address, 503 with the reason while it has none.

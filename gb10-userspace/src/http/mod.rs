@@ -12,6 +12,7 @@ use std::{
     sync::Arc,
 };
 
+use anyhow::Context as _;
 use axum::{
     Router,
     extract::{ConnectInfo, FromRequestParts},
@@ -89,6 +90,24 @@ pub async fn run(
         }
     })
     .await;
+    Ok(())
+}
+
+/// Serves `app` on a fixed address that is not the LAN's (the loopback health
+/// listener, the admin listener), until `token` fires.
+pub async fn run_fixed(
+    name: &'static str,
+    addr: SocketAddr,
+    app: Router,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {name} listener to {addr}"))?;
+    info!(addr = %listener.local_addr()?, "{name} listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await?;
     Ok(())
 }
 

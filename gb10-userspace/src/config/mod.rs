@@ -161,6 +161,11 @@ impl RawConfig {
         })
     }
 
+    /// Parses config-file `text`; unknown keys are an error that names them.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
     /// `over`'s keys where set, ours elsewhere. Generic over the schema: both sides go
     /// through their serde form, a top-level key or a key of a `[section]` that `over`
     /// sets replaces ours whole (so a table-valued key such as `[http] mounts` from flags

@@ -15,18 +15,14 @@ use crate::{
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
+/// Through the config parser, so a new `[dhcp]` key needs nothing here.
 fn dhcp() -> DhcpConfig {
-    DhcpConfig {
-        range: (
-            Ipv4Addr::new(198, 18, 0, 100),
-            Ipv4Addr::new(198, 18, 0, 101),
-        ),
-        lease_time: Duration::from_secs(3600),
-        router: None,
-        dns: Vec::new(),
-        domain: None,
-        relay_ranges: Vec::new(),
-    }
+    let raw = crate::config::RawConfig::from_toml(
+        "lan_iface = \"lo\"\nlan_ip = \"198.18.0.1/24\"\n\
+         [dhcp]\nrange = \"198.18.0.100-198.18.0.101\"\nlease_time = \"1h\"\n",
+    )
+    .unwrap();
+    crate::config::Config::try_from(raw).unwrap().dhcp
 }
 
 fn table() -> Leases {

@@ -621,6 +621,9 @@ fn seeds_owner_check_missing_variable_and_reload() {
         text.contains("kernel http://198.18.0.1:8080/casper/vmlinuz"),
         "{text}"
     );
+    // iPXE escapes the colons of `${netX/mac}`: the same script.
+    let (code, escaped, _) = curl(&lab, &[], "/ipxe/02%3A00%3A00%3A00%3A01%3A01");
+    assert_eq!((code, escaped), (200, body));
     let (_, body, _) = curl(&lab, &[], "/ipxe/02:00:00:00:0f:0f");
     let text = String::from_utf8_lossy(&body).into_owned();
     assert!(

@@ -99,7 +99,10 @@ fn requested_mac(
     peer: Peer,
 ) -> Result<Option<Mac>, (StatusCode, &'static str)> {
     if row.mac_segment().is_some() {
-        return match row.matches(uri.path()) {
+        // Decoded once, as the router matched it: iPXE escapes the colons
+        // (`/ipxe/52%3A54%3A…`).
+        let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8();
+        return match path.ok().and_then(|p| row.matches(&p)) {
             Some(mac) => Ok(mac),
             None => Err((StatusCode::NOT_FOUND, "not a MAC address\n")),
         };

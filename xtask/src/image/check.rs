@@ -82,7 +82,27 @@ impl Runtime {
 
     /// Plays `docs` (a ConfigMap and a Pod) with `podman kube play` from inside the
     /// network namespace `netns`, so the pod's host network is the lab's.
+    ///
+    /// Two things podman 4.3 refuses are left out, neither of which changes what runs:
+    /// the pod's annotations (it holds them to the 63-character limit of label values,
+    /// and the chart's `checksum/config` is a sha256, 64 hex digits; it only tells
+    /// Kubernetes when to roll the pod), and the container's `ports` (with host network
+    /// they only declare what the daemon binds, but podman turns them into port
+    /// mappings, which it allows on bridge networks only).
     pub fn play(&self, netns: &str, docs: &[Value]) -> anyhow::Result<Pod> {
+        let mut docs = docs.to_vec();
+        for doc in docs.iter_mut().filter(|d| d["kind"] == "Pod") {
+            if let Some(meta) = doc["metadata"].as_object_mut() {
+                meta.remove("annotations");
+            }
+            for c in doc["spec"]["containers"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                c.as_object_mut().map(|c| c.remove("ports"));
+            }
+        }
         let pod = docs
             .iter()
             .find(|d| d["kind"] == "Pod")
@@ -627,7 +647,7 @@ fn contents(rt: &Runtime) -> anyhow::Result<()> {
     println!(
         "image check [{}] contents: {}; ssh-keygen made an ed25519 key, ssh -G parsed; no /bin/sh, bash, apt-get or dpkg",
         rt.arch.debian(),
-        version.trim()
+        version.lines().next().unwrap_or_default().trim()
     );
     Ok(())
 }

@@ -134,7 +134,8 @@ pub fn build(arch: Arch) -> anyhow::Result<Image> {
 /// built by the same `gb10-ebpf` toolchain through build.rs, as in every build; it is
 /// the same bytecode whatever the userspace target (`bpfel-unknown-none`).
 fn build_daemon(arch: Arch) -> anyhow::Result<PathBuf> {
-    let target_dir = root().join("target/image/cargo");
+    // Per architecture, so both can build at once.
+    let target_dir = dir(arch).join("cargo");
     let target = arch.rust_target();
     let mut cmd = Command::new("/usr/bin/cargo");
     cmd.args(["build", "--release", "--locked", "--quiet"])

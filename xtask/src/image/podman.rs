@@ -20,13 +20,14 @@ impl Podman {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         let root = dir.join("storage");
         std::fs::create_dir_all(&root)?;
-        // The run root holds locks and runtime state: tmpfs-backed /run, one per storage.
-        let runroot = PathBuf::from("/run/gb10-podman").join(
-            dir.canonicalize()?
-                .to_string_lossy()
-                .trim_start_matches('/')
-                .replace('/', "-"),
-        );
+        // The run root holds locks and runtime state: on tmpfs /run, one per storage,
+        // named by a hash of the storage path (podman allows 50 characters).
+        let runroot = {
+            use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+            let mut h = DefaultHasher::new();
+            dir.canonicalize()?.hash(&mut h);
+            PathBuf::from(format!("/run/gb10-podman/{:016x}", h.finish()))
+        };
         let conf = dir.join("containers.conf");
         std::fs::write(&conf, containers_conf()?)?;
         Ok(Self {

@@ -235,6 +235,26 @@ fn elf_deps(file: &Path) -> anyhow::Result<(Option<String>, Vec<String>)> {
     Ok((interp, needed))
 }
 
+/// Copies `from` to `path` in the image at `out` and records it.
+fn put(
+    out: &Path,
+    entries: &mut Vec<Entry>,
+    path: &str,
+    from: &Path,
+    origin: String,
+) -> anyhow::Result<()> {
+    let to = out.join(path);
+    fs::create_dir_all(to.parent().context("path with a parent")?)?;
+    fs::copy(from, &to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    entries.push(Entry {
+        path: format!("/{path}"),
+        size: fs::metadata(&to)?.len(),
+        origin,
+    });
+    Ok(())
+}
+
 /// Assembles the image's root filesystem in `out` (replaced): the daemon, the programs
 /// above, every library they load (transitively), the written files and the Debian
 /// copyright file of each package a file came from. Returns what is in it.
@@ -251,23 +271,18 @@ pub fn assemble(arch: Arch, base: &Path, daemon: &Path, out: &Path) -> anyhow::R
         "usr/lib".to_owned(),
     ];
 
-    let mut put = |path: &str, from: &Path, origin: String| -> anyhow::Result<()> {
-        let to = out.join(path);
-        fs::create_dir_all(to.parent().context("path with a parent")?)?;
-        fs::copy(from, &to)
-            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-        entries.push(Entry {
-            path: format!("/{path}"),
-            size: fs::metadata(&to)?.len(),
-            origin,
-        });
-        Ok(())
-    };
-
-    put(DAEMON_PATH, daemon, "built by cargo xtask image".into())?;
+    put(
+        out,
+        &mut entries,
+        DAEMON_PATH,
+        daemon,
+        "built by cargo xtask image".into(),
+    )?;
     // Every ELF file to scan: (path in the image, file on disk).
     let mut todo: Vec<(String, PathBuf)> = vec![(DAEMON_PATH.into(), daemon.to_owned())];
     let mut seen = BTreeSet::new();
+    // Real file in the base → where it went in the image.
+    let mut placed: BTreeMap<String, String> = BTreeMap::new();
     for program in PROGRAMS {
         todo.push(((*program).into(), base.join(resolve(base, program)?)));
     }
@@ -280,7 +295,24 @@ pub fn assemble(arch: Arch, base: &Path, daemon: &Path, out: &Path) -> anyhow::R
                 .with_context(|| format!("{real} belongs to no package of the base"))?
                 .clone();
             packages.insert(origin.split(' ').next().unwrap_or_default().to_owned());
-            put(&path, &base.join(&real), origin)?;
+            match placed.get(&real) {
+                // One file under two names (the loader: at the interpreter path the
+                // ELF names and at the soname libc asks for): a symlink, not a copy.
+                Some(first) => {
+                    let to = out.join(&path);
+                    fs::create_dir_all(to.parent().context("parent")?)?;
+                    std::os::unix::fs::symlink(format!("/{first}"), &to)?;
+                    entries.push(Entry {
+                        path: format!("/{path}"),
+                        size: 0,
+                        origin: format!("symlink to /{first}"),
+                    });
+                }
+                None => {
+                    put(out, &mut entries, &path, &base.join(&real), origin)?;
+                    placed.insert(real, path.clone());
+                }
+            }
         }
         // The interpreter at the path the ELF names; libraries at the first directory
         // of the loader's default search list that has them (no ld.so.cache needed).

@@ -130,9 +130,10 @@ pub fn build(arch: Arch) -> anyhow::Result<Image> {
 
 /// Builds the daemon for `arch` with Debian's rustc-web (1.96), the toolchain whose
 /// standard library Debian ships for arm64 too (`libstd-rust-web-dev:arm64`), so both
-/// architectures come from one compiler and no rustup download. The eBPF object is
-/// built by the same `gb10-ebpf` toolchain through build.rs, as in every build; it is
-/// the same bytecode whatever the userspace target (`bpfel-unknown-none`).
+/// architectures come from one compiler and no rustup download. build.rs builds the
+/// eBPF object with the toolchain every build picks (`ebpf_toolchain.rs`; on a machine
+/// set up by `cargo xtask setup`, Debian's, linked as `gb10-ebpf`); it is bytecode for
+/// `bpfel-unknown-none`, the same whatever the userspace target.
 fn build_daemon(arch: Arch) -> anyhow::Result<PathBuf> {
     // Per architecture, so both can build at once.
     let target_dir = dir(arch).join("cargo");
@@ -145,10 +146,6 @@ fn build_daemon(arch: Arch) -> anyhow::Result<PathBuf> {
         .arg(&target_dir)
         // Debian's rustc, not rustup's proxy (whose stable has no aarch64 std here).
         .env("RUSTC", "/usr/bin/rustc")
-        .env(
-            "GB10_EBPF_TOOLCHAIN",
-            crate::ebpf_toolchain::LINKED_TOOLCHAIN,
-        )
         .env_remove("RUSTUP_TOOLCHAIN");
     if arch != Arch::host() {
         let var = format!(

@@ -393,21 +393,27 @@ fn mask(caps: &[&str]) -> u64 {
         .sum()
 }
 
+/// Under emulation (an arm64 image on an amd64 machine) qemu-user has no bpf()
+/// (ENOSYS), so XDP is asked for as `auto` there: the daemon serves and reports
+/// `gb10_xdp_attached 0`, which the checks print rather than assume.
+fn emulated_xdp(arch: Arch) -> Option<(&'static str, String)> {
+    (arch != Arch::host()).then(|| ("xdp.mode", "auto".to_owned()))
+}
+
 /// Direct mode with the chart's CI values: ready through the probe's port, exactly the
 /// chart's capabilities, XDP attached (the values require it) where the kernel runs the
 /// program, a dhclient lease, per-client counters, HTTP on the LAN.
 fn direct(rt: &Runtime) -> anyhow::Result<()> {
     let lab = Lab::bare("img");
     let data = lab.dir.join("data");
-    // Under emulation (an arm64 image on an amd64 machine) XDP is checked as `auto`:
-    // whether qemu-user passes bpf() through is reported, not assumed.
     let native = rt.arch == Arch::host();
-    let extra: Vec<(&str, String)> = if native {
-        vec![]
-    } else {
-        vec![("xdp.mode", "auto".into())]
-    };
-    let mut docs = lab_docs("ci/direct-values.yaml", &lab.server_if, &data, &extra)?;
+    let extra = emulated_xdp(rt.arch);
+    let mut docs = lab_docs(
+        "ci/direct-values.yaml",
+        &lab.server_if,
+        &data,
+        extra.as_slice(),
+    )?;
     let probe = readiness(&mut docs)?;
     let sc = &container(&mut docs)["securityContext"];
     ensure!(
@@ -736,6 +742,7 @@ pub fn serve_bridge(
     let data = lab.dir.join("data");
     let mut set = vec![("lanIp", format!("{}/{}", lab.server_ip, lab.prefix))];
     set.extend(extra.iter().cloned());
+    set.extend(emulated_xdp(arch));
     let mut docs = lab_docs(values, &lab.iface, &data, &set)?;
     let probe = readiness(&mut docs)?;
     let pod = rt.play(&lab.ns.name, &docs)?;

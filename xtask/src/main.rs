@@ -211,8 +211,6 @@ fn build_ebpf_inner() -> anyhow::Result<()> {
 
 /// The e2e scenario the host image serves in `cargo xtask test`: the quickest UEFI one.
 const IMAGE_BOOT: &str = "ovmf-ipxe";
-/// The one the arm64 image serves (under qemu-user) with `--all`: the GB10 path.
-const IMAGE_BOOT_ARM64: &str = "aavmf-shim-grub";
 
 fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
@@ -235,7 +233,9 @@ fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
         image::check::run(&image::build(host)?, Some(IMAGE_BOOT))?;
         if all {
             let arm64 = e2e::assets::Arch::Arm64;
-            image::check::run(&image::build(arm64)?, Some(IMAGE_BOOT_ARM64))?;
+            // No firmware boot: under qemu-user the daemon refuses to serve files (no
+            // openat2 in Debian 12's qemu 7.2), which the check shows instead.
+            image::check::run(&image::build(arm64)?, None)?;
         }
     }
     // The closing line, last: cargo's own final `test result` belongs to whichever binary

@@ -485,6 +485,32 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
         .client
         .curl(&format!("http://{}:{port}/healthz", lab.server_ip), 5.0);
     ensure!(code == 200, "HTTP {port} from the client: {code}");
+    // A static file over HTTP: opened beneath the root with openat2, which qemu-user
+    // 7.2 does not implement; the daemon then refuses (fail closed) and says why.
+    let www = data.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("image-check.txt"), "served from the container\n")?;
+    let (code, body) = lab.client.curl(
+        &format!("http://{}:{port}/image-check.txt", lab.server_ip),
+        5.0,
+    );
+    if native {
+        ensure!(
+            code == 200 && body == "served from the container\n",
+            "static file: {code} {body}"
+        );
+    } else {
+        let why = pod
+            .log()
+            .lines()
+            .find(|l| l.contains("openat2"))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_default();
+        println!(
+            "image check [{}] direct: static file over HTTP {code} under qemu-user: {why}",
+            rt.arch.debian()
+        );
+    }
     println!(
         "image check [{}] direct: gb10_xdp_attached {attached}, gb10_client_packets_total{{mac=\"{mac}\",kind=\"dhcp\"}} {dhcp}, HTTP :{port}/healthz 200 from {lease}",
         rt.arch.debian()

@@ -88,13 +88,20 @@ impl Runtime {
     /// and the chart's `checksum/config` is a sha256, 64 hex digits; it only tells
     /// Kubernetes when to roll the pod), and the container's `ports` (with host network
     /// they only declare what the daemon binds, but podman turns them into port
-    /// mappings, which it allows on bridge networks only).
+    /// mappings, which it allows on bridge networks only). And one is translated: the
+    /// pod's `seccompProfile`, which podman reads from the older annotation only.
     pub fn play(&self, netns: &str, docs: &[Value]) -> anyhow::Result<Pod> {
         let mut docs = docs.to_vec();
         for doc in docs.iter_mut().filter(|d| d["kind"] == "Pod") {
-            if let Some(meta) = doc["metadata"].as_object_mut() {
-                meta.remove("annotations");
-            }
+            // podman 4.3 reads the pod's seccomp profile from the annotation Kubernetes
+            // used before the securityContext field, not from the field.
+            let seccomp = match doc["spec"]["securityContext"]["seccompProfile"]["type"].as_str() {
+                Some("Unconfined") => {
+                    json!({"seccomp.security.alpha.kubernetes.io/pod": "unconfined"})
+                }
+                _ => json!({}),
+            };
+            doc["metadata"]["annotations"] = seccomp;
             for c in doc["spec"]["containers"]
                 .as_array_mut()
                 .into_iter()
@@ -354,6 +361,11 @@ fn lab_docs(
     let mut set = vec![
         ("lanIface", iface.to_owned()),
         ("dataPath", data.to_str().context("path")?.to_owned()),
+        // What the chart README says to set on a runtime whose default seccomp
+        // profile refuses bpf() to CAP_BPF alone: podman 4.3's does
+        // (containers-common's allows bpf and perf_event_open with CAP_SYS_ADMIN only;
+        // `runtime_default_seccomp` shows it). `extra` may set it back.
+        ("seccompProfile", "Unconfined".to_owned()),
     ];
     set.extend(extra.iter().cloned());
     let docs = render(values, &set)?;
@@ -578,6 +590,36 @@ fn each_capability(rt: &Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The chart's default seccomp profile (RuntimeDefault) under this runtime: podman
+/// 4.3's default profile refuses bpf() to a process without CAP_SYS_ADMIN, so with the
+/// CI values (`xdp.mode: required`) the daemon exits saying XDP could not be loaded —
+/// the case the chart README documents for older runtimes.
+fn runtime_default_seccomp(rt: &Runtime) -> anyhow::Result<()> {
+    let lab = Lab::bare("imgsec");
+    let data = lab.dir.join("data");
+    let set = [("seccompProfile", "RuntimeDefault".to_owned())];
+    let docs = lab_docs("ci/direct-values.yaml", &lab.server_if, &data, &set)?;
+    let pod = rt.play(&lab.server.name, &docs)?;
+    wait_until(Duration::from_secs(30), || pod.exit_code().is_some());
+    let code = pod.exit_code();
+    let log = pod.log();
+    let why = log
+        .lines()
+        .find(|l| l.contains("XDP is required"))
+        .unwrap_or("")
+        .trim();
+    ensure!(
+        code.is_some_and(|c| c != 0) && why.contains("Operation not permitted"),
+        "under podman's default seccomp profile: exit {code:?}\n{log}"
+    );
+    println!(
+        "image check [{}] seccompProfile RuntimeDefault (podman 4.3's profile): exited {}: {why}",
+        rt.arch.debian(),
+        code.unwrap_or(-1)
+    );
+    Ok(())
+}
+
 /// Proxy mode with the chart's CI proxy values: the LAN address comes from the site,
 /// so readiness says 503 until the interface has one, then 200; XDP `auto` attaches.
 fn proxy(rt: &Runtime) -> anyhow::Result<()> {
@@ -788,6 +830,7 @@ pub fn run(image: &Image, boot: Option<&str>) -> anyhow::Result<()> {
     direct(&rt)?;
     proxy(&rt)?;
     if rt.arch == Arch::host() {
+        runtime_default_seccomp(&rt)?;
         each_capability(&rt)?;
     } else {
         println!(

@@ -201,6 +201,13 @@ impl Pod {
             .flatten()
     }
 
+    /// Waits up to `timeout` for the container to exit: its exit code (None when it
+    /// kept running) and its log.
+    pub fn exit(&self, timeout: Duration) -> (Option<i64>, String) {
+        wait_until(timeout, || self.exit_code().is_some());
+        (self.exit_code(), self.log())
+    }
+
     /// The daemon's PID on this machine.
     fn pid(&self) -> anyhow::Result<u32> {
         Ok(self.inspect("{{.State.Pid}}")?.parse()?)
@@ -565,14 +572,13 @@ fn each_capability(rt: &Runtime) -> anyhow::Result<()> {
             "{missing} not in the chart's set"
         );
         *add = Value::Array(kept);
-        let pod = rt.play(&lab.server.name, &docs)?;
-        let exited = wait_until(Duration::from_secs(30), || pod.exit_code().is_some());
-        let code = pod.exit_code();
-        let log = pod.log();
+        let (code, log) = rt
+            .play(&lab.server.name, &docs)?
+            .exit(Duration::from_secs(30));
         let ready = get(&lab.server, &probe.0, probe.1, &probe.2).0 == 200;
         let attached = Lab::xdp_attached(&lab.server, &lab.server_if);
         ensure!(
-            exited.is_some() && code != Some(0) && !ready && !attached,
+            code.is_some_and(|c| c != 0) && !ready && !attached,
             "without {missing} the container kept serving (exit {code:?}, ready {ready}, XDP {attached}):\n{log}"
         );
         let why = log
@@ -599,10 +605,9 @@ fn runtime_default_seccomp(rt: &Runtime) -> anyhow::Result<()> {
     let data = lab.dir.join("data");
     let set = [("seccompProfile", "RuntimeDefault".to_owned())];
     let docs = lab_docs("ci/direct-values.yaml", &lab.server_if, &data, &set)?;
-    let pod = rt.play(&lab.server.name, &docs)?;
-    wait_until(Duration::from_secs(30), || pod.exit_code().is_some());
-    let code = pod.exit_code();
-    let log = pod.log();
+    let (code, log) = rt
+        .play(&lab.server.name, &docs)?
+        .exit(Duration::from_secs(30));
     let why = log
         .lines()
         .find(|l| l.contains("XDP is required"))

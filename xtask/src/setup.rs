@@ -61,22 +61,26 @@ const E2E_PACKAGES: &[&str] = &[
 ];
 
 /// The container image (`cargo xtask image`) and its checks: mmdebstrap extracts the
-/// Debian base, podman builds and runs the image (runc: crun refuses this kernel's
-/// hybrid cgroups; catatonit: the pause process of `podman kube play`'s pods), the
-/// arm64 cross toolchain and Debian's arm64 Rust standard library build the arm64
-/// daemon, qemu-user-static runs arm64 binaries through binfmt_misc, containerd's
-/// `ctr` is what `k3s ctr images import` wraps.
+/// Debian base, binutils' readelf follows its ELF dependencies, podman builds and runs
+/// the image (runc: crun refuses this kernel's hybrid cgroups; catatonit: the pause
+/// process of `podman kube play`'s pods), containerd's `ctr` is what `k3s ctr images
+/// import` wraps.
 const IMAGE_PACKAGES: &[&str] = &[
     "mmdebstrap",
+    "binutils",
     "podman",
     "runc",
     "catatonit",
-    "binutils",
+    "containerd",
+];
+
+/// An arm64 image on an amd64 machine: the cross linker and C library, Debian's arm64
+/// Rust standard library (for its rustc-web), and qemu-user-static to run the result.
+const ARM64_IMAGE_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "libstd-rust-web-dev:arm64",
     "qemu-user-static",
-    "containerd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -176,12 +180,17 @@ pub fn e2e() -> anyhow::Result<()> {
     arm64_architecture()
 }
 
-/// What `cargo xtask image` needs (arm64 packages: the arm64 architecture first).
-pub fn image() -> anyhow::Result<()> {
+/// What `cargo xtask image` needs; `foreign`: for an arm64 image built and run on an
+/// amd64 machine (the arm64 architecture first, for its packages).
+pub fn image(foreign: bool) -> anyhow::Result<()> {
     ebpf()?;
-    arm64_architecture()?;
     apt(IMAGE_PACKAGES)?;
-    qemu_binfmt()
+    if foreign {
+        arm64_architecture()?;
+        apt(ARM64_IMAGE_PACKAGES)?;
+        qemu_binfmt()?;
+    }
+    Ok(())
 }
 
 /// Lets this machine run arm64 binaries: qemu-aarch64-static registered with

@@ -60,7 +60,7 @@ pub fn dir(arch: Arch) -> PathBuf {
 
 /// Builds the image for `arch` and writes its archive; prints its contents and size.
 pub fn build(arch: Arch) -> anyhow::Result<Image> {
-    crate::setup::image()?;
+    crate::setup::image(arch != Arch::host())?;
     let dir = dir(arch);
     let base = rootfs::base(arch, &dir)?;
     let daemon = build_daemon(arch)?;

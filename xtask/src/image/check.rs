@@ -439,6 +439,10 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
         sc["readOnlyRootFilesystem"] == true && sc["capabilities"]["drop"] == json!(["ALL"]),
         "{sc}"
     );
+    // A static file for the HTTP check below, in place before the daemon starts.
+    let www = data.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("image-check.txt"), "served from the container\n")?;
     let pod = rt.play(&lab.server.name, &docs)?;
     let ready = wait_ready(&lab.server, &pod, &probe, Duration::from_secs(60))?;
     println!(
@@ -506,9 +510,6 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
     ensure!(code == 200, "HTTP {port} from the client: {code}");
     // A static file over HTTP: opened beneath the root with openat2, which qemu-user
     // 7.2 does not implement; the daemon then refuses (fail closed) and says why.
-    let www = data.join("www");
-    std::fs::create_dir_all(&www)?;
-    std::fs::write(www.join("image-check.txt"), "served from the container\n")?;
     let (code, body) = lab.client.curl(
         &format!("http://{}:{port}/image-check.txt", lab.server_ip),
         5.0,

@@ -63,8 +63,8 @@ const DHCP_SCRIPT: &str = r#"#!/bin/sh
 ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
 "#;
 
-/// A CPU architecture of the VMs, in Debian's spelling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A CPU architecture of the VMs and images, in Debian's spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
     Amd64,
     Arm64,

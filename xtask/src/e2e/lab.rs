@@ -31,6 +31,24 @@ pub enum Stack {
     Gb10,
     /// The reference: dnsmasq (DHCP, TFTP) + nginx with static scripts.
     Reference,
+    /// gb10-provision's container image of this architecture, run by podman from the
+    /// chart's pod spec (`cargo xtask image --check`).
+    Image(Arch),
+}
+
+/// What serves the VM when it is gb10-provision: the process, or the chart's pod.
+enum Server {
+    Process(gb10_lab::Daemon),
+    Pod(crate::image::check::Pod),
+}
+
+impl Server {
+    fn log(&self) -> String {
+        match self {
+            Self::Process(d) => d.log(),
+            Self::Pod(p) => p.log(),
+        }
+    }
 }
 
 /// How progress is shown.
@@ -120,7 +138,12 @@ fn mac_for(s: &Scenario, stack: Stack) -> String {
         .iter()
         .position(|x| std::ptr::eq(x, s))
         .unwrap_or(0);
-    format!("52:54:00:e2:{:02x}:{:02x}", stack as u8, n + 1)
+    let stack = match stack {
+        Stack::Gb10 => 0,
+        Stack::Reference => 1,
+        Stack::Image(_) => 2,
+    };
+    format!("52:54:00:e2:{stack:02x}:{:02x}", n + 1)
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -321,6 +344,38 @@ fn daemon_args(s: &Scenario) -> Vec<String> {
     args
 }
 
+/// The chart values that make its pod serve the scenario as [`daemon_args`] makes the
+/// process serve it: a CI values file and `--set` pairs on top. XDP and the guard stay
+/// as the values file has them (the chart's defaults), not off.
+fn chart_values(s: &Scenario) -> (&'static str, Vec<(&'static str, String)>) {
+    let efi = match s.chain {
+        Chain::Ipxe(f) => f,
+        Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
+    };
+    let mut set = vec![
+        ("httpPort", HTTP_PORT.to_string()),
+        ("extraConfig.boot.uefi_x86", efi.to_owned()),
+    ];
+    let values = match s.dhcp {
+        Dhcp::Direct => {
+            set.push(("dhcpRange", "198.18.0.100-198.18.0.200".into()));
+            "ci/direct-values.yaml"
+        }
+        Dhcp::Proxy => {
+            set.push(("proxySubnet", "198.18.0.0/24".into()));
+            "ci/proxy-values.yaml"
+        }
+    };
+    if let Chain::HttpBoot(file) = s.chain {
+        let key = match s.arch {
+            Arch::Amd64 => "extraConfig.boot.http_x86",
+            Arch::Arm64 => "extraConfig.boot.http_arm64",
+        };
+        set.push((key, file.to_owned()));
+    }
+    (values, set)
+}
+
 /// Whether the client record holds a boot file fetched over TFTP (HTTP paths start
 /// with `/`, TFTP ones are relative to the TFTP root).
 fn tftp_fetched(client: &str) -> bool {
@@ -472,16 +527,22 @@ pub fn boot(
             let bin = bin.to_str().unwrap_or_default();
             let args = daemon_args(s);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Some(
-                lab.start_daemon(bin, &args)
-                    .map_err(|e| fail("setup", format!("gb10-provision: {e}")))?,
-            )
+            Some(Server::Process(lab.start_daemon(bin, &args).map_err(
+                |e| fail("setup", format!("gb10-provision: {e}")),
+            )?))
+        }
+        Stack::Image(arch) => {
+            let (values, set) = chart_values(s);
+            Some(Server::Pod(
+                crate::image::check::serve_bridge(arch, &lab, values, &set)
+                    .map_err(|e| fail("setup", format!("gb10-provision's pod: {e:#}")))?,
+            ))
         }
         Stack::Reference => None,
     };
     let access_log = lab.dir.join("nginx-access.log");
     let _nginx = match stack {
-        Stack::Gb10 => None,
+        Stack::Gb10 | Stack::Image(_) => None,
         Stack::Reference => {
             let conf = reference_files(s, &lab, &mac, &www, &tftp)
                 .map_err(|e| fail("setup", format!("{e:#}")))?;

@@ -1,10 +1,12 @@
 //! gb10-provision: DHCP, TFTP and HTTP for an isolated provisioning LAN, with an XDP
 //! program that counts and guards what reaches it.
+pub mod assets;
 pub mod boot;
 pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod confine;
+pub mod ctl;
 pub mod daemon;
 pub mod dhcp;
 pub mod explain;
@@ -13,6 +15,7 @@ pub mod hosts;
 pub mod http;
 pub mod inventory;
 pub mod lan;
+pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod store;

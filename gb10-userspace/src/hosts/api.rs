@@ -30,6 +30,7 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/api/hosts/{mac}", get(get_one))
         .merge(changing)
         .merge(super::dashboard::routes())
+        .merge(crate::http::fleet::routes())
 }
 
 /// Serves the admin router on `[admin] listen` when set (not the LAN), until `token` fires.

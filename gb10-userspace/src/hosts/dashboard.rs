@@ -27,7 +27,7 @@ pub fn routes() -> Router<Arc<Shared>> {
 }
 
 /// One page for both views: the script picks by path.
-async fn page() -> Html<&'static str> {
+pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 

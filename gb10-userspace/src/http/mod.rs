@@ -1,6 +1,7 @@
 //! The HTTP service on `lan_ip:http_port`: one axum router for static files, seeds,
 //! client onboarding and metrics.
 mod api;
+pub mod fleet;
 mod seeds;
 pub mod static_files;
 
@@ -118,7 +119,10 @@ async fn serve_lan(
 pub fn router(shared: Arc<Shared>) -> Router {
     // Without a separate admin address, the hosts API and dashboard live under /admin.
     let admin = if shared.config.admin.listen.is_none() {
-        Router::new().nest("/admin", crate::hosts::api::routes(shared.clone()))
+        Router::new()
+            .nest("/admin", crate::hosts::api::routes(shared.clone()))
+            // `nest` answers `/admin` but not `/admin/`; the dashboard handles both.
+            .route("/admin/", get(crate::hosts::dashboard::page))
     } else {
         Router::new()
     };

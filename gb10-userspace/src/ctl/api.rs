@@ -204,7 +204,9 @@ impl Events {
             }
             match self.body.frame().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(anyhow::anyhow!("event stream: {e}")),
+                Some(Err(e)) => {
+                    return Err(anyhow::anyhow!("the server closed the event stream ({e})"));
+                }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.parser.push(&data)?;

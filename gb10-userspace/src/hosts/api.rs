@@ -46,9 +46,16 @@ pub async fn run_admin(shared: Arc<Shared>, token: CancellationToken) -> anyhow:
         .await
         .with_context(|| format!("binding the admin listener to {addr}"))?;
     info!(addr = %listener.local_addr()?, "admin listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
+    let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    // Event streams (the dashboard, `clients watch`) never end by themselves, so a graceful
+    // shutdown would wait for ever: open connections get 5 s, as on the LAN listener.
+    tokio::select! {
+        served = serve.into_future() => served?,
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => info!("admin connections still open 5 s after stop: closed"),
+    }
     Ok(())
 }
 

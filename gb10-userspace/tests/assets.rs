@@ -124,17 +124,8 @@ fn build_deb(
     deb
 }
 
-/// Bytes that differ per seed, `len` long (not compressible to nothing).
-fn noise(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    gb10_lab::pseudo_random(seed, len)
 }
 
 fn all_tools(test: &str, tools: &[(&str, &str)]) -> bool {
@@ -371,9 +362,8 @@ fn from_packages_amd64_and_arm64() {
         manifest_bytes
     );
 
-    // A file changed by hand (a new file in its place, as editors write) is put back;
-    // the others stay.
-    std::fs::remove_file(data.join("www/shimaa64.efi")).unwrap();
+    // A file changed by hand (written in place, as `cp` does) is put back; its twin in
+    // the other root was never touched and stays.
     std::fs::write(data.join("www/shimaa64.efi"), b"not shim").unwrap();
     let fixed = ok(assets(&args));
     let changed: Vec<_> = outcomes(&fixed)
@@ -524,19 +514,19 @@ fn from_ubuntu_layout_isos() {
         let efi = if arch == "amd64" { "x64" } else { "aa64" };
         let tree = s.0.join(format!("tree-{name}"));
         let files: Vec<(String, Vec<u8>)> = vec![
-            ("casper/vmlinuz".into(), noise(10 + n as u32, 9 << 20)),
-            ("casper/initrd".into(), noise(20 + n as u32, 5 << 20)),
+            ("casper/vmlinuz".into(), noise(10 + n as u64, 9 << 20)),
+            ("casper/initrd".into(), noise(20 + n as u64, 5 << 20)),
             (
                 format!("EFI/boot/boot{efi}.efi"),
-                noise(30 + n as u32, 950_000),
+                noise(30 + n as u64, 950_000),
             ),
             (
                 format!("EFI/boot/grub{efi}.efi"),
-                noise(40 + n as u32, 2_300_000),
+                noise(40 + n as u64, 2_300_000),
             ),
             (
                 format!("EFI/boot/mm{efi}.efi"),
-                noise(50 + n as u32, 800_000),
+                noise(50 + n as u64, 800_000),
             ),
             ("casper/filesystem.squashfs".into(), noise(60, 10_000)),
             (

@@ -48,18 +48,10 @@ fn ok(o: Output) -> String {
 }
 
 fn heartbeat(lab: &Lab, mac: &str, phase: &str) {
-    let body = format!(r#"{{"mac":"{mac}","phase":"{phase}"}}"#);
-    run(lab.client.cmd("curl").args([
-        "-sS",
-        "-f",
-        "-m",
-        "5",
-        "-H",
-        "Content-Type: application/json",
-        "--data",
-        &body,
+    lab.client.post_json(
         &format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
-    ]));
+        &format!(r#"{{"mac":"{mac}","phase":"{phase}"}}"#),
+    );
 }
 
 /// The lines `clients watch` wrote so far.

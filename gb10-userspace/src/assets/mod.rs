@@ -519,35 +519,31 @@ fn choose(
                 _ => std::cmp::Ordering::Equal,
             }
         });
-        match order {
-            std::cmp::Ordering::Greater => {
-                notes.push(format!(
-                    "{} {}: {} passed over for {}",
+        let (winner, loser) = match order {
+            std::cmp::Ordering::Greater => (&c, have),
+            std::cmp::Ordering::Less => (have, &c),
+            std::cmp::Ordering::Equal => {
+                ties.push(format!(
+                    "{} {}: both {} and {}; keep one, or pass --{} {}=FILE",
                     c.arch,
                     c.role.label(),
                     describe(&have.from),
-                    describe(&c.from)
-                ));
-                chosen.insert(key, c);
-            }
-            std::cmp::Ordering::Less => {
-                notes.push(format!(
-                    "{} {}: {} passed over for {}",
-                    c.arch,
-                    c.role.label(),
                     describe(&c.from),
-                    describe(&have.from)
+                    c.role.label(),
+                    c.arch
                 ));
+                continue;
             }
-            std::cmp::Ordering::Equal => ties.push(format!(
-                "{} {}: both {} and {}; keep one, or pass --{} {}=FILE",
-                c.arch,
-                c.role.label(),
-                describe(&have.from),
-                describe(&c.from),
-                c.role.label(),
-                c.arch
-            )),
+        };
+        notes.push(format!(
+            "{} {}: {} passed over for {}",
+            c.arch,
+            c.role.label(),
+            describe(&loser.from),
+            describe(&winner.from)
+        ));
+        if order.is_gt() {
+            chosen.insert(key, c);
         }
     }
     if !ties.is_empty() {

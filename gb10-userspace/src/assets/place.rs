@@ -1,6 +1,6 @@
 //! Writing assets into `data_path`: each file staged once (hashed while written), then
-//! put at each destination by hard link and rename, unless the file there already has
-//! the same sha256; the manifest records what is there.
+//! put at each destination by rename, unless the file there already has the same
+//! sha256; the manifest records what is there.
 use std::{
     collections::BTreeMap,
     fs::{self, File},
@@ -151,8 +151,14 @@ pub fn put(data_path: &Path, staged: &Staged, dest: &str) -> io::Result<Outcome>
     let file_name = full.file_name().unwrap_or_default().to_string_lossy();
     let tmp = full.with_file_name(format!(".{file_name}.gb10-tmp"));
     let _ = fs::remove_file(&tmp);
-    // A hard link shares the bytes between tftp/ and www/; across filesystems, a copy.
-    if fs::hard_link(&staged.tmp, &tmp).is_err() {
+    // The first destination takes the staged file itself (a link, and the staging
+    // directory goes); the others get copies. Not links between tftp/ and www/: a `cp`
+    // over one (which writes in place) would change the other behind the operator's back.
+    let unlinked = fs::metadata(&staged.tmp).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt as _;
+        m.nlink() == 1
+    });
+    if !(unlinked && fs::hard_link(&staged.tmp, &tmp).is_ok()) {
         fs::copy(&staged.tmp, &tmp)?;
     }
     set_readable(&tmp)?;

@@ -147,6 +147,25 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `GET path` as JSON, or as the table `render` makes, or `empty` when there are no rows.
+async fn list(
+    api: &Api,
+    path: &str,
+    json: bool,
+    empty: &str,
+    render: fn(&[Value], u64) -> String,
+) -> anyhow::Result<()> {
+    let rows = api.json(Method::GET, path).await?;
+    if json {
+        return print_json(&rows);
+    }
+    match rows.as_array() {
+        Some(list) if !list.is_empty() => print!("{}", render(list, crate::hosts::now_ms())),
+        _ => println!("{empty}"),
+    }
+    Ok(())
+}
+
 /// Runs `clients …`.
 pub fn clients(args: ClientsArgs) -> anyhow::Result<()> {
     let api = connect(&args.api)?;
@@ -154,17 +173,8 @@ pub fn clients(args: ClientsArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match args.command {
             None => {
-                let rows = api.json(Method::GET, "/api/clients").await?;
-                if json {
-                    return print_json(&rows);
-                }
-                let list = rows.as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
-                    println!("no clients seen yet, and no hosts in the inventory");
-                } else {
-                    print!("{}", render::clients(&list, crate::hosts::now_ms()));
-                }
-                Ok(())
+                let empty = "no clients seen yet, and no hosts in the inventory";
+                list(&api, "/api/clients", json, empty, render::clients).await
             }
             Some(ClientsCommand::Show { mac }) => {
                 let mac = parse_mac(&mac)?;
@@ -308,17 +318,8 @@ pub fn hosts(args: HostsArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match args.command {
             None => {
-                let rows = api.json(Method::GET, "/api/hosts").await?;
-                if json {
-                    return print_json(&rows);
-                }
-                let list = rows.as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
-                    println!("no hosts: add [[hosts]] to inventory.toml or POST /api/hosts");
-                } else {
-                    print!("{}", render::hosts(&list, crate::hosts::now_ms()));
-                }
-                Ok(())
+                let empty = "no hosts: add [[hosts]] to inventory.toml or POST /api/hosts";
+                list(&api, "/api/hosts", json, empty, render::hosts).await
             }
             Some(HostsCommand::Show { mac }) => {
                 let mac = parse_mac(&mac)?;

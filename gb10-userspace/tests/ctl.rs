@@ -419,6 +419,53 @@ fn no_colour_off_a_terminal_and_admin_slash() {
         out(&o),
         err(&o)
     );
+    // Event streams are capped (32 per listener): a stranger on the LAN cannot open
+    // them without bound; one closing frees its place.
+    let events = format!(
+        "http://{}:{}/admin/api/clients/events",
+        lab.server_ip,
+        gb10_lab::HTTP_PORT
+    );
+    let status = |timeout: &str| {
+        let o = lab
+            .client
+            .cmd("curl")
+            .args([
+                "-s",
+                "-N",
+                "-m",
+                timeout,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &events,
+            ])
+            .output()
+            .unwrap();
+        out(&o)
+    };
+    let mut streams: Vec<gb10_lab::Guard> = (0..32)
+        .map(|_| {
+            gb10_lab::Guard(
+                lab.client
+                    .cmd("curl")
+                    .args(["-s", "-N", "-m", "60", "-o", "/dev/null", &events])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || status("2") == "503").is_some(),
+        "a 33rd event stream was not refused"
+    );
+    streams.pop();
+    assert!(
+        wait_until(Duration::from_secs(10), || status("1") == "200").is_some(),
+        "a closed stream did not free its place"
+    );
+    drop(streams);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("gb10-provision starting"), "{text}");
     assert!(

@@ -55,7 +55,7 @@ pub fn describe(e: &Value) -> (&'static str, String) {
             "DHCP",
             match e.get("arch").and_then(Value::as_u64) {
                 Some(a) => format!("discover from {} (arch {a})", arch_name(a)),
-                None => "discover (no architecture: not a network boot)".into(),
+                None => "discover (no architecture: an OS or installer, not firmware)".into(),
             },
         ),
         "leased" => ("DHCP", format!("leased {}", s(e, "ip"))),

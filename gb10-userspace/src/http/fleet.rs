@@ -16,7 +16,7 @@ use axum::{
 };
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast::error::RecvError};
 
 use crate::{
     clients::{ClientEvent, ClientRecord, ClientState, TimelineEntry},
@@ -24,11 +24,20 @@ use crate::{
     inventory::{Inventory, Mac},
 };
 
+/// Event streams served at once per listener. Each one turns every client event into a
+/// lock, a lookup and a JSON line; without a cap, anyone who reaches `/admin` on the LAN
+/// could multiply the cost of a DHCP storm by opening streams.
+const STREAMS_MAX: usize = 32;
+
 /// The routes, merged into the admin router.
 pub fn routes() -> Router<Arc<Shared>> {
+    let slots = Arc::new(Semaphore::new(STREAMS_MAX));
     Router::new()
         .route("/api/clients", get(list))
-        .route("/api/clients/events", get(events))
+        .route(
+            "/api/clients/events",
+            get(events).layer(axum::Extension(slots)),
+        )
         .route("/api/clients/{mac}", get(one))
 }
 
@@ -142,7 +151,20 @@ struct Live<'a> {
 
 /// Every client event as an `event: client` SSE message; `resync` when this listener
 /// fell behind and missed some (the reader reloads what it shows).
-async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>) -> Response {
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(slots): axum::Extension<Arc<Semaphore>>,
+    Query(filter): Query<Filter>,
+) -> Response {
+    let Ok(slot) = slots.try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "error": format!("{STREAMS_MAX} event streams are open already; try later")
+            })),
+        )
+            .into_response();
+    };
     let only = match filter.mac.as_deref().map(str::parse::<Mac>) {
         None => None,
         Some(Ok(m)) => Some(m),
@@ -151,7 +173,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Filter>)
     // Subscribed before the response starts: a reader that fetches a snapshot after the
     // headers arrive misses nothing.
     let rx = shared.clients.subscribe();
-    Sse::new(stream(shared, rx, only))
+    Sse::new(stream(shared, rx, only, slot))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -160,34 +182,39 @@ fn stream(
     shared: Arc<Shared>,
     rx: tokio::sync::broadcast::Receiver<(Mac, ClientEvent)>,
     only: Option<Mac>,
+    // Held as long as the stream lives.
+    slot: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold((shared, rx), move |(shared, mut rx)| async move {
-        let event = loop {
-            match rx.recv().await {
-                Ok((mac, _)) if only.is_some_and(|m| m != mac) => continue,
-                Ok((mac, event)) => {
-                    let live = Live {
-                        mac,
-                        state: shared.clients.state(mac),
-                        hostname: shared
-                            .inventory()
-                            .host(mac)
-                            .and_then(|h| h.hostname.clone()),
-                        at_ms: crate::hosts::now_ms(),
-                        event: &event,
-                    };
-                    break Event::default()
-                        .event("client")
-                        .data(serde_json::to_string(&live).unwrap_or_default());
+    futures::stream::unfold(
+        (shared, rx, slot),
+        move |(shared, mut rx, slot)| async move {
+            let event = loop {
+                match rx.recv().await {
+                    Ok((mac, _)) if only.is_some_and(|m| m != mac) => continue,
+                    Ok((mac, event)) => {
+                        let live = Live {
+                            mac,
+                            state: shared.clients.state(mac),
+                            hostname: shared
+                                .inventory()
+                                .host(mac)
+                                .and_then(|h| h.hostname.clone()),
+                            at_ms: crate::hosts::now_ms(),
+                            event: &event,
+                        };
+                        break Event::default()
+                            .event("client")
+                            .data(serde_json::to_string(&live).unwrap_or_default());
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        break Event::default()
+                            .event("resync")
+                            .data(format!("{{\"missed\":{n}}}"));
+                    }
+                    Err(RecvError::Closed) => return None,
                 }
-                Err(RecvError::Lagged(n)) => {
-                    break Event::default()
-                        .event("resync")
-                        .data(format!("{{\"missed\":{n}}}"));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        };
-        Some((Ok(event), (shared, rx)))
-    })
+            };
+            Some((Ok(event), (shared, rx, slot)))
+        },
+    )
 }

@@ -87,6 +87,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let admin = Admin {
         hosts: hosts.clone(),
+        clients: clients.clone(),
         live: live.clone(),
         token: config.admin.token.clone(),
         data_path: config.data_path.clone(),

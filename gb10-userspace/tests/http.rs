@@ -331,15 +331,7 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 
 /// Deterministic bytes that are not a repeating pattern.
 fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    gb10_lab::pseudo_random(1, len)
 }
 
 #[test]

@@ -12,8 +12,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod debs;
 pub mod flood;
 pub mod frames;
+
+/// Deterministic bytes, different per `seed`, that neither repeat nor compress away.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
 
 /// True when running as root. Otherwise prints a visible SKIP line naming the test.
 #[track_caller]
@@ -142,6 +156,22 @@ impl Netns {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// `curl` POSTing `body` as JSON to `url` from this namespace; panics unless 2xx.
+    #[track_caller]
+    pub fn post_json(&self, url: &str, body: &str) {
+        run(self.cmd("curl").args([
+            "-sS",
+            "-f",
+            "-m",
+            "5",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            url,
+        ]));
     }
 
     /// dnsmasq as a DHCP server (no DNS) on `iface` handing out `range`

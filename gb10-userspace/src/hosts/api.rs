@@ -20,6 +20,8 @@ use crate::{config::Secret, live::Live, mac::Mac};
 #[derive(Clone)]
 pub struct Admin {
     pub hosts: Arc<Hosts>,
+    /// Every client seen, and their events live (the fleet view).
+    pub clients: Arc<crate::clients::Clients>,
     /// The inventory, which registrations must not shadow.
     pub live: Live,
     /// The bearer token changes need; none refuses every change.
@@ -42,7 +44,8 @@ pub fn routes(admin: Admin) -> Router {
         .route("/api/hosts/{mac}", get(get_one))
         .merge(changing)
         .with_state(admin.clone())
-        .merge(super::dashboard::routes(admin.hosts))
+        .merge(super::dashboard::routes(admin.hosts.clone()))
+        .merge(super::fleet::routes(admin))
 }
 
 /// Lets a request through only with the configured token; without one configured,

@@ -28,7 +28,7 @@ pub fn routes(hosts: Arc<Hosts>) -> Router {
 }
 
 /// One page for both views: the script picks by path.
-async fn page() -> Html<&'static str> {
+pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 

@@ -67,7 +67,10 @@ pub fn router(routes: Routes) -> Router {
                 .with_state(files),
         );
     if let Some(admin) = admin {
-        router = router.nest("/admin", crate::hosts::api::routes(admin));
+        router = router
+            .nest("/admin", crate::hosts::api::routes(admin))
+            // `nest` answers `/admin` but not `/admin/`; the dashboard handles both.
+            .route("/admin/", axum::routing::get(crate::hosts::dashboard::page));
     }
     router
 }
@@ -105,9 +108,16 @@ pub async fn run_fixed(
         .await
         .with_context(|| format!("binding the {name} listener to {addr}"))?;
     info!(addr = %listener.local_addr()?, "{name} listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
+    let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    // Event streams (the dashboard, `clients watch`) never end by themselves, so a
+    // graceful shutdown would wait for ever: open connections get 5 s, as on the LAN.
+    tokio::select! {
+        served = serve.into_future() => served?,
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => info!("{name} connections still open 5 s after stop: closed"),
+    }
     Ok(())
 }
 

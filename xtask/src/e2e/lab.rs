@@ -155,30 +155,39 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lays out the TFTP and HTTP roots: kernels and initrds under `<arch>/` in both,
-/// boot loaders at the TFTP root (shim looks for GRUB next to itself).
-fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
-    for arch in [Arch::Amd64, Arch::Arm64] {
-        let a = assets.get(arch);
-        for root in [tftp, www] {
-            copy(&a.kernel, &root.join(arch.debian()).join("vmlinuz"))?;
-            copy(&a.initrd, &root.join(arch.debian()).join("initrd.img"))?;
-        }
+/// Lays out the TFTP and HTTP roots with `gb10-provision assets`, as an operator would:
+/// from the downloaded packages (shim, signed GRUB, iPXE, the kernel) and the e2e
+/// initramfs, kernels and initrds under `<arch>/` in both roots, boot loaders at their
+/// top. Then one e2e-only change: UEFI HTTP boot fetches GRUB over HTTP and Debian's
+/// signed network GRUB has no http module, so www/ gets a GRUB built with it.
+fn populate(assets: &Assets, bin: &Path, data: &Path, progress: &Progress) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .arg("assets")
+        .arg(&assets.amd64.debs)
+        .arg(&assets.arm64.debs)
+        .arg(format!("--initrd=amd64={}", assets.amd64.initrd.display()))
+        .arg(format!("--initrd=arm64={}", assets.arm64.initrd.display()))
+        .arg("--data-path")
+        .arg(data)
+        .output()
+        .context("running gb10-provision assets")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "gb10-provision assets failed ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    // PXE fetches the loaders over TFTP, UEFI HTTP boot over HTTP (shim then asks for
-    // GRUB next to itself over the same protocol, and that GRUB must speak HTTP).
-    copy(&assets.amd64.shim, &tftp.join("shimx64.efi"))?;
-    copy(&assets.amd64.grub, &tftp.join("grubx64.efi"))?;
-    copy(&assets.arm64.shim, &tftp.join("shimaa64.efi"))?;
-    copy(&assets.arm64.grub, &tftp.join("grubaa64.efi"))?;
-    copy(&assets.amd64.shim, &www.join("shimx64.efi"))?;
-    copy(&assets.amd64.grub_http, &www.join("grubx64.efi"))?;
-    copy(&assets.arm64.shim, &www.join("shimaa64.efi"))?;
-    copy(&assets.arm64.grub_http, &www.join("grubaa64.efi"))?;
-    for f in ["ipxe.efi", "snponly.efi"] {
-        copy(&assets.ipxe_efi(f), &tftp.join(f))?;
-        copy(&assets.ipxe_efi(f), &www.join(f))?;
+    if let Progress::Lines = progress {
+        let placed = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("placed"))
+            .count();
+        println!("  gb10-provision assets: {placed} boot files placed from the packages");
     }
+    copy(&assets.amd64.grub_http, &data.join("www/grubx64.efi"))?;
+    copy(&assets.arm64.grub_http, &data.join("www/grubaa64.efi"))?;
     Ok(())
 }
 
@@ -515,7 +524,7 @@ pub fn boot(
     let mac = mac_for(s, stack);
     let data = lab.dir.join("data");
     let (tftp, www) = (data.join("tftp"), data.join("www"));
-    populate(assets, &tftp, &www).map_err(|e| fail("setup", format!("{e:#}")))?;
+    populate(assets, bin, &data, progress).map_err(|e| fail("setup", format!("{e:#}")))?;
     fs::write(
         data.join("inventory.toml"),
         inventory(s, &mac, lab.server_ip),

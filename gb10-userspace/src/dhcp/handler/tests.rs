@@ -1,5 +1,4 @@
 //! The handlers against decoded requests: every message type, both modes, the options firmware needs.
-use std::time::Duration;
 
 use dhcproto::v4::MessageType;
 

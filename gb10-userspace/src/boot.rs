@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::{
     config::{BootConfig, UnknownClients},
-    inventory::{Inventory, Mac},
+    inventory::Inventory,
+    mac::Mac,
 };
 
 /// The firmware class a client belongs to, from option 93 (RFC 4578, IANA "Processor
@@ -49,6 +50,17 @@ impl Firmware {
             Self::UefiArm64 => "uefi_arm64",
             Self::HttpX86 => "http_x86",
             Self::HttpArm64 => "http_arm64",
+        }
+    }
+
+    /// This firmware's boot file in `[boot]`.
+    pub fn configured(self, boot: &BootConfig) -> &str {
+        match self {
+            Self::Bios => &boot.bios,
+            Self::UefiX86 => &boot.uefi_x86,
+            Self::UefiArm64 => &boot.uefi_arm64,
+            Self::HttpX86 => &boot.http_x86,
+            Self::HttpArm64 => &boot.http_arm64,
         }
     }
 
@@ -336,7 +348,7 @@ pub fn decide(
             format!("profile {name} boot_files.{}", fw.key()),
         )
     } else {
-        (boot.file(fw), format!("[boot] {}", fw.key()))
+        (fw.configured(boot), format!("[boot] {}", fw.key()))
     };
     let file = expand(file);
     if fw.is_http() {

@@ -1,4 +1,5 @@
-//! Command line: `serve` and `check`, each taking the config file and a flag per key.
+//! Command line: `serve` and `check`, each taking the config file and a flag per key;
+//! `explain`; `assets` (boot files into data_path); `clients` and `hosts` (the admin API).
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -15,6 +16,15 @@ use crate::config::{Config, RawConfig};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "GB10_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -26,6 +36,13 @@ pub enum Command {
     Check(ConfigArgs),
     /// What DHCP, TFTP and HTTP would answer one client, and why.
     Explain(ExplainArgs),
+    /// Place a boot chain (shim, GRUB, iPXE, kernel, initrd) into data_path from
+    /// downloaded packages and installer ISOs, with a sha256 manifest.
+    Assets(crate::assets::AssetsArgs),
+    /// Clients seen on the LAN: a table, one client's timeline, or its boot chain live.
+    Clients(crate::ctl::ClientsArgs),
+    /// Registered hosts: a table, one host's history, or a rebuild.
+    Hosts(crate::ctl::HostsArgs),
 }
 
 /// `explain`: the client as its firmware would present itself.
@@ -80,8 +97,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?
-                .block_on(crate::daemon::serve(config))
+                .block_on(crate::app::serve(config))
         }
+        Command::Assets(args) => crate::assets::run(args),
+        Command::Clients(args) => crate::ctl::clients(args),
+        Command::Hosts(args) => crate::ctl::hosts(args),
         Command::Explain(args) => {
             let ExplainArgs {
                 client_mac,
@@ -119,15 +139,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             // Every template, rendered for every host of the inventory: the same test the
             // daemon runs at start and on each reload.
-            let inventory = crate::inventory::Inventory::load(&config.data_path)?;
-            let templates = crate::templates::Templates::load(&config.data_path)?;
-            let rendered = crate::templates::check_all(&templates, &inventory)?;
+            let crate::live::Snapshot {
+                inventory,
+                templates,
+            } = crate::live::Snapshot::load(&config.data_path)?;
+            let rendered = crate::seeds::check_all(&templates, &inventory)?;
             println!(
                 "inventory ok: {} hosts, {} profiles; templates ok: {} renders",
                 inventory.hosts.len(),
                 inventory.profiles.len(),
                 rendered
             );
+            let missing = crate::assets::check::missing_boot_files(&config, &inventory);
+            for line in &missing {
+                eprintln!("warning: {line}");
+            }
+            if !missing.is_empty() {
+                eprintln!(
+                    "warning: {} boot files missing; `gb10-provision assets` places them from packages or an ISO",
+                    missing.len()
+                );
+            }
             Ok(())
         }
     }

@@ -4,8 +4,9 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::Ipv4Addr,
+    sync::Arc,
     sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{inventory::Mac, store::Store};
+use crate::{clock, mac::Mac, store::Store};
 
 /// One row per client: MAC text → JSON of its [`ClientRecord`].
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
@@ -173,24 +174,38 @@ struct Inner {
     dirty: BTreeSet<Mac>,
 }
 
-/// Where events go. Cheap to call from any task: [`Clients::record`] only touches memory;
-/// [`flush_loop`] writes changed records to the store in one transaction per second, so
-/// a burst of DHCP traffic never waits on fsync.
-#[derive(Default)]
+/// The event sink: DHCP, TFTP and HTTP record what clients do here; each event lands in
+/// the client's record and on a broadcast the host life cycle follows. Cheap to call
+/// from any task: [`Clients::record`] only touches memory; [`flush_loop`] writes changed
+/// records to the store in one transaction per second, so a burst of DHCP traffic never
+/// waits on fsync.
 pub struct Clients {
     inner: Mutex<Inner>,
     store: Option<Store>,
     /// Every recorded event, for the host life cycle ([`Clients::subscribe`]).
-    events: std::sync::OnceLock<tokio::sync::broadcast::Sender<(Mac, ClientEvent)>>,
+    events: tokio::sync::broadcast::Sender<(Mac, ClientEvent)>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// Events buffered for a subscriber that falls behind.
+const EVENT_BUFFER: usize = 1024;
 
 impl Clients {
+    /// Client state in memory only (tests, tools).
+    pub fn in_memory() -> Self {
+        Self::with(None, BTreeMap::new())
+    }
+
+    fn with(store: Option<Store>, records: BTreeMap<Mac, ClientRecord>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                records,
+                dirty: BTreeSet::new(),
+            }),
+            store,
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+
     /// Client state backed by `store`, loading what an earlier run saved.
     pub fn open(store: Store) -> Result<Self, ClientsError> {
         let mut records = BTreeMap::new();
@@ -212,14 +227,7 @@ impl Clients {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(Self {
-            inner: Mutex::new(Inner {
-                records,
-                dirty: BTreeSet::new(),
-            }),
-            store: Some(store),
-            events: std::sync::OnceLock::new(),
-        })
+        Ok(Self::with(Some(store), records))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -228,7 +236,7 @@ impl Clients {
 
     /// Records that `mac` did `event`.
     pub fn record(&self, mac: Mac, event: ClientEvent) {
-        let at_ms = now_ms();
+        let at_ms = clock::now_ms();
         let mut inner = self.lock();
         if inner.records.len() >= CLIENT_LIMIT && !inner.records.contains_key(&mac) {
             warn!(%mac, limit = CLIENT_LIMIT, ?event, "client table full; event not recorded");
@@ -259,18 +267,15 @@ impl Clients {
             record.timeline.pop_front();
         }
         debug!(%mac, ?event, "client event");
-        if let Some(tx) = self.events.get() {
-            let _ = tx.send((mac, event.clone()));
-        }
+        // No subscriber (tests, tools) is not an error.
+        let _ = self.events.send((mac, event.clone()));
         record.timeline.push_back(TimelineEntry { at_ms, event });
         inner.dirty.insert(mac);
     }
 
     /// Every event recorded from now on (the host state machines follow this stream).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(Mac, ClientEvent)> {
-        self.events
-            .get_or_init(|| tokio::sync::broadcast::channel(1024).0)
-            .subscribe()
+        self.events.subscribe()
     }
 
     /// Events recorded for `mac`, oldest first.
@@ -358,9 +363,9 @@ impl Clients {
 }
 
 /// Flushes `clients` every second until `token` fires, then once more.
-pub async fn flush_loop(shared: std::sync::Arc<crate::daemon::Shared>, token: CancellationToken) {
-    let flush = |shared: std::sync::Arc<crate::daemon::Shared>| async move {
-        let result = tokio::task::spawn_blocking(move || shared.clients.flush()).await;
+pub async fn flush_loop(clients: Arc<Clients>, token: CancellationToken) {
+    let flush = |clients: Arc<Clients>| async move {
+        let result = tokio::task::spawn_blocking(move || clients.flush()).await;
         if let Ok(Err(err)) = result {
             warn!(error = %crate::error_chain(&err), "saving client state failed; will retry");
         }
@@ -368,10 +373,10 @@ pub async fn flush_loop(shared: std::sync::Arc<crate::daemon::Shared>, token: Ca
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => flush(shared.clone()).await,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => flush(clients.clone()).await,
         }
     }
-    flush(shared).await;
+    flush(clients).await;
 }
 
 #[cfg(test)]
@@ -390,7 +395,7 @@ mod tests {
 
     #[test]
     fn moves_forward_and_heartbeats_set_state() {
-        let c = Clients::default();
+        let c = Clients::in_memory();
         c.record(MAC, ClientEvent::Discover { arch: Some(7) });
         assert_eq!(c.state(MAC), Some(ClientState::Discovered));
         c.record(
@@ -417,7 +422,7 @@ mod tests {
 
     #[test]
     fn timeline_is_bounded_and_lease_is_kept() {
-        let c = Clients::default();
+        let c = Clients::in_memory();
         c.record(
             MAC,
             ClientEvent::Leased {

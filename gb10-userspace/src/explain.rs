@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     boot::{self, Action, BootDecision, BootRequest, ServerAddr},
     config::{Config, Mode},
-    inventory::{Inventory, Mac},
+    inventory::Inventory,
+    mac::Mac,
 };
 
 /// The client to explain: what its firmware would send.

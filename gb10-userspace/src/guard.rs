@@ -10,22 +10,33 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{GuardMode, Mode},
-    daemon::Shared,
-    inventory::Inventory,
+    config::{GuardConfig, GuardMode, Mode},
+    live::Live,
+    mac::Mac,
     netlink,
-    xdp::{LanXdp, format_mac},
+    xdp::LanXdp,
 };
 
-/// Runs until `token` fires. Without XDP there is nothing to do.
-pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let Some(xdp) = shared.xdp.as_ref() else {
-        return Ok(());
-    };
+/// What the guard's userspace side uses.
+pub struct Guard {
+    pub xdp: Arc<LanXdp>,
+    pub config: GuardConfig,
+    /// Never guarded: the provisioning LAN itself.
+    pub lan_iface: String,
+    /// Whether a foreign DHCP server is an alarm (direct) or the site's (proxy).
+    pub mode: Mode,
+    /// Inventory hosts get the known-host allowance.
+    pub live: Live,
+}
+
+/// Runs until `token` fires.
+pub async fn run(mut guard: Guard, token: CancellationToken) -> anyhow::Result<()> {
     let (handle, mut events) = netlink::subscribe(&[MulticastGroup::Link])?;
-    let mut state = State::default();
+    let mut failed = HashSet::new();
+    let mut servers = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut since_links = Duration::MAX;
+    guard.set_allowances(&guard.live.now().inventory.hosts);
     loop {
         let mut links_changed = false;
         tokio::select! {
@@ -37,38 +48,32 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
                     (_, events) = netlink::subscribe(&[MulticastGroup::Link])?;
                 }
             }
+            snapshot = guard.live.changed() => guard.set_allowances(&snapshot.inventory.hosts),
             _ = tick.tick() => since_links = since_links.saturating_add(Duration::from_millis(250)),
         }
-        if xdp.guard_mode() != GuardMode::Off
+        if guard.xdp.guard_mode() != GuardMode::Off
             && (links_changed || since_links >= Duration::from_secs(5))
         {
             since_links = Duration::ZERO;
             match netlink::links(&handle).await {
-                Ok(links) => state.reconcile(&shared, xdp, &links),
+                Ok(links) => guard.reconcile(&mut failed, &links),
                 Err(err) => warn!(%err, "listing interfaces for the guard failed"),
             }
         }
-        state.sync_allowances(&shared, xdp);
-        state.report_servers(&shared, xdp);
+        guard.report_servers(&mut servers);
     }
 }
 
-#[derive(Default)]
-struct State {
-    /// (name, ifindex) pairs whose attach failed, so each failure is logged once.
-    failed: HashSet<(String, u32)>,
-    inventory: Option<Arc<Inventory>>,
-    servers: HashSet<ServerKey>,
-}
-
-impl State {
-    fn reconcile(&mut self, shared: &Shared, xdp: &LanXdp, links: &[(String, u32, bool)]) {
-        let config = &shared.config;
+impl Guard {
+    /// Attaches to the interfaces that must be guarded, detaches from those gone;
+    /// `failed` holds (name, ifindex) pairs whose attach failed, so each is logged once.
+    fn reconcile(&self, failed: &mut HashSet<(String, u32)>, links: &[(String, u32, bool)]) {
+        let xdp = &self.xdp;
         let wanted: Vec<(&str, u32)> = links
             .iter()
-            .filter(|(name, _, up)| match &config.guard.interfaces {
+            .filter(|(name, _, up)| match &self.config.interfaces {
                 Some(list) => list.iter().any(|i| i == name),
-                None => *up && name != "lo" && *name != config.lan_iface,
+                None => *up && name != "lo" && *name != self.lan_iface,
             })
             .map(|(name, index, _)| (name.as_str(), *index))
             .collect();
@@ -81,11 +86,11 @@ impl State {
             match xdp.guard_attach(name, index) {
                 Ok(true) => {
                     info!(iface = %name, mode = ?xdp.guard_mode(), "guard attached: no provisioning traffic in or out here");
-                    self.failed.remove(&(name.to_owned(), index));
+                    failed.remove(&(name.to_owned(), index));
                 }
                 Ok(false) => {}
                 Err(err) => {
-                    if self.failed.insert((name.to_owned(), index)) {
+                    if failed.insert((name.to_owned(), index)) {
                         warn!(iface = %name, error = %crate::error_chain(&err), "guard not attached");
                     }
                 }
@@ -93,28 +98,21 @@ impl State {
         }
     }
 
-    fn sync_allowances(&mut self, shared: &Shared, xdp: &LanXdp) {
-        let inventory = shared.inventory();
-        if self
-            .inventory
-            .as_ref()
-            .is_some_and(|i| Arc::ptr_eq(i, &inventory))
-        {
-            return;
-        }
-        let macs: Vec<[u8; 6]> = inventory.hosts.iter().map(|h| h.mac.0).collect();
-        let (rate, burst) = shared.config.guard.known;
-        xdp.set_allowances(&macs, Rate::new(rate, burst));
-        self.inventory = Some(inventory);
+    /// Gives inventory hosts the known-host allowance.
+    fn set_allowances(&self, hosts: &[crate::inventory::Host]) {
+        let macs: Vec<[u8; 6]> = hosts.iter().map(|h| h.mac.0).collect();
+        let (rate, burst) = self.config.known;
+        self.xdp.set_allowances(&macs, Rate::new(rate, burst));
     }
 
-    fn report_servers(&mut self, shared: &Shared, xdp: &LanXdp) {
-        for (key, seen) in xdp.snapshot_servers() {
-            if !self.servers.insert(key) {
+    /// Logs each foreign DHCP server once (`logged` holds those already logged).
+    fn report_servers(&self, logged: &mut HashSet<ServerKey>) {
+        for (key, seen) in self.xdp.snapshot_servers() {
+            if !logged.insert(key) {
                 continue;
             }
-            let (mac, ip) = (format_mac(&key.mac), std::net::Ipv4Addr::from(key.ip));
-            match shared.config.mode {
+            let (mac, ip) = (Mac(key.mac), std::net::Ipv4Addr::from(key.ip));
+            match self.mode {
                 Mode::Direct => warn!(
                     server_mac = %mac, server_ip = %ip, packets = seen.packets,
                     "rogue DHCP server on the provisioning LAN: another server is answering clients"

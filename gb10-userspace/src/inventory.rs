@@ -4,6 +4,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    mac::Mac,
+    seeds::table::{RESERVED, SeedKind},
+};
+
 /// File name of the inventory inside `data_path`.
 pub const INVENTORY_FILE: &str = "inventory.toml";
 
@@ -50,51 +55,6 @@ struct Spans {
     profiles: BTreeMap<String, toml::Spanned<toml::Table>>,
 }
 
-/// A MAC address (parsed from `aa:bb:cc:dd:ee:ff` or `aa-bb-…`, any case).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl std::fmt::Display for Mac {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut mac = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for b in &mut mac {
-            let part = parts
-                .next()
-                .ok_or_else(|| format!("`{s}` is not a MAC address"))?;
-            if part.len() != 2 {
-                return Err(format!("`{s}` is not a MAC address"));
-            }
-            *b = u8::from_str_radix(part, 16).map_err(|_| format!("`{s}` is not a MAC address"))?;
-        }
-        if parts.next().is_some() {
-            return Err(format!("`{s}` is not a MAC address"));
-        }
-        Ok(Mac(mac))
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mac {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// `inventory.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,9 +83,9 @@ pub struct Profile {
     /// Kernel command line (a template: may use variables).
     #[serde(default)]
     pub cmdline: Option<String>,
-    /// Which seed the installer reads: `cloud-init`, `autoinstall`, `proxmox`, `talos`, `none`.
+    /// Which seed the installer reads (see [`SeedKind`]); none when unset.
     #[serde(default)]
-    pub seed: Option<String>,
+    pub seed: Option<SeedKind>,
     /// Boot files per firmware, overriding `[boot]` defaults (keys: bios, uefi_x86,
     /// uefi_arm64, ...).
     #[serde(default)]
@@ -135,14 +95,11 @@ pub struct Profile {
     pub vars: BTreeMap<String, toml::Value>,
 }
 
-/// One known machine.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Host {
-    pub mac: Mac,
-    /// Host name, handed out in DHCP and used in seeds.
-    #[serde(default)]
-    pub hostname: Option<String>,
+/// How a machine is known besides its MAC (which keys it wherever it is held): the
+/// firmware's UUID and serial and the profile it is installed with. One type for the
+/// inventory's hosts, the API's registrations and the host records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostIdentity {
     /// SMBIOS UUID as firmware sends it in option 97.
     #[serde(default)]
     pub uuid: Option<String>,
@@ -151,6 +108,17 @@ pub struct Host {
     /// Profile name; the inventory's default_profile when absent.
     #[serde(default)]
     pub profile: Option<String>,
+}
+
+/// One known machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub mac: Mac,
+    /// Host name, handed out in DHCP and used in seeds.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(flatten)]
+    pub identity: HostIdentity,
     /// Fixed address (direct mode), inside the LAN subnet and outside the pool.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
@@ -160,6 +128,25 @@ pub struct Host {
     /// Template variables, over the profile's.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
+    /// Keys no field took: refused by validation, naming them (serde's
+    /// `deny_unknown_fields` does not work beside `flatten`).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Host {
+    /// A host known only by its MAC and identity (an API registration).
+    pub fn new(mac: Mac, identity: HostIdentity) -> Self {
+        Self {
+            mac,
+            hostname: None,
+            identity,
+            ip: None,
+            boot_file: None,
+            vars: BTreeMap::new(),
+            unknown: BTreeMap::new(),
+        }
+    }
 }
 
 impl Inventory {
@@ -218,11 +205,7 @@ impl Inventory {
     /// Cross-entry checks: unique MACs and IPs, profiles that exist.
     pub fn validate(&self) -> Result<(), InventoryError> {
         for (name, profile) in &self.profiles {
-            if let Some(key) = profile
-                .vars
-                .keys()
-                .find(|k| crate::templates::RESERVED.contains(&k.as_str()))
-            {
+            if let Some(key) = profile.vars.keys().find(|k| RESERVED.contains(&k.as_str())) {
                 return Err(InventoryError::Profile {
                     profile: name.clone(),
                     reason: format!(
@@ -261,6 +244,9 @@ impl Inventory {
                 host: name.clone(),
                 reason,
             };
+            if let Some(key) = host.unknown.keys().next() {
+                return Err(fail(format!("unknown key `{key}`")));
+            }
             if !macs.insert(host.mac) {
                 return Err(fail(format!("MAC {} is listed twice", host.mac)));
             }
@@ -281,13 +267,17 @@ impl Inventory {
                 ));
             }
             for key in host.vars.keys() {
-                if crate::templates::RESERVED.contains(&key.as_str()) {
+                if RESERVED.contains(&key.as_str()) {
                     return Err(fail(format!(
                         "variable `{key}` is set by gb10-provision and cannot be overridden"
                     )));
                 }
             }
-            if let Some(p) = host.profile.as_ref().or(self.default_profile.as_ref())
+            if let Some(p) = host
+                .identity
+                .profile
+                .as_ref()
+                .or(self.default_profile.as_ref())
                 && !self.profiles.contains_key(p)
             {
                 return Err(fail(format!(
@@ -311,105 +301,11 @@ impl Inventory {
     /// The profile a host (or an unknown client, `None`) gets.
     pub fn profile_for(&self, host: Option<&Host>) -> Option<(&str, &Profile)> {
         let name = host
-            .and_then(|h| h.profile.as_deref())
+            .and_then(|h| h.identity.profile.as_deref())
             .or(self.default_profile.as_deref())?;
         self.profiles
             .get_key_value(name)
             .map(|(k, v)| (k.as_str(), v))
-    }
-}
-
-/// What the inventory and templates looked like on disk: (path, mtime, length) of each
-/// file, so an edit (or a file appearing or vanishing) changes it.
-fn fingerprint(data_path: &Path) -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
-    let mut files = vec![data_path.join(INVENTORY_FILE)];
-    files.extend(
-        crate::templates::override_files(&data_path.join(crate::templates::TEMPLATES_DIR))
-            .unwrap_or_default(),
-    );
-    files
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let mtime = meta.as_ref().and_then(|m| m.modified().ok());
-            (p, mtime, meta.map_or(0, |m| m.len()))
-        })
-        .collect()
-}
-
-/// Loads the inventory and the templates. Either failing to parse is refused (a reload
-/// keeps what serves now); a seed that does not render for some host is only logged, by
-/// [`check_logged`], so one host's missing variable never blocks the others.
-pub fn load_all(data_path: &Path) -> Result<(Inventory, crate::templates::Templates), ReloadError> {
-    let inventory = Inventory::load(data_path)?;
-    let templates = crate::templates::Templates::load(data_path)?;
-    Ok((inventory, templates))
-}
-
-/// Renders every seed for every host and logs the first failure, naming file, line,
-/// template and variable: requests for that seed will get a 500 until it is fixed.
-pub fn check_logged(inventory: &Inventory, templates: &crate::templates::Templates) {
-    if let Err(err) = crate::templates::check_all(templates, inventory) {
-        tracing::error!(
-            error = %crate::error_chain(&err),
-            "a seed does not render; requests for it get 500 until the inventory or template is fixed"
-        );
-    }
-}
-
-/// Why a reload was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error(transparent)]
-    Inventory(#[from] InventoryError),
-    #[error(transparent)]
-    Template(#[from] crate::templates::TemplateError),
-}
-
-/// Polls `data_path` every second and swaps in the new inventory and templates when the
-/// files change. A broken edit keeps what is serving now and logs why, with file and line.
-pub async fn watch(
-    shared: std::sync::Arc<crate::daemon::Shared>,
-    token: tokio_util::sync::CancellationToken,
-) {
-    let data_path = shared.config.data_path.clone();
-    let mut last = fingerprint(&data_path);
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
-        let dp = data_path.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&dp)).await else {
-            continue;
-        };
-        if now == last {
-            continue;
-        }
-        last = now;
-        let dp = data_path.clone();
-        match tokio::task::spawn_blocking(move || {
-            load_all(&dp).inspect(|(inv, templates)| check_logged(inv, templates))
-        })
-        .await
-        {
-            Ok(Ok((inventory, templates))) => {
-                tracing::info!(
-                    hosts = inventory.hosts.len(),
-                    profiles = inventory.profiles.len(),
-                    "inventory and templates reloaded"
-                );
-                *shared.inventory.write().unwrap_or_else(|p| p.into_inner()) =
-                    std::sync::Arc::new(inventory);
-                *shared.templates.write().unwrap_or_else(|p| p.into_inner()) =
-                    std::sync::Arc::new(templates);
-            }
-            Ok(Err(err)) => tracing::error!(
-                error = %crate::error_chain(&err),
-                "inventory or templates changed but do not load; still serving the previous ones"
-            ),
-            Err(_) => {}
-        }
     }
 }
 
@@ -448,5 +344,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("zz"), "{err}");
+        // Keys no field takes are refused, as `deny_unknown_fields` would.
+        let err = Inventory::parse(
+            Path::new("inventory.toml"),
+            "[[hosts]]\nmac = \"02:00:00:00:00:01\"\nhostnme = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`hostnme`") && err.contains("inventory.toml:1"),
+            "{err}"
+        );
+        // The seed kind is one the daemon knows.
+        let err = toml::from_str::<Inventory>("[profiles.p]\nseed = \"kickstart\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kickstart") && err.contains("cloud-init"),
+            "{err}"
+        );
     }
 }

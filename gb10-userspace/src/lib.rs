@@ -1,20 +1,28 @@
 //! gb10-provision: DHCP, TFTP and HTTP for an isolated provisioning LAN, with an XDP
 //! program that counts and guards what reaches it.
+pub mod app;
+pub mod assets;
 pub mod boot;
 pub mod cli;
 pub mod clients;
+pub mod clock;
 pub mod config;
 pub mod confine;
-pub mod daemon;
+pub mod ctl;
 pub mod dhcp;
 pub mod explain;
 pub mod guard;
 pub mod hosts;
 pub mod http;
+pub mod identity;
 pub mod inventory;
 pub mod lan;
+pub mod live;
+pub mod logging;
+pub mod mac;
 pub mod metrics;
 pub mod netlink;
+pub mod seeds;
 pub mod store;
 pub mod templates;
 pub mod tftp;

@@ -1,12 +1,16 @@
 //! Every metric on `/metrics`: names, help and types live here, rendered in the
 //! Prometheus text format (0.0.4) from the subsystems' counters.
-use std::fmt::{Display, Write as _};
+use std::{
+    fmt::{Display, Write as _},
+    sync::Arc,
+};
 
-use gb10_common::{Global, Kind};
+use gb10_common::{ClientCounters, Global, Kind};
 
 use crate::{
-    config::GuardMode,
-    xdp::{Snapshot, format_mac, ktime_to_unix},
+    config::{GuardMode, Mode},
+    mac::Mac,
+    xdp::{LanXdp, Snapshot, ktime_to_unix},
 };
 
 /// One metric family.
@@ -222,6 +226,43 @@ impl Writer {
         self.sample(f, &[], value);
     }
 
+    /// A family with a sample per row, labelled `key` = the row's name (a client's MAC
+    /// or address), valued by `value`.
+    pub fn per_row<T, V: Display>(
+        &mut self,
+        f: &Family,
+        key: &str,
+        rows: &[(String, T)],
+        value: impl Fn(&T) -> V,
+    ) {
+        self.family(f);
+        for (name, row) in rows {
+            self.sample(f, &[(key, name)], value(row));
+        }
+    }
+
+    /// A family with a sample per row and per entry of a second label (a frame kind, a
+    /// message type): `value(row, index)`; zeros left out when `skip_zero`.
+    pub fn per_row_by<T>(
+        &mut self,
+        f: &Family,
+        key: &str,
+        rows: &[(String, T)],
+        (label, names): (&str, &[(&str, usize)]),
+        skip_zero: bool,
+        value: impl Fn(&T, usize) -> u64,
+    ) {
+        self.family(f);
+        for (name, row) in rows {
+            for (second, index) in names {
+                let n = value(row, *index);
+                if n > 0 || !skip_zero {
+                    self.sample(f, &[(key, name), (label, second)], n);
+                }
+            }
+        }
+    }
+
     pub fn finish(self) -> String {
         self.out
     }
@@ -231,6 +272,53 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Where every metric comes from; rendering reads each subsystem's own counters.
+pub struct Sources {
+    /// The LAN program, when attached.
+    pub xdp: Option<Arc<LanXdp>>,
+    /// Labels foreign DHCP servers: rogue in direct mode, site in proxy mode.
+    pub mode: Mode,
+    pub tftp: Arc<crate::tftp::Stats>,
+    pub clients: Arc<crate::clients::Clients>,
+    pub hosts: Arc<crate::hosts::Hosts>,
+    pub dhcp: Arc<crate::dhcp::Stats>,
+    pub leases: crate::dhcp::LeaseTable,
+}
+
+impl Sources {
+    /// The whole exposition. Walks the XDP maps (a few thousand syscalls at most):
+    /// call it off the async workers.
+    pub fn render(&self) -> String {
+        let mut w = Writer::default();
+        let snapshot = self.xdp.as_ref().map(|x| x.snapshot());
+        write_xdp(&mut w, snapshot.as_ref());
+        write_tftp(&mut w, &self.tftp.snapshot());
+        if let Some(snapshot) = &snapshot {
+            let role = match self.mode {
+                Mode::Direct => "rogue",
+                Mode::Proxy => "site",
+            };
+            write_guard(&mut w, snapshot, role);
+        }
+        write_states(
+            &mut w,
+            &CLIENTS_BY_STATE,
+            self.clients.counts().iter().map(|(s, n)| (s.label(), *n)),
+        );
+        write_states(
+            &mut w,
+            &HOSTS_BY_STATE,
+            self.hosts.counts().iter().map(|(s, n)| (s.label(), *n)),
+        );
+        write_dhcp(
+            &mut w,
+            &self.dhcp,
+            &self.leases.counts(crate::clock::now_secs()),
+        );
+        w.finish()
+    }
 }
 
 /// The XDP section: attachment, global and per-client counters.
@@ -259,83 +347,69 @@ pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
     );
     w.single(&XDP_CLIENTS, s.clients.len());
 
-    let macs: Vec<String> = s.clients.iter().map(|(k, _)| format_mac(&k.addr)).collect();
-    for (family, value) in [
-        (
-            &CLIENT_PACKETS,
-            (|c, i| c.packets[i]) as fn(&gb10_common::ClientCounters, usize) -> u64,
-        ),
-        (&CLIENT_BYTES, |c, i| c.bytes[i]),
-    ] {
-        w.family(family);
-        for ((_, c), mac) in s.clients.iter().zip(&macs) {
-            for kind in Kind::ALL {
-                w.sample(
-                    family,
-                    &[("mac", mac), ("kind", kind.label())],
-                    value(c, kind as usize),
-                );
-            }
-        }
-    }
-    for (family, value) in [
-        (
-            &CLIENT_MALFORMED,
-            (|c| c.malformed) as fn(&gb10_common::ClientCounters) -> u64,
-        ),
-        (&CLIENT_RATE_LIMITED, |c| c.limited),
-    ] {
-        w.family(family);
-        for ((_, c), mac) in s.clients.iter().zip(&macs) {
-            w.sample(family, &[("mac", mac)], value(c));
-        }
-    }
-    w.family(&CLIENT_LAST_SEEN);
-    for ((_, c), mac) in s.clients.iter().zip(&macs) {
-        w.sample(
-            &CLIENT_LAST_SEEN,
-            &[("mac", mac)],
-            format!("{:.3}", ktime_to_unix(c.last_seen_ns)),
-        );
-    }
+    let rows: Vec<(String, ClientCounters)> = s
+        .clients
+        .iter()
+        .map(|(k, c)| (Mac(k.addr).to_string(), *c))
+        .collect();
+    let kinds: Vec<(&str, usize)> = Kind::ALL.iter().map(|k| (k.label(), *k as usize)).collect();
+    w.per_row_by(
+        &CLIENT_PACKETS,
+        "mac",
+        &rows,
+        ("kind", &kinds),
+        false,
+        |c, i| c.packets[i],
+    );
+    w.per_row_by(
+        &CLIENT_BYTES,
+        "mac",
+        &rows,
+        ("kind", &kinds),
+        false,
+        |c, i| c.bytes[i],
+    );
+    w.per_row(&CLIENT_MALFORMED, "mac", &rows, |c| c.malformed);
+    w.per_row(&CLIENT_RATE_LIMITED, "mac", &rows, |c| c.limited);
+    w.per_row(&CLIENT_LAST_SEEN, "mac", &rows, |c| {
+        format!("{:.3}", ktime_to_unix(c.last_seen_ns))
+    });
 }
 
 /// The DHCP section: per-client messages, replies and unanswered offers; drops by reason;
-/// the lease store.
-pub fn write_dhcp(w: &mut Writer, stats: &crate::dhcp::Stats) {
+/// the lease store and the leases held now, by state.
+pub fn write_dhcp(
+    w: &mut Writer,
+    stats: &crate::dhcp::Stats,
+    leases: &[(crate::dhcp::leases::LeaseState, u64)],
+) {
     use std::sync::atomic::Ordering::Relaxed;
 
     use crate::dhcp::{TYPE_LABELS, handler::Silent, wire::Malformed};
-    let clients = stats.clients();
     let now = std::time::Instant::now();
-    let label = |mac: &Option<crate::inventory::Mac>| {
-        mac.map_or_else(|| "other".to_owned(), |m| m.to_string())
-    };
-    for (family, pick) in [
-        (
-            &DHCP_MESSAGES,
-            (|c| &c.received) as fn(&crate::dhcp::ClientStats) -> &[u64; 9],
-        ),
-        (&DHCP_REPLIES, |c| &c.sent),
-    ] {
-        w.family(family);
-        for (mac, c) in &clients {
-            let mac = label(mac);
-            for (ty, n) in TYPE_LABELS.iter().zip(pick(c)) {
-                if *n > 0 {
-                    w.sample(family, &[("mac", &mac), ("type", ty)], n);
-                }
-            }
-        }
-    }
-    w.family(&DHCP_OFFERS_UNANSWERED);
-    for (mac, c) in &clients {
-        w.sample(
-            &DHCP_OFFERS_UNANSWERED,
-            &[("mac", &label(mac))],
-            c.unanswered(now),
-        );
-    }
+    let rows: Vec<(String, crate::dhcp::ClientStats)> = stats
+        .clients()
+        .into_iter()
+        .map(|(mac, c)| (mac.map_or_else(|| "other".to_owned(), |m| m.to_string()), c))
+        .collect();
+    let types: Vec<(&str, usize)> = TYPE_LABELS.iter().copied().zip(0..).collect();
+    w.per_row_by(
+        &DHCP_MESSAGES,
+        "mac",
+        &rows,
+        ("type", &types),
+        true,
+        |c, i| c.received[i],
+    );
+    w.per_row_by(
+        &DHCP_REPLIES,
+        "mac",
+        &rows,
+        ("type", &types),
+        true,
+        |c, i| c.sent[i],
+    );
+    w.per_row(&DHCP_OFFERS_UNANSWERED, "mac", &rows, |c| c.unanswered(now));
     w.family(&DHCP_MALFORMED);
     for (reason, n) in Malformed::LABELS.iter().zip(&stats.malformed) {
         w.sample(&DHCP_MALFORMED, &[("reason", reason)], n.load(Relaxed));
@@ -345,33 +419,23 @@ pub fn write_dhcp(w: &mut Writer, stats: &crate::dhcp::Stats) {
         w.sample(&DHCP_NO_REPLY, &[("reason", reason)], n.load(Relaxed));
     }
     w.family(&DHCP_LEASES);
-    for (state, n) in stats.lease_counts(crate::dhcp::unix_now()) {
-        let label = match state {
-            crate::dhcp::leases::LeaseState::Offered => "offered",
-            crate::dhcp::leases::LeaseState::Leased => "leased",
-            crate::dhcp::leases::LeaseState::Declined => "declined",
-            crate::dhcp::leases::LeaseState::Released => "released",
-        };
-        w.sample(&DHCP_LEASES, &[("state", label)], n);
+    for (state, n) in leases {
+        w.sample(&DHCP_LEASES, &[("state", state.label())], n);
     }
     w.single(&DHCP_LEASES_RESTORED, stats.restored.load(Relaxed));
     w.single(&DHCP_STORE_SKIPPED, stats.store_skipped.load(Relaxed));
     w.single(&DHCP_STORE_FAILURES, stats.store_failures.load(Relaxed));
 }
 
-/// Onboarding clients per state (every state, zeros included).
-pub fn write_clients(w: &mut Writer, counts: &[(crate::clients::ClientState, usize)]) {
-    w.family(&CLIENTS_BY_STATE);
+/// A by-state gauge (clients, hosts): every state listed, zeros included.
+pub fn write_states<'a>(
+    w: &mut Writer,
+    f: &Family,
+    counts: impl IntoIterator<Item = (&'a str, usize)>,
+) {
+    w.family(f);
     for (state, n) in counts {
-        w.sample(&CLIENTS_BY_STATE, &[("state", state.label())], n);
-    }
-}
-
-/// Registered hosts by state (every state listed, zeros included).
-pub fn write_hosts(w: &mut Writer, counts: &[(crate::hosts::HostState, usize)]) {
-    w.family(&HOSTS_BY_STATE);
-    for (state, n) in counts {
-        w.sample(&HOSTS_BY_STATE, &[("state", state.label())], n);
+        w.sample(f, &[("state", state)], n);
     }
 }
 
@@ -412,7 +476,7 @@ pub fn write_guard(w: &mut Writer, s: &Snapshot, role: &str) {
     w.family(&FOREIGN_SERVER_PACKETS);
     for (key, seen) in &s.servers {
         let (mac, ip) = (
-            format_mac(&key.mac),
+            Mac(key.mac).to_string(),
             std::net::Ipv4Addr::from(key.ip).to_string(),
         );
         w.sample(
@@ -426,22 +490,16 @@ pub fn write_guard(w: &mut Writer, s: &Snapshot, role: &str) {
 /// The TFTP section: the session gauge and per-client-IP counters.
 pub fn write_tftp(w: &mut Writer, s: &crate::tftp::stats::Snapshot) {
     w.single(&TFTP_SESSIONS, s.sessions);
-    let ips: Vec<String> = s.clients.iter().map(|(ip, _)| ip.to_string()).collect();
-    for (family, value) in [
-        (
-            &TFTP_TRANSFERS,
-            (|c| c.transfers) as fn(&crate::tftp::stats::ClientStats) -> u64,
-        ),
-        (&TFTP_BYTES, |c| c.bytes),
-        (&TFTP_RETRANSMITS, |c| c.retransmits),
-    ] {
-        w.family(family);
-        for ((_, c), ip) in s.clients.iter().zip(&ips) {
-            w.sample(family, &[("client", ip)], value(c));
-        }
-    }
+    let rows: Vec<(String, &crate::tftp::stats::ClientStats)> = s
+        .clients
+        .iter()
+        .map(|(ip, c)| (ip.to_string(), c))
+        .collect();
+    w.per_row(&TFTP_TRANSFERS, "client", &rows, |c| c.transfers);
+    w.per_row(&TFTP_BYTES, "client", &rows, |c| c.bytes);
+    w.per_row(&TFTP_RETRANSMITS, "client", &rows, |c| c.retransmits);
     w.family(&TFTP_ERRORS);
-    for ((_, c), ip) in s.clients.iter().zip(&ips) {
+    for (ip, c) in &rows {
         for (why, n) in &c.errors {
             w.sample(&TFTP_ERRORS, &[("client", ip), ("reason", why.label())], n);
         }
@@ -450,7 +508,7 @@ pub fn write_tftp(w: &mut Writer, s: &crate::tftp::stats::Snapshot) {
 
 #[cfg(test)]
 mod tests {
-    use gb10_common::{ClientCounters, MacKey};
+    use gb10_common::MacKey;
 
     use super::*;
 

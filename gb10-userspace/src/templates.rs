@@ -1,5 +1,7 @@
-//! Seed templates: minijinja in strict mode, built-ins embedded in the binary, each
-//! overridable by name from `data_path/templates`; the per-host context they render with.
+//! The template engine: minijinja in strict mode (an undefined variable is an error
+//! naming file, line and variable, never a partial text), built-ins each overridable by
+//! name from `data_path/templates`. What the templates are and what they render with
+//! is [`crate::seeds`]' business.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -7,61 +9,8 @@ use std::{
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
-use crate::inventory::{Host, Inventory, Mac};
-
 /// Directory of override templates inside `data_path`.
 pub const TEMPLATES_DIR: &str = "templates";
-
-/// The built-in templates, by the name an override file must have.
-pub const BUILTIN: &[(&str, &str)] = &[
-    ("boot.ipxe.j2", include_str!("../templates/boot.ipxe.j2")),
-    ("ipxe-host.j2", include_str!("../templates/ipxe-host.j2")),
-    ("grub.cfg.j2", include_str!("../templates/grub.cfg.j2")),
-    ("grub-host.j2", include_str!("../templates/grub-host.j2")),
-    ("user-data.j2", include_str!("../templates/user-data.j2")),
-    (
-        "autoinstall.j2",
-        include_str!("../templates/autoinstall.j2"),
-    ),
-    ("meta-data.j2", include_str!("../templates/meta-data.j2")),
-    (
-        "vendor-data.j2",
-        include_str!("../templates/vendor-data.j2"),
-    ),
-    (
-        "proxmox-answer.toml.j2",
-        include_str!("../templates/proxmox-answer.toml.j2"),
-    ),
-    ("talos.yaml.j2", include_str!("../templates/talos.yaml.j2")),
-    (
-        "onboard.service.j2",
-        include_str!("../templates/onboard.service.j2"),
-    ),
-];
-
-/// Context keys the daemon sets; inventory variables cannot replace them.
-pub const RESERVED: &[&str] = &[
-    "server",
-    "server_host",
-    "server_port",
-    "mac",
-    "mac_hyphen",
-    "hostname",
-    "ip",
-    "uuid",
-    "serial",
-    "profile",
-    "kernel_url",
-    "initrd_url",
-    "kernel_path",
-    "initrd_path",
-    "cmdline",
-    "seed",
-    "seed_url",
-    "installed",
-    "profiles",
-    "grub_root",
-];
 
 /// Why a template could not be loaded or rendered. Every message names the file, the
 /// line and, for a missing variable, the variable.
@@ -104,35 +53,19 @@ pub struct Templates {
 }
 
 impl Templates {
-    /// Only the built-in templates.
-    pub fn builtin() -> Self {
-        Self::from_sources(BUILTIN.iter().map(|(name, text)| {
-            (
-                (*name).to_owned(),
-                format!("built-in gb10-userspace/templates/{name}"),
-                (*text).to_owned(),
-            )
-        }))
-        .expect("built-in templates parse (unit-tested)")
+    /// Only the built-in templates: `(name, text)` pairs.
+    pub fn builtin(builtin: &[(&str, &str)]) -> Self {
+        Self::from_sources(builtin_sources(builtin))
+            .expect("built-in templates parse (unit-tested)")
     }
 
     /// Built-ins, with any `*.j2` file in `data_path/templates` replacing the built-in of
     /// the same name (or adding a new one).
-    pub fn load(data_path: &Path) -> Result<Self, TemplateError> {
-        let dir = data_path.join(TEMPLATES_DIR);
-        let mut sources: BTreeMap<String, (String, String)> = BUILTIN
-            .iter()
-            .map(|(name, text)| {
-                (
-                    (*name).to_owned(),
-                    (
-                        format!("built-in gb10-userspace/templates/{name}"),
-                        (*text).to_owned(),
-                    ),
-                )
-            })
+    pub fn load(data_path: &Path, builtin: &[(&str, &str)]) -> Result<Self, TemplateError> {
+        let mut sources: BTreeMap<String, (String, String)> = builtin_sources(builtin)
+            .map(|(name, file, text)| (name, (file, text)))
             .collect();
-        for path in override_files(&dir)? {
+        for path in override_files(&data_path.join(TEMPLATES_DIR))? {
             let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Read {
                 path: path.clone(),
                 source,
@@ -205,6 +138,19 @@ impl Templates {
             .render_str(source, ctx)
             .map_err(|e| describe(&e, what, what))
     }
+}
+
+/// `(name, file named in errors, text)` of each built-in.
+fn builtin_sources<'a>(
+    builtin: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = (String, String, String)> + 'a {
+    builtin.iter().map(|(name, text)| {
+        (
+            (*name).to_owned(),
+            format!("built-in gb10-userspace/templates/{name}"),
+            (*text).to_owned(),
+        )
+    })
 }
 
 /// The variable an undefined error points at. The span is the variable itself, or, when
@@ -317,232 +263,14 @@ fn describe(err: &minijinja::Error, template: &str, file: &str) -> TemplateError
     }
 }
 
-/// Where the client reached us: `host[:port]` from the request's Host header, so seeds
-/// name the address the client actually used (seed 001: a proxied or re-addressed server
-/// must not echo a fixed IP).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Server {
-    pub host: String,
-    pub port: u16,
-}
-
-impl Server {
-    /// Parses a Host header. Only characters of a host name or IP literal are accepted:
-    /// the value is pasted into scripts, so anything else is refused rather than escaped.
-    pub fn from_host_header(value: &str, default_port: u16) -> Option<Self> {
-        if value.is_empty()
-            || value.len() > 255
-            || !value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-        {
-            return None;
-        }
-        let (host, port) = match value.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p.parse().ok()?),
-            _ => (value, default_port),
-        };
-        Some(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    /// `host` or `host:port` when the port is not 80.
-    pub fn authority(&self) -> String {
-        if self.port == 80 {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// A URL for `path`: kept when it already is one, else on `server` under the HTTP root.
-fn url_for(server: &Server, path: &str) -> String {
-    if path.contains("://") {
-        path.to_owned()
-    } else {
-        format!(
-            "http://{}/{}",
-            server.authority(),
-            path.trim_start_matches('/')
-        )
-    }
-}
-
-/// The context a seed renders with, for `mac` (a known `host` or an unknown client).
-/// Profile variables, then host variables, sit at the top level beside the built-in keys
-/// in [`RESERVED`].
-pub fn host_context(
-    templates: &Templates,
-    inv: &Inventory,
-    mac: Mac,
-    host: Option<&Host>,
-    server: &Server,
-    installed: bool,
-) -> Result<Value, TemplateError> {
-    let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
-    let profile = inv.profile_for(host);
-    if let Some((_, p)) = profile {
-        for (k, v) in &p.vars {
-            ctx.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
-        }
-    }
-    if let Some(h) = host {
-        for (k, v) in &h.vars {
-            ctx.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
-        }
-    }
-    let authority = server.authority();
-    let mac_text = mac.to_string();
-    let hostname = host
-        .and_then(|h| h.hostname.clone())
-        .unwrap_or_else(|| format!("gb10-{}", mac_text.replace(':', "")));
-    let mut set = |k: &str, v: Value| {
-        ctx.insert(k.to_owned(), v);
-    };
-    set("server", Value::from(authority.clone()));
-    set("server_host", Value::from(server.host.clone()));
-    set("server_port", Value::from(server.port));
-    set("mac", Value::from(mac_text.clone()));
-    set("mac_hyphen", Value::from(mac_text.replace(':', "-")));
-    set("hostname", Value::from(hostname));
-    set(
-        "seed_url",
-        Value::from(format!("http://{authority}/cloud-init/{mac_text}/")),
-    );
-    set("installed", Value::from(installed));
-    // GRUB fetches over HTTP only when given an http root; the port goes in the device.
-    set(
-        "grub_root",
-        Value::from(if server.port == 80 {
-            format!("(http,{})", server.host)
-        } else {
-            format!("(http,{}:{})", server.host, server.port)
-        }),
-    );
-    if let Some(h) = host {
-        if let Some(ip) = h.ip {
-            set("ip", Value::from(ip.to_string()));
-        }
-        if let Some(uuid) = &h.uuid {
-            set("uuid", Value::from(uuid.clone()));
-        }
-        if let Some(serial) = &h.serial {
-            set("serial", Value::from(serial.clone()));
-        }
-    }
-    // Every profile, for the menu unknown clients get.
-    let profiles: Vec<Value> = inv
-        .profiles
-        .iter()
-        .filter(|(_, p)| p.kernel.is_some())
-        .map(|(name, p)| {
-            minijinja::context! {
-                name => name,
-                kernel_url => p.kernel.as_deref().map(|k| url_for(server, k)),
-                initrd_url => p.initrd.as_deref().map(|k| url_for(server, k)),
-            }
-        })
-        .collect();
-    set("profiles", Value::from(profiles));
-    if let Some((name, p)) = profile {
-        set("profile", Value::from(name));
-        if let Some(seed) = &p.seed {
-            set("seed", Value::from(seed.clone()));
-        }
-        if let Some(k) = &p.kernel {
-            set("kernel_url", Value::from(url_for(server, k)));
-            set("kernel_path", Value::from(k.trim_start_matches('/')));
-        }
-        if let Some(i) = &p.initrd {
-            set("initrd_url", Value::from(url_for(server, i)));
-            set("initrd_path", Value::from(i.trim_start_matches('/')));
-        }
-        if let Some(cmdline) = &p.cmdline {
-            let partial = Value::from(ctx.clone());
-            let rendered =
-                templates.render_str(&format!("profile `{name}` cmdline"), cmdline, &partial)?;
-            ctx.insert("cmdline".into(), Value::from(rendered));
-        }
-    }
-    Ok(Value::from(ctx))
-}
-
-/// The seed template for a profile's `seed` kind and a NoCloud file name.
-pub fn cloud_init_template(seed: Option<&str>, file: &str) -> Option<&'static str> {
-    match (seed, file) {
-        (Some("autoinstall"), "user-data") => Some("autoinstall.j2"),
-        (Some("cloud-init"), "user-data") => Some("user-data.j2"),
-        (Some("autoinstall" | "cloud-init"), "meta-data") => Some("meta-data.j2"),
-        (Some("autoinstall" | "cloud-init"), "vendor-data") => Some("vendor-data.j2"),
-        _ => None,
-    }
-}
-
-/// Every template a host's profile uses (for `check`).
-pub fn templates_for(seed: Option<&str>) -> Vec<&'static str> {
-    let mut names = vec!["ipxe-host.j2", "grub-host.j2", "onboard.service.j2"];
-    match seed {
-        Some("autoinstall") => names.extend(["autoinstall.j2", "meta-data.j2", "vendor-data.j2"]),
-        Some("cloud-init") => names.extend(["user-data.j2", "meta-data.j2", "vendor-data.j2"]),
-        Some("proxmox") => names.push("proxmox-answer.toml.j2"),
-        Some("talos") => names.push("talos.yaml.j2"),
-        _ => {}
-    }
-    names
-}
-
-/// Renders every template every host uses, and the global ones once; the first error.
-/// Used by `gb10-provision check` and after each inventory reload.
-pub fn check_all(templates: &Templates, inv: &Inventory) -> Result<usize, TemplateError> {
-    let server = Server {
-        host: "192.0.2.1".into(),
-        port: 80,
-    };
-    let mut rendered = 0;
-    let global = host_context(templates, inv, Mac([0; 6]), None, &server, false)?;
-    for name in [
-        "boot.ipxe.j2",
-        "grub.cfg.j2",
-        "ipxe-host.j2",
-        "onboard.service.j2",
-    ] {
-        templates.render(name, &global)?;
-        rendered += 1;
-    }
-    for host in &inv.hosts {
-        let seed = inv
-            .profile_for(Some(host))
-            .and_then(|(_, p)| p.seed.as_deref());
-        let for_host = |error| TemplateError::ForHost {
-            host: match &host.hostname {
-                Some(name) => format!("{name} ({})", host.mac),
-                None => host.mac.to_string(),
-            },
-            error: Box::new(error),
-        };
-        for installed in [false, true] {
-            let ctx = host_context(templates, inv, host.mac, Some(host), &server, installed)
-                .map_err(for_host)?;
-            for name in templates_for(seed) {
-                templates.render(name, &ctx).map_err(for_host)?;
-                rendered += 1;
-            }
-        }
-    }
-    Ok(rendered)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn builtins_parse() {
-        let t = Templates::builtin();
-        assert_eq!(t.names().count(), BUILTIN.len());
+        let t = Templates::builtin(crate::seeds::BUILTIN);
+        assert_eq!(t.names().count(), crate::seeds::BUILTIN.len());
     }
 
     #[test]
@@ -579,21 +307,5 @@ mod tests {
             Value::from("x"),
         )]));
         assert_eq!(t.render("y.j2", &ctx).unwrap(), "a: \"x\"\nb: []\n");
-    }
-
-    #[test]
-    fn host_header_is_checked() {
-        let s = Server::from_host_header("198.18.0.1:8080", 80).unwrap();
-        assert_eq!(s.authority(), "198.18.0.1:8080");
-        assert_eq!(
-            Server::from_host_header("pxe.lan", 80).unwrap().authority(),
-            "pxe.lan"
-        );
-        assert!(Server::from_host_header("a b", 80).is_none());
-        assert!(Server::from_host_header("x\";rm -rf /", 80).is_none());
-        assert_eq!(
-            Server::from_host_header("[fd00::1]:81", 80).unwrap().port,
-            81
-        );
     }
 }

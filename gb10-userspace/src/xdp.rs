@@ -386,9 +386,3 @@ pub fn ktime_to_unix(ktime_ns: u64) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64());
     now_unix - (now_mono - ktime_ns as f64 / 1e9)
 }
-
-/// Renders a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let [a, b, c, d, e, f] = *mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}

@@ -976,10 +976,7 @@ fn kill_9_under_load_loses_no_acked_lease() {
     }
     // Every ACKed lease is in the store (its table and its log) after the last kill.
     let store = gb10_provision::store::Store::open(&lab.dir.join("data")).expect("store");
-    let log = lab
-        .dir
-        .join("data/state")
-        .join(gb10_provision::dhcp::store::LOG_DIR);
+    let log = gb10_provision::dhcp::store::log_dir(&lab.dir.join("data"));
     let (leases, skipped) = gb10_provision::dhcp::store::load(&store, &log);
     assert_eq!(skipped, 0);
     let stored: std::collections::HashMap<_, _> = leases.iter().map(|l| (l.ip, l.mac.0)).collect();
@@ -1174,7 +1171,7 @@ fn poisoned_lease_records_are_skipped_and_the_daemon_serves() {
         let good = gb10_provision::dhcp::leases::Lease {
             ip: "198.18.0.100".parse().unwrap(),
             client: gb10_provision::dhcp::leases::ClientId(vec![1, 2, 0, 0, 0, 0, 9]),
-            mac: gb10_provision::inventory::Mac([2, 0, 0, 0, 0, 9]),
+            mac: gb10_provision::mac::Mac([2, 0, 0, 0, 0, 9]),
             state: gb10_provision::dhcp::leases::LeaseState::Leased,
             expires: u64::MAX / 2,
             hostname: None,

@@ -91,22 +91,13 @@ fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
 }
 
 fn heartbeat(lab: &Lab, phase: &str) {
-    let body = format!(
-        r#"{{"mac":"{HOST_MAC}","phase":"{phase}","ip":"{}"}}"#,
-        lab.client_ip
-    );
-    let out = run(lab.client.cmd("curl").args([
-        "-sS",
-        "-m",
-        "5",
-        "-f",
-        "-H",
-        "Content-Type: application/json",
-        "--data",
-        &body,
+    lab.client.post_json(
         &format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
-    ]));
-    assert!(out.status.success(), "heartbeat {phase}");
+        &format!(
+            r#"{{"mac":"{HOST_MAC}","phase":"{phase}","ip":"{}"}}"#,
+            lab.client_ip
+        ),
+    );
 }
 
 #[track_caller]
@@ -334,20 +325,13 @@ fn rebuild_over_redfish_with_sushy() {
         .unwrap()
         .to_owned();
     // Power it off through the emulator, so the reset shows as power coming on.
-    run(lab.client.cmd("curl").args([
-        "-sS",
-        "-f",
-        "-m",
-        "5",
-        "-H",
-        "Content-Type: application/json",
-        "--data",
-        r#"{"ResetType":"ForceOff"}"#,
+    lab.client.post_json(
         &format!(
             "http://{}:8000{system}/Actions/ComputerSystem.Reset",
             lab.client_ip
         ),
-    ]));
+        r#"{"ResetType":"ForceOff"}"#,
+    );
     // The fake driver applies power changes after a short delay.
     let off = wait_until(Duration::from_secs(20), || {
         redfish(&lab, &system).unwrap()["PowerState"] == "Off"

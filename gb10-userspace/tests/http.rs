@@ -9,8 +9,10 @@ use std::{
 
 use gb10_lab::{HTTP_PORT, Lab, require_root, require_tool, run};
 use gb10_provision::{
-    inventory::{Inventory, Mac},
-    templates::{self, Server, Templates},
+    inventory::Inventory,
+    mac::Mac,
+    seeds::{self, Server},
+    templates::Templates,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
@@ -111,7 +113,7 @@ fn builtin_seeds_pass_their_checkers() {
     }
     let dir = scratch("checkers");
     let inv = sample_inventory();
-    let t = Templates::builtin();
+    let t = Templates::builtin(seeds::BUILTIN);
     let server = Server {
         host: "198.18.0.1".into(),
         port: 8080,
@@ -119,8 +121,7 @@ fn builtin_seeds_pass_their_checkers() {
     let mut checked = std::collections::BTreeMap::<&str, usize>::new();
     let mut contexts = vec![(
         "unknown".to_owned(),
-        templates::host_context(&t, &inv, Mac([2, 0, 0, 0, 0, 0x99]), None, &server, false)
-            .unwrap(),
+        seeds::host_context(&t, &inv, Mac([2, 0, 0, 0, 0, 0x99]), None, &server, false).unwrap(),
         vec![
             "boot.ipxe.j2",
             "grub.cfg.j2",
@@ -129,16 +130,14 @@ fn builtin_seeds_pass_their_checkers() {
         ],
     )];
     for host in &inv.hosts {
-        let seed = inv
-            .profile_for(Some(host))
-            .and_then(|(_, p)| p.seed.as_deref());
+        let seed = inv.profile_for(Some(host)).and_then(|(_, p)| p.seed);
         for installed in [false, true] {
-            let ctx = templates::host_context(&t, &inv, host.mac, Some(host), &server, installed)
-                .unwrap();
+            let ctx =
+                seeds::host_context(&t, &inv, host.mac, Some(host), &server, installed).unwrap();
             contexts.push((
                 format!("{}-{installed}", host.hostname.as_deref().unwrap()),
                 ctx,
-                templates::templates_for(seed),
+                seeds::templates_for(seed),
             ));
         }
     }
@@ -208,7 +207,7 @@ fn builtin_seeds_pass_their_checkers() {
         }
     }
     // Every built-in was checked at least once.
-    for (name, _) in templates::BUILTIN {
+    for (name, _) in seeds::BUILTIN {
         assert!(
             checked.contains_key(name),
             "{name} never checked: {checked:?}"
@@ -233,7 +232,7 @@ fn builtin_seeds_pass_their_checkers() {
     let boot = t
         .render(
             "ipxe-host.j2",
-            &templates::host_context(&t, &inv, spark, inv.host(spark), &server, false).unwrap(),
+            &seeds::host_context(&t, &inv, spark, inv.host(spark), &server, false).unwrap(),
         )
         .unwrap();
     assert!(
@@ -332,15 +331,7 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 
 /// Deterministic bytes that are not a repeating pattern.
 fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    gb10_lab::pseudo_random(1, len)
 }
 
 #[test]
@@ -622,6 +613,9 @@ fn seeds_owner_check_missing_variable_and_reload() {
         text.contains("kernel http://198.18.0.1:8080/casper/vmlinuz"),
         "{text}"
     );
+    // iPXE escapes the colons of `${netX/mac}`: the same script.
+    let (code, escaped, _) = curl(&lab, &[], "/ipxe/02%3A00%3A00%3A00%3A01%3A01");
+    assert_eq!((code, escaped), (200, body));
     let (_, body, _) = curl(&lab, &[], "/ipxe/02:00:00:00:0f:0f");
     let text = String::from_utf8_lossy(&body).into_owned();
     assert!(
@@ -834,4 +828,291 @@ fn connections_beyond_the_limit_wait_their_turn() {
     drop(first);
     let (code, body, _) = curl(&lab, &["-m", "5"], "/hello.txt");
     assert_eq!((code, body.as_slice()), (200, b"hello, gb10\n".as_slice()));
+}
+
+/// One hostile connection from `src` to `dst`: it sends `head`, then one byte of
+/// `trickle` every 300 ms (nothing when empty) and never reads; `closed()` says how long
+/// after the connect the server ended it, and what it answered before.
+struct Trickler {
+    ended: std::sync::mpsc::Receiver<(Duration, String)>,
+    seen: std::cell::RefCell<Option<(Duration, String)>>,
+}
+
+impl Trickler {
+    /// Connects (in the client namespace) and starts sending.
+    fn start(lab: &Lab, src: &str, dst: &str, head: &str, trickle: bool) -> Self {
+        use std::io::{Read as _, Write as _};
+        let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) =
+            (format!("{src}:0").parse().unwrap(), dst.parse().unwrap());
+        // A socket keeps the namespace it was made in.
+        let mut tcp = lab.client.enter(move || {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            sock.bind(&src.into()).expect("bind");
+            sock.connect_timeout(&dst.into(), Duration::from_secs(2))
+                .expect("connect");
+            std::net::TcpStream::from(sock)
+        });
+        tcp.write_all(head.as_bytes()).expect("head");
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let (tx, ended) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            let mut answer = Vec::new();
+            // Bounded: 40 s, far beyond every limit the test sets.
+            while started.elapsed() < Duration::from_secs(40) {
+                if trickle && tcp.write_all(b" ").is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 4096];
+                match tcp.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send((
+                started.elapsed(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            ));
+        });
+        Self {
+            ended,
+            seen: None.into(),
+        }
+    }
+
+    /// When the server ended the connection and what it answered, waiting up to `wait`
+    /// for it.
+    fn closed(&self, wait: Duration) -> Option<(Duration, String)> {
+        let mut seen = self.seen.borrow_mut();
+        if seen.is_none() {
+            *seen = self.ended.recv_timeout(wait).ok();
+        }
+        seen.clone()
+    }
+}
+
+/// Issue 16's slow-request attack on both listeners: trickled requests from two
+/// addresses cannot hold the slots past `request_timeout`, one address cannot take more
+/// than its share (the next connection gets 503 at once), idle connections go after
+/// `idle_timeout`, a client that stops reading is dropped after `write_timeout`, and
+/// meanwhile a legitimate client gets `GET /boot.ipxe` and the admin API; a slow reader
+/// that keeps moving still gets a whole file.
+#[test]
+fn slow_clients_cannot_hold_every_http_slot() {
+    let name = "slow_clients_cannot_hold_every_http_slot";
+    if !require_root(name) || !require_tool(name, "curl", "curl") {
+        return;
+    }
+    let lab = Lab::new("hslow");
+    // Two attacker addresses beside the legitimate client's.
+    for ip in ["198.18.0.3/24", "198.18.0.4/24"] {
+        lab.client.ip(&["addr", "add", ip, "dev", &lab.client_if]);
+    }
+    let www = lab.dir.join("data/www");
+    std::fs::create_dir_all(&www).unwrap();
+    let big = gb10_lab::pseudo_random(7, 64 << 20);
+    std::fs::write(www.join("big.img"), &big).unwrap();
+    let admin = format!("{}:9190", lab.server_ip);
+    let mut daemon = lab.start_daemon(
+        BIN,
+        &[
+            "--http-max-connections",
+            "4",
+            "--http-max-connections-per-address",
+            "2",
+            "--http-request-timeout",
+            "3s",
+            "--http-idle-timeout",
+            "3s",
+            "--http-write-timeout",
+            "2s",
+            "--admin-listen",
+            &admin,
+        ],
+    );
+    let lan = format!("{}:{HTTP_PORT}", lab.server_ip);
+    let post = "POST /heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000\r\n\r\n{";
+
+    // Four trickled POSTs from one address and two from another fill the four slots
+    // (the first address gets two: its third and fourth are refused at once).
+    let t0 = Instant::now();
+    let a: Vec<_> = (0..4)
+        .map(|_| Trickler::start(&lab, "198.18.0.3", &lan, post, true))
+        .collect();
+    let b: Vec<_> = (0..2)
+        .map(|_| Trickler::start(&lab, "198.18.0.4", &lan, post, true))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let refused: Vec<_> = a.iter().filter_map(|t| t.closed(Duration::ZERO)).collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "two of one address's four refused at once: {refused:?}\n{}",
+        daemon.log()
+    );
+    for (after, answer) in &refused {
+        assert!(answer.starts_with("HTTP/1.1 503"), "{refused:?}");
+        assert!(*after < Duration::from_secs(1), "refused after {after:?}");
+    }
+    // The legitimate client waits no longer than the request deadline.
+    let asked = Instant::now();
+    let out = lab
+        .client
+        .cmd("curl")
+        .args(["-sS", "-m", "15", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{lan}/boot.ipxe"))
+        .output()
+        .expect("curl");
+    let waited = asked.elapsed();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "GET /boot.ipxe during the attack\n{}",
+        daemon.log()
+    );
+    assert!(
+        waited < Duration::from_secs(6),
+        "GET /boot.ipxe waited {waited:?}"
+    );
+    // Every held POST was cut at its deadline, not left to trickle on.
+    let held = a.iter().chain(&b).filter_map(|t| {
+        let (after, _) = t
+            .closed(Duration::from_secs(8))
+            .unwrap_or_else(|| panic!("a trickled POST still open\n{}", daemon.log()));
+        (after >= Duration::from_secs(1)).then_some(after)
+    });
+    for after in held.collect::<Vec<_>>() {
+        assert!(
+            after >= Duration::from_millis(2500),
+            "cut at {after:?}, before the deadline"
+        );
+    }
+    assert!(t0.elapsed() < Duration::from_secs(15));
+
+    // The admin listener alike: one address's third connection is refused, idle and
+    // trickled heads go at their deadlines, and the API answers meanwhile.
+    let idle: Vec<_> = (0..3)
+        .map(|_| Trickler::start(&lab, "198.18.0.3", &admin, "", false))
+        .collect();
+    let head = Trickler::start(
+        &lab,
+        "198.18.0.4",
+        &admin,
+        "GET /api/hosts HTTP/1.1\r\nX-Slow: ",
+        true,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = idle.iter().filter_map(|t| t.closed(Duration::ZERO)).count();
+    assert_eq!(refused, 1, "one address's third admin connection refused");
+    let out = lab
+        .client
+        .cmd("curl")
+        .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{admin}/api/hosts"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "admin API during the attack"
+    );
+    let cut = |t: &Trickler, what: &str| {
+        let (after, _) = t
+            .closed(Duration::from_secs(8))
+            .unwrap_or_else(|| panic!("{what} still open\n{}", daemon.log()));
+        assert!(
+            after >= Duration::from_millis(2500),
+            "{what} cut at {after:?}"
+        );
+    };
+    for t in &idle {
+        if t.closed(Duration::ZERO)
+            .is_none_or(|(after, _)| after >= Duration::from_secs(1))
+        {
+            cut(t, "an idle admin connection");
+        }
+    }
+    cut(&head, "a trickled admin request head");
+
+    // A client that asks for 64 MiB and reads nothing is dropped after the write
+    // timeout: what it finds later is cut short.
+    let reader = lab.client.enter({
+        let lan = lan.clone();
+        move || {
+            let tcp = std::net::TcpStream::connect(&lan).expect("connect");
+            std::io::Write::write_all(&mut &tcp, b"GET /big.img HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            tcp
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &reader, &mut got);
+    assert!(
+        got.len() < big.len(),
+        "a reader that stalled 5 s still got all {} bytes",
+        got.len()
+    );
+    // A slow reader that keeps moving gets every byte, for longer than the write
+    // timeout: 64 KiB every 20 ms (about 3 MB/s), 16 MiB in about 5 s.
+    let slow = lab.client.enter({
+        let lan = lan.clone();
+        move || {
+            let tcp = std::net::TcpStream::connect(&lan).expect("connect");
+            std::io::Write::write_all(
+                &mut &tcp,
+                b"GET /big.img HTTP/1.1\r\nHost: x\r\nRange: bytes=0-16777215\r\n\r\n",
+            )
+            .unwrap();
+            tcp
+        }
+    });
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while started.elapsed() < Duration::from_secs(30) {
+        match std::io::Read::read(&mut &slow, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if got.len() >= (16 << 20) {
+            // The head is in front; the body may be whole now.
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            if got.len() - head >= 16 << 20 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let head = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(
+        got.starts_with(b"HTTP/1.1 206"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..head])
+    );
+    assert!(
+        got[head..] == big[..16 << 20],
+        "slow download differs: {} body bytes after {:?}\n{}",
+        got.len() - head,
+        started.elapsed(),
+        daemon.log()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "not slow: {:?}",
+        started.elapsed()
+    );
+    let _ = daemon.stop();
 }

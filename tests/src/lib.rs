@@ -12,9 +12,25 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod debs;
 pub mod flood;
 pub mod frames;
 pub mod storm;
+
+/// Deterministic bytes, different per `seed`, that neither repeat nor compress away
+/// (xorshift, eight bytes a step: a 1 GiB image is generated in about a second).
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
 
 /// True when running as root. Otherwise prints a visible SKIP line naming the test.
 #[track_caller]
@@ -143,6 +159,22 @@ impl Netns {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// `curl` POSTing `body` as JSON to `url` from this namespace; panics unless 2xx.
+    #[track_caller]
+    pub fn post_json(&self, url: &str, body: &str) {
+        run(self.cmd("curl").args([
+            "-sS",
+            "-f",
+            "-m",
+            "5",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            url,
+        ]));
     }
 
     /// dnsmasq as a DHCP server (no DNS) on `iface` handing out `range`
@@ -860,20 +892,6 @@ impl RawSender {
         }
         Ok(())
     }
-}
-
-/// `size` pseudo-random bytes (xorshift from `seed`): nothing compresses or repeats.
-pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(size);
-    out
 }
 
 /// Writes `text` to `path`, creating parents.

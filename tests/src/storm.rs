@@ -111,7 +111,7 @@ impl Files {
             name: name.to_owned(),
             data: put(
                 &format!("{dir}/{}", name.trim_start_matches('/')),
-                crate::random_bytes(size, seed),
+                crate::pseudo_random(seed, size),
             ),
         })
         .collect::<Vec<_>>()

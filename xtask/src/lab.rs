@@ -39,17 +39,40 @@ pub fn run(once: bool) -> anyhow::Result<()> {
                 "lab: gb10-provision serves {} ({}/24) in namespace {}",
                 lab.iface, lab.server_ip, lab.ns.name
             );
-            println!(
-                "lab: /clients/{mac}: {}",
-                lab.http(&format!("/clients/{mac}")).1
-            );
+            let admin = format!("{url}/admin");
+            let bin_text = bin.display().to_string();
+            let show = lab
+                .ns
+                .cmd(&bin_text)
+                .args(["clients", "show", mac, "--server", &admin])
+                .output();
+            match show {
+                Ok(o) if o.status.success() => {
+                    println!("lab: gb10-provision clients show {mac}:");
+                    for line in String::from_utf8_lossy(&o.stdout).lines() {
+                        println!("       {line}");
+                    }
+                }
+                _ => println!(
+                    "lab: /clients/{mac}: {}",
+                    lab.http(&format!("/clients/{mac}")).1
+                ),
+            }
             let metrics = lab.http("/metrics").1;
             for line in metrics.lines().filter(|l| l.starts_with("gb10_clients{")) {
                 println!("lab: metrics  {line}");
             }
-            println!("lab: poke it:");
-            for path in ["/clients", "/metrics", "/healthz"] {
-                println!("       ip netns exec {} curl -s {url}{path}", lab.ns.name);
+            println!("lab: poke it (the admin API is under /admin on the LAN listener):");
+            let ns = &lab.ns.name;
+            for args in [
+                "clients".to_owned(),
+                format!("clients watch {mac}"),
+                "hosts".into(),
+            ] {
+                println!("       ip netns exec {ns} {bin_text} {args} --server {admin}");
+            }
+            for path in ["/metrics", "/healthz"] {
+                println!("       ip netns exec {ns} curl -s {url}{path}");
             }
             if !once {
                 println!("lab: running; Ctrl-C tears it down");

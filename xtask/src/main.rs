@@ -2,6 +2,7 @@
 //! run the lab.
 mod bench;
 mod e2e;
+mod image;
 mod lab;
 mod nginx;
 mod setup;
@@ -62,6 +63,19 @@ enum Task {
         /// Show the client being served, then tear down instead of waiting for Ctrl-C.
         #[arg(long)]
         once: bool,
+    },
+    /// The container image, offline from Debian packages: target/image/
+    /// gb10-provision-<version>-<arch>.tar (`podman load`, `k3s ctr images import`).
+    Image {
+        /// The image's architecture (default: this machine's).
+        #[arg(long, value_enum)]
+        arch: Option<e2e::assets::Arch>,
+        /// Then run it as the chart does and check it (root): see xtask/src/image/check.rs.
+        #[arg(long)]
+        check: bool,
+        /// With --check: also network-boot this e2e scenario through the container.
+        #[arg(long, requires = "check")]
+        boot: Option<String>,
     },
     /// Real firmware in QEMU network-boots through gb10-provision (the CI set unless
     /// scenarios are named or `--all`).
@@ -149,6 +163,13 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             lab::run(once)
         }
+        Task::Image { arch, check, boot } => {
+            let image = image::build(arch.unwrap_or_else(e2e::assets::Arch::host))?;
+            if check {
+                image::check::run(&image, boot.as_deref())?;
+            }
+            Ok(())
+        }
         Task::E2e {
             all,
             compare,
@@ -230,6 +251,9 @@ fn build_ebpf_inner() -> anyhow::Result<()> {
     )
 }
 
+/// The e2e scenario the host image serves in `cargo xtask test`: the quickest UEFI one.
+const IMAGE_BOOT: &str = "ovmf-ipxe";
+
 fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     if !no_lint {
@@ -245,6 +269,16 @@ fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
             println!("e2e: CI scenarios {}", e2e::CI.join(", "));
         }
         e2e::run(all, false, &[])?;
+        // The deployable artifact: the image built offline and run as the chart runs
+        // it, serving a firmware boot; the arm64 image (under qemu-user) with --all.
+        let host = e2e::assets::Arch::host();
+        image::check::run(&image::build(host)?, Some(IMAGE_BOOT))?;
+        if all {
+            let arm64 = e2e::assets::Arch::Arm64;
+            // No firmware boot: under qemu-user the daemon refuses to serve files (no
+            // openat2 in Debian 12's qemu 7.2), which the check shows instead.
+            image::check::run(&image::build(arm64)?, None)?;
+        }
     }
     // The closing line, last: cargo's own final `test result` belongs to whichever binary
     // ran last, often an empty doctest run.

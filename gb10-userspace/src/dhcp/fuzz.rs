@@ -1,9 +1,6 @@
 //! One entry for the fuzz target and its corpus replay: a datagram through the strict
 //! parser, a decode/encode round trip, both handlers, and the replies' encoding.
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    time::Duration,
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::{Decodable as _, Decoder, Encodable as _, Encoder, v4::Message};
 
@@ -14,9 +11,23 @@ use super::{
 };
 use crate::{
     boot::ServerAddr,
-    config::{BootConfig, DhcpConfig},
+    config::{BootConfig, Config, RawConfig},
     inventory::Inventory,
 };
+
+/// The configuration the fuzzed handlers run with (parsed once, as a file would be).
+fn config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let raw = RawConfig::from_toml(
+            "lan_iface = \"lo\"\nlan_ip = \"198.18.0.1/24\"\n[dhcp]\n\
+             range = \"198.18.0.100-198.18.0.103\"\nlease_time = \"1h\"\n\
+             router = \"198.18.0.1\"\ndns = [\"198.18.0.1\"]\ndomain = \"lab\"\n",
+        )
+        .expect("the fuzz configuration parses");
+        Config::try_from(raw).expect("the fuzz configuration is valid")
+    })
+}
 
 /// Runs `data` through everything a datagram from the network reaches. Panics on a
 /// broken invariant: a message that parses must survive encode → parse unchanged, and
@@ -29,21 +40,11 @@ pub fn exercise(data: &[u8]) {
     let again = wire::parse(&bytes).expect("an encoded request parses");
     assert_eq!(again, msg, "decode → encode → decode changed the message");
 
-    let dhcp = DhcpConfig {
-        range: (
-            Ipv4Addr::new(198, 18, 0, 100),
-            Ipv4Addr::new(198, 18, 0, 103),
-        ),
-        lease_time: Duration::from_secs(3600),
-        router: Some(Ipv4Addr::new(198, 18, 0, 1)),
-        dns: vec![Ipv4Addr::new(198, 18, 0, 1)],
-        domain: Some("lab".into()),
-        relay_ranges: Vec::new(),
-    };
+    let dhcp = &config().dhcp;
     let boot = BootConfig::default();
     let inventory = Inventory::default();
     let ctx = Ctx {
-        dhcp: &dhcp,
+        dhcp,
         boot: &boot,
         inventory: &inventory,
         server: ServerAddr {

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::inventory::Mac;
+use crate::mac::Mac;
 
 /// How long an offered address is held for the client that was offered it. EDK2
 /// collects offers for ~4 s before it requests; a minute covers slow firmware.
@@ -31,6 +31,18 @@ pub enum LeaseState {
     Declined,
     /// Given back by the client; free, but remembered for it.
     Released,
+}
+
+impl LeaseState {
+    /// The name on `/metrics` and in JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Leased => "leased",
+            Self::Declined => "declined",
+            Self::Released => "released",
+        }
+    }
 }
 
 /// One address and who holds it.

@@ -9,18 +9,25 @@ pub mod server;
 pub mod store;
 pub mod wire;
 
+pub use self::server::{Dhcp, run};
+
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use dhcproto::v4::MessageType;
+use tracing::info;
 
-use crate::inventory::Mac;
+use crate::{
+    config::{Config, Mode},
+    mac::Mac,
+    store::Store,
+};
 
 /// Most clients tracked individually; beyond it their counts go to one `other` row, so
 /// a flood of random MACs cannot grow memory without bound.
@@ -76,8 +83,6 @@ pub struct Stats {
     /// ACKs not sent because their lease could not be written.
     pub store_failures: AtomicU64,
     clients: Mutex<HashMap<Option<Mac>, ClientStats>>,
-    /// The lease table, once the responder runs (for `/metrics` and `/explain`).
-    table: OnceLock<Arc<Mutex<leases::Leases>>>,
 }
 
 impl Stats {
@@ -138,37 +143,6 @@ impl Stats {
         all
     }
 
-    /// Publishes the responder's lease table.
-    pub fn set_table(&self, table: Arc<Mutex<leases::Leases>>) {
-        let _ = self.table.set(table);
-    }
-
-    /// Active leases by state at `now` (unix seconds): offered, leased, declined.
-    pub fn lease_counts(&self, now: u64) -> [(leases::LeaseState, u64); 3] {
-        use leases::LeaseState as S;
-        let mut counts = [(S::Offered, 0), (S::Leased, 0), (S::Declined, 0)];
-        if let Some(table) = self.table.get() {
-            let table = table.lock().unwrap_or_else(|p| p.into_inner());
-            for lease in table.iter().filter(|l| l.active(now)) {
-                if let Some(c) = counts.iter_mut().find(|(s, _)| *s == lease.state) {
-                    c.1 += 1;
-                }
-            }
-        }
-        counts
-    }
-
-    /// The newest lease record (any state) of `mac`.
-    pub fn lease_of(&self, mac: Mac) -> Option<leases::Lease> {
-        let table = self.table.get()?;
-        let table = table.lock().unwrap_or_else(|p| p.into_inner());
-        table
-            .iter()
-            .filter(|l| l.mac == mac)
-            .max_by_key(|l| l.expires)
-            .cloned()
-    }
-
     /// One client's counters.
     pub fn client(&self, mac: Mac) -> Option<ClientStats> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -176,11 +150,53 @@ impl Stats {
     }
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// The lease table: the responder decides and commits in it; `/metrics` and
+/// `/explain` read it. Cheap to clone.
+#[derive(Clone)]
+pub struct LeaseTable(Arc<Mutex<leases::Leases>>);
+
+impl LeaseTable {
+    /// The pools of `config` (the LAN's, then the relayed subnets'), with the leases an
+    /// earlier run saved in `store` (direct mode: proxy mode leases nothing), counted in
+    /// `stats`.
+    pub fn open(config: &Config, store: &Store, stats: &Stats) -> Self {
+        let mut table = leases::Leases::new(server::pools(config));
+        if config.mode == Mode::Direct {
+            let (loaded, skipped) = store::load(store, &store::log_dir(&config.data_path));
+            stats.restored.store(loaded.len() as u64, Ordering::Relaxed);
+            stats.store_skipped.store(skipped as u64, Ordering::Relaxed);
+            info!(leases = loaded.len(), skipped, "leases restored");
+            for lease in loaded {
+                table.restore(lease);
+            }
+        }
+        Self(Arc::new(Mutex::new(table)))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, leases::Leases> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Active leases by state at `now` (unix seconds): offered, leased, declined.
+    pub fn counts(&self, now: u64) -> [(leases::LeaseState, u64); 3] {
+        use leases::LeaseState as S;
+        let mut counts = [(S::Offered, 0), (S::Leased, 0), (S::Declined, 0)];
+        for lease in self.lock().iter().filter(|l| l.active(now)) {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == lease.state) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
+    /// The newest lease record (any state) of `mac`.
+    pub fn of(&self, mac: Mac) -> Option<leases::Lease> {
+        self.lock()
+            .iter()
+            .filter(|l| l.mac == mac)
+            .max_by_key(|l| l.expires)
+            .cloned()
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use dhcproto::{Encodable as _, Encoder, v4::Message};
@@ -14,18 +14,36 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use super::{
+    LeaseTable, Stats,
     handler::{self, CLIENT_PORT, Ctx, Dest, Outcome, PXE_PORT, Persist, SERVER_PORT},
-    leases::{Leases, Pool},
-    store::{self, LeaseWriter},
-    unix_now, wire,
+    leases::Pool,
+    store::LeaseWriter,
+    wire,
 };
 use crate::{
     boot::ServerAddr,
+    clients::Clients,
+    clock,
     config::{Config, Mode},
-    daemon::Shared,
-    inventory::Mac,
-    lan,
+    lan::{self, LanAddr},
+    live::Live,
+    mac::Mac,
+    store::Store,
 };
+
+/// What the DHCP responder uses.
+pub struct Dhcp {
+    /// `lan_iface`, `mode`, `[dhcp]`, `[boot]` and `http_port`.
+    pub config: Arc<Config>,
+    /// The inventory: fixed hosts and profiles.
+    pub live: Live,
+    pub leases: LeaseTable,
+    /// Where leases are written before their ACK leaves.
+    pub store: Store,
+    pub events: Arc<Clients>,
+    pub stats: Arc<Stats>,
+    pub lan_addr: LanAddr,
+}
 
 /// Why the DHCP service could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -57,28 +75,14 @@ pub fn pools(config: &Config) -> Vec<Pool> {
 }
 
 /// Runs the responder until `token` fires, re-binding when the LAN address changes.
-pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let mut table = Leases::new(pools(&shared.config));
-    let log_dir = shared.config.data_path.join("state").join(store::LOG_DIR);
-    if shared.config.mode == Mode::Direct {
-        let (loaded, skipped) = store::load(&shared.store, &log_dir);
-        let stats = &shared.dhcp_stats;
-        stats
-            .restored
-            .store(loaded.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .store_skipped
-            .store(skipped as u64, std::sync::atomic::Ordering::Relaxed);
-        info!(leases = loaded.len(), skipped, "leases restored");
-        for lease in loaded {
-            table.restore(lease);
-        }
-    }
-    let leases = Arc::new(Mutex::new(table));
-    shared.dhcp_stats.set_table(leases.clone());
-    let writer = LeaseWriter::spawn(shared.store.clone(), log_dir);
-    lan::follow("dhcp", shared.lan_addr.clone(), token, |ip, stop| {
-        serve(shared.clone(), leases.clone(), writer.clone(), ip, stop)
+pub async fn run(dhcp: Dhcp, token: CancellationToken) -> anyhow::Result<()> {
+    let writer = LeaseWriter::spawn(
+        dhcp.store.clone(),
+        super::store::log_dir(&dhcp.config.data_path),
+    );
+    let dhcp = Arc::new(dhcp);
+    lan::follow("dhcp", dhcp.lan_addr.clone(), token, |ip, stop| {
+        serve(dhcp.clone(), writer.clone(), ip, stop)
     })
     .await;
     writer.sync().await;
@@ -134,23 +138,21 @@ fn force_recv_buffer(sock: &Socket, bytes: usize) -> io::Result<()> {
 
 /// Serves on `server_ip` until `stop` fires.
 async fn serve(
-    shared: Arc<Shared>,
-    leases: Arc<Mutex<Leases>>,
+    dhcp: Arc<Dhcp>,
     writer: LeaseWriter,
     server_ip: Ipv4Addr,
     stop: CancellationToken,
 ) -> Result<(), DhcpError> {
-    let iface = shared.config.lan_iface.clone();
+    let iface = dhcp.config.lan_iface.clone();
     let main = Arc::new(bind(&iface, SERVER_PORT)?);
-    let pxe = match shared.config.mode {
+    let pxe = match dhcp.config.mode {
         Mode::Proxy => Some(Arc::new(bind(&iface, PXE_PORT)?)),
         Mode::Direct => None,
     };
-    info!(%iface, %server_ip, mode = ?shared.config.mode, "DHCP listening on port 67{}",
+    info!(%iface, %server_ip, mode = ?dhcp.config.mode, "DHCP listening on port 67{}",
         if pxe.is_some() { " and 4011" } else { "" });
     let server = Server {
-        shared,
-        leases,
+        dhcp,
         writer,
         server_ip,
         iface,
@@ -182,8 +184,7 @@ async fn recv_opt(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize
 }
 
 struct Server {
-    shared: Arc<Shared>,
-    leases: Arc<Mutex<Leases>>,
+    dhcp: Arc<Dhcp>,
     writer: LeaseWriter,
     server_ip: Ipv4Addr,
     iface: String,
@@ -193,7 +194,7 @@ impl Server {
     /// One datagram: parse, count, decide, persist, reply. Never fails: bad input is
     /// counted and dropped, the loop goes on.
     fn packet(&self, sock: &Arc<UdpSocket>, buf: &[u8], src: SocketAddr, on_pxe_port: bool) {
-        let stats = &self.shared.dhcp_stats;
+        let stats = &self.dhcp.stats;
         let req = match wire::parse(buf) {
             Ok(req) => req,
             Err(why) => {
@@ -215,26 +216,23 @@ impl Server {
         src: SocketAddr,
         on_pxe_port: bool,
     ) {
-        let stats = &self.shared.dhcp_stats;
+        let stats = &self.dhcp.stats;
         let ty = req.opts().msg_type();
         stats.received(mac, ty);
-        let config = &self.shared.config;
-        let inventory = self.shared.inventory();
+        let config = &self.dhcp.config;
+        let snapshot = self.dhcp.live.now();
         let ctx = Ctx {
             dhcp: &config.dhcp,
             boot: &config.boot,
-            inventory: &inventory,
+            inventory: &snapshot.inventory,
             server: ServerAddr {
                 ip: self.server_ip,
                 http_port: config.http_port,
             },
-            now: unix_now(),
+            now: clock::now_secs(),
         };
         let outcome = match config.mode {
-            Mode::Direct => {
-                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-                handler::handle_direct(req, &ctx, &mut leases)
-            }
+            Mode::Direct => handler::handle_direct(req, &ctx, &mut self.dhcp.leases.lock()),
             Mode::Proxy => {
                 let src = match src {
                     SocketAddr::V4(v4) => v4,
@@ -251,7 +249,7 @@ impl Server {
             events,
         } = outcome;
         for event in events {
-            self.shared.clients.record(mac, event);
+            self.dhcp.events.record(mac, event);
         }
         if let Some(why) = silent {
             stats.silent(why);
@@ -276,17 +274,16 @@ impl Server {
             Persist::BeforeReply(lease) => {
                 let done = self.writer.write(lease);
                 let sock = sock.clone();
-                let shared = self.shared.clone();
+                let dhcp = self.dhcp.clone();
                 let iface = self.iface.clone();
                 tokio::spawn(async move {
                     match done.await {
                         Ok(Ok(())) => {
                             send(&sock, &iface, &bytes, dest).await;
-                            shared.dhcp_stats.sent(mac, reply_ty);
+                            dhcp.stats.sent(mac, reply_ty);
                         }
                         Ok(Err(err)) => {
-                            shared
-                                .dhcp_stats
+                            dhcp.stats
                                 .store_failures
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             warn!(%mac, error = %err, "lease not on disk: ACK withheld");
@@ -315,15 +312,15 @@ impl Server {
         if let Some(to) = quick_target(sock, &self.iface, dest)
             && sock.try_send_to(&bytes, to.into()).is_ok()
         {
-            self.shared.dhcp_stats.sent(mac, ty);
+            self.dhcp.stats.sent(mac, ty);
             return;
         }
         let sock = sock.clone();
         let iface = self.iface.clone();
-        let shared = self.shared.clone();
+        let dhcp = self.dhcp.clone();
         tokio::spawn(async move {
             send(&sock, &iface, &bytes, dest).await;
-            shared.dhcp_stats.sent(mac, ty);
+            dhcp.stats.sent(mac, ty);
         });
     }
 }

@@ -28,7 +28,7 @@ use super::{
     leases::{ClientId, Lease, LeaseState},
     log,
 };
-use crate::{inventory::Mac, store::Store};
+use crate::{mac::Mac, store::Store};
 
 /// Leases by IPv4 address (as u32): one encoded [`Lease`] each.
 pub const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("dhcp_leases");
@@ -41,7 +41,12 @@ const MAX_BATCH: usize = 4096;
 /// A segment this large is closed and folded into the table (~50,000 leases).
 const SEGMENT_BYTES: u64 = 4 << 20;
 /// The log's directory inside `data_path/state`.
-pub const LOG_DIR: &str = "dhcp-log";
+const LOG_DIR: &str = "dhcp-log";
+
+/// The lease log's directory for `data_path`.
+pub fn log_dir(data_path: &Path) -> PathBuf {
+    data_path.join("state").join(LOG_DIR)
+}
 
 /// Why a lease write failed (the ACK it guarded is not sent).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -691,7 +696,7 @@ mod tests {
     }
 
     /// A log directory of its own for one test.
-    fn log_dir(tag: &str) -> PathBuf {
+    fn scratch(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("gb10-leases-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
@@ -700,7 +705,7 @@ mod tests {
     #[tokio::test]
     async fn writes_persist_and_poison_is_skipped() {
         let store = Store::in_memory();
-        let dir = log_dir("persist");
+        let dir = scratch("persist");
         let w = LeaseWriter::spawn(store.clone(), dir.clone());
         let waits: Vec<_> = (1..=50).map(|n| w.write(lease(n))).collect();
         for r in waits {
@@ -739,7 +744,7 @@ mod tests {
     #[tokio::test]
     async fn a_crash_leaves_the_log_and_the_next_start_replays_it() {
         let store = Store::in_memory();
-        let dir = log_dir("crash");
+        let dir = scratch("crash");
         let w = LeaseWriter::spawn(store.clone(), dir.clone());
         for n in 1..=20 {
             w.write(lease(n)).await.unwrap().unwrap();
@@ -783,7 +788,7 @@ mod tests {
     #[tokio::test]
     async fn full_segments_are_folded_while_writes_go_on() {
         let store = Store::in_memory();
-        let dir = log_dir("fold");
+        let dir = scratch("fold");
         let w = LeaseWriter::spawn(store.clone(), dir.clone());
         // Enough records for a few segments (about 80 bytes each).
         let waits: Vec<_> = (0..160_000u32)

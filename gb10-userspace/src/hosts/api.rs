@@ -1,9 +1,8 @@
 //! The hosts API (JSON): list and get are open; register, delete and rebuild need the
 //! `[admin] token` as `Authorization: Bearer …`. Errors are JSON `{"error": …}` and never
 //! hold a secret.
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
-use anyhow::Context as _;
 use axum::{
     Json, Router,
     extract::{Path, Request, State},
@@ -12,54 +11,52 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{HostsError, Registration, Trigger, redfish, ssh};
-use crate::{daemon::Shared, inventory::Mac};
+use super::{Hosts, HostsError, Registration, Trigger, redfish, ssh};
+use crate::{config::Secret, live::Live, mac::Mac};
+
+/// What the admin routes use.
+#[derive(Clone)]
+pub struct Admin {
+    pub hosts: Arc<Hosts>,
+    /// Every client seen, and their events live (the fleet view).
+    pub clients: Arc<crate::clients::Clients>,
+    /// The inventory, which registrations must not shadow.
+    pub live: Live,
+    /// The bearer token changes need; none refuses every change.
+    pub token: Option<Secret>,
+    /// Where rebuild keys are kept.
+    pub data_path: PathBuf,
+    /// BMC credential files.
+    pub credentials_dir: PathBuf,
+}
 
 /// The admin router: the hosts API, the dashboard and its event stream.
-pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+pub fn routes(admin: Admin) -> Router {
     let changing = Router::new()
         .route("/api/hosts", post(register))
         .route("/api/hosts/{mac}", axum::routing::delete(delete))
         .route("/api/hosts/{mac}/rebuild", post(rebuild))
-        .route_layer(middleware::from_fn_with_state(shared, require_token));
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/api/hosts", get(list))
         .route("/api/hosts/{mac}", get(get_one))
         .merge(changing)
-        .merge(super::dashboard::routes())
-}
-
-/// Serves the admin router on `[admin] listen` when set (not the LAN), until `token` fires.
-pub async fn run_admin(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let Some(addr) = shared.config.admin.listen else {
-        return Ok(());
-    };
-    if shared.config.admin.token.is_none() {
-        warn!("no [admin] token: the hosts API refuses every change");
-    }
-    let app = routes(shared.clone()).with_state(shared);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener to {addr}"))?;
-    info!(addr = %listener.local_addr()?, "admin listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await?;
-    Ok(())
+        .with_state(admin.clone())
+        .merge(super::dashboard::routes(admin.hosts.clone()))
+        .merge(super::fleet::routes(admin))
 }
 
 /// Lets a request through only with the configured token; without one configured,
 /// nothing that changes state is allowed.
-async fn require_token(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+async fn require_token(State(admin): State<Admin>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = match (&shared.config.admin.token, given) {
+    let ok = match (&admin.token, given) {
         (Some(token), Some(given)) => constant_time_eq(token.expose().as_bytes(), given.as_bytes()),
         _ => false,
     };
@@ -108,16 +105,16 @@ fn parse_mac(text: &str) -> Result<Mac, HostsError> {
     })
 }
 
-async fn list(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.hosts.list())
+async fn list(State(admin): State<Admin>) -> impl IntoResponse {
+    Json(admin.hosts.list())
 }
 
 async fn get_one(
-    State(shared): State<Arc<Shared>>,
+    State(admin): State<Admin>,
     Path(mac): Path<String>,
 ) -> Result<impl IntoResponse, HostsError> {
     let mac = parse_mac(&mac)?;
-    shared
+    admin
         .hosts
         .get(mac)
         .map(Json)
@@ -125,29 +122,29 @@ async fn get_one(
 }
 
 async fn register(
-    State(shared): State<Arc<Shared>>,
+    State(admin): State<Admin>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, HostsError> {
     let reg: Registration = serde_json::from_slice(&body).map_err(|e| HostsError::Invalid {
         field: "body",
         reason: e.to_string(),
     })?;
-    let inv = shared.inventory();
-    if inv.host(reg.mac).is_some() {
+    let snapshot = admin.live.now();
+    if snapshot.inventory.host(reg.mac).is_some() {
         return Err(HostsError::FromInventory { mac: reg.mac });
     }
-    let record = shared.hosts.register(&inv, reg)?;
+    let record = admin.hosts.register(&snapshot.inventory, reg)?;
     info!(mac = %record.mac, "host registered");
     Ok((StatusCode::CREATED, Json(record)))
 }
 
 async fn delete(
-    State(shared): State<Arc<Shared>>,
+    State(admin): State<Admin>,
     Path(mac): Path<String>,
 ) -> Result<impl IntoResponse, HostsError> {
     let mac = parse_mac(&mac)?;
-    let record = shared.hosts.delete(mac)?;
-    ssh::delete(&shared.config.data_path, mac).await;
+    let record = admin.hosts.delete(mac)?;
+    ssh::delete(&admin.data_path, mac).await;
     info!(%mac, "host deleted");
     Ok(Json(record))
 }
@@ -155,11 +152,11 @@ async fn delete(
 /// Marks the host `pxe_ready` with a fresh key, then (with a BMC) sets a one-time PXE
 /// boot and resets it. A BMC failure fails the host with the reason: 502 with the record.
 async fn rebuild(
-    State(shared): State<Arc<Shared>>,
+    State(admin): State<Admin>,
     Path(mac): Path<String>,
 ) -> Result<Response, HostsError> {
     let mac = parse_mac(&mac)?;
-    let before = shared.hosts.get(mac).ok_or(HostsError::NotFound { mac })?;
+    let before = admin.hosts.get(mac).ok_or(HostsError::NotFound { mac })?;
     if super::Machine::next(before.machine.state, &Trigger::Rebuild).is_none() {
         // Refuse before touching the key of a rebuild under way.
         return Err(HostsError::Refused {
@@ -170,7 +167,7 @@ async fn rebuild(
             },
         });
     }
-    let data_path = &shared.config.data_path;
+    let data_path = &admin.data_path;
     let key = ssh::generate(data_path, mac).await;
     let key = match key {
         Ok(k) => Some(k),
@@ -179,20 +176,20 @@ async fn rebuild(
             None
         }
     };
-    let record = shared
+    let record = admin
         .hosts
         .apply(mac, Trigger::Rebuild, |r| r.ssh_public_key = key)?;
     let Some(bmc) = &record.bmc else {
         info!(%mac, "rebuild: pxe_ready (no BMC: power-cycle the machine by hand)");
         return Ok(Json(record).into_response());
     };
-    match redfish::rebuild(mac, bmc, &shared.config.admin.credentials_dir).await {
-        Ok(()) => Ok(Json(shared.hosts.get(mac).unwrap_or(record)).into_response()),
+    match redfish::rebuild(mac, bmc, &admin.credentials_dir).await {
+        Ok(()) => Ok(Json(admin.hosts.get(mac).unwrap_or(record)).into_response()),
         Err(err) => {
             let reason = format!("rebuild: {}", crate::error_chain(&err));
             warn!(%mac, %reason, "rebuild failed");
             ssh::delete(data_path, mac).await;
-            let failed = shared.hosts.fail(mac, reason).unwrap_or(record);
+            let failed = admin.hosts.fail(mac, reason).unwrap_or(record);
             Ok((StatusCode::BAD_GATEWAY, Json(failed)).into_response())
         }
     }

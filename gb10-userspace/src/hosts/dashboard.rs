@@ -14,28 +14,29 @@ use axum::{
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::daemon::Shared;
+use super::Hosts;
 
 const PAGE: &str = include_str!("dashboard.html");
 
 /// The dashboard routes.
-pub fn routes() -> Router<Arc<Shared>> {
+pub fn routes(hosts: Arc<Hosts>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/hosts/{mac}", get(page))
         .route("/events", get(events))
+        .with_state(hosts)
 }
 
 /// One page for both views: the script picks by path.
-async fn page() -> Html<&'static str> {
+pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
 /// Every host change as a `host` event with the record as JSON.
 async fn events(
-    State(shared): State<Arc<Shared>>,
+    State(hosts): State<Arc<Hosts>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = shared.hosts.subscribe();
+    let rx = hosts.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(record) => Event::default()

@@ -1,6 +1,7 @@
 //! Host life cycle: registered hosts, their state machine fed by client events, rebuild over Redfish, the ephemeral-key join, the API and the live dashboard.
 pub mod api;
 pub mod dashboard;
+pub mod fleet;
 pub mod machine;
 pub mod redfish;
 pub mod ssh;
@@ -9,7 +10,7 @@ pub mod store;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::sync::broadcast;
@@ -22,8 +23,10 @@ pub use self::{
 };
 use crate::{
     clients::ClientEvent,
-    daemon::Shared,
-    inventory::{Host, Inventory, Mac},
+    clock::now_ms,
+    inventory::{Host, HostIdentity, Inventory},
+    live::Live,
+    mac::Mac,
     store::Store,
 };
 
@@ -48,26 +51,18 @@ pub enum HostsError {
     Store(#[from] HostStoreError),
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// What the API registers.
 #[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Registration {
     pub mac: Mac,
-    #[serde(default)]
-    pub uuid: Option<String>,
-    #[serde(default)]
-    pub serial: Option<String>,
-    #[serde(default)]
-    pub profile: Option<String>,
+    #[serde(flatten)]
+    pub identity: HostIdentity,
     #[serde(default)]
     pub bmc: Option<Bmc>,
+    /// Keys no field took: refused, naming them (`deny_unknown_fields` does not work
+    /// beside `flatten`).
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// The registered hosts. Every change is saved and broadcast to dashboard listeners.
@@ -146,9 +141,7 @@ impl Hosts {
             let existing = records.get(&h.mac);
             let mut record = existing.cloned().unwrap_or_else(|| HostRecord {
                 mac: h.mac,
-                uuid: None,
-                serial: None,
-                profile: None,
+                identity: HostIdentity::default(),
                 bmc: None,
                 source: Source::Inventory,
                 ssh_public_key: None,
@@ -156,9 +149,7 @@ impl Hosts {
                 machine: Machine::new(now_ms()),
             });
             record.source = Source::Inventory;
-            record.uuid.clone_from(&h.uuid);
-            record.serial.clone_from(&h.serial);
-            record.profile.clone_from(&h.profile);
+            record.identity.clone_from(&h.identity);
             record.bmc = h.vars.get("bmc").and_then(|v| v.clone().try_into().ok());
             if existing != Some(&record) {
                 self.commit(&record)?;
@@ -183,12 +174,17 @@ impl Hosts {
     pub fn register(&self, inv: &Inventory, reg: Registration) -> Result<HostRecord, HostsError> {
         let Registration {
             mac,
-            uuid,
-            serial,
-            profile,
+            identity,
             bmc,
+            unknown,
         } = reg;
-        if let Some(p) = &profile
+        if let Some(key) = unknown.keys().next() {
+            return Err(HostsError::Invalid {
+                field: "body",
+                reason: format!("unknown field `{key}`"),
+            });
+        }
+        if let Some(p) = &identity.profile
             && !inv.profiles.contains_key(p)
         {
             return Err(HostsError::Invalid {
@@ -205,9 +201,7 @@ impl Hosts {
         }
         let record = HostRecord {
             mac,
-            uuid,
-            serial,
-            profile,
+            identity,
             bmc,
             source: Source::Api,
             ssh_public_key: None,
@@ -343,19 +337,10 @@ impl Hosts {
     /// its record; with the rebuild's ephemeral public key added to `ssh_authorized_keys`.
     pub fn effective_host(&self, inv: &Inventory, mac: Mac) -> Option<Host> {
         let record = self.get(mac);
-        let mut host = inv.host(mac).cloned().or_else(|| {
-            let r = record.as_ref()?;
-            Some(Host {
-                mac,
-                hostname: None,
-                uuid: r.uuid.clone(),
-                serial: r.serial.clone(),
-                profile: r.profile.clone(),
-                ip: None,
-                boot_file: None,
-                vars: BTreeMap::new(),
-            })
-        })?;
+        let mut host = inv
+            .host(mac)
+            .cloned()
+            .or_else(|| Some(Host::new(mac, record.as_ref()?.identity.clone())))?;
         if let Some(key) = record.and_then(|r| r.ssh_public_key) {
             let keys = host
                 .vars
@@ -371,33 +356,33 @@ impl Hosts {
 
 /// Feeds client events into the host machines, follows the inventory, checks timeouts
 /// and starts the join step of hosts that reached `first_boot`, until `token` fires.
-pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let mut events = shared.clients.subscribe();
+pub async fn run(
+    hosts: Arc<Hosts>,
+    mut events: broadcast::Receiver<(Mac, ClientEvent)>,
+    mut live: Live,
+    joiner: ssh::Joiner,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut inventory: Option<Arc<Inventory>> = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => return Ok(()),
             event = events.recv() => match event {
                 Ok((mac, event)) => {
-                    shared.hosts.on_client_event(mac, &event);
-                    ssh::maybe_join(&shared, mac);
+                    hosts.on_client_event(mac, &event);
+                    joiner.maybe_join(mac);
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "host events lagged: some transitions may be missed");
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
-            _ = tick.tick() => {
-                let inv = shared.inventory();
-                if inventory.as_ref().is_none_or(|i| !Arc::ptr_eq(i, &inv)) {
-                    if let Err(err) = shared.hosts.sync_inventory(&inv) {
-                        warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed");
-                    }
-                    inventory = Some(inv);
+            snapshot = live.changed() => {
+                if let Err(err) = hosts.sync_inventory(&snapshot.inventory) {
+                    warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed");
                 }
-                shared.hosts.check_timeouts();
             }
+            _ = tick.tick() => hosts.check_timeouts(),
         }
     }
 }
@@ -429,10 +414,12 @@ mod tests {
         let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
         let reg = Registration {
             mac: MAC,
-            uuid: None,
-            serial: None,
-            profile: Some("p".into()),
+            identity: HostIdentity {
+                profile: Some("p".into()),
+                ..Default::default()
+            },
             bmc: None,
+            unknown: BTreeMap::new(),
         };
         hosts.register(&inv, reg.clone()).unwrap();
         assert!(matches!(

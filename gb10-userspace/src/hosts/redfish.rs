@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
 use super::{Bmc, HostsError};
-use crate::inventory::Mac;
+use crate::mac::Mac;
 
 /// Each Redfish request gets this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

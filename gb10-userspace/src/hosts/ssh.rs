@@ -11,8 +11,8 @@ use std::{
 use tokio::process::Command;
 use tracing::{info, instrument, warn};
 
-use super::{HostState, Trigger};
-use crate::{daemon::Shared, inventory::Mac};
+use super::{HostState, Hosts, Trigger};
+use crate::{identity::Identity, live::Live, mac::Mac};
 
 /// Each ssh command gets this long.
 const SSH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -107,94 +107,96 @@ pub fn has_key(data_path: &Path, mac: Mac) -> bool {
     key_path(data_path, mac).exists()
 }
 
-/// Starts the join step when `mac` has just reached `first_boot`.
-pub fn maybe_join(shared: &Arc<Shared>, mac: Mac) {
-    let Some(record) = shared.hosts.get(mac) else {
-        return;
-    };
-    if record.machine.state != HostState::FirstBoot {
-        return;
-    }
-    // Moving to `joining` first means a second event cannot start a second join.
-    if shared
-        .hosts
-        .apply(mac, Trigger::JoinStarted, |_| {})
-        .is_err()
-    {
-        return;
-    }
-    tokio::spawn(join(shared.clone(), mac));
+/// What the join step needs: the host records, where hosts are reached, their profiles
+/// (join command and user), and the key store.
+#[derive(Clone)]
+pub struct Joiner {
+    pub hosts: Arc<Hosts>,
+    pub identity: Identity,
+    pub live: Live,
+    pub data_path: PathBuf,
 }
 
-#[instrument(skip_all, fields(mac = %mac))]
-async fn join(shared: Arc<Shared>, mac: Mac) {
-    let data_path = shared.config.data_path.clone();
-    let outcome = join_steps(&shared, mac).await;
-    // The private key goes whatever happened: a failed join needs a rebuild anyway.
-    delete(&data_path, mac).await;
-    let result = match outcome {
-        Ok(()) => shared
-            .hosts
-            .apply(mac, Trigger::Joined, |r| r.ssh_public_key = None),
-        Err(err) => {
-            let reason = format!("join: {}", crate::error_chain(&err));
-            shared.hosts.apply(mac, Trigger::Fail { reason }, |r| {
-                r.ssh_public_key = None;
-            })
+impl Joiner {
+    /// Starts the join step when `mac` has just reached `first_boot`.
+    pub fn maybe_join(&self, mac: Mac) {
+        let Some(record) = self.hosts.get(mac) else {
+            return;
+        };
+        if record.machine.state != HostState::FirstBoot {
+            return;
         }
-    };
-    match result {
-        Ok(r) => info!(state = r.machine.state.label(), "join step done"),
-        Err(err) => warn!(error = %crate::error_chain(&err), "join step outcome not recorded"),
+        // Moving to `joining` first means a second event cannot start a second join.
+        if self.hosts.apply(mac, Trigger::JoinStarted, |_| {}).is_err() {
+            return;
+        }
+        tokio::spawn(self.clone().join(mac));
     }
-}
 
-async fn join_steps(shared: &Shared, mac: Mac) -> Result<(), SshError> {
-    let inv = shared.inventory();
-    let record = shared.hosts.get(mac);
-    let profile = record
-        .as_ref()
-        .and_then(|r| r.profile.as_deref())
-        .and_then(|p| inv.profiles.get(p))
-        .or_else(|| inv.profile_for(inv.host(mac)).map(|(_, p)| p));
-    let var = |k: &str| {
-        profile
-            .and_then(|p| p.vars.get(k))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
-    // Where the seed put the key on the host (the profile may say; default root's file).
-    let keys_file =
-        var("join_authorized_keys").unwrap_or_else(|| "$HOME/.ssh/authorized_keys".into());
-    let Some(command) = var("join_command") else {
-        info!("profile has no join_command: nothing to run, only the key to remove");
-        let ip = address(shared, mac).ok_or(SshError::NoAddress)?;
-        let target = Target::new(shared, mac, ip, &var("join_user"), &var("join_port"));
-        return target
+    #[instrument(skip_all, fields(mac = %mac))]
+    async fn join(self, mac: Mac) {
+        let outcome = self.join_steps(mac).await;
+        // The private key goes whatever happened: a failed join needs a rebuild anyway.
+        delete(&self.data_path, mac).await;
+        let result = match outcome {
+            Ok(()) => self
+                .hosts
+                .apply(mac, Trigger::Joined, |r| r.ssh_public_key = None),
+            Err(err) => {
+                let reason = format!("join: {}", crate::error_chain(&err));
+                self.hosts.apply(mac, Trigger::Fail { reason }, |r| {
+                    r.ssh_public_key = None;
+                })
+            }
+        };
+        match result {
+            Ok(r) => info!(state = r.machine.state.label(), "join step done"),
+            Err(err) => warn!(error = %crate::error_chain(&err), "join step outcome not recorded"),
+        }
+    }
+
+    async fn join_steps(&self, mac: Mac) -> Result<(), SshError> {
+        let snapshot = self.live.now();
+        let inv = &snapshot.inventory;
+        let record = self.hosts.get(mac);
+        let profile = record
+            .as_ref()
+            .and_then(|r| r.identity.profile.as_deref())
+            .and_then(|p| inv.profiles.get(p))
+            .or_else(|| inv.profile_for(inv.host(mac)).map(|(_, p)| p));
+        let var = |k: &str| {
+            profile
+                .and_then(|p| p.vars.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        // Where the seed put the key on the host (the profile may say; default root's file).
+        let keys_file =
+            var("join_authorized_keys").unwrap_or_else(|| "$HOME/.ssh/authorized_keys".into());
+        let ip = self.identity.address(mac).ok_or(SshError::NoAddress)?;
+        let target = Target::new(
+            &self.data_path,
+            mac,
+            ip,
+            &var("join_user"),
+            &var("join_port"),
+        );
+        match var("join_command") {
+            Some(command) => {
+                target.run("the join command", &command).await?;
+                info!(%ip, "join command succeeded");
+            }
+            None => info!("profile has no join_command: nothing to run, only the key to remove"),
+        }
+        target
             .run("removing the key", &remove_command(mac, &keys_file))
-            .await;
-    };
-    let ip = address(shared, mac).ok_or(SshError::NoAddress)?;
-    let target = Target::new(shared, mac, ip, &var("join_user"), &var("join_port"));
-    target.run("the join command", &command).await?;
-    info!(%ip, "join command succeeded");
-    target
-        .run("removing the key", &remove_command(mac, &keys_file))
-        .await
+            .await
+    }
 }
 
 /// Deletes the line of this rebuild's key (matched by its comment) from `file`.
 fn remove_command(mac: Mac, file: &str) -> String {
     format!("sed -i '/ {}$/d' \"{file}\"", comment(mac))
-}
-
-/// The host's address: its fixed IP, its lease, or what its heartbeat said.
-fn address(shared: &Shared, mac: Mac) -> Option<Ipv4Addr> {
-    let fixed = shared.inventory().host(mac).and_then(|h| h.ip);
-    let client = shared.clients.get(mac);
-    fixed
-        .or_else(|| client.as_ref().and_then(|c| c.lease_ip))
-        .or_else(|| client.and_then(|c| c.reported_ip))
 }
 
 struct Target {
@@ -207,13 +209,12 @@ struct Target {
 
 impl Target {
     fn new(
-        shared: &Shared,
+        data_path: &Path,
         mac: Mac,
         ip: Ipv4Addr,
         user: &Option<String>,
         port: &Option<String>,
     ) -> Self {
-        let data_path = &shared.config.data_path;
         Self {
             key: key_path(data_path, mac),
             known_hosts: key_dir(data_path).join("known_hosts"),

@@ -4,7 +4,7 @@ use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::machine::Machine;
-use crate::{inventory::Mac, store::Store};
+use crate::{inventory::HostIdentity, mac::Mac, store::Store};
 
 /// MAC text → JSON of a [`HostRecord`].
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
@@ -60,12 +60,8 @@ pub struct Bmc {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
     pub mac: Mac,
-    #[serde(default)]
-    pub uuid: Option<String>,
-    #[serde(default)]
-    pub serial: Option<String>,
-    #[serde(default)]
-    pub profile: Option<String>,
+    #[serde(flatten)]
+    pub identity: HostIdentity,
     #[serde(default)]
     pub bmc: Option<Bmc>,
     pub source: Source,

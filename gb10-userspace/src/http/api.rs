@@ -14,18 +14,22 @@ use serde::Deserialize;
 use tracing::{info, instrument, warn};
 
 use super::Peer;
-use crate::{clients::ClientEvent, daemon::Shared, inventory::Mac};
+use crate::{
+    clients::{ClientEvent, Clients},
+    mac::Mac,
+};
 
 /// Longest heartbeat `phase`, in bytes.
 const PHASE_MAX: usize = 32;
 /// Longest heartbeat `message`, in bytes.
 const MESSAGE_MAX: usize = 1024;
 
-pub fn routes() -> Router<Arc<Shared>> {
+pub fn routes(clients: Arc<Clients>) -> Router {
     Router::new()
         .route("/heartbeat", post(heartbeat))
         .route("/clients", get(list))
         .route("/clients/{mac}", get(one))
+        .with_state(clients)
 }
 
 /// A heartbeat as posted: `{"mac": "...", "phase": "...", "message": "...", "ip": "..."}`
@@ -106,13 +110,13 @@ fn parse_beat(headers: &HeaderMap, body: &[u8]) -> Result<(Mac, Beat), BeatError
 }
 
 async fn heartbeat(
-    State(shared): State<Arc<Shared>>,
+    State(clients): State<Arc<Clients>>,
     peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     match parse_beat(&headers, &body) {
-        Ok((mac, beat)) => record(&shared, mac, beat, peer),
+        Ok((mac, beat)) => record(&clients, mac, beat, peer),
         Err(err) => {
             warn!(peer = ?peer.0, error = %err, "bad heartbeat");
             (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response()
@@ -121,15 +125,16 @@ async fn heartbeat(
 }
 
 #[instrument(skip_all, fields(mac = %mac))]
-fn record(shared: &Shared, mac: Mac, beat: Beat, peer: Peer) -> Response {
+fn record(clients: &Clients, mac: Mac, beat: Beat, peer: Peer) -> Response {
     let Beat {
         mac: _,
         phase,
         message,
         ip,
     } = beat;
-    info!(%phase, ?message, "heartbeat");
-    shared.clients.record(
+    // Not `message`: that is the field tracing keeps the line's own text in.
+    info!(%phase, text = ?message, "heartbeat");
+    clients.record(
         mac,
         ClientEvent::Heartbeat {
             phase,
@@ -137,19 +142,19 @@ fn record(shared: &Shared, mac: Mac, beat: Beat, peer: Peer) -> Response {
             ip: ip.or(peer.0),
         },
     );
-    let state = shared.clients.state(mac).map(|s| s.label());
+    let state = clients.state(mac).map(|s| s.label());
     Json(serde_json::json!({ "mac": mac, "state": state })).into_response()
 }
 
-async fn list(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.clients.all()).into_response()
+async fn list(State(clients): State<Arc<Clients>>) -> Response {
+    Json(clients.all()).into_response()
 }
 
-async fn one(State(shared): State<Arc<Shared>>, Path(mac): Path<String>) -> Response {
+async fn one(State(clients): State<Arc<Clients>>, Path(mac): Path<String>) -> Response {
     let Ok(mac) = mac.parse::<Mac>() else {
         return (StatusCode::BAD_REQUEST, "not a MAC address\n").into_response();
     };
-    match shared.clients.get(mac) {
+    match clients.get(mac) {
         Some(record) => Json(record).into_response(),
         None => (StatusCode::NOT_FOUND, "no such client\n").into_response(),
     }

@@ -1,10 +1,14 @@
-//! One LAN HTTP/1.1 connection. Plain GET/HEAD requests (no body, no upgrade) are read
+//! One HTTP/1.1 connection, on any of our listeners. Plain GET/HEAD requests (no body, no upgrade) are read
 //! and written here and answered by the router, so a static file's bytes go from the
 //! page cache to the socket with sendfile(2) and a small response is one write. Any
 //! other request (a body, HTTP/1.0, `Expect`, an upgrade, a head that does not parse)
-//! hands the connection, with the bytes already read, to hyper for the rest of its life.
+//! hands the connection, with the bytes already read, to hyper for that one request.
+//! Both paths keep [`HttpLimits`]: a whole request (head and body) within
+//! `request_timeout` of its first byte, no more than `idle_timeout` between requests,
+//! and no write stalled longer than `write_timeout`.
 use std::{
     cell::RefCell,
+    future::Future as _,
     io,
     net::SocketAddr,
     os::fd::AsRawFd as _,
@@ -24,15 +28,14 @@ use http_body_util::BodyExt as _;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf},
     net::TcpStream,
+    time::{Instant, Sleep},
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::static_files::FileRange;
+use crate::config::HttpLimits;
 
-/// How long a client may take to send a whole request head, idle time included: a
-/// connection that sends nothing is let go rather than holding a socket for ever.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A head larger than this is left to hyper (which answers 431).
 const MAX_HEAD: usize = 16 * 1024;
 /// Headers a request may carry before it is left to hyper.
@@ -40,14 +43,22 @@ const MAX_HEADERS: usize = 64;
 /// Largest sendfile(2) call: the kernel caps one call near 2 GiB anyway.
 const SENDFILE_MAX: u64 = 1 << 30;
 
-/// Serves `tcp` until the client closes, a request says `Connection: close`, the
-/// header timeout passes, or `stop` fires between requests.
-pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, app: Router, stop: CancellationToken) {
+/// Serves `tcp` until the client closes, a request says `Connection: close`, a limit
+/// of `limits` passes, or `stop` fires between requests.
+pub async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     loop {
-        let head = match next_head(&mut tcp, &mut buf, &stop).await {
+        let head = match next_head(&mut tcp, &mut buf, &limits, &stop).await {
             Next::Request(head) => head,
-            Next::HandOff => return hand_off(tcp, buf, peer, app, stop).await,
+            Next::HandOff { deadline } => {
+                return hand_off(tcp, buf, peer, app, limits, deadline, stop).await;
+            }
             Next::Close => return,
         };
         buf.drain(..head.len);
@@ -60,10 +71,10 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, app: Router, stop: Canc
         *req.headers_mut() = head.headers;
         req.extensions_mut().insert(ConnectInfo(peer));
         let Ok(response) = app.clone().oneshot(req).await;
-        match respond(&mut tcp, response, is_head, close).await {
+        match respond(&mut tcp, response, is_head, close, limits.write_timeout).await {
             Ok(true) => {}
             Ok(false) => {
-                let _ = tcp.shutdown().await;
+                let _ = tokio::time::timeout(limits.write_timeout, tcp.shutdown()).await;
                 return;
             }
             Err(err) => {
@@ -85,34 +96,56 @@ struct Head {
     close: bool,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per request; a Box would allocate on the hot path"
+)]
 enum Next {
     Request(Head),
-    HandOff,
+    /// For hyper, with the time the whole request must have arrived by.
+    HandOff {
+        deadline: Instant,
+    },
     Close,
 }
 
-/// Reads until `buf` holds a whole request head.
-async fn next_head(tcp: &mut TcpStream, buf: &mut Vec<u8>, stop: &CancellationToken) -> Next {
-    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+/// Reads until `buf` holds a whole request head: its first byte within `idle_timeout`,
+/// the rest within `request_timeout` of that byte.
+async fn next_head(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &HttpLimits,
+    stop: &CancellationToken,
+) -> Next {
+    // Bytes left from a pipelined request started this one now.
+    let mut deadline = (!buf.is_empty()).then(|| Instant::now() + limits.request_timeout);
+    let idle_until = Instant::now() + limits.idle_timeout;
     loop {
+        let started = deadline.unwrap_or_else(|| Instant::now() + limits.request_timeout);
         match parse(buf) {
             Parsed::Plain(head) => return Next::Request(head),
-            Parsed::Other => return Next::HandOff,
-            Parsed::Partial if buf.len() >= MAX_HEAD => return Next::HandOff,
+            Parsed::Other => return Next::HandOff { deadline: started },
+            Parsed::Partial if buf.len() >= MAX_HEAD => {
+                return Next::HandOff { deadline: started };
+            }
             Parsed::Partial => {}
         }
         let read = tokio::select! {
             () = stop.cancelled() => return Next::Close,
-            read = tokio::time::timeout_at(deadline, tcp.read_buf(buf)) => read,
+            read = tokio::time::timeout_at(deadline.unwrap_or(idle_until), tcp.read_buf(buf)) => read,
         };
         match read {
-            Ok(Ok(n)) if n > 0 => {}
-            // Closed, failed, or too slow: nothing more to answer.
+            Ok(Ok(n)) if n > 0 => deadline = Some(started),
+            // Closed, failed, idle or too slow: nothing more to answer.
             _ => return Next::Close,
         }
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per request; a Box would allocate on the hot path"
+)]
 enum Parsed {
     Plain(Head),
     Partial,
@@ -185,6 +218,7 @@ async fn respond(
     response: axum::response::Response,
     is_head: bool,
     client_close: bool,
+    write_timeout: Duration,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -238,14 +272,14 @@ async fn respond(
     out.extend_from_slice(b"\r\n");
 
     if no_body {
-        tcp.write_all(&out).await?;
+        write_all(tcp, &out, write_timeout).await?;
         return Ok(!close);
     }
     if let Some(range) = file {
         // The head leaves with the first bytes of the file: MSG_MORE holds it back
         // until sendfile adds to it, as nginx's tcp_nopush does.
-        send_more(tcp, &out).await?;
-        sendfile(tcp, range).await?;
+        send_more(tcp, &out, write_timeout).await?;
+        sendfile(tcp, range, write_timeout).await?;
         return Ok(!close);
     }
     // Small bodies (the usual: a script, a config, a status page) go out with the head
@@ -268,7 +302,7 @@ async fn respond(
         // Large or streamed bodies are written as they come (an event stream must
         // reach its client at once).
         if out.len() >= 64 * 1024 || exact.is_none() {
-            tcp.write_all(&out).await?;
+            write_all(tcp, &out, write_timeout).await?;
             out.clear();
         }
     }
@@ -276,9 +310,30 @@ async fn respond(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        tcp.write_all(&out).await?;
+        write_all(tcp, &out, write_timeout).await?;
     }
     Ok(!close)
+}
+
+/// Waits until `tcp` takes more bytes, for at most `limit`: a client that reads nothing
+/// for that long is let go.
+async fn writable(tcp: &TcpStream, limit: Duration) -> io::Result<()> {
+    tokio::time::timeout(limit, tcp.writable())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
+}
+
+/// Writes all of `bytes`, each write making progress within `limit`.
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
+    while !bytes.is_empty() {
+        writable(tcp, limit).await?;
+        match tcp.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 fn line(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -302,10 +357,10 @@ fn title_case(out: &mut Vec<u8>, name: &[u8]) {
     }
 }
 
-/// Writes all of `bytes` with MSG_MORE.
-async fn send_more(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes` with MSG_MORE, each write making progress within `limit`.
+async fn send_more(tcp: &TcpStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
     while !bytes.is_empty() {
-        tcp.writable().await?;
+        writable(tcp, limit).await?;
         let sent = tcp.try_io(Interest::WRITABLE, || {
             // SAFETY: send(2) reads `bytes` for its length from a socket we own.
             let n = unsafe {
@@ -331,12 +386,13 @@ async fn send_more(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends the file range from the page cache to the socket.
-async fn sendfile(tcp: &TcpStream, range: &FileRange) -> io::Result<()> {
+/// Sends the file range from the page cache to the socket, each call making progress
+/// within `limit`.
+async fn sendfile(tcp: &TcpStream, range: &FileRange, limit: Duration) -> io::Result<()> {
     let mut offset = range.start as libc::off_t;
     let mut left = range.count;
     while left > 0 {
-        tcp.writable().await?;
+        writable(tcp, limit).await?;
         let sent = tcp.try_io(Interest::WRITABLE, || {
             // SAFETY: both descriptors are open for the call; the kernel advances
             // `offset`, which we own.
@@ -367,7 +423,7 @@ async fn sendfile(tcp: &TcpStream, range: &FileRange) -> io::Result<()> {
 
 thread_local! {
     /// The `Date` value, formatted once a second per thread.
-    static DATE: RefCell<CachedDate> = RefCell::new(CachedDate { secs: 0, text: String::new() });
+    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { secs: 0, text: String::new() }) };
 }
 
 struct CachedDate {
@@ -387,29 +443,43 @@ impl CachedDate {
     }
 }
 
-/// Gives the connection to hyper, replaying what was read already.
+/// Gives the connection to hyper for one request, replaying what was read already; its
+/// body must have arrived by `deadline`.
 async fn hand_off(
     tcp: TcpStream,
     read: Vec<u8>,
     peer: SocketAddr,
     app: Router,
+    limits: HttpLimits,
+    deadline: Instant,
     stop: CancellationToken,
 ) {
     use hyper_util::rt::TokioIo;
 
-    let service = hyper::service::service_fn(move |mut req: Request<_>| {
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req.map(Body::new))
+        let req = req.map(|body| {
+            Body::new(Deadline {
+                inner: body,
+                timer: Box::pin(tokio::time::sleep_until(deadline)),
+            })
+        });
+        app.clone().oneshot(req)
     });
     let io = Rewind {
         read,
         pos: 0,
         inner: tcp,
+        write_timeout: limits.write_timeout,
+        stalled: None,
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .title_case_headers(true)
+        // One request: the next goes back through a deadline of its own only if the
+        // client opens a new connection (requests with bodies are rare here).
+        .keep_alive(false)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -424,11 +494,74 @@ async fn hand_off(
     }
 }
 
-/// A stream that first yields bytes already read from it.
+/// A request body that fails once its request's deadline passes, so a client that
+/// trickles a body cannot hold its connection (and its slot) for longer.
+struct Deadline {
+    inner: hyper::body::Incoming,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl axum::body::HttpBody for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request body not received within http.request_timeout",
+            )
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A stream that first yields bytes already read from it, and fails a write that makes
+/// no progress for `write_timeout`.
 struct Rewind {
     read: Vec<u8>,
     pos: usize,
     inner: TcpStream,
+    write_timeout: Duration,
+    /// Running while a write waits for the client to read.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Rewind {
+    /// `poll` (a write) as it went; a pending write arms the stall timer, progress
+    /// disarms it, a stall past the timeout is an error.
+    fn stall<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -454,7 +587,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.stall(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -462,7 +596,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stall(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -470,11 +605,13 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.stall(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.stall(cx, poll)
     }
 }
 

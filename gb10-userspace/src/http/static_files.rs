@@ -18,10 +18,25 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use crate::{
-    clients::ClientEvent,
+    clients::{ClientEvent, Clients},
     confine::{OpenError, Root},
-    daemon::Shared,
+    identity::Identity,
+    live::Live,
 };
+
+/// What the static file routes use.
+#[derive(Clone)]
+pub struct Files {
+    /// `data_path/www`, served at `/`.
+    pub www: PathBuf,
+    /// `[http] mounts`: URL prefix → directory, longest first.
+    pub mounts: Arc<[(String, PathBuf)]>,
+    /// Who fetched a boot file or kernel, for the client's timeline.
+    pub identity: Identity,
+    pub events: Arc<Clients>,
+    /// Profiles name the kernel and initrd a fetch is recorded as.
+    pub live: Live,
+}
 
 /// Read size of the streamed body: large enough that a multi-GiB image is a few thousand
 /// reads per GiB, small enough that many parallel downloads stay cheap in memory.
@@ -87,7 +102,7 @@ fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located
 }
 
 /// The fallback handler: every GET/HEAD no other route took.
-pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) -> Response {
+pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Response {
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
         return (
@@ -97,8 +112,7 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
             .into_response();
     }
     let raw = req.uri().path().to_owned();
-    let www = shared.config.data_path.join("www");
-    let (root, path) = match locate(&www, &shared.config.http.mounts, &raw) {
+    let (root, path) = match locate(&files.www, &files.mounts, &raw) {
         Ok(Located::File { root, path }) => (root, path),
         Ok(Located::Redirect(to)) => return redirect(&to),
         Err(Refused::BadPath) => {
@@ -150,7 +164,7 @@ pub async fn serve(State(shared): State<Arc<Shared>>, peer: Peer, req: Request) 
     }
     let response = file_response(&method, headers, &path, &meta, file, small).await;
     if method == Method::GET && response.status().is_success() {
-        note_fetch(&shared, peer, &raw, headers);
+        note_fetch(&files, peer, &raw, headers);
     }
     response
 }
@@ -226,7 +240,7 @@ fn open_root(path: &Path) -> Option<Arc<Root>> {
 
 /// Tells the client record that a boot file or kernel was fetched, when the requester is
 /// known by its address.
-fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
+fn note_fetch(files: &Files, peer: Peer, raw: &str, headers: &HeaderMap) {
     let Some(ip) = peer.0 else { return };
     // Later ranges of a download are the same fetch.
     if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok())
@@ -234,10 +248,11 @@ fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
     {
         return;
     }
-    let Some(mac) = shared.mac_by_ip(ip) else {
+    let Some(mac) = files.identity.who(ip) else {
         return;
     };
-    let inv = shared.inventory();
+    let snapshot = files.live.now();
+    let inv = &snapshot.inventory;
     let path = percent_decode_str(raw).decode_utf8_lossy().into_owned();
     let rel = path.trim_start_matches('/');
     let is_kernel = inv.profile_for(inv.host(mac)).is_some_and(|(_, p)| {
@@ -256,7 +271,7 @@ fn note_fetch(shared: &Shared, peer: Peer, raw: &str, headers: &HeaderMap) {
     } else {
         return;
     };
-    shared.clients.record(mac, event);
+    files.events.record(mac, event);
 }
 
 /// An error status with a one-line text body, closing the connection, as nginx and

@@ -6,17 +6,40 @@ mod server;
 mod session;
 pub mod stats;
 
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{net::SocketAddrV4, path::PathBuf, sync::Arc};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::stats::Stats;
-use crate::{daemon::Shared, inventory::Mac, lan};
+use crate::{
+    clients::Clients,
+    config::TftpConfig,
+    identity::Identity,
+    lan::{self, LanAddr},
+    seeds::Seeds,
+    xdp::LanXdp,
+};
+
+/// What the TFTP service uses.
+pub struct Tftp {
+    pub config: TftpConfig,
+    /// `data_path/tftp`.
+    pub root: PathBuf,
+    /// For the MTU, which bounds the block size.
+    pub lan_iface: String,
+    pub lan_addr: LanAddr,
+    /// GRUB's configs are rendered, not read; they name the HTTP port.
+    pub seeds: Seeds,
+    pub http_port: u16,
+    /// Who fetched a boot file, for the client's timeline.
+    pub identity: Identity,
+    pub events: Arc<Clients>,
+    pub stats: Arc<Stats>,
+    /// Transfer ports are registered with the LAN program, so its counters and guard
+    /// know them.
+    pub xdp: Option<Arc<LanXdp>>,
+}
 
 /// The TFTP root inside `data_path`.
 pub const ROOT_DIR: &str = "tftp";
@@ -41,8 +64,8 @@ pub enum TftpError {
 }
 
 /// Serves TFTP on the live LAN address until `token` fires.
-pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Result<()> {
-    let path = shared.config.data_path.join(ROOT_DIR);
+pub async fn run(tftp: Tftp, token: CancellationToken) -> anyhow::Result<()> {
+    let path = tftp.root.clone();
     if let Err(err) = std::fs::create_dir_all(&path) {
         warn!(path = %path.display(), %err, "cannot create the TFTP root");
     }
@@ -52,33 +75,23 @@ pub async fn run(shared: Arc<Shared>, token: CancellationToken) -> anyhow::Resul
     })?;
     info!(root = %path.display(), "TFTP root");
     let root = Arc::new(root);
-    let config = shared.config.tftp.clone();
-    lan::follow("tftp", shared.lan_addr.clone(), token, |ip, stop| {
+    let lan_addr = tftp.lan_addr.clone();
+    let tftp = Arc::new(tftp);
+    lan::follow("tftp", lan_addr, token, |ip, stop| {
         // Read per bind: the MTU may have changed with the address.
         let limits = packet::Limits {
-            max_blksize: lan_mtu(&shared.config.lan_iface).saturating_sub(HEADERS),
+            max_blksize: lan_mtu(&tftp.lan_iface).saturating_sub(HEADERS),
             max_window: packet::MAX_WINDOW,
         };
         let ctx = Arc::new(server::Ctx {
-            shared: shared.clone(),
+            tftp: tftp.clone(),
             root: root.clone(),
             limits,
-            config: config.clone(),
         });
         server::serve(ctx, ip, stop)
     })
     .await;
     Ok(())
-}
-
-/// The file a client gets for the (cleaned, root-relative) name it asked for.
-///
-/// The seam for mapping a client's request to another file. The boot decision already
-/// names each client's own boot file (per host, per profile, per architecture) in its
-/// DHCP reply, so the client asks for that very name and this is the identity; GRUB's
-/// per-host configs are addressed by MAC in their path (`grub/hosts/<mac>.cfg`).
-pub fn select_file(_shared: &Shared, _client: Ipv4Addr, requested: &str) -> String {
-    requested.to_owned()
 }
 
 /// The LAN interface's MTU from sysfs; 1500 when unreadable.
@@ -91,18 +104,6 @@ fn lan_mtu(iface: &str) -> u16 {
             1500
         }
     }
-}
-
-/// The MAC of `ip` in a `/proc/net/arp` table, when the entry is complete.
-pub fn mac_from_arp(table: &str, ip: Ipv4Addr) -> Option<Mac> {
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let (addr, flags, mac) = (cols.first()?, cols.get(2)?, cols.get(3)?);
-        // Flags 0x0 = incomplete: the MAC column is all zeros then.
-        (addr.parse::<Ipv4Addr>().ok()? == ip && *flags != "0x0")
-            .then(|| mac.parse().ok())
-            .flatten()
-    })
 }
 
 /// Runs a network packet through everything a request meets before a file is opened:
@@ -130,19 +131,6 @@ pub fn exercise_request(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arp_lookup() {
-        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
-            198.18.0.2       0x1         0x2         02:aa:bb:cc:dd:ee     *        gs1\n\
-            198.18.0.3       0x1         0x0         00:00:00:00:00:00     *        gs1\n";
-        assert_eq!(
-            mac_from_arp(table, "198.18.0.2".parse().unwrap()),
-            Some("02:aa:bb:cc:dd:ee".parse().unwrap())
-        );
-        assert_eq!(mac_from_arp(table, "198.18.0.3".parse().unwrap()), None);
-        assert_eq!(mac_from_arp(table, "198.18.0.4".parse().unwrap()), None);
-    }
 
     fn corpus() -> Vec<Vec<u8>> {
         let dir =

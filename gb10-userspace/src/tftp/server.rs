@@ -18,17 +18,16 @@ use super::{
     session::{self, Link, Outcome, Source, Tally, Timing},
     stats::{Failure, SessionSlot},
 };
-use crate::{clients::ClientEvent, config::TftpConfig, confine::OpenError, daemon::Shared};
+use crate::{clients::ClientEvent, confine::OpenError, mac::Mac, seeds::Server};
 
 /// Packets queued for one single-port session before the listener drops them.
 const INBOX: usize = 64;
 
 /// What every session of one listener shares.
 pub struct Ctx {
-    pub shared: Arc<Shared>,
+    pub tftp: Arc<super::Tftp>,
     pub root: Arc<Root>,
     pub limits: Limits,
-    pub config: TftpConfig,
 }
 
 /// A client port with a session running, and what started it.
@@ -67,14 +66,14 @@ struct Listener {
 
 /// Serves on `ip` until `stop` fires; running sessions are ended with it.
 pub async fn serve(ctx: Arc<Ctx>, ip: Ipv4Addr, stop: CancellationToken) -> Result<(), TftpError> {
-    let addr = SocketAddrV4::new(ip, ctx.config.port);
+    let addr = SocketAddrV4::new(ip, ctx.tftp.config.port);
     let socket = Arc::new(
         UdpSocket::bind(addr)
             .await
             .map_err(|source| TftpError::Bind { addr, source })?,
     );
     info!(%addr, max_blksize = ctx.limits.max_blksize,
-        single_port = ctx.config.single_port, "TFTP listening");
+        single_port = ctx.tftp.config.single_port, "TFTP listening");
     let mut listener = Listener {
         ctx,
         socket,
@@ -137,7 +136,7 @@ impl Listener {
                 }
             }
         }
-        let stats = &ctx.shared.tftp;
+        let stats = &ctx.tftp.stats;
         let client = *peer.ip();
         let refuse = |code, message: &str, why: Failure| {
             stats.failed(client, why);
@@ -173,8 +172,8 @@ impl Listener {
             .await;
             return None;
         }
-        let Some(slot) = stats.try_start(ctx.config.max_sessions) else {
-            warn!(%peer, max = ctx.config.max_sessions, "too many TFTP sessions; request refused");
+        let Some(slot) = stats.try_start(ctx.tftp.config.max_sessions) else {
+            warn!(%peer, max = ctx.tftp.config.max_sessions, "too many TFTP sessions; request refused");
             refuse(
                 ErrorCode::NotDefined,
                 "Server busy, retry later",
@@ -195,7 +194,7 @@ impl Listener {
     ) -> impl Future<Output = ()> + use<> {
         self.next_id += 1;
         let (id, ip, peers) = (self.next_id, self.ip, &self.peers);
-        let (tx, rx) = if self.ctx.config.single_port {
+        let (tx, rx) = if self.ctx.tftp.config.single_port {
             let (tx, rx) = mpsc::channel(INBOX);
             (Some(tx), Some(rx))
         } else {
@@ -233,7 +232,7 @@ impl Listener {
                     Ok(link) => link,
                     Err(err) => {
                         warn!(%err, "cannot open a transfer socket");
-                        ctx.shared.tftp.failed(*peer.ip(), Failure::Io);
+                        ctx.tftp.stats.failed(*peer.ip(), Failure::Io);
                         return;
                     }
                 },
@@ -247,14 +246,14 @@ impl Listener {
 /// Opens the file and sends it.
 async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV4) {
     let client = *peer.ip();
-    let stats = &ctx.shared.tftp;
-    let xdp_port = link.port().filter(|_| ctx.shared.xdp.is_some());
-    if let (Some(port), Some(xdp)) = (xdp_port, &ctx.shared.xdp) {
+    let stats = &ctx.tftp.stats;
+    let xdp_port = link.port().filter(|_| ctx.tftp.xdp.is_some());
+    if let (Some(port), Some(xdp)) = (xdp_port, &ctx.tftp.xdp) {
         xdp.add_tftp_port(port);
     }
     let started = Instant::now();
-    let opened = open(ctx, client, &request).await;
-    let (file, size, served) = match opened {
+    let opened = open(ctx, &request).await;
+    let (file, size, served, named) = match opened {
         Ok(f) => f,
         Err(err) => {
             let (code, message) = err.tftp();
@@ -278,8 +277,8 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
     let size = (request.mode == Mode::Octet).then_some(size);
     let negotiated = packet::negotiate(&requested, ctx.limits, size);
     let timing = Timing {
-        timeout: ctx.config.timeout,
-        retries: ctx.config.retries,
+        timeout: ctx.tftp.config.timeout,
+        retries: ctx.tftp.config.retries,
     };
     let mut tally = Tally::default();
     let outcome = session::run(
@@ -305,9 +304,20 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
             info!(file = %served, bytes = tally.bytes, blksize = negotiated.blksize,
                 windowsize = negotiated.windowsize, retransmits = tally.retransmits,
                 ms = elapsed.as_millis() as u64, mb_per_s = format!("{rate:.1}"), "transfer complete");
-            // Per-host GRUB configs were recorded when rendered, under the MAC they name.
-            if !served.starts_with(crate::http::GRUB_HOSTS) {
-                record_boot_file(ctx, client, served).await;
+            // A rendered per-host config is recorded under the MAC it names, anything
+            // else under the requester's.
+            let mac = match named {
+                Some(mac) => Some(mac),
+                None => ctx.tftp.identity.who_or_neighbour(client),
+            };
+            match mac {
+                Some(mac) => ctx
+                    .tftp
+                    .events
+                    .record(mac, ClientEvent::BootFile { path: served }),
+                None => {
+                    debug!(%client, "no MAC known for the client; boot-file event not recorded")
+                }
             }
         }
         Outcome::Aborted { code, message } => {
@@ -334,7 +344,7 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
 }
 
 fn unregister(ctx: &Ctx, port: Option<u16>) {
-    if let (Some(port), Some(xdp)) = (port, &ctx.shared.xdp) {
+    if let (Some(port), Some(xdp)) = (port, &ctx.tftp.xdp) {
         xdp.remove_tftp_port(port);
     }
 }
@@ -342,18 +352,22 @@ fn unregister(ctx: &Ctx, port: Option<u16>) {
 /// What a transfer sends: a file beneath the root, or a rendered config.
 type Content = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
-/// The content for this client and request: (content, size, name served). GRUB's
-/// configs (`grub/grub.cfg`, `grub/hosts/<mac>.cfg`) are rendered per request, as over
-/// HTTP: Debian's signed network GRUB has no http module and reads them over TFTP.
+/// The content for a request: (content, size, name served, the MAC a rendered per-host
+/// config names). GRUB's configs (`grub/grub.cfg`, `grub/hosts/<mac>.cfg`) are rendered
+/// per request, as over HTTP: Debian's signed network GRUB has no http module and reads
+/// them over TFTP. Everything else is a file beneath the root.
 async fn open(
     ctx: &Ctx,
-    client: Ipv4Addr,
     request: &Request,
-) -> Result<(Content, u64, String), PathError> {
+) -> Result<(Content, u64, String, Option<Mac>), PathError> {
     let name = path::clean(&request.filename)?;
-    let name = super::select_file(&ctx.shared, client, &name);
-    let server_ip = (*ctx.shared.lan_addr.borrow()).unwrap_or(Ipv4Addr::UNSPECIFIED);
-    if let Some(rendered) = crate::http::tftp_script(&ctx.shared, &name, server_ip) {
+    let server = Server {
+        host: (*ctx.tftp.lan_addr.borrow())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+            .to_string(),
+        port: ctx.tftp.http_port,
+    };
+    if let Some((mac, rendered)) = ctx.tftp.seeds.tftp(&name, &server) {
         let text = rendered.map_err(|e| {
             warn!(file = %name, error = %crate::error_chain(&e), "boot loader config failed to render");
             PathError::Render(Box::new(e))
@@ -363,6 +377,7 @@ async fn open(
             Box::pin(std::io::Cursor::new(text.into_bytes())),
             size,
             name,
+            mac,
         ));
     }
     let root = ctx.root.clone();
@@ -373,27 +388,9 @@ async fn open(
             Box::pin(tokio::fs::File::from_std(file)) as Content,
             size,
             name,
+            None,
         ))
     })
     .await
     .map_err(|e| PathError::Open(OpenError::Io(e.into())))?
-}
-
-/// Records `ClientEvent::BootFile` under the client's MAC, from the kernel's neighbour
-/// table (the client just talked to us, so its entry is fresh).
-async fn record_boot_file(ctx: &Ctx, client: Ipv4Addr, path: String) {
-    let mac = tokio::task::spawn_blocking(move || {
-        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-        super::mac_from_arp(&table, client)
-    })
-    .await
-    .ok()
-    .flatten();
-    match mac {
-        Some(mac) => ctx
-            .shared
-            .clients
-            .record(mac, ClientEvent::BootFile { path }),
-        None => debug!(%client, "no MAC known for the client; boot-file event not recorded"),
-    }
 }

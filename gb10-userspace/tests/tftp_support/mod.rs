@@ -39,7 +39,7 @@ pub fn put(lab: &Lab, rel: &str, data: &[u8]) {
 /// `size` pseudo-random bytes (xorshift, `seed`) written at `rel`; returns them.
 #[track_caller]
 pub fn put_random(lab: &Lab, rel: &str, size: usize, seed: u64) -> Vec<u8> {
-    let data = gb10_lab::random_bytes(size, seed);
+    let data = gb10_lab::pseudo_random(seed, size);
     put(lab, rel, &data);
     data
 }

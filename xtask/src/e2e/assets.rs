@@ -1,5 +1,7 @@
-//! Boot assets from Debian packages only: `apt-get download`, `dpkg-deb -x` into
-//! `target/e2e/assets/<arch>`, and a busybox initramfs that phones home. Cached.
+//! Boot assets from Debian packages only: `apt-get download` into
+//! `target/e2e/assets/<arch>/debs` (which `gb10-provision assets` turns into the boot
+//! chain, see [`super::lab`]), unpacked with `dpkg-deb -x` for what the chain does not
+//! hold: a busybox initramfs that phones home, and a GRUB with the http module. Cached.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -63,8 +65,8 @@ const DHCP_SCRIPT: &str = r#"#!/bin/sh
 ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
 "#;
 
-/// A CPU architecture of the VMs, in Debian's spelling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A CPU architecture of the VMs and images, in Debian's spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
     Amd64,
     Arm64,
@@ -87,15 +89,13 @@ impl Arch {
     }
 }
 
-/// Everything one architecture boots, unpacked.
+/// What one architecture boots beyond the packages.
 pub struct ArchAssets {
-    /// Where the packages were unpacked.
-    pub tree: PathBuf,
-    pub kernel: PathBuf,
+    /// The downloaded packages (shim, GRUB, kernel, iPXE, ...): `gb10-provision assets`
+    /// places the boot chain from these.
+    pub debs: PathBuf,
+    /// The busybox initramfs that phones home (a linux-image package has no initrd).
     pub initrd: PathBuf,
-    pub shim: PathBuf,
-    /// Debian's signed network GRUB (`grubnet*.efi.signed`).
-    pub grub: PathBuf,
     /// A network GRUB with the http module, for UEFI HTTP boot (see [`build_http_grub`]).
     pub grub_http: PathBuf,
 }
@@ -106,13 +106,6 @@ pub struct Assets {
 }
 
 impl Assets {
-    pub fn get(&self, arch: Arch) -> &ArchAssets {
-        match arch {
-            Arch::Amd64 => &self.amd64,
-            Arch::Arm64 => &self.arm64,
-        }
-    }
-
     /// Downloads and unpacks what is not cached yet; builds the initramfs.
     pub fn prepare() -> anyhow::Result<Self> {
         let base = root().join("target/e2e/assets");
@@ -121,35 +114,11 @@ impl Assets {
             arm64: prepare_arch(&base, Arch::Arm64)?,
         })
     }
-
-    /// Upstream-ish iPXE EFI binaries (Debian's `ipxe`, an `all` package).
-    pub fn ipxe_efi(&self, name: &str) -> PathBuf {
-        // usr/lib/ipxe/ipxe.efi is an absolute symlink to /boot/ipxe.efi.
-        let lib = self.amd64.tree.join("usr/lib/ipxe").join(name);
-        let boot = self.amd64.tree.join("boot").join(name);
-        if boot.exists() { boot } else { lib }
-    }
 }
 
 fn packages(arch: Arch) -> anyhow::Result<Vec<String>> {
     let a = arch.debian();
-    // The metapackage names the current kernel package; download that one.
-    let meta = format!("linux-image-cloud-{a}:{a}");
-    let out = Command::new("apt-cache")
-        .args(["depends", &meta])
-        .output()
-        .context("apt-cache depends")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let kernel = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: linux-image-"))
-        .with_context(|| format!("apt-cache depends {meta}: no kernel package in\n{text}"))?;
-    let kernel = format!("linux-image-{}", kernel.trim());
-    let kernel = if kernel.contains(':') {
-        kernel
-    } else {
-        format!("{kernel}:{a}")
-    };
+    let kernel = gb10_lab::debs::cloud_kernel_package(a).map_err(anyhow::Error::msg)?;
     let mut list = vec![
         kernel,
         format!("shim-signed:{a}"),
@@ -166,47 +135,32 @@ fn packages(arch: Arch) -> anyhow::Result<Vec<String>> {
 fn prepare_arch(base: &Path, arch: Arch) -> anyhow::Result<ArchAssets> {
     let a = arch.debian();
     let tree = base.join(a).join("tree");
+    let debs = base.join(a).join("debs");
+    let list = packages(arch)?;
+    let files = gb10_lab::debs::apt_download(&debs, &list).map_err(anyhow::Error::msg)?;
     // The marker holds the package list, so a changed list unpacks afresh.
     let done = base.join(a).join(".unpacked");
-    let list = packages(arch)?;
     if std::fs::read_to_string(&done).ok().as_deref() != Some(list.join("\n").as_str()) {
-        let debs = base.join(a).join("debs");
-        let _ = std::fs::remove_dir_all(&debs);
-        std::fs::create_dir_all(&debs)?;
         let _ = std::fs::remove_dir_all(&tree);
-        println!("e2e: apt-get download {}", list.join(" "));
-        // Not `exec`: that runs from the workspace root, and apt-get downloads into the
-        // current directory.
-        let status = Command::new("apt-get")
-            .arg("download")
-            .args(&list)
-            .current_dir(&debs)
-            .status()
-            .context("spawning apt-get download")?;
-        if !status.success() {
-            bail!("apt-get download {} failed ({status})", list.join(" "));
-        }
         std::fs::create_dir_all(&tree)?;
-        for deb in std::fs::read_dir(&debs)? {
-            let deb = deb?.path();
-            exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+        for deb in &files {
+            exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
         }
+        // Built from the old tree: rebuild.
+        let _ = std::fs::remove_file(base.join(a).join("initrd.img"));
+        let _ = std::fs::remove_file(base.join(a).join(format!("grubhttp{}.efi", efi(arch))));
         std::fs::write(&done, list.join("\n"))?;
     }
     let version = std::fs::read_dir(tree.join("lib/modules"))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|v| v.ends_with(a))
         .with_context(|| format!("no kernel modules for {a} in {}", tree.display()))?;
-    let efi = match arch {
-        Arch::Amd64 => "x64",
-        Arch::Arm64 => "aa64",
-    };
     let grubdir = arch.grub_platform();
     let initrd = base.join(a).join("initrd.img");
     if !initrd.exists() {
         build_initrd(&tree, &version, &initrd)?;
     }
-    let grub_http = base.join(a).join(format!("grubhttp{efi}.efi"));
+    let grub_http = base.join(a).join(format!("grubhttp{}.efi", efi(arch)));
     if !grub_http.exists() {
         build_http_grub(
             &tree.join("usr/lib/grub").join(grubdir),
@@ -214,27 +168,26 @@ fn prepare_arch(base: &Path, arch: Arch) -> anyhow::Result<ArchAssets> {
             &grub_http,
         )?;
     }
-    let assets = ArchAssets {
-        kernel: tree.join(format!("boot/vmlinuz-{version}")),
-        initrd,
-        shim: tree.join(format!("usr/lib/shim/shim{efi}.efi.signed")),
-        grub: tree.join(format!(
-            "usr/lib/grub/{grubdir}-signed/grubnet{efi}.efi.signed"
-        )),
-        grub_http,
-        tree,
-    };
-    for p in [
-        &assets.kernel,
-        &assets.shim,
-        &assets.grub,
-        &assets.grub_http,
-    ] {
-        if !p.exists() {
-            bail!("{} missing after unpacking", p.display());
-        }
+    if !grub_http.exists() || !initrd.exists() {
+        bail!(
+            "{} or {} missing after building",
+            initrd.display(),
+            grub_http.display()
+        );
     }
-    Ok(assets)
+    Ok(ArchAssets {
+        debs,
+        initrd,
+        grub_http,
+    })
+}
+
+/// The suffix of UEFI file names (`x64`, `aa64`).
+fn efi(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x64",
+        Arch::Arm64 => "aa64",
+    }
 }
 
 /// Modules of the HTTP GRUB: the network stack, both fetch protocols, and what

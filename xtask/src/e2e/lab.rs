@@ -31,6 +31,24 @@ pub enum Stack {
     Gb10,
     /// The reference: dnsmasq (DHCP, TFTP) + nginx with static scripts.
     Reference,
+    /// gb10-provision's container image of this architecture, run by podman from the
+    /// chart's pod spec (`cargo xtask image --check`).
+    Image(Arch),
+}
+
+/// What serves the VM when it is gb10-provision: the process, or the chart's pod.
+enum Server {
+    Process(gb10_lab::Daemon),
+    Pod(crate::image::check::Pod),
+}
+
+impl Server {
+    fn log(&self) -> String {
+        match self {
+            Self::Process(d) => d.log(),
+            Self::Pod(p) => p.log(),
+        }
+    }
 }
 
 /// How progress is shown.
@@ -120,7 +138,12 @@ fn mac_for(s: &Scenario, stack: Stack) -> String {
         .iter()
         .position(|x| std::ptr::eq(x, s))
         .unwrap_or(0);
-    format!("52:54:00:e2:{:02x}:{:02x}", stack as u8, n + 1)
+    let stack = match stack {
+        Stack::Gb10 => 0,
+        Stack::Reference => 1,
+        Stack::Image(_) => 2,
+    };
+    format!("52:54:00:e2:{stack:02x}:{:02x}", n + 1)
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -132,30 +155,39 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lays out the TFTP and HTTP roots: kernels and initrds under `<arch>/` in both,
-/// boot loaders at the TFTP root (shim looks for GRUB next to itself).
-fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
-    for arch in [Arch::Amd64, Arch::Arm64] {
-        let a = assets.get(arch);
-        for root in [tftp, www] {
-            copy(&a.kernel, &root.join(arch.debian()).join("vmlinuz"))?;
-            copy(&a.initrd, &root.join(arch.debian()).join("initrd.img"))?;
-        }
+/// Lays out the TFTP and HTTP roots with `gb10-provision assets`, as an operator would:
+/// from the downloaded packages (shim, signed GRUB, iPXE, the kernel) and the e2e
+/// initramfs, kernels and initrds under `<arch>/` in both roots, boot loaders at their
+/// top. Then one e2e-only change: UEFI HTTP boot fetches GRUB over HTTP and Debian's
+/// signed network GRUB has no http module, so www/ gets a GRUB built with it.
+fn populate(assets: &Assets, bin: &Path, data: &Path, progress: &Progress) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .arg("assets")
+        .arg(&assets.amd64.debs)
+        .arg(&assets.arm64.debs)
+        .arg(format!("--initrd=amd64={}", assets.amd64.initrd.display()))
+        .arg(format!("--initrd=arm64={}", assets.arm64.initrd.display()))
+        .arg("--data-path")
+        .arg(data)
+        .output()
+        .context("running gb10-provision assets")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "gb10-provision assets failed ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    // PXE fetches the loaders over TFTP, UEFI HTTP boot over HTTP (shim then asks for
-    // GRUB next to itself over the same protocol, and that GRUB must speak HTTP).
-    copy(&assets.amd64.shim, &tftp.join("shimx64.efi"))?;
-    copy(&assets.amd64.grub, &tftp.join("grubx64.efi"))?;
-    copy(&assets.arm64.shim, &tftp.join("shimaa64.efi"))?;
-    copy(&assets.arm64.grub, &tftp.join("grubaa64.efi"))?;
-    copy(&assets.amd64.shim, &www.join("shimx64.efi"))?;
-    copy(&assets.amd64.grub_http, &www.join("grubx64.efi"))?;
-    copy(&assets.arm64.shim, &www.join("shimaa64.efi"))?;
-    copy(&assets.arm64.grub_http, &www.join("grubaa64.efi"))?;
-    for f in ["ipxe.efi", "snponly.efi"] {
-        copy(&assets.ipxe_efi(f), &tftp.join(f))?;
-        copy(&assets.ipxe_efi(f), &www.join(f))?;
+    if let Progress::Lines = progress {
+        let placed = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("placed"))
+            .count();
+        println!("  gb10-provision assets: {placed} boot files placed from the packages");
     }
+    copy(&assets.amd64.grub_http, &data.join("www/grubx64.efi"))?;
+    copy(&assets.arm64.grub_http, &data.join("www/grubaa64.efi"))?;
     Ok(())
 }
 
@@ -321,6 +353,38 @@ fn daemon_args(s: &Scenario) -> Vec<String> {
     args
 }
 
+/// The chart values that make its pod serve the scenario as [`daemon_args`] makes the
+/// process serve it: a CI values file and `--set` pairs on top. XDP and the guard stay
+/// as the values file has them (the chart's defaults), not off.
+fn chart_values(s: &Scenario) -> (&'static str, Vec<(&'static str, String)>) {
+    let efi = match s.chain {
+        Chain::Ipxe(f) => f,
+        Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
+    };
+    let mut set = vec![
+        ("httpPort", HTTP_PORT.to_string()),
+        ("extraConfig.boot.uefi_x86", efi.to_owned()),
+    ];
+    let values = match s.dhcp {
+        Dhcp::Direct => {
+            set.push(("dhcpRange", "198.18.0.100-198.18.0.200".into()));
+            "ci/direct-values.yaml"
+        }
+        Dhcp::Proxy => {
+            set.push(("proxySubnet", "198.18.0.0/24".into()));
+            "ci/proxy-values.yaml"
+        }
+    };
+    if let Chain::HttpBoot(file) = s.chain {
+        let key = match s.arch {
+            Arch::Amd64 => "extraConfig.boot.http_x86",
+            Arch::Arm64 => "extraConfig.boot.http_arm64",
+        };
+        set.push((key, file.to_owned()));
+    }
+    (values, set)
+}
+
 /// Whether the client record holds a boot file fetched over TFTP (HTTP paths start
 /// with `/`, TFTP ones are relative to the TFTP root).
 fn tftp_fetched(client: &str) -> bool {
@@ -460,7 +524,7 @@ pub fn boot(
     let mac = mac_for(s, stack);
     let data = lab.dir.join("data");
     let (tftp, www) = (data.join("tftp"), data.join("www"));
-    populate(assets, &tftp, &www).map_err(|e| fail("setup", format!("{e:#}")))?;
+    populate(assets, bin, &data, progress).map_err(|e| fail("setup", format!("{e:#}")))?;
     fs::write(
         data.join("inventory.toml"),
         inventory(s, &mac, lab.server_ip),
@@ -472,16 +536,22 @@ pub fn boot(
             let bin = bin.to_str().unwrap_or_default();
             let args = daemon_args(s);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Some(
-                lab.start_daemon(bin, &args)
-                    .map_err(|e| fail("setup", format!("gb10-provision: {e}")))?,
-            )
+            Some(Server::Process(lab.start_daemon(bin, &args).map_err(
+                |e| fail("setup", format!("gb10-provision: {e}")),
+            )?))
+        }
+        Stack::Image(arch) => {
+            let (values, set) = chart_values(s);
+            Some(Server::Pod(
+                crate::image::check::serve_bridge(arch, &lab, values, &set)
+                    .map_err(|e| fail("setup", format!("gb10-provision's pod: {e:#}")))?,
+            ))
         }
         Stack::Reference => None,
     };
     let access_log = lab.dir.join("nginx-access.log");
     let _nginx = match stack {
-        Stack::Gb10 => None,
+        Stack::Gb10 | Stack::Image(_) => None,
         Stack::Reference => {
             let conf = reference_files(s, &lab, &mac, &www, &tftp)
                 .map_err(|e| fail("setup", format!("{e:#}")))?;

@@ -18,6 +18,49 @@ pub const CI: &[&str] = &[
     "ovmf-ipxe-proxy",
 ];
 
+/// Boots scenario `name` once, served by the `arch` image's pod (loaded by the image
+/// check), and prints its stages.
+pub fn boot_in_container(arch: assets::Arch, name: &str) -> anyhow::Result<()> {
+    crate::setup::e2e()?;
+    let s = scenario::find(name).ok_or_else(|| anyhow::anyhow!("no scenario `{name}`"))?;
+    let assets = assets::Assets::prepare()?;
+    println!(
+        "e2e in the {} container: {} — {}",
+        arch.debian(),
+        s.name,
+        s.about
+    );
+    // The image serves; the binary path is unused by this stack.
+    let bin = std::path::PathBuf::new();
+    match lab::boot(
+        &assets,
+        &bin,
+        s,
+        lab::Stack::Image(arch),
+        &mut lab::Progress::Lines,
+        |_, _| {},
+    ) {
+        Ok(o) => {
+            println!(
+                "e2e in the {} container: {} heartbeat after {:.1} s",
+                arch.debian(),
+                s.name,
+                o.heartbeat.as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(f) => {
+            eprintln!("{f}");
+            bail!(
+                "{} failed in the {} container at {}",
+                s.name,
+                arch.debian(),
+                f.stage
+            )
+        }
+    }
+}
+
 /// Runs the named scenarios (all with `all`, else the CI set when none are named) and
 /// prints one line per scenario; fails when any failed.
 pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {

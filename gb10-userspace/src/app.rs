@@ -1,0 +1,290 @@
+//! The composition root: the one place that sees everything. `serve` opens the store,
+//! the live snapshot and the XDP program, builds each service with exactly what it
+//! uses, runs them under one cancellation, and on SIGTERM/SIGINT stops them and
+//! detaches the program.
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    clients::{self, Clients},
+    config::{Config, XdpMode},
+    dhcp::{self, LeaseTable},
+    guard::{self, Guard},
+    hosts::{self, Hosts, api::Admin, ssh::Joiner},
+    http::{self, Explain, Files, Health, SeedRoutes},
+    identity::Identity,
+    live, metrics,
+    netlink::LanWatcher,
+    seeds::{self, Seeds},
+    store::Store,
+    tftp::{self, Tftp},
+    xdp::LanXdp,
+};
+
+/// Runs the daemon until a signal asks it to stop.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    // Fails when lan_iface does not exist: never a fallback to other interfaces.
+    let (watcher, lan_addr, lan_state) = LanWatcher::start(&config).await?;
+    let store = Store::open(&config.data_path)?;
+    // Strict templating is checked at start-up: a file that does not parse stops us, a
+    // seed that does not render for a host is logged (that host's requests get 500).
+    let (live, publisher) = live::start(&config.data_path)?;
+    check(&live.now());
+    let clients = Arc::new(Clients::open(store.clone())?);
+    let hosts = Arc::new(Hosts::open(store.clone())?);
+    hosts.sync_inventory(&live.now().inventory)?;
+    let xdp = attach_xdp(&config)?.map(Arc::new);
+    let dhcp_stats = Arc::new(dhcp::Stats::default());
+    let leases = LeaseTable::open(&config, &store, &dhcp_stats);
+    let tftp_stats = Arc::new(tftp::Stats::default());
+    let identity = Identity::new(live.clone(), clients.clone());
+    let seeds = Seeds::new(live.clone(), hosts.clone(), clients.clone());
+
+    let token = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(token.clone()));
+    info!(
+        iface = %config.lan_iface,
+        mode = ?config.mode,
+        xdp = xdp.is_some(),
+        "gb10-provision starting"
+    );
+    let mut services = Services::new(token.clone());
+    services.spawn(move |token| async move {
+        watcher.run(token).await;
+        Ok(())
+    });
+    services.spawn({
+        let dhcp = dhcp::Dhcp {
+            config: config.clone(),
+            live: live.clone(),
+            leases: leases.clone(),
+            store: store.clone(),
+            events: clients.clone(),
+            stats: dhcp_stats.clone(),
+            lan_addr: lan_addr.clone(),
+        };
+        move |token| async move { dhcp::run(dhcp, token).await }
+    });
+    services.spawn({
+        let tftp = Tftp {
+            config: config.tftp.clone(),
+            root: config.data_path.join(tftp::ROOT_DIR),
+            lan_iface: config.lan_iface.clone(),
+            lan_addr: lan_addr.clone(),
+            seeds: seeds.clone(),
+            http_port: config.http_port,
+            identity: identity.clone(),
+            events: clients.clone(),
+            stats: tftp_stats.clone(),
+            xdp: xdp.clone(),
+        };
+        move |token| async move { tftp::run(tftp, token).await }
+    });
+    let admin = Admin {
+        hosts: hosts.clone(),
+        clients: clients.clone(),
+        live: live.clone(),
+        token: config.admin.token.clone(),
+        data_path: config.data_path.clone(),
+        credentials_dir: config.admin.credentials_dir.clone(),
+    };
+    let health = Health {
+        lan_iface: config.lan_iface.clone(),
+        mode: config.mode,
+        lan_state,
+        metrics: Arc::new(metrics::Sources {
+            xdp: xdp.clone(),
+            mode: config.mode,
+            tftp: tftp_stats,
+            clients: clients.clone(),
+            hosts: hosts.clone(),
+            dhcp: dhcp_stats.clone(),
+            leases: leases.clone(),
+        }),
+    };
+    let lan_router = http::router(http::Routes {
+        files: Files {
+            www: config.data_path.join("www"),
+            mounts: config.http.mounts.clone().into(),
+            identity: identity.clone(),
+            events: clients.clone(),
+            live: live.clone(),
+        },
+        seeds: SeedRoutes {
+            seeds,
+            identity: identity.clone(),
+            events: clients.clone(),
+            owner_check: config.http.seed_owner_check,
+            http_port: config.http_port,
+            lan_addr: lan_addr.clone(),
+            fallback_ip: config.lan_ip.addr(),
+            live: live.clone(),
+        },
+        clients: clients.clone(),
+        explain: Explain {
+            config: config.clone(),
+            live: live.clone(),
+            lan_addr: lan_addr.clone(),
+            dhcp: dhcp_stats,
+            leases,
+        },
+        health: health.clone(),
+        // Without a separate admin address, the hosts API and dashboard live under /admin.
+        admin: config.admin.listen.is_none().then(|| admin.clone()),
+    });
+    services.spawn({
+        let (port, limits) = (config.http_port, config.http.limits);
+        let lan_addr = lan_addr.clone();
+        move |token| async move { http::run(lan_router, port, limits, lan_addr, token).await }
+    });
+    services.spawn({
+        let (port, limits) = (config.health_port, config.http.limits);
+        move |token| async move { http::run_health(port, health, limits, token).await }
+    });
+    if let Some(listen) = config.admin.listen {
+        if admin.token.is_none() {
+            warn!("no [admin] token: the hosts API refuses every change");
+        }
+        let (app, limits) = (hosts::api::routes(admin.clone()), config.http.limits);
+        services.spawn(move |token| async move {
+            http::run_fixed("admin", listen, app, limits, token).await
+        });
+    }
+    if let Some(xdp) = &xdp {
+        let guard = Guard {
+            xdp: xdp.clone(),
+            config: config.guard.clone(),
+            lan_iface: config.lan_iface.clone(),
+            mode: config.mode,
+            live: live.clone(),
+        };
+        services.spawn(move |token| async move { guard::run(guard, token).await });
+    }
+    services.spawn({
+        let (hosts, events, live) = (hosts.clone(), clients.subscribe(), live.clone());
+        let joiner = Joiner {
+            hosts: hosts.clone(),
+            identity,
+            live: live.clone(),
+            data_path: config.data_path.clone(),
+        };
+        move |token| async move { hosts::run(hosts, events, live, joiner, token).await }
+    });
+    services.spawn({
+        let clients = clients.clone();
+        move |token| async move {
+            clients::flush_loop(clients, token).await;
+            Ok(())
+        }
+    });
+    services.spawn(move |token| async move {
+        publisher.run(token, check).await;
+        Ok(())
+    });
+    let result = services.join().await;
+    drop(clients);
+    drop(hosts);
+    match xdp.map(Arc::try_unwrap) {
+        Some(Ok(xdp)) => {
+            let iface = xdp.iface().to_owned();
+            drop(xdp);
+            info!(%iface, "XDP program detached");
+        }
+        Some(Err(_)) => warn!("a task still holds the XDP program; it detaches at exit"),
+        None => {}
+    }
+    result?;
+    info!("stopped");
+    Ok(())
+}
+
+/// What a reload (and the start) checks: every seed rendered for every host, failures
+/// logged.
+fn check(snapshot: &live::Snapshot) {
+    seeds::check_logged(&snapshot.inventory, &snapshot.templates);
+}
+
+/// The running services: the first to fail takes the daemon down; the others stop with
+/// it, through the one cancellation token.
+struct Services {
+    tasks: JoinSet<anyhow::Result<()>>,
+    token: CancellationToken,
+}
+
+impl Services {
+    fn new(token: CancellationToken) -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            token,
+        }
+    }
+
+    fn spawn<F, Fut>(&mut self, service: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks.spawn(service(self.token.clone()));
+    }
+
+    async fn join(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.context("a service task panicked").and_then(|r| r);
+            if let Err(err) = outcome {
+                if result.is_ok() {
+                    result = Err(err);
+                }
+                self.token.cancel();
+            }
+        }
+        result
+    }
+}
+
+fn attach_xdp(config: &Config) -> anyhow::Result<Option<LanXdp>> {
+    if config.xdp == XdpMode::Off {
+        warn!("XDP is off (xdp.mode = off): no per-client counters, no guard");
+        return Ok(None);
+    }
+    match LanXdp::attach(&config.lan_iface, &config.guard) {
+        Ok(xdp) => {
+            info!(iface = %config.lan_iface, "XDP program attached");
+            Ok(Some(xdp))
+        }
+        Err(err) if config.xdp == XdpMode::Required => {
+            Err(anyhow::Error::new(err).context(format!(
+                "XDP is required (xdp.mode = required) on {}",
+                config.lan_iface
+            )))
+        }
+        Err(err) => {
+            warn!(
+                error = %crate::error_chain(&err),
+                "XDP not attached; serving without it (gb10_xdp_attached 0)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,91 @@
+//! `[admin]`: the hosts API and dashboard, and the token every state-changing call needs.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::{Base, ConfigError, invalid};
+
+/// `[admin]` as written.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token for state-changing calls (register, delete, rebuild). Without it
+    /// those calls are refused. Never logged.
+    #[arg(long = "admin-token", env = "GB10_ADMIN_TOKEN")]
+    pub token: Option<Secret>,
+    /// A separate address (like 127.0.0.1:9190) for the hosts API and dashboard; when
+    /// unset they are served on the LAN HTTP listener.
+    #[arg(long = "admin-listen", env = "GB10_ADMIN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of BMC credential files (`user:password`), named by hosts' `bmc.credentials`
+    /// (default data_path/secrets).
+    #[arg(long = "admin-credentials-dir", env = "GB10_ADMIN_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// A secret value: printed as `***` by Debug and Display, so it never reaches a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that compares or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Validated `[admin]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub token: Option<Secret>,
+    pub listen: Option<SocketAddr>,
+    pub credentials_dir: PathBuf,
+}
+
+impl RawAdmin {
+    pub(super) fn validate(self, base: &Base<'_>) -> Result<AdminConfig, ConfigError> {
+        let RawAdmin {
+            token,
+            listen,
+            credentials_dir,
+        } = self;
+        if let Some(addr) = listen
+            && addr.ip().is_unspecified()
+        {
+            return Err(invalid(
+                "admin.listen",
+                &addr.to_string(),
+                "never a wildcard address: name one, like 127.0.0.1:9190",
+            ));
+        }
+        if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(invalid("admin.token", "***", "use at least 16 characters"));
+        }
+        Ok(AdminConfig {
+            token,
+            listen,
+            credentials_dir: credentials_dir.unwrap_or_else(|| base.data_path.join("secrets")),
+        })
+    }
+}

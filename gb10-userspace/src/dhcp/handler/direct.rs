@@ -1,0 +1,173 @@
+//! Direct mode: the authoritative server of its pools (DISCOVER → OFFER, REQUEST → ACK or
+//! NAK, DECLINE, RELEASE, INFORM).
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
+
+use crate::dhcp::leases::{ClientId, LeaseState, Leases};
+use crate::{
+    boot::{self, Action, BootRequest},
+    clients::ClientEvent,
+};
+
+use super::{
+    reply::{add_boot, add_lease_options, address_reply, reply_base},
+    *,
+};
+
+/// Direct mode: full DHCP from the pools.
+pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outcome {
+    let Some(ty) = req.opts().msg_type() else {
+        return Outcome::silent(Silent::Unsupported);
+    };
+    let client = client_id(req);
+    let mac = mac_of(req);
+    let boot_req = BootRequest::from_message(req);
+    let decision = boot::decide(&boot_req, ctx.inventory, ctx.boot, ctx.server);
+    if decision.action == Action::Ignore {
+        return Outcome::silent(Silent::Ignored);
+    }
+    let Some(pool) = leases.pool_for(req.giaddr()) else {
+        return Outcome::silent(Silent::NoPool);
+    };
+    let host = ctx.inventory.host(mac);
+    // A fixed address counts only on the subnet the request came from.
+    let fixed = host
+        .and_then(|h| h.ip)
+        .filter(|ip| leases.pools()[pool].subnet.contains(ip));
+    let reserved = |ip| ctx.inventory.host_by_ip(ip).is_some();
+    let mut events = Vec::new();
+    let mut out = match ty {
+        MessageType::Discover => {
+            events.push(ClientEvent::Discover {
+                arch: boot_req.arch,
+            });
+            let ip = match fixed {
+                Some(ip) if leases.free_for(ip, &client, ctx.now) => Some(ip),
+                Some(_) => None,
+                None => leases.pick(pool, &client, requested_ip(req), ctx.now, reserved),
+            };
+            let Some(ip) = ip else {
+                return Outcome::silent(Silent::PoolExhausted);
+            };
+            leases.offer(ip, &client, mac, ctx.now);
+            let msg = address_reply(req, MessageType::Offer, ip, ctx, pool, leases, &decision);
+            Outcome {
+                reply: Some((msg, destination(req, false, ip))),
+                silent: None,
+                persist: Persist::Nothing,
+                decision: None,
+                events: Vec::new(),
+            }
+        }
+        MessageType::Request => {
+            let ciaddr = req.ciaddr();
+            let wanted = match (server_id(req), requested_ip(req)) {
+                // SELECTING: the client answers an offer.
+                (Some(sid), _) if sid != ctx.server.ip => {
+                    leases.withdraw_offer(&client);
+                    return Outcome::silent(Silent::OtherServer);
+                }
+                (Some(_), Some(ip)) => ip,
+                // INIT-REBOOT: a remembered address.
+                (None, Some(ip)) if ciaddr.is_unspecified() => ip,
+                // RENEWING / REBINDING.
+                _ if !ciaddr.is_unspecified() => ciaddr,
+                _ => return nak(req, ctx, "REQUEST names no address"),
+            };
+            if let Err(why) = may_have(wanted, &client, fixed, pool, leases, ctx, reserved) {
+                return nak(req, ctx, why);
+            }
+            let hostname = host.and_then(|h| h.hostname.clone());
+            let secs = ctx.dhcp.lease_time.as_secs();
+            let lease = leases.commit(wanted, &client, mac, hostname, ctx.now, secs);
+            events.push(ClientEvent::Leased { ip: wanted });
+            let msg = address_reply(req, MessageType::Ack, wanted, ctx, pool, leases, &decision);
+            Outcome {
+                reply: Some((msg, destination(req, false, wanted))),
+                silent: None,
+                persist: Persist::BeforeReply(lease),
+                decision: None,
+                events: Vec::new(),
+            }
+        }
+        MessageType::Decline | MessageType::Release => {
+            if server_id(req).is_some_and(|s| s != ctx.server.ip) {
+                return Outcome::silent(Silent::OtherServer);
+            }
+            let (ip, state) = if ty == MessageType::Decline {
+                (requested_ip(req), LeaseState::Declined)
+            } else {
+                (Some(req.ciaddr()), LeaseState::Released)
+            };
+            let ended = ip.and_then(|ip| leases.end(ip, &client, state, ctx.now));
+            let mut out = Outcome::silent(Silent::Done);
+            if let Some(lease) = ended {
+                out.persist = Persist::Later(lease);
+            }
+            out
+        }
+        MessageType::Inform => {
+            let mut msg = reply_base(req, MessageType::Ack, ctx.server.ip);
+            add_lease_options(&mut msg, ctx, pool, leases, &decision);
+            msg.opts_mut().remove(OptionCode::AddressLeaseTime);
+            msg.opts_mut().remove(OptionCode::Renewal);
+            msg.opts_mut().remove(OptionCode::Rebinding);
+            add_boot(&mut msg, &decision);
+            let dest = destination(req, false, Ipv4Addr::UNSPECIFIED);
+            Outcome {
+                reply: Some((msg, dest)),
+                silent: None,
+                persist: Persist::Nothing,
+                decision: None,
+                events: Vec::new(),
+            }
+        }
+        _ => Outcome::silent(Silent::Unsupported),
+    };
+    out.decision = Some(decision);
+    out.events = events;
+    out
+}
+
+/// Whether `client` may have `ip` from pool `pool`; the reason to NAK when not.
+fn may_have(
+    ip: Ipv4Addr,
+    client: &ClientId,
+    fixed: Option<Ipv4Addr>,
+    pool: usize,
+    leases: &Leases,
+    ctx: &Ctx<'_>,
+    reserved: impl Fn(Ipv4Addr) -> bool,
+) -> Result<(), &'static str> {
+    let p = &leases.pools()[pool];
+    if !p.subnet.contains(&ip) {
+        return Err("address is not on the client's subnet");
+    }
+    match fixed {
+        Some(f) if f != ip => return Err("host has another fixed address"),
+        Some(_) => {}
+        None if !p.contains(ip) || reserved(ip) => return Err("address is outside the pool"),
+        None => {}
+    }
+    if !leases.free_for(ip, client, ctx.now) {
+        return Err("address is held by another client");
+    }
+    Ok(())
+}
+
+fn nak(req: &Message, ctx: &Ctx<'_>, why: &'static str) -> Outcome {
+    let mut msg = reply_base(req, MessageType::Nak, ctx.server.ip);
+    msg.opts_mut().insert(DhcpOption::Message(why.to_owned()));
+    if !req.giaddr().is_unspecified() {
+        // RFC 2131 §4.3.2: the relay must broadcast a NAK.
+        msg.set_flags(Flags::default().set_broadcast());
+    }
+    Outcome {
+        reply: Some((msg, destination(req, true, Ipv4Addr::UNSPECIFIED))),
+        silent: None,
+        persist: Persist::Nothing,
+        decision: None,
+        events: Vec::new(),
+    }
+}

@@ -1,0 +1,299 @@
+//! The handlers against decoded requests: every message type, both modes, the options firmware needs.
+
+use dhcproto::v4::MessageType;
+
+use super::{proxy::PXE_DISCOVERY_CONTROL, *};
+use crate::{
+    boot::{IPXE_ENCAP, IPXE_NO_PXEDHCP},
+    dhcp::{
+        leases::{LeaseState, Leases, Pool},
+        wire,
+    },
+};
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// Through the config parser, so a new `[dhcp]` key needs nothing here.
+fn dhcp() -> DhcpConfig {
+    let raw = crate::config::RawConfig::from_toml(
+        "lan_iface = \"lo\"\nlan_ip = \"198.18.0.1/24\"\n\
+         [dhcp]\nrange = \"198.18.0.100-198.18.0.101\"\nlease_time = \"1h\"\n",
+    )
+    .unwrap();
+    crate::config::Config::try_from(raw).unwrap().dhcp
+}
+
+fn table() -> Leases {
+    Leases::new(vec![
+        Pool::new("198.18.0.0/24".parse().unwrap(), dhcp().range, None),
+        Pool::new(
+            "198.19.1.0/24".parse().unwrap(),
+            (
+                "198.19.1.100".parse().unwrap(),
+                "198.19.1.100".parse().unwrap(),
+            ),
+            Some("198.19.1.1".parse().unwrap()),
+        ),
+    ])
+}
+
+fn msg(options: &[(u8, &[u8])], ciaddr: [u8; 4], giaddr: [u8; 4]) -> Message {
+    let mut buf = wire::tests::request(MAC, options);
+    buf[12..16].copy_from_slice(&ciaddr);
+    buf[24..28].copy_from_slice(&giaddr);
+    wire::parse(&buf).unwrap()
+}
+
+fn run(m: &Message, leases: &mut Leases, inv: &Inventory) -> Outcome {
+    let (d, b) = (dhcp(), BootConfig::default());
+    let ctx = Ctx {
+        dhcp: &d,
+        boot: &b,
+        inventory: inv,
+        server: ServerAddr {
+            ip: SERVER,
+            http_port: 80,
+        },
+        now: 1000,
+    };
+    handle_direct(m, &ctx, leases)
+}
+
+fn ty(o: &Outcome) -> Option<MessageType> {
+    o.reply.as_ref().and_then(|(m, _)| m.opts().msg_type())
+}
+
+#[test]
+fn dora_with_pxe_boot_file_and_durable_ack() {
+    let (mut l, inv) = (table(), Inventory::default());
+    let d = msg(
+        &[
+            (53, &[1]),
+            (93, &[0, 7]),
+            (60, b"PXEClient:Arch:00007:UNDI:003000"),
+        ],
+        [0; 4],
+        [0; 4],
+    );
+    let o = run(&d, &mut l, &inv);
+    let (offer, dest) = o.reply.unwrap();
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    let ip = offer.yiaddr();
+    assert_eq!(ip, Ipv4Addr::new(198, 18, 0, 100));
+    assert_eq!(offer.fname(), Some(&b"ipxe.efi"[..]));
+    assert_eq!(offer.siaddr(), SERVER);
+    assert!(offer.opts().get(OptionCode::BootfileName).is_some());
+    assert!(offer.opts().get(OptionCode::SubnetMask).is_some());
+    assert!(
+        offer.opts().get(OptionCode::Router).is_none(),
+        "router only when configured"
+    );
+    assert_eq!(
+        dest,
+        Dest::Hardware { ip, mac: Mac(MAC) },
+        "no broadcast bit: unicast to yiaddr at chaddr"
+    );
+    assert_eq!(o.persist, Persist::Nothing);
+
+    let r = msg(
+        &[(53, &[3]), (54, &SERVER.octets()), (50, &ip.octets())],
+        [0; 4],
+        [0; 4],
+    );
+    let o = run(&r, &mut l, &inv);
+    assert_eq!(ty(&o), Some(MessageType::Ack));
+    assert!(matches!(o.persist, Persist::BeforeReply(ref lease) if lease.ip == ip));
+    assert_eq!(o.events, vec![ClientEvent::Leased { ip }]);
+}
+
+#[test]
+fn naks_and_silences_where_rfc_2131_says() {
+    let (mut l, inv) = (table(), Inventory::default());
+    // Another server was chosen: silent.
+    let r = msg(
+        &[(53, &[3]), (54, &[198, 18, 0, 9]), (50, &[198, 18, 0, 100])],
+        [0; 4],
+        [0; 4],
+    );
+    assert_eq!(run(&r, &mut l, &inv).silent, Some(Silent::OtherServer));
+    // INIT-REBOOT on the wrong subnet: NAK, broadcast.
+    let r = msg(&[(53, &[3]), (50, &[10, 0, 0, 5])], [0; 4], [0; 4]);
+    let o = run(&r, &mut l, &inv);
+    assert_eq!(ty(&o), Some(MessageType::Nak));
+    assert_eq!(o.reply.unwrap().1, Dest::Broadcast);
+    // Address held by another client: NAK.
+    l.commit(
+        Ipv4Addr::new(198, 18, 0, 101),
+        &ClientId(vec![9]),
+        Mac([0; 6]),
+        None,
+        1000,
+        3600,
+    );
+    let r = msg(&[(53, &[3])], [198, 18, 0, 101], [0; 4]);
+    assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Nak));
+    // RENEWING our own: ACK unicast to ciaddr.
+    let r = msg(&[(53, &[3])], [198, 18, 0, 100], [0; 4]);
+    let o = run(&r, &mut l, &inv);
+    assert_eq!(ty(&o), Some(MessageType::Ack));
+    assert_eq!(
+        o.reply.unwrap().1,
+        Dest::To(SocketAddrV4::new(
+            Ipv4Addr::new(198, 18, 0, 100),
+            CLIENT_PORT
+        ))
+    );
+    // RELEASE: no reply, written later.
+    let r = msg(&[(53, &[7])], [198, 18, 0, 100], [0; 4]);
+    let o = run(&r, &mut l, &inv);
+    assert!(o.reply.is_none());
+    assert!(matches!(o.persist, Persist::Later(ref x) if x.state == LeaseState::Released));
+}
+
+#[test]
+fn inform_and_decline() {
+    let (mut l, inv) = (table(), Inventory::default());
+    let i = msg(&[(53, &[8])], [198, 18, 0, 9], [0; 4]);
+    let (ack, dest) = run(&i, &mut l, &inv).reply.unwrap();
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert!(ack.yiaddr().is_unspecified());
+    assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert!(ack.opts().get(OptionCode::SubnetMask).is_some());
+    assert_eq!(
+        dest,
+        Dest::To(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 9), CLIENT_PORT))
+    );
+    // Lease .100, then decline it: no reply, probation, next DISCOVER gets .101.
+    let r = msg(&[(53, &[3]), (50, &[198, 18, 0, 100])], [0; 4], [0; 4]);
+    assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Ack));
+    let d = msg(
+        &[(53, &[4]), (54, &SERVER.octets()), (50, &[198, 18, 0, 100])],
+        [0; 4],
+        [0; 4],
+    );
+    let o = run(&d, &mut l, &inv);
+    assert!(o.reply.is_none());
+    assert!(matches!(o.persist, Persist::Later(ref x) if x.state == LeaseState::Declined));
+    let d = msg(&[(53, &[1])], [0; 4], [0; 4]);
+    let (offer, _) = run(&d, &mut l, &inv).reply.unwrap();
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 18, 0, 101));
+}
+
+#[test]
+fn relayed_requests_use_the_relay_subnet_pool() {
+    let (mut l, inv) = (table(), Inventory::default());
+    let agent: &[u8] = &[1, 4, b'e', b't', b'h', b'0', 2, 2, 0xaa, 0xbb];
+    let d = msg(&[(53, &[1]), (82, agent)], [0; 4], [198, 19, 1, 1]);
+    let (offer, dest) = run(&d, &mut l, &inv).reply.unwrap();
+    assert_eq!(
+        offer.opts().get(OptionCode::RelayAgentInformation),
+        d.opts().get(OptionCode::RelayAgentInformation),
+        "option 82 echoed"
+    );
+    assert!(
+        offer
+            .opts()
+            .get(OptionCode::RelayAgentInformation)
+            .is_some()
+    );
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 19, 1, 100));
+    assert_eq!(offer.giaddr(), Ipv4Addr::new(198, 19, 1, 1));
+    assert!(matches!(
+        offer.opts().get(OptionCode::Router),
+        Some(DhcpOption::Router(r)) if r == &vec![Ipv4Addr::new(198, 19, 1, 1)]
+    ));
+    assert_eq!(
+        dest,
+        Dest::To(SocketAddrV4::new(Ipv4Addr::new(198, 19, 1, 1), SERVER_PORT))
+    );
+    let d = msg(&[(53, &[1])], [0; 4], [203, 0, 113, 1]);
+    assert_eq!(run(&d, &mut l, &inv).silent, Some(Silent::NoPool));
+}
+
+#[test]
+fn fixed_host_and_ipxe_loop_breaker() {
+    let mut l = table();
+    let inv: Inventory = toml::from_str(
+        "[[hosts]]\nmac = \"52:54:00:12:34:56\"\nhostname = \"spark-1\"\nip = \"198.18.0.50\"\n",
+    )
+    .unwrap();
+    let d = msg(&[(53, &[1]), (77, b"iPXE"), (93, &[0, 0])], [0; 4], [0; 4]);
+    let (offer, _) = run(&d, &mut l, &inv).reply.unwrap();
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 18, 0, 50));
+    assert_eq!(offer.fname(), Some(&b"http://198.18.0.1:80/boot.ipxe"[..]));
+    assert!(matches!(
+        offer.opts().get(OptionCode::Unknown(IPXE_ENCAP)),
+        Some(DhcpOption::Unknown(u)) if u.data() == [IPXE_NO_PXEDHCP, 1, 1]
+    ));
+    assert!(matches!(
+        offer.opts().get(OptionCode::Hostname),
+        Some(DhcpOption::Hostname(h)) if h == "spark-1"
+    ));
+    // The fixed host asking for a pool address is refused.
+    let r = msg(&[(53, &[3]), (50, &[198, 18, 0, 100])], [0; 4], [0; 4]);
+    assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Nak));
+}
+
+#[test]
+fn proxy_answers_pxe_clients_only_and_never_an_address() {
+    let (d, b, inv) = (dhcp(), BootConfig::default(), Inventory::default());
+    let ctx = Ctx {
+        dhcp: &d,
+        boot: &b,
+        inventory: &inv,
+        server: ServerAddr {
+            ip: SERVER,
+            http_port: 80,
+        },
+        now: 0,
+    };
+    let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT);
+    let plain = msg(&[(53, &[1])], [0; 4], [0; 4]);
+    assert_eq!(
+        handle_proxy(&plain, &ctx, src, false).silent,
+        Some(Silent::NotPxe)
+    );
+    let uuid = [[0u8].as_slice(), &[7; 16]].concat();
+    let pxe = msg(
+        &[
+            (53, &[1]),
+            (93, &[0, 7]),
+            (60, b"PXEClient:Arch:00007:UNDI:003000"),
+            (97, &uuid),
+        ],
+        [0; 4],
+        [0; 4],
+    );
+    let (offer, _) = handle_proxy(&pxe, &ctx, src, false).reply.unwrap();
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(offer.fname(), Some(&b"ipxe.efi"[..]));
+    assert!(matches!(
+        offer.opts().get(OptionCode::VendorExtensions),
+        Some(DhcpOption::VendorExtensions(v)) if v == &PXE_DISCOVERY_CONTROL
+    ));
+    assert!(
+        offer
+            .opts()
+            .get(OptionCode::ClientMachineIdentifier)
+            .is_some()
+    );
+    let req = msg(
+        &[
+            (53, &[3]),
+            (93, &[0, 7]),
+            (60, b"PXEClient:Arch:00007:UNDI:003000"),
+        ],
+        [198, 18, 0, 77],
+        [0; 4],
+    );
+    let from = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 77), CLIENT_PORT);
+    let (ack, dest) = handle_proxy(&req, &ctx, from, true).reply.unwrap();
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(dest, Dest::To(from));
+    assert_eq!(
+        handle_proxy(&req, &ctx, from, false).silent,
+        Some(Silent::NotForUs)
+    );
+}

@@ -218,8 +218,20 @@ impl Report {
 /// Runs the storm from `lab`'s client namespace (routed with [`route_relayed`]) and
 /// waits for it: at most `plan.deadline`, plus a few seconds to wind down.
 pub fn run(lab: &Lab, plan: Plan) -> Report {
+    let (mut report, cpu) = generate(lab, plan.cpu, storm(plan));
+    report.generator_cpu = cpu;
+    report
+}
+
+/// Runs `work` on one thread in `lab`'s client namespace (pinned to `cpu` when given):
+/// its result and the CPU time the thread used.
+fn generate<F>(lab: &Lab, cpu: Option<usize>, work: F) -> (F::Output, Duration)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     lab.client.enter(move || {
-        if let Some(cpu) = plan.cpu {
+        if let Some(cpu) = cpu {
             pin_to(cpu);
         }
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -227,9 +239,8 @@ pub fn run(lab: &Lab, plan: Plan) -> Report {
             .build()
             .expect("tokio runtime");
         let cpu0 = thread_cpu();
-        let mut report = rt.block_on(storm(plan));
-        report.generator_cpu = thread_cpu().saturating_sub(cpu0);
-        report
+        let out = rt.block_on(work);
+        (out, thread_cpu().saturating_sub(cpu0))
     })
 }
 
@@ -902,8 +913,9 @@ pub struct Url {
 }
 
 /// `clients` HTTP clients fetching `url` (whose bytes are `want`) at once from `lab`'s
-/// client namespace, as image installers pull one disk image; bodies checked as
-/// [`Check::Sample`] says, so the clients cost as little as they can.
+/// client namespace, as image installers pull one disk image, each from an address of
+/// its own in [`SUBNET`] as machines do (the lab routed by [`route_relayed`]); bodies
+/// checked as [`Check::Sample`] says, so the clients cost as little as they can.
 pub fn pull(
     lab: &Lab,
     url: Url,
@@ -912,45 +924,35 @@ pub fn pull(
     cpu: Option<usize>,
     deadline: Duration,
 ) -> PullReport {
-    let from: Ipv4Addr = lab.client_ip.parse().expect("client ip");
-    lab.client.enter(move || {
-        if let Some(cpu) = cpu {
-            pin_to(cpu);
+    let (mut report, cpu) = generate(lab, cpu, async move {
+        let start = Instant::now();
+        let mut set = JoinSet::new();
+        for i in 0..clients {
+            let (url, want) = (url.clone(), want.clone());
+            let from = Ipv4Addr::from(u32::from(POOL.0) + i as u32);
+            set.spawn(async move {
+                timeout(deadline, get(from, &url, "curl/8", &want, Check::Sample))
+                    .await
+                    .unwrap_or_else(|_| Err(fail("http", "deadline")))
+            });
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let cpu0 = thread_cpu();
-        let mut report = rt.block_on(async move {
-            let start = Instant::now();
-            let mut set = JoinSet::new();
-            for _ in 0..clients {
-                let (url, want) = (url.clone(), want.clone());
-                set.spawn(async move {
-                    timeout(deadline, get(from, &url, "curl/8", &want, Check::Sample))
-                        .await
-                        .unwrap_or_else(|_| Err(fail("http", "deadline")))
-                });
-            }
-            let mut report = PullReport::default();
-            while let Some(joined) = set.join_next().await {
-                match joined.expect("client task panicked") {
-                    Ok(n) => {
-                        report.bytes += n;
-                        report.complete += 1;
-                    }
-                    Err(Failure { step, why }) => {
-                        *report.failures.entry(format!("{step}: {why}")).or_default() += 1;
-                    }
+        let mut report = PullReport::default();
+        while let Some(joined) = set.join_next().await {
+            match joined.expect("client task panicked") {
+                Ok(n) => {
+                    report.bytes += n;
+                    report.complete += 1;
+                }
+                Err(Failure { step, why }) => {
+                    *report.failures.entry(format!("{step}: {why}")).or_default() += 1;
                 }
             }
-            report.wall = start.elapsed();
-            report
-        });
-        report.generator_cpu = thread_cpu().saturating_sub(cpu0);
+        }
+        report.wall = start.elapsed();
         report
-    })
+    });
+    report.generator_cpu = cpu;
+    report
 }
 
 /// One TFTP download of `name` from `lab`'s client namespace with curl: its bytes, or

@@ -121,12 +121,12 @@ async fn next_head(
     let mut deadline = (!buf.is_empty()).then(|| Instant::now() + limits.request_timeout);
     let idle_until = Instant::now() + limits.idle_timeout;
     loop {
-        let started = deadline.unwrap_or_else(|| Instant::now() + limits.request_timeout);
+        let due = deadline.unwrap_or_else(|| Instant::now() + limits.request_timeout);
         match parse(buf) {
             Parsed::Plain(head) => return Next::Request(head),
-            Parsed::Other => return Next::HandOff { deadline: started },
+            Parsed::Other => return Next::HandOff { deadline: due },
             Parsed::Partial if buf.len() >= MAX_HEAD => {
-                return Next::HandOff { deadline: started };
+                return Next::HandOff { deadline: due };
             }
             Parsed::Partial => {}
         }
@@ -135,7 +135,10 @@ async fn next_head(
             read = tokio::time::timeout_at(deadline.unwrap_or(idle_until), tcp.read_buf(buf)) => read,
         };
         match read {
-            Ok(Ok(n)) if n > 0 => deadline = Some(started),
+            // The clock starts at the first byte, not when the wait for it began.
+            Ok(Ok(n)) if n > 0 => {
+                deadline.get_or_insert_with(|| Instant::now() + limits.request_timeout);
+            }
             // Closed, failed, idle or too slow: nothing more to answer.
             _ => return Next::Close,
         }

@@ -227,7 +227,7 @@ pub fn run(lab: &Lab, plan: Plan) -> Report {
 /// its result and the CPU time the thread used.
 fn generate<F>(lab: &Lab, cpu: Option<usize>, work: F) -> (F::Output, Duration)
 where
-    F: std::future::Future + Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     lab.client.enter(move || {

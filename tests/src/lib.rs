@@ -931,49 +931,13 @@ impl Sniffer {
     pub fn start(ns: &Netns, iface: &str, keep: fn(&[u8]) -> bool) -> Self {
         let iface = iface.to_owned();
         let fd = ns.enter(move || {
-            let name = std::ffi::CString::new(iface.clone()).expect("iface");
-            // SAFETY: plain libc calls on a fresh fd, owned right away; the structs
-            // passed are ours and sized as given.
-            unsafe {
-                let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-                assert!(ifindex > 0, "no interface {iface} in namespace");
-                let all = (libc::ETH_P_ALL as u16).to_be();
-                let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
-                assert!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-                let fd = OwnedFd::from_raw_fd(raw);
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_protocol = all;
-                addr.sll_ifindex = ifindex;
-                let rc = libc::bind(
-                    raw,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-                // Room for bursts (root may exceed rmem_max); then wake up every 50 ms
-                // to look at the stop flag.
-                let rcvbuf: libc::c_int = 8 << 20;
-                libc::setsockopt(
-                    raw,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&raw const rcvbuf).cast(),
-                    size_of::<libc::c_int>() as u32,
-                );
-                let tv = libc::timeval {
-                    tv_sec: 0,
-                    tv_usec: 50_000,
-                };
-                libc::setsockopt(
-                    raw,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&raw const tv).cast(),
-                    size_of::<libc::timeval>() as u32,
-                );
-                fd
-            }
+            // Wake up every 50 ms to look at the stop flag.
+            let fd = packet_socket(&iface, Duration::from_millis(50));
+            // Room for bursts: root may go beyond rmem_max.
+            let rcvbuf: libc::c_int = 8 << 20;
+            set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf)
+                .expect("SO_RCVBUFFORCE");
+            fd
         });
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::spawn({
@@ -1037,6 +1001,66 @@ impl Sniffer {
             "the sniffer lost frames: its capture proves nothing"
         );
         kept
+    }
+}
+
+/// An AF_PACKET socket bound to `iface` in the calling thread's namespace, receiving
+/// every protocol, whose reads give up after `timeout` so a loop can look at its stop
+/// flag.
+#[track_caller]
+pub fn packet_socket(iface: &str, timeout: Duration) -> OwnedFd {
+    let name = std::ffi::CString::new(iface).expect("iface");
+    // SAFETY: plain libc calls on values we own; the fd is owned at once.
+    let (fd, ifindex, proto) = unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        assert!(ifindex > 0, "no interface {iface}");
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto.into());
+        assert!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        (OwnedFd::from_raw_fd(raw), ifindex, proto)
+    };
+    // SAFETY: zeroed sockaddr_ll is valid; bind reads exactly its size.
+    let rc = unsafe {
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex;
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind {iface}: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).expect("SO_RCVTIMEO");
+    fd
+}
+
+/// `setsockopt(fd, level, name, value)`.
+pub fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads exactly size_of::<T>() bytes of `value`.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

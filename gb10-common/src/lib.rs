@@ -190,10 +190,13 @@ pub enum Global {
     MalformedDropped = 8,
     /// DHCP server messages from servers other than us.
     ForeignServer = 9,
+    /// DHCP frames, not relayed, whose `chaddr` is not their Ethernet source (dropped in
+    /// enforce mode, counted in monitor).
+    IdentityMismatch = 10,
 }
 
 /// Number of [`Global`] counters.
-pub const GLOBALS: u32 = 10;
+pub const GLOBALS: u32 = 11;
 
 impl Global {
     /// Every counter, in index order.
@@ -208,6 +211,7 @@ impl Global {
         Global::RateLimited,
         Global::MalformedDropped,
         Global::ForeignServer,
+        Global::IdentityMismatch,
     ];
 
     /// The global counter that counts frames of `kind`.
@@ -233,6 +237,7 @@ impl Global {
             Global::RateLimited => "rate_limited",
             Global::MalformedDropped => "malformed_dropped",
             Global::ForeignServer => "foreign_server",
+            Global::IdentityMismatch => "identity_mismatch",
         }
     }
 }
@@ -241,9 +246,9 @@ impl Global {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MacKey {
-    /// The source MAC of the frame.
+    /// The source MAC of the frame (or, in a relayed bucket's key, its `chaddr`).
     pub addr: [u8; 6],
-    /// Always zero.
+    /// Zero, except `[1, 0]` in [`MacKey::relayed`] keys.
     pub pad: [u8; 2],
 }
 
@@ -251,6 +256,16 @@ impl MacKey {
     /// The key for `addr`.
     pub const fn new(addr: [u8; 6]) -> Self {
         Self { addr, pad: [0; 2] }
+    }
+
+    /// The bucket key of a client behind a relay, named by its `chaddr`: apart from
+    /// [`MacKey::new`] keys, so a frame that claims to be relayed for some MAC cannot
+    /// spend the bucket of the machine that has that MAC on the LAN.
+    pub const fn relayed(chaddr: [u8; 6]) -> Self {
+        Self {
+            addr: chaddr,
+            pad: [1, 0],
+        }
     }
 }
 
@@ -266,6 +281,9 @@ pub struct ClientCounters {
     pub malformed: u64,
     /// Requests from this MAC over its rate (dropped in enforce mode).
     pub limited: u64,
+    /// DHCP frames from this MAC, not relayed, naming another client in `chaddr`
+    /// (dropped in enforce mode).
+    pub forged: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last frame seen on this CPU.
     pub last_seen_ns: u64,
 }
@@ -279,6 +297,7 @@ impl ClientCounters {
         }
         self.malformed += other.malformed;
         self.limited += other.limited;
+        self.forged += other.forged;
         if other.last_seen_ns > self.last_seen_ns {
             self.last_seen_ns = other.last_seen_ns;
         }
@@ -307,6 +326,6 @@ mod pod {
 }
 
 const _: () = assert!(size_of::<MacKey>() == 8);
-const _: () = assert!(size_of::<ClientCounters>() == (2 * KINDS + 3) * 8);
+const _: () = assert!(size_of::<ClientCounters>() == (2 * KINDS + 4) * 8);
 const _: () = assert!(size_of::<GuardConfig>() == 40);
 const _: () = assert!(size_of::<ServerKey>() == 12);

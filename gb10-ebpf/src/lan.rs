@@ -1,4 +1,5 @@
-//! LAN ingress: counts per client MAC, rate-limits DHCP/TFTP requests per client and
+//! LAN ingress: counts per client MAC, drops DHCP frames whose `chaddr` is not their
+//! Ethernet source (unless relayed), rate-limits DHCP/TFTP requests per client and
 //! globally, drops malformed DHCP/TFTP frames, records foreign DHCP servers.
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
@@ -16,6 +17,7 @@ use crate::{
 };
 
 const BOOTP_FIXED_LEN: usize = 236;
+const BOOTP_GIADDR: usize = 24;
 const BOOTP_CHADDR: usize = 28;
 const BOOTREPLY: u8 = 2;
 const PORT_DHCP_CLIENT: u16 = 68;
@@ -23,8 +25,8 @@ const PORT_DHCP_CLIENT: u16 = 68;
 /// What the frame asks of the guard.
 enum Verdict {
     Pass,
-    /// Over its rate.
-    Limited,
+    /// Over its rate, or naming another client than its source; counted where judged.
+    Refused,
     /// Malformed and aimed at DHCP/TFTP.
     Malformed,
 }
@@ -54,10 +56,7 @@ pub fn gb10_lan(ctx: XdpContext) -> u32 {
     // in enforce mode; monitor mode counts the same verdicts and passes everything.
     match verdict {
         Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Limited => {
-            bump(Global::RateLimited, 1);
-            drop_if_enforcing(&config)
-        }
+        Verdict::Refused => drop_if_enforcing(&config),
         Verdict::Malformed if config.mode != GUARD_OFF => {
             bump(Global::MalformedDropped, 1);
             drop_if_enforcing(&config)
@@ -113,15 +112,28 @@ fn udp_frame(ctx: &Bytes, config: &GuardConfig, mac: [u8; 6], udp: Udp, len: u64
         port if is_tftp_transfer(port) => Kind::Tftp,
         _ => Kind::Other,
     };
-    match kind {
+    // A request to judge: its bucket's key, whether an inventory allowance may apply,
+    // whether it names another client than its sender.
+    let (key, may_be_known, forged) = match kind {
         Kind::Dhcp | Kind::ProxyDhcp => {
-            let Some((_, chaddr)) = dhcp_head(ctx, &udp) else {
+            let Some(head) = dhcp_head(ctx, &udp) else {
                 return malformed(mac, true);
             };
             counted(mac, kind, len);
-            // Key DHCP's bucket on chaddr, not the frame's source: behind a relay every
-            // client shares the relay's MAC.
-            admit(config, chaddr, mac)
+            if u32::from_ne_bytes(head.giaddr) != 0 {
+                // Relayed: the frame comes from the relay's MAC and names its client, so
+                // the bucket follows chaddr (a relay's clients are not lumped together).
+                // Nothing on the LAN vouches for that chaddr: no inventory allowance.
+                (MacKey::relayed(head.chaddr), false, false)
+            } else {
+                // Not relayed: the frame must name its own Ethernet source, or any
+                // machine on the LAN could ask for (and be sent) another's lease. The
+                // bucket follows the source whatever chaddr says, so renaming buys no
+                // budget, and an inventory host's allowance goes only to a frame that is
+                // what it claims to be.
+                let forged = !same_mac(&head.chaddr, &mac);
+                (MacKey::new(mac), !forged, forged)
+            }
         }
         Kind::Tftp => {
             let opcode = if udp.payload_len < TFTP_MIN_PAYLOAD {
@@ -135,34 +147,47 @@ fn udp_frame(ctx: &Bytes, config: &GuardConfig, mac: [u8; 6], udp: Udp, len: u64
             };
             counted(mac, kind, len);
             // Only new transfers are rate-limited: a transfer's ACKs must all get through.
-            if udp.dport == PORT_TFTP && opcode <= 2 {
-                admit(config, mac, mac)
-            } else {
-                Verdict::Pass
+            if udp.dport != PORT_TFTP || opcode > 2 {
+                return Verdict::Pass;
             }
+            // TFTP names no client: its bucket follows the Ethernet source.
+            (MacKey::new(mac), true, false)
         }
         Kind::Other => {
             if udp.sport == PORT_DHCP_SERVER
                 && (udp.dport == PORT_DHCP_CLIENT || udp.dport == PORT_DHCP_SERVER)
-                && dhcp_head(ctx, &udp).is_some_and(|(op, _)| op == BOOTREPLY)
+                && dhcp_head(ctx, &udp).is_some_and(|head| head.op == BOOTREPLY)
             {
                 // Our own replies leave by egress and never show up here: this is
                 // another server answering on the LAN.
                 foreign_server(mac, udp.src_ip);
             }
             counted(mac, kind, len);
-            Verdict::Pass
+            return Verdict::Pass;
         }
+    };
+    if config.mode == GUARD_OFF {
+        return Verdict::Pass;
     }
+    judged(mac, !admit(config, key, may_be_known), forged)
 }
 
-/// The BOOTP op and client hardware address of a well-formed DHCP payload.
+/// What the guard reads of a DHCP message's fixed part.
+struct DhcpHead {
+    op: u8,
+    /// The relay agent's address; zero when the client sent the frame itself.
+    giaddr: [u8; 4],
+    /// The client the message speaks for (its first 6 bytes: an Ethernet address).
+    chaddr: [u8; 6],
+}
+
+/// The head of a well-formed DHCP payload.
 ///
 /// The head (op..chaddr) is read in one access *before* the cookie is checked: were it
 /// read after, LLVM would drop its bounds check as implied by the cookie's, and the
 /// verifier, which cannot follow that proof, would refuse the program.
 #[inline(always)]
-fn dhcp_head(ctx: &Bytes, udp: &Udp) -> Option<(u8, [u8; 6])> {
+fn dhcp_head(ctx: &Bytes, udp: &Udp) -> Option<DhcpHead> {
     if udp.payload_len < DHCP_MIN_PAYLOAD {
         return None;
     }
@@ -170,9 +195,22 @@ fn dhcp_head(ctx: &Bytes, udp: &Udp) -> Option<(u8, [u8; 6])> {
     if ctx.read::<[u8; 4]>(udp.payload + BOOTP_FIXED_LEN)? != DHCP_MAGIC_COOKIE {
         return None;
     }
+    let mut giaddr = [0u8; 4];
+    giaddr.copy_from_slice(&head[BOOTP_GIADDR..BOOTP_CHADDR]);
     let mut chaddr = [0u8; 6];
     chaddr.copy_from_slice(&head[BOOTP_CHADDR..]);
-    Some((head[0], chaddr))
+    Some(DhcpHead {
+        op: head[0],
+        giaddr,
+        chaddr,
+    })
+}
+
+/// Whether two MACs are equal, byte by byte so that it stays inline on the hot path (an
+/// array `==` of 6 bytes may become a call to the `bcmp` builtin).
+#[inline(always)]
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 #[inline(always)]
@@ -224,17 +262,18 @@ fn take(bucket: &mut Bucket, rate: &Rate, now: u64) -> bool {
     }
 }
 
-/// The per-client bucket of `key` (chaddr or source MAC), then, for clients without an
-/// allowance, the global one. Bucket updates are not atomic: under a race between CPUs
-/// a few extra packets may pass, never fewer.
+/// Whether a request is within its rates: the bucket of `key` at the inventory's
+/// allowance for it (when `may_be_known` and there is one), else at the client rate and
+/// then the global bucket. Bucket updates are not atomic: under a race between CPUs a
+/// few extra packets may pass, never fewer.
 #[inline(always)]
-fn admit(config: &GuardConfig, key: [u8; 6], mac: [u8; 6]) -> Verdict {
-    if config.mode == GUARD_OFF {
-        return Verdict::Pass;
-    }
-    let key = MacKey::new(key);
-    // SAFETY: a copy out of the map.
-    let allowance = unsafe { GB10_ALLOWANCE.get(&key) }.copied();
+fn admit(config: &GuardConfig, key: MacKey, may_be_known: bool) -> bool {
+    let allowance = if may_be_known {
+        // SAFETY: a copy out of the map.
+        unsafe { GB10_ALLOWANCE.get(&key) }.copied()
+    } else {
+        None
+    };
     let rate = allowance.unwrap_or(config.client);
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -254,20 +293,34 @@ fn admit(config: &GuardConfig, key: [u8; 6], mac: [u8; 6]) -> Verdict {
             }
         }
     };
-    let ok = ok
-        && (allowance.is_some()
-            || config.global.cost_ns == 0
-            || match GB10_GLOBAL_BUCKET.get_ptr_mut(0) {
-                // SAFETY: the one global bucket, see above on races.
-                Some(b) => take(unsafe { &mut *b }, &config.global, now),
-                None => true,
-            });
-    if ok {
-        Verdict::Pass
-    } else {
-        count(mac, |c| c.limited += 1);
-        Verdict::Limited
+    ok && (allowance.is_some()
+        || config.global.cost_ns == 0
+        || match GB10_GLOBAL_BUCKET.get_ptr_mut(0) {
+            // SAFETY: the one global bucket, see above on races.
+            Some(b) => take(unsafe { &mut *b }, &config.global, now),
+            None => true,
+        })
+}
+
+/// Counts what the guard found against a request from `mac`: over its rate, a forged
+/// chaddr, or both (each counter states one fact about the frame, so one frame may be
+/// in both). Either refuses it.
+#[inline(always)]
+fn judged(mac: [u8; 6], limited: bool, forged: bool) -> Verdict {
+    if !limited && !forged {
+        return Verdict::Pass;
     }
+    if limited {
+        bump(Global::RateLimited, 1);
+    }
+    if forged {
+        bump(Global::IdentityMismatch, 1);
+    }
+    count(mac, |c| {
+        c.limited += u64::from(limited);
+        c.forged += u64::from(forged);
+    });
+    Verdict::Refused
 }
 
 #[inline(always)]

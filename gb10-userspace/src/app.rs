@@ -248,6 +248,19 @@ impl Services {
 }
 
 fn attach_xdp(config: &Config) -> anyhow::Result<Option<LanXdp>> {
+    let xdp = attach_lan_program(config)?;
+    if !xdp
+        .as_ref()
+        .is_some_and(|x| crate::xdp::checks_identity(x.guard_mode()))
+    {
+        warn!(
+            "DHCP identity check off (it needs XDP attached and the guard on): any LAN client can ask for leases in another's name (gb10_dhcp_identity_check 0)"
+        );
+    }
+    Ok(xdp)
+}
+
+fn attach_lan_program(config: &Config) -> anyhow::Result<Option<LanXdp>> {
     if config.xdp == XdpMode::Off {
         warn!("XDP is off (xdp.mode = off): no per-client counters, no guard");
         return Ok(None);

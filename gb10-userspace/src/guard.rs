@@ -67,16 +67,9 @@ pub async fn run(mut guard: Guard, token: CancellationToken) -> anyhow::Result<(
 impl Guard {
     /// Attaches to the interfaces that must be guarded, detaches from those gone;
     /// `failed` holds (name, ifindex) pairs whose attach failed, so each is logged once.
-    fn reconcile(&self, failed: &mut HashSet<(String, u32)>, links: &[(String, u32, bool)]) {
+    fn reconcile(&self, failed: &mut HashSet<(String, u32)>, links: &[netlink::Link]) {
         let xdp = &self.xdp;
-        let wanted: Vec<(&str, u32)> = links
-            .iter()
-            .filter(|(name, _, up)| match &self.config.interfaces {
-                Some(list) => list.iter().any(|i| i == name),
-                None => *up && name != "lo" && *name != self.lan_iface,
-            })
-            .map(|(name, index, _)| (name.as_str(), *index))
-            .collect();
+        let wanted = guarded_links(links, &self.lan_iface, self.config.interfaces.as_deref());
         for (name, _) in xdp.guarded() {
             if !wanted.iter().any(|(n, _)| *n == name) && xdp.guard_detach(&name) {
                 info!(iface = %name, "guard detached (interface gone or down)");
@@ -123,5 +116,71 @@ impl Guard {
                 ),
             }
         }
+    }
+}
+
+/// The interfaces the guard attaches to: the configured list, or every interface that is
+/// up except loopback, the LAN and the LAN bridge's own ports (a VM's tap or a veth
+/// enslaved to the LAN bridge carries the LAN itself: guarding it would drop the very
+/// replies the LAN clients wait for).
+fn guarded_links<'a>(
+    links: &'a [netlink::Link],
+    lan_iface: &str,
+    configured: Option<&[String]>,
+) -> Vec<(&'a str, u32)> {
+    let lan_index = links.iter().find(|l| l.name == lan_iface).map(|l| l.index);
+    links
+        .iter()
+        .filter(|l| match configured {
+            Some(list) => list.contains(&l.name),
+            None => {
+                l.up && l.name != "lo"
+                    && l.name != lan_iface
+                    && (lan_index.is_none() || l.master != lan_index)
+            }
+        })
+        .map(|l| (l.name.as_str(), l.index))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(w: Vec<(&str, u32)>) -> Vec<&str> {
+        w.into_iter().map(|(n, _)| n).collect()
+    }
+
+    fn link(name: &str, index: u32, master: Option<u32>) -> netlink::Link {
+        netlink::Link {
+            name: name.into(),
+            index,
+            up: true,
+            master,
+        }
+    }
+
+    #[test]
+    fn the_lan_bridge_ports_are_not_guarded() {
+        let links = [
+            link("lo", 1, None),
+            link("eth0", 2, None),
+            link("br-lan", 3, None),
+            link("tap0", 4, Some(3)),
+            link("veth-up", 5, Some(6)),
+            link("br-up", 6, None),
+        ];
+        assert_eq!(
+            names(guarded_links(&links, "br-lan", None)),
+            ["eth0", "veth-up", "br-up"]
+        );
+        // A configured list is taken as it is, ports included.
+        let list = ["tap0".to_owned()];
+        assert_eq!(
+            names(guarded_links(&links, "br-lan", Some(&list))),
+            ["tap0"]
+        );
+        // A LAN that is not a bridge: nothing is anyone's port of it.
+        assert_eq!(names(guarded_links(&links, "eth0", None)).len(), 4);
     }
 }

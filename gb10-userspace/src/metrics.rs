@@ -321,9 +321,10 @@ impl Sources {
     }
 }
 
-/// The XDP section: attachment, global and per-client counters.
+/// The XDP section: attachment, DHCP identity, global and per-client counters.
 pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
     w.single(&XDP_ATTACHED, u8::from(snapshot.is_some()));
+    write_identity(w, snapshot);
     let Some(s) = snapshot else { return };
     w.family(&XDP_FRAMES);
     w.sample(
@@ -502,6 +503,99 @@ pub fn write_tftp(w: &mut Writer, s: &crate::tftp::stats::Snapshot) {
     for (ip, c) in &rows {
         for (why, n) in &c.errors {
             w.sample(&TFTP_ERRORS, &[("client", ip), ("reason", why.label())], n);
+        }
+    }
+}
+
+// ---- DHCP identity (issues 15 and 16) -------------------------------------------------
+// The XDP check that a DHCP frame not relayed names its own Ethernet source in chaddr.
+// Its families live in this one block.
+
+pub const DHCP_IDENTITY_CHECK: Family = family(
+    "gb10_dhcp_identity_check",
+    "gauge",
+    "1 when XDP checks that DHCP frames not relayed carry their Ethernet source in chaddr (gb10_guard_mode says whether it drops); 0 when XDP is not attached or the guard is off: any LAN client can then ask in another's name.",
+);
+pub const XDP_IDENTITY_MISMATCH: Family = family(
+    "gb10_xdp_identity_mismatch_total",
+    "counter",
+    "DHCP frames, not relayed, whose chaddr is not their Ethernet source (dropped when the guard enforces).",
+);
+pub const CLIENT_IDENTITY_MISMATCH: Family = family(
+    "gb10_client_identity_mismatch_total",
+    "counter",
+    "DHCP frames from an Ethernet source, not relayed, that named another client in chaddr (sources that sent any).",
+);
+
+/// Whether the identity check runs, what it found in all and per Ethernet source.
+pub fn write_identity(w: &mut Writer, snapshot: Option<&Snapshot>) {
+    let on = snapshot.is_some_and(|s| crate::xdp::checks_identity(s.guard_mode));
+    w.single(&DHCP_IDENTITY_CHECK, u8::from(on));
+    let Some(s) = snapshot else { return };
+    w.single(
+        &XDP_IDENTITY_MISMATCH,
+        s.globals[Global::IdentityMismatch as usize],
+    );
+    w.family(&CLIENT_IDENTITY_MISMATCH);
+    // Only sources that forged: the list an operator wants, not every client's zero.
+    for (key, c) in s.clients.iter().filter(|(_, c)| c.forged > 0) {
+        w.sample(
+            &CLIENT_IDENTITY_MISMATCH,
+            &[("mac", &Mac(key.addr).to_string())],
+            c.forged,
+        );
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use gb10_common::{ClientCounters, MacKey};
+
+    use super::*;
+
+    #[test]
+    fn identity_check_and_mismatches() {
+        let mut snap = Snapshot {
+            guard_mode: GuardMode::Monitor,
+            ..Snapshot::default()
+        };
+        let forger = ClientCounters {
+            forged: 4,
+            ..ClientCounters::default()
+        };
+        snap.clients
+            .push((MacKey::new([2, 0, 0, 0, 0, 0xf0]), forger));
+        snap.clients.push((
+            MacKey::new([2, 0, 0, 0, 0, 0x0c]),
+            ClientCounters::default(),
+        ));
+        snap.globals[Global::IdentityMismatch as usize] = 4;
+        let mut w = Writer::default();
+        write_identity(&mut w, Some(&snap));
+        let text = w.finish();
+        assert!(text.contains("gb10_dhcp_identity_check 1\n"), "{text}");
+        assert!(
+            text.contains("gb10_xdp_identity_mismatch_total 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gb10_client_identity_mismatch_total{mac=\"02:00:00:00:00:f0\"} 4\n")
+        );
+        assert!(!text.contains("02:00:00:00:00:0c"), "{text}");
+    }
+
+    #[test]
+    fn identity_check_off_without_xdp_or_guard() {
+        for snap in [
+            None,
+            Some(Snapshot {
+                guard_mode: GuardMode::Off,
+                ..Snapshot::default()
+            }),
+        ] {
+            let mut w = Writer::default();
+            write_identity(&mut w, snap.as_ref());
+            assert!(w.finish().contains("gb10_dhcp_identity_check 0\n"));
         }
     }
 }

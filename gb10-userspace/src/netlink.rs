@@ -52,8 +52,18 @@ pub fn subscribe(groups: &[MulticastGroup]) -> Result<(Handle, Events), NetlinkE
     Ok((handle, messages))
 }
 
-/// Every link: (name, index, up).
-pub async fn links(handle: &Handle) -> Result<Vec<(String, u32, bool)>, rtnetlink::Error> {
+/// One network interface as the kernel lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+    pub up: bool,
+    /// The bridge or bond this interface is a port of.
+    pub master: Option<u32>,
+}
+
+/// Every link.
+pub async fn links(handle: &Handle) -> Result<Vec<Link>, rtnetlink::Error> {
     use rtnetlink::packet_route::link::LinkAttribute;
     let msgs: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
     Ok(msgs
@@ -63,7 +73,16 @@ pub async fn links(handle: &Handle) -> Result<Vec<(String, u32, bool)>, rtnetlin
                 LinkAttribute::IfName(n) => Some(n.clone()),
                 _ => None,
             })?;
-            Some((name, m.header.index, m.header.flags.contains(LinkFlags::Up)))
+            let master = m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Controller(i) => Some(*i),
+                _ => None,
+            });
+            Some(Link {
+                name,
+                index: m.header.index,
+                up: m.header.flags.contains(LinkFlags::Up),
+                master,
+            })
         })
         .collect())
 }

@@ -1,5 +1,5 @@
-//! The eBPF programs: the LAN XDP program (counters, rate limits, malformed drops,
-//! foreign DHCP servers) and the guard on other interfaces. Loads the embedded object,
+//! The eBPF programs: the LAN XDP program (counters, DHCP identity, rate limits,
+//! malformed drops, foreign DHCP servers) and the guard on other interfaces. Loads the embedded object,
 //! attaches, configures and reads the maps. Dropping [`LanXdp`] detaches everything (the
 //! bpf_links close with their fds).
 use std::{collections::BTreeMap, sync::Mutex};
@@ -292,6 +292,13 @@ impl LanXdp {
             .map(|(n, l)| (n.clone(), l.ifindex))
             .collect()
     }
+}
+
+/// Whether the LAN program, attached, checks that a DHCP frame not relayed names its own
+/// Ethernet source in `chaddr`: whenever the guard is not off (monitor counts, enforce
+/// drops). Without it any LAN client can ask for leases in another's name.
+pub fn checks_identity(mode: GuardMode) -> bool {
+    mode != GuardMode::Off
 }
 
 /// Detaches both links; errors mean the interface (and its links) are gone already.

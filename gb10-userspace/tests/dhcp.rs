@@ -1008,35 +1008,18 @@ fn dhcrelay_relays_a_client_on_another_subnet() {
     // server ns ── 198.18.0.0/24 ── relay ns (the lab's client end, 198.18.0.2)
     //                               relay ns (198.19.1.1) ── far ns (the DHCP client)
     let lab = Lab::new("dhy");
-    let far = gb10_lab::Netns::new(format!("gb10-dhy-f{}", lab.id));
-    let (down, far_if) = (format!("gd{}", lab.id), format!("gf{}", lab.id));
-    lab.client.ip(&[
-        "link", "add", &down, "type", "veth", "peer", "name", &far_if,
-    ]);
-    lab.client.ip(&["link", "set", &far_if, "netns", &far.name]);
-    lab.client
-        .ip(&["addr", "add", "198.19.1.1/24", "dev", &down]);
-    lab.client.ip(&["link", "set", &down, "up"]);
-    far.ip(&["link", "set", &far_if, "up"]);
-    lab.server
-        .ip(&["route", "add", "198.19.1.0/24", "via", lab.client_ip]);
-
+    let far = lab.far_subnet("198.19.1.1", "198.19.1.0/24");
     let mut args = direct_args();
     args.extend([
         "--dhcp-relay-ranges",
         "198.19.1.0/24=198.19.1.100-198.19.1.150,198.19.1.1",
     ]);
     let _daemon = lab.start_daemon(BIN, &args);
-    let mut relay = lab.client.cmd("dhcrelay");
-    relay
-        .args(["-4", "-d", "-id", &down, "-iu", &lab.client_if, "-pf"])
-        .arg(lab.dir.join("dhcrelay.pid"))
-        .arg(lab.server_ip);
-    let _relay = Proc::spawn(relay, &lab.dir.join("dhcrelay.log"));
+    let _relay = lab.dhcrelay(&far);
 
     let hook = Hook::udhcpc(&lab);
-    let mut cmd = far.cmd("udhcpc");
-    cmd.args(["-f", "-i", &far_if, "-t", "20", "-T", "1", "-A", "1"])
+    let mut cmd = far.ns.cmd("udhcpc");
+    cmd.args(["-f", "-i", &far.far_if, "-t", "20", "-T", "1", "-A", "1"])
         .arg("-s")
         .arg(&hook.script);
     let _client = Proc::spawn(cmd, &lab.dir.join("udhcpc.log"));

@@ -18,11 +18,6 @@ use gb10_lab::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
 
-fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
-    let out = run(ns.cmd("cat").arg(format!("/sys/class/net/{iface}/address")));
-    gb10_lab::parse_mac(String::from_utf8_lossy(&out.stdout).trim()).expect("MAC")
-}
-
 /// A DHCPREQUEST unicast to the server (a renewing client), from `chaddr`.
 fn unicast_request(server_mac: [u8; 6], chaddr: [u8; 6], xid: u32) -> Vec<u8> {
     let payload = frames::dhcp_payload(chaddr, xid, 3, &[]);
@@ -37,7 +32,7 @@ fn unicast_request(server_mac: [u8; 6], chaddr: [u8; 6], xid: u32) -> Vec<u8> {
 /// Sends `n` unicast DHCP requests from one client to the daemon; returns how many
 /// reached the server's UDP stack.
 fn flood_one_client(lab: &Lab, chaddr: [u8; 6], n: u32) -> u64 {
-    let server_mac = mac_of(&lab.server, &lab.server_if);
+    let server_mac = lab.server_mac();
     let sender = RawSender::open(&lab.client, &lab.client_if);
     let before = lab.server.udp_reached();
     for i in 0..n {
@@ -168,7 +163,7 @@ fn malformed_frames_to_our_ports_are_dropped_before_the_stack() {
     let lab = Lab::new("gbad");
     let _daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", "enforce"]);
     let mac = [0x02, 0x47, 0, 0, 0, 0x04];
-    let server_mac = mac_of(&lab.server, &lab.server_if);
+    let server_mac = lab.server_mac();
     let to_server = End::new(server_mac, [198, 18, 0, 1], 67);
     let from = End::new(mac, [198, 18, 0, 2], 68);
     // Well-formed IP/UDP aimed at our DHCP port, with DHCP payloads that lie.
@@ -347,8 +342,8 @@ fn cross_wan(lab: &Lab, wan: &Wan) -> (usize, usize) {
     let wan_client = listen_on(&wan.ns, &wan.client_if, 68);
     let wan_client_tftp = listen_on(&wan.ns, &wan.client_if, 41_069);
     // In: a broadcast DISCOVER, a 4011 REQUEST and a TFTP RRQ from the wan side.
-    let mac = mac_of(&wan.ns, &wan.client_if);
-    let server_mac = mac_of(&lab.server, &wan.server_if);
+    let mac = wan.ns.mac(&wan.client_if);
+    let server_mac = lab.server.mac(&wan.server_if);
     let sender = RawSender::open(&wan.ns, &wan.client_if);
     sender.send(&frames::dhcp_discover(mac, 1));
     let proxy_req = frames::dhcp_payload(mac, 2, 3, &[(60, b"PXEClient:Arch:00007:UNDI:003000")]);
@@ -365,7 +360,7 @@ fn cross_wan(lab: &Lab, wan: &Wan) -> (usize, usize) {
     ));
     // Out: a DHCP reply and a TFTP DATA packet leaving through wan (sent as frames, so
     // they take the interface's egress path like any socket's would).
-    let wan_mac = mac_of(&wan.ns, &wan.client_if);
+    let wan_mac = wan.ns.mac(&wan.client_if);
     let out = RawSender::open(&lab.server, &wan.server_if);
     let offer = frames::dhcp_payload([2, 0, 0, 0, 0, 9], 3, 2, &[]);
     let (us, them) = (
@@ -420,8 +415,8 @@ fn nothing_provisioning_crosses_a_guarded_interface() {
     assert_eq!(counted("out"), 2.0, "{}", m.0);
     // Other traffic on wan is untouched.
     let other = listen_on(&lab.server, &wan.server_if, 5_000);
-    let mac = mac_of(&wan.ns, &wan.client_if);
-    let server_mac = mac_of(&lab.server, &wan.server_if);
+    let mac = wan.ns.mac(&wan.client_if);
+    let server_mac = lab.server.mac(&wan.server_if);
     RawSender::open(&wan.ns, &wan.client_if).send(&frames::udp_frame(
         End::new(mac, [198, 19, 0, 2], 5_001),
         End::new(server_mac, [198, 19, 0, 1], 5_000),

@@ -39,13 +39,7 @@ fn counts_dhcp_and_tftp_per_client_mac_exactly() {
 
     let dhcp_mac = [0x02, 0x42, 0, 0, 0xd1, 0x01];
     let tftp_mac = [0x02, 0x42, 0, 0, 0x7f, 0x02];
-    let server_mac = {
-        let out = run(lab
-            .server
-            .cmd("cat")
-            .arg(format!("/sys/class/net/{}/address", lab.server_if)));
-        gb10_lab::parse_mac(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
-    };
+    let server_mac = lab.server_mac();
     let (n, m) = (37u32, 23u32);
     let sender = RawSender::open(&lab.client, &lab.client_if);
     for i in 0..n {
@@ -147,9 +141,45 @@ fn xdp_off_serves_metrics_without_the_program() {
     }
     let lab = Lab::new("xoff");
     let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
-    assert_eq!(lab.metrics().value("gb10_xdp_attached", &[]), 0.0);
+    let m = lab.metrics();
+    assert_eq!(m.value("gb10_xdp_attached", &[]), 0.0);
+    // Said plainly: without XDP nothing checks that a DHCP client is who it claims.
+    assert_eq!(m.get("gb10_dhcp_identity_check", &[]), Some(0.0), "{}", m.0);
     assert!(xdp_ifaces(&lab.server).is_empty());
-    assert!(daemon.log().contains("XDP is off"), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("XDP is off"), "{log}");
+    assert!(log.contains("DHCP identity check off"), "{log}");
+}
+
+#[test]
+fn guard_off_turns_the_identity_check_off_and_says_so() {
+    if !require_root("guard_off_turns_the_identity_check_off_and_says_so") {
+        return;
+    }
+    let lab = Lab::new("xgof");
+    let daemon = lab.start_daemon(BIN, &["--xdp", "required", "--guard", "off"]);
+    let m = lab.metrics();
+    assert_eq!(m.value("gb10_xdp_attached", &[]), 1.0);
+    assert_eq!(m.get("gb10_dhcp_identity_check", &[]), Some(0.0), "{}", m.0);
+    assert!(
+        daemon.log().contains("DHCP identity check off"),
+        "{}",
+        daemon.log()
+    );
+    // Forged frames pass and are not counted: nothing judges them.
+    let sender = RawSender::open(&lab.client, &lab.client_if);
+    for i in 0..5 {
+        sender.send(&frames::forged_discover(
+            [0x02, 0x42, 0, 0, 0xf0, 0x01],
+            [0x02, 0x42, 0, 0, 0xf0, 0x02],
+            i,
+        ));
+    }
+    sleep(Duration::from_millis(300));
+    assert_eq!(
+        lab.metrics().value("gb10_xdp_identity_mismatch_total", &[]),
+        0.0
+    );
 }
 
 /// The daemon under setpriv with CAP_BPF, CAP_SYS_ADMIN and CAP_PERFMON removed.

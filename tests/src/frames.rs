@@ -92,8 +92,36 @@ pub fn dhcp_payload(mac: [u8; 6], xid: u32, msg_type: u8, options: &[(u8, &[u8])
 
 /// A broadcast DHCPDISCOVER from `mac`.
 pub fn dhcp_discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
-    let payload = dhcp_payload(mac, xid, 1, &[(55, &[1, 3, 6, 67])]);
-    udp_frame(dhcp_client(mac), DHCP_BROADCAST, &[], &payload)
+    forged_discover(mac, mac, xid)
+}
+
+/// A broadcast DHCPDISCOVER sent from Ethernet address `src` that names `chaddr` as the
+/// client: an impersonation when the two differ and the frame is not relayed.
+pub fn forged_discover(src: [u8; 6], chaddr: [u8; 6], xid: u32) -> Vec<u8> {
+    let payload = dhcp_payload(chaddr, xid, 1, &[(55, &[1, 3, 6, 67])]);
+    udp_frame(dhcp_client(src), DHCP_BROADCAST, &[], &payload)
+}
+
+/// `payload` (from [`dhcp_payload`]) as a relay agent forwards it: `giaddr` set, one hop.
+pub fn relayed(mut payload: Vec<u8>, giaddr: [u8; 4]) -> Vec<u8> {
+    payload[3] = 1;
+    payload[24..28].copy_from_slice(&giaddr);
+    payload
+}
+
+/// The UDP source and destination ports and payload of an untagged IPv4/UDP frame.
+pub fn udp_of(frame: &[u8]) -> Option<(u16, u16, &[u8])> {
+    if frame.get(12..14)? != [0x08, 0x00] || *frame.get(23)? != 17 {
+        return None;
+    }
+    let l4 = 14 + usize::from(frame.get(14)? & 0x0f) * 4;
+    let udp = frame.get(l4..l4 + 8)?;
+    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    Some((
+        u16::from_be_bytes([udp[0], udp[1]]),
+        u16::from_be_bytes([udp[2], udp[3]]),
+        frame.get(l4 + 8..l4 + len.max(8))?,
+    ))
 }
 
 /// A TFTP read request for `file` from `mac` to `server`.

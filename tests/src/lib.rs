@@ -8,7 +8,10 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -122,6 +125,16 @@ impl Netns {
             .args(["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
             .output();
         ns
+    }
+
+    /// The Ethernet address of `iface` in this namespace.
+    #[track_caller]
+    pub fn mac(&self, iface: &str) -> [u8; 6] {
+        let out = run(self
+            .cmd("cat")
+            .arg(format!("/sys/class/net/{iface}/address")));
+        parse_mac(String::from_utf8_lossy(&out.stdout).trim())
+            .unwrap_or_else(|| panic!("no MAC for {iface} in {}", self.name))
     }
 
     /// A command that runs `program` inside this namespace.
@@ -364,11 +377,12 @@ impl Lab {
 
     /// The client end's MAC address.
     pub fn client_mac(&self) -> [u8; 6] {
-        let out = run(self
-            .client
-            .cmd("cat")
-            .arg(format!("/sys/class/net/{}/address", self.client_if)));
-        parse_mac(String::from_utf8_lossy(&out.stdout).trim()).expect("client MAC")
+        self.client.mac(&self.client_if)
+    }
+
+    /// The server end's MAC address.
+    pub fn server_mac(&self) -> [u8; 6] {
+        self.server.mac(&self.server_if)
     }
 
     /// Starts the daemon in the server namespace serving the lab interface, with
@@ -431,11 +445,62 @@ impl Lab {
         Metrics(body)
     }
 
+    /// A subnet behind the client end, which routes between it and the LAN as a relay
+    /// agent's host does: a new namespace holds `far_if` (no address: a DHCP client
+    /// configures it), the client end holds `down` with `gateway`/24, and the server
+    /// routes `subnet` via the client end. The client end must have its address
+    /// ([`Lab::new`]). Dropping the result removes the namespace and the veth.
+    #[track_caller]
+    pub fn far_subnet(&self, gateway: &str, subnet: &str) -> FarSubnet {
+        let ns = Netns::new(format!("gb10-far-{}", self.id));
+        let (down, far_if) = (format!("gd{}", self.id), format!("gf{}", self.id));
+        self.client.ip(&[
+            "link", "add", &down, "type", "veth", "peer", "name", &far_if,
+        ]);
+        self.client.ip(&["link", "set", &far_if, "netns", &ns.name]);
+        self.client
+            .ip(&["addr", "add", &format!("{gateway}/24"), "dev", &down]);
+        self.client.ip(&["link", "set", &down, "up"]);
+        ns.ip(&["link", "set", &far_if, "up"]);
+        self.server
+            .ip(&["route", "add", subnet, "via", self.client_ip]);
+        FarSubnet { ns, far_if, down }
+    }
+
+    /// ISC dhcrelay on the client end relaying `far`'s clients to the server, in the
+    /// foreground (its log in the lab dir), stopped on drop.
+    #[track_caller]
+    pub fn dhcrelay(&self, far: &FarSubnet) -> Guard {
+        let log = File::create(self.dir.join("dhcrelay.log")).expect("dhcrelay log");
+        let child = self
+            .client
+            .cmd("dhcrelay")
+            .args(["-4", "-d", "-id", &far.down, "-iu", &self.client_if, "-pf"])
+            .arg(self.dir.join("dhcrelay.pid"))
+            .arg(self.server_ip)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("dhcrelay (apt-get install isc-dhcp-relay)");
+        Guard(child)
+    }
+
     /// Whether an XDP program is attached to `iface` in namespace `ns` (per `ip link`).
     pub fn xdp_attached(ns: &Netns, iface: &str) -> bool {
         let out = run(ns.cmd("ip").args(["-d", "link", "show", "dev", iface]));
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
+}
+
+/// See [`Lab::far_subnet`].
+pub struct FarSubnet {
+    /// The far side: where the relayed DHCP client runs.
+    pub ns: Netns,
+    /// The far side's interface.
+    pub far_if: String,
+    /// The client end's interface towards the far side (dhcrelay's downstream).
+    pub down: String,
 }
 
 /// A one-namespace LAN for virtual machines: a bridge holding the server address
@@ -891,6 +956,153 @@ impl RawSender {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// What an attacker's sniffer on one interface saw: every frame that arrived there (not
+/// those sent from it), captured by an AF_PACKET socket on a thread of its own until
+/// [`Sniffer::finish`].
+pub struct Sniffer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Vec<u8>>, u32)>,
+}
+
+impl Sniffer {
+    /// Starts capturing frames that arrive on `iface` in `ns` and for which `keep` holds.
+    #[track_caller]
+    pub fn start(ns: &Netns, iface: &str, keep: fn(&[u8]) -> bool) -> Self {
+        let iface = iface.to_owned();
+        let fd = ns.enter(move || {
+            // Wake up every 50 ms to look at the stop flag.
+            let fd = packet_socket(&iface, Duration::from_millis(50));
+            // Room for bursts: root may go beyond rmem_max.
+            let rcvbuf: libc::c_int = 8 << 20;
+            set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf)
+                .expect("SO_RCVBUFFORCE");
+            fd
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut kept = Vec::new();
+                let mut buf = vec![0u8; 65_536];
+                // Bounded: the test stops it; 10 minutes at most whatever happens.
+                let start = Instant::now();
+                while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(600) {
+                    // SAFETY: zeroed sockaddr_ll is valid; buffer and address sized as given.
+                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                    let mut len = size_of::<libc::sockaddr_ll>() as u32;
+                    let n = unsafe {
+                        libc::recvfrom(
+                            fd.as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            0,
+                            (&raw mut from).cast(),
+                            &mut len,
+                        )
+                    };
+                    if n > 0
+                        && from.sll_pkttype != libc::PACKET_OUTGOING
+                        && keep(&buf[..n as usize])
+                    {
+                        kept.push(buf[..n as usize].to_vec());
+                    }
+                }
+                // Frames the kernel dropped for a full socket buffer: a capture that lost
+                // some proves nothing about what was not seen.
+                let mut stats = libc::tpacket_stats {
+                    tp_packets: 0,
+                    tp_drops: 0,
+                };
+                let mut len = size_of::<libc::tpacket_stats>() as u32;
+                // SAFETY: getsockopt writes at most `len` bytes into `stats`.
+                unsafe {
+                    libc::getsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_PACKET,
+                        libc::PACKET_STATISTICS,
+                        (&raw mut stats).cast(),
+                        &mut len,
+                    )
+                };
+                (kept, stats.tp_drops)
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops capturing: the frames kept, after checking that the kernel dropped none.
+    #[track_caller]
+    pub fn finish(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (kept, drops) = self.thread.join().expect("sniffer thread");
+        assert_eq!(
+            drops, 0,
+            "the sniffer lost frames: its capture proves nothing"
+        );
+        kept
+    }
+}
+
+/// An AF_PACKET socket bound to `iface` in the calling thread's namespace, receiving
+/// every protocol, whose reads give up after `timeout` so a loop can look at its stop
+/// flag.
+#[track_caller]
+pub fn packet_socket(iface: &str, timeout: Duration) -> OwnedFd {
+    let name = std::ffi::CString::new(iface).expect("iface");
+    // SAFETY: plain libc calls on values we own; the fd is owned at once.
+    let (fd, ifindex, proto) = unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        assert!(ifindex > 0, "no interface {iface}");
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto.into());
+        assert!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        (OwnedFd::from_raw_fd(raw), ifindex, proto)
+    };
+    // SAFETY: zeroed sockaddr_ll is valid; bind reads exactly its size.
+    let rc = unsafe {
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex;
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind {iface}: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).expect("SO_RCVTIMEO");
+    fd
+}
+
+/// `setsockopt(fd, level, name, value)`.
+pub fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads exactly size_of::<T>() bytes of `value`.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

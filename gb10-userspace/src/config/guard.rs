@@ -13,7 +13,8 @@ pub struct RawGuard {
     #[arg(id = "guard_mode", long = "guard", env = "GB10_GUARD_MODE")]
     pub mode: Option<GuardMode>,
     /// Interfaces that must not carry provisioning traffic (comma-separated); default every
-    /// interface but the LAN and loopback that is up, followed as interfaces come and go.
+    /// interface that is up but loopback, the LAN and the LAN bridge's ports, followed as
+    /// interfaces come and go.
     #[arg(
         id = "guard_interfaces",
         long = "guard-interfaces",

@@ -3,7 +3,7 @@
 //! veth and a new namespace where the real client runs, as [`IMPAIRED_IP`].
 use std::{
     collections::VecDeque,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gb10_lab::{Lab, Netns};
+use gb10_lab::{Lab, Netns, packet_socket};
+
+/// How often a relay thread looks at its stop flag (its socket's receive timeout).
+const TICK: Duration = Duration::from_millis(5);
 
 /// What happens to frames going one way.
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,7 +67,7 @@ impl Impaired {
         let (server_side, client_side) = {
             let (a, b) = (lab.client_if.clone(), outer.clone());
             lab.client
-                .enter(move || (packet_socket(&a), packet_socket(&b)))
+                .enter(move || (packet_socket(&a, TICK), packet_socket(&b, TICK)))
         };
         let server_side = Arc::new(server_side);
         let client_side = Arc::new(client_side);
@@ -89,44 +92,6 @@ impl Drop for Impaired {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-/// An AF_PACKET socket bound to `iface` (in the calling thread's namespace), all
-/// protocols, with a short receive timeout so relays notice `stop`.
-fn packet_socket(iface: &str) -> OwnedFd {
-    let name = std::ffi::CString::new(iface).unwrap();
-    // SAFETY: plain libc calls on values we own; the fd is owned at once.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-        assert!(ifindex > 0, "no interface {iface}");
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto.into());
-        assert!(raw >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        let fd = OwnedFd::from_raw_fd(raw);
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex;
-        let rc = libc::bind(
-            raw,
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        );
-        assert_eq!(rc, 0, "bind {iface}: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 5_000,
-        };
-        let rc = libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as u32,
-        );
-        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-        fd
     }
 }
 

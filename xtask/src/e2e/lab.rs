@@ -331,12 +331,13 @@ fn dnsmasq_conf(s: &Scenario, lab: &Bridge, tftp: &Path, dir: &Path) -> String {
 }
 
 /// gb10-provision's flags for the scenario: DHCP range, and the x86 UEFI PXE boot file.
+/// XDP and the guard keep their defaults (attached, enforce), as users run it.
 fn daemon_args(s: &Scenario) -> Vec<String> {
     let efi = match s.chain {
         Chain::Ipxe(f) => f,
         Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
     };
-    let mut args: Vec<String> = ["--xdp", "off", "--guard", "off", "--boot-uefi-x86", efi]
+    let mut args: Vec<String> = ["--boot-uefi-x86", efi]
         .map(String::from)
         .to_vec();
     match s.dhcp {

@@ -337,9 +337,7 @@ fn daemon_args(s: &Scenario) -> Vec<String> {
         Chain::Ipxe(f) => f,
         Chain::ShimGrub | Chain::IpxeScript | Chain::HttpBoot(_) => "shimx64.efi",
     };
-    let mut args: Vec<String> = ["--boot-uefi-x86", efi]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = ["--boot-uefi-x86", efi].map(String::from).to_vec();
     match s.dhcp {
         Dhcp::Direct => args.extend(["--dhcp-range".into(), "198.18.0.100-198.18.0.200".into()]),
         Dhcp::Proxy => args.extend(["--mode".into(), "proxy".into()]),

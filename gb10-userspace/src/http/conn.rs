@@ -286,8 +286,25 @@ async fn respond(
         return Ok(!close);
     }
     // Small bodies (the usual: a script, a config, a status page) go out with the head
-    // in one write.
-    while let Some(frame) = body.frame().await {
+    // in one write. A stream of unknown length (an event stream) sends its head at once
+    // and ends when its client goes, rather than at its next event.
+    let streamed = exact.is_none();
+    if streamed {
+        write_all(tcp, &out, write_timeout).await?;
+        out.clear();
+    }
+    loop {
+        let frame = if streamed {
+            tokio::select! {
+                frame = body.frame() => frame,
+                () = client_gone(tcp) => {
+                    return Err(io::ErrorKind::ConnectionReset.into());
+                }
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(io::Error::other)?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -337,6 +354,16 @@ async fn write_all(tcp: &TcpStream, mut bytes: &[u8], limit: Duration) -> io::Re
         }
     }
     Ok(())
+}
+
+/// Returns once the client has closed its end (or the socket failed); never while it
+/// is open, even with a next request waiting (that one is read after this response).
+async fn client_gone(tcp: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match tcp.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 fn line(out: &mut Vec<u8>, name: &str, value: &str) {

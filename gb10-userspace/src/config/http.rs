@@ -10,9 +10,10 @@ use super::{Base, ConfigError, count, duration, invalid};
 /// `[http] max_connections` when unset.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
 /// `[http] max_connections_per_address` when unset: far more than one machine opens
-/// (firmware and boot loaders use one connection, an installer a few), few enough
-/// that one address holds 1/32 of the slots.
-pub const DEFAULT_HTTP_MAX_PER_ADDRESS: usize = 32;
+/// (firmware and boot loaders use one connection, an installer a few; an operator's
+/// dashboards and `clients watch` up to the 32 event streams a listener allows), few
+/// enough that one address holds 1/16 of the slots.
+pub const DEFAULT_HTTP_MAX_PER_ADDRESS: usize = 64;
 /// `[http] request_timeout` when unset: our requests are a head and at most a small
 /// body (a heartbeat, an API call); 30 s is hyper's header timeout and plenty on a lossy
 /// link.
@@ -49,7 +50,7 @@ pub struct RawHttp {
     /// connections wait in the kernel's accept queue instead of taking descriptors.
     #[arg(long = "http-max-connections", env = "GB10_HTTP_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Open HTTP connections from one client address (default 32); a connection beyond
+    /// Open HTTP connections from one client address (default 64); a connection beyond
     /// it gets `503` and is closed at once. Applies to the LAN and admin listeners.
     #[arg(
         long = "http-max-connections-per-address",

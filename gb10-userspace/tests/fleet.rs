@@ -1,7 +1,7 @@
 //! The fleet view in headless Chromium against the real daemon (defaults: XDP attached,
 //! guard enforce): a real client (dhclient, tftp-hpa, curl) asks for a boot file that was
 //! removed, and the page says why it stopped, live, with the admin token on every request.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use gb10_lab::{Lab, require_root, require_tool, write_file};
 
@@ -20,22 +20,15 @@ fn json(text: &str) -> serde_json::Value {
 fn fleet_view_says_why_a_real_client_stopped() {
     const T: &str = "fleet::why";
     if !require_root(T)
-        || !require_tool(T, "chromium", "chromium")
-        || !require_tool(T, "node", "nodejs")
         || !require_tool(T, "curl", "curl")
         || !require_tool(T, "dhclient", "isc-dhcp-client")
         || !require_tool(T, "tftp", "tftp-hpa")
     {
         return;
     }
-    let npm_root = Command::new("npm").args(["root", "-g"]).output().ok();
-    let npm_root = npm_root
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    if !Path::new(&npm_root).join("playwright-core").is_dir() {
-        gb10_lab::skip(T, "playwright-core missing: npm install -g playwright-core");
+    let Some(npm_root) = gb10_lab::browser::playwright(T) else {
         return;
-    }
+    };
     let lab = Lab::bare("fleet");
     let mac = gb10_lab::format_mac(&lab.client_mac());
     let data = lab.dir.join("data");
@@ -65,25 +58,16 @@ fn fleet_view_says_why_a_real_client_stopped() {
         let _ = std::fs::remove_file(artifacts.join(f));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fleet.cjs");
-    let profile = lab.dir.join("chromium-profile");
-    std::fs::create_dir_all(&profile).unwrap();
-    let out = lab
-        .server
-        .cmd("timeout")
-        .args(["150", "node"])
-        .arg(&script)
-        .arg(format!("http://{ADMIN}/fleet"))
-        .arg(&mac)
-        .arg(TOKEN)
-        .arg(&lab.client.name)
-        .arg(lab.server_ip)
-        .arg(gb10_lab::HTTP_PORT.to_string())
-        .arg(&artifacts)
-        .env("NODE_PATH", &npm_root)
-        .env("HOME", &lab.dir)
-        .env("XDG_CONFIG_HOME", &profile)
-        .output()
-        .expect("node");
+    let args = [
+        format!("http://{ADMIN}/fleet"),
+        mac.clone(),
+        TOKEN.to_owned(),
+        lab.client.name.clone(),
+        lab.server_ip.to_owned(),
+        gb10_lab::HTTP_PORT.to_string(),
+        artifacts.display().to_string(),
+    ];
+    let out = gb10_lab::browser::run_script(&lab.server, &npm_root, &lab.dir, 150, &script, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

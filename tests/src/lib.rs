@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod browser;
 pub mod debs;
 pub mod flood;
 pub mod frames;

@@ -4,7 +4,7 @@
 // the client's row to change by the event stream, with no reload. Then open the
 // client's timeline with the keyboard. Every /api request must carry the token.
 // argv: url mac token client-ns server-ip http-port shot-dir.
-const { chromium } = require("playwright-core");
+const { launch } = require("./browser.cjs");
 const { execFileSync } = require("child_process");
 const [url, mac, token, ns, server, port, shots] = process.argv.slice(2);
 
@@ -16,11 +16,7 @@ function client(args) {
 }
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
     let loads = 0;

@@ -78,6 +78,112 @@ pub enum ClientEvent {
         #[serde(default)]
         ip: Option<Ipv4Addr>,
     },
+    /// Something the client asked for failed: a boot file TFTP or HTTP could not serve, a
+    /// seed refused to its address, an offer it never took. Recorded only for clients
+    /// already seen (a failure never creates a record); repeats fold into one entry.
+    Failure {
+        /// Where in the chain.
+        stage: Stage,
+        /// What it asked for (a path), or what it was offered.
+        what: String,
+        /// Why, in a word: `not_found`, `denied`, `forbidden`, `busy`, `timeout`,
+        /// `unanswered`, `error`, `bad_request`, `render_failed`.
+        reason: String,
+        /// How many times in a row.
+        #[serde(default = "one")]
+        times: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Longest `what` of a failure kept, in bytes: paths come from the LAN.
+pub const FAILURE_WHAT_MAX: usize = 160;
+
+/// Failure entries kept per client: past it the oldest failure goes, so a stranger
+/// asking for made-up paths from a client's address cannot push its real events out.
+pub const FAILURES_KEPT: usize = 24;
+
+/// A failure equal to one of this many newest entries folds into it (counted, moved
+/// last): a firmware retrying DHCP → TFTP adds one failure, not one per round.
+const FOLD_WINDOW: usize = 16;
+
+impl ClientEvent {
+    /// A failure of `what` at `stage` for `reason`, `what` cut to [`FAILURE_WHAT_MAX`].
+    pub fn failure(stage: Stage, what: &str, reason: &str) -> Self {
+        let mut end = what.len().min(FAILURE_WHAT_MAX);
+        while !what.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self::Failure {
+            stage,
+            what: what[..end].to_owned(),
+            reason: reason.to_owned(),
+            times: 1,
+        }
+    }
+
+    /// The stage of the boot chain this event belongs to. Paths over HTTP start with
+    /// `/`; TFTP ones are relative to the TFTP root.
+    pub fn stage(&self) -> Stage {
+        let by_path = |p: &str| {
+            if p.starts_with('/') {
+                Stage::Http
+            } else {
+                Stage::Tftp
+            }
+        };
+        match self {
+            Self::Discover { .. } | Self::Leased { .. } => Stage::Dhcp,
+            Self::BootFile { path } | Self::Kernel { path } => by_path(path),
+            Self::Seed { .. } => Stage::Seed,
+            // The installer's own reports (`installing`, `installed`), else the booted
+            // system's.
+            Self::Heartbeat { phase, .. } if phase.starts_with("install") => Stage::Installer,
+            Self::Heartbeat { .. } => Stage::Heartbeat,
+            Self::Failure { stage, .. } => *stage,
+        }
+    }
+
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Self::Failure { .. })
+    }
+
+    /// The same failure (what, where, why), whatever the count.
+    fn same_failure(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Failure {
+                    stage,
+                    what,
+                    reason,
+                    ..
+                },
+                Self::Failure {
+                    stage: s,
+                    what: w,
+                    reason: r,
+                    ..
+                },
+            ) => stage == s && what == w && reason == r,
+            _ => false,
+        }
+    }
+}
+
+/// The steps of a network boot, in order, as the fleet view and `clients watch` show
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Dhcp,
+    Tftp,
+    Http,
+    Seed,
+    Installer,
+    Heartbeat,
 }
 
 /// Where a client is in its onboarding.
@@ -131,6 +237,8 @@ impl ClientState {
             ClientEvent::Heartbeat { phase, .. } => {
                 return Self::from_phase(phase).or(current);
             }
+            // A failure says where it stopped, not where it is.
+            ClientEvent::Failure { .. } => return current,
         };
         match current {
             // A failed client that boots again is trying again.
@@ -165,6 +273,36 @@ pub struct ClientRecord {
     pub last_seen_ms: u64,
     /// Oldest first, at most [`TIMELINE_LIMIT`].
     pub timeline: VecDeque<TimelineEntry>,
+}
+
+impl ClientRecord {
+    /// The stage of its last step forward (failures skipped), and since when it has been
+    /// in it: the first of the newest run of steps in that stage.
+    pub fn stage(&self) -> Option<(Stage, u64)> {
+        let mut steps = self.timeline.iter().rev().filter(|e| !e.event.is_failure());
+        let last = steps.next()?;
+        let stage = last.event.stage();
+        let since = steps
+            .take_while(|e| e.event.stage() == stage)
+            .last()
+            .unwrap_or(last)
+            .at_ms;
+        Some((stage, since))
+    }
+
+    /// Why it stopped: its newest event when that is a failure (nothing went forward
+    /// since). A retrying firmware's repeated failure folds last, so it stays the answer.
+    pub fn stopped(&self) -> Option<&TimelineEntry> {
+        self.timeline.back().filter(|e| e.event.is_failure())
+    }
+
+    /// The architecture its firmware sent (option 93) in its newest DISCOVER that had one.
+    pub fn arch(&self) -> Option<u16> {
+        self.timeline.iter().rev().find_map(|e| match e.event {
+            ClientEvent::Discover { arch } => arch,
+            _ => None,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -238,7 +376,14 @@ impl Clients {
     pub fn record(&self, mac: Mac, event: ClientEvent) {
         let at_ms = clock::now_ms();
         let mut inner = self.lock();
-        if inner.records.len() >= CLIENT_LIMIT && !inner.records.contains_key(&mac) {
+        let known = inner.records.contains_key(&mac);
+        if event.is_failure() && !known {
+            // Failures come from addresses and paths anyone on the LAN picks: they never
+            // make a record, so they cannot fill the table.
+            debug!(%mac, ?event, "failure of a client never seen; not recorded");
+            return;
+        }
+        if inner.records.len() >= CLIENT_LIMIT && !known {
             warn!(%mac, limit = CLIENT_LIMIT, ?event, "client table full; event not recorded");
             return;
         }
@@ -263,13 +408,10 @@ impl Clients {
             ClientEvent::Heartbeat { ip: Some(ip), .. } => record.reported_ip = Some(*ip),
             _ => {}
         }
-        if record.timeline.len() >= TIMELINE_LIMIT {
-            record.timeline.pop_front();
-        }
         debug!(%mac, ?event, "client event");
+        let kept = push(&mut record.timeline, at_ms, event);
         // No subscriber (tests, tools) is not an error.
-        let _ = self.events.send((mac, event.clone()));
-        record.timeline.push_back(TimelineEntry { at_ms, event });
+        let _ = self.events.send((mac, kept));
         inner.dirty.insert(mac);
     }
 
@@ -362,6 +504,36 @@ impl Clients {
     }
 }
 
+/// Appends `event` to `timeline`, bounded: a failure equal to a recent one folds into it
+/// (counted, moved last), failures beyond [`FAILURES_KEPT`] drop the oldest failure, and
+/// past [`TIMELINE_LIMIT`] the oldest entry goes. Returns the event as kept.
+fn push(timeline: &mut VecDeque<TimelineEntry>, at_ms: u64, mut event: ClientEvent) -> ClientEvent {
+    if event.is_failure() {
+        let recent = timeline.len().saturating_sub(FOLD_WINDOW)..timeline.len();
+        let same = recent
+            .rev()
+            .find(|&i| timeline[i].event.same_failure(&event));
+        if let Some(old) = same.and_then(|i| timeline.remove(i)) {
+            event = old.event;
+            if let ClientEvent::Failure { times, .. } = &mut event {
+                *times = times.saturating_add(1);
+            }
+        } else if timeline.iter().filter(|e| e.event.is_failure()).count() >= FAILURES_KEPT
+            && let Some(oldest) = timeline.iter().position(|e| e.event.is_failure())
+        {
+            timeline.remove(oldest);
+        }
+    }
+    if timeline.len() >= TIMELINE_LIMIT {
+        timeline.pop_front();
+    }
+    timeline.push_back(TimelineEntry {
+        at_ms,
+        event: event.clone(),
+    });
+    event
+}
+
 /// Flushes `clients` every second until `token` fires, then once more.
 pub async fn flush_loop(clients: Arc<Clients>, token: CancellationToken) {
     let flush = |clients: Arc<Clients>| async move {
@@ -434,6 +606,133 @@ mod tests {
         }
         assert_eq!(c.events(MAC).len(), TIMELINE_LIMIT);
         assert_eq!(c.mac_by_lease(Ipv4Addr::new(198, 18, 0, 100)), Some(MAC));
+    }
+
+    fn failure(what: &str) -> ClientEvent {
+        ClientEvent::failure(Stage::Tftp, what, "not_found")
+    }
+
+    #[test]
+    fn failures_fold_are_bounded_and_never_create_a_record() {
+        let c = Clients::in_memory();
+        c.record(MAC, failure("shimx64.efi"));
+        assert_eq!(c.get(MAC), None, "a failure made a record");
+        c.record(MAC, ClientEvent::Discover { arch: Some(7) });
+        let mut rx = c.subscribe();
+        // A firmware retrying: DHCP, then the same TFTP failure, three rounds.
+        for _ in 0..3 {
+            c.record(
+                MAC,
+                ClientEvent::Leased {
+                    ip: Ipv4Addr::new(198, 18, 0, 9),
+                },
+            );
+            c.record(MAC, failure("shimx64.efi"));
+        }
+        let r = c.get(MAC).unwrap();
+        let failures: Vec<_> = r.timeline.iter().filter(|e| e.event.is_failure()).collect();
+        assert_eq!(failures.len(), 1, "{:?}", r.timeline);
+        assert_eq!(
+            r.timeline.back().unwrap().event,
+            ClientEvent::Failure {
+                stage: Stage::Tftp,
+                what: "shimx64.efi".into(),
+                reason: "not_found".into(),
+                times: 3,
+            }
+        );
+        assert_eq!(
+            r.state,
+            ClientState::Discovered,
+            "a failure moved the state"
+        );
+        // The broadcast carries the count.
+        let mut last = None;
+        while let Ok((_, e)) = rx.try_recv() {
+            last = Some(e);
+        }
+        assert!(
+            matches!(last, Some(ClientEvent::Failure { times: 3, .. })),
+            "{last:?}"
+        );
+        // Made-up paths: at most FAILURES_KEPT failures, the real events stay.
+        for i in 0..100 {
+            c.record(MAC, failure(&format!("x/{i}/{}", "y".repeat(300))));
+        }
+        let r = c.get(MAC).unwrap();
+        let kept: Vec<_> = r.timeline.iter().filter(|e| e.event.is_failure()).collect();
+        assert_eq!(kept.len(), FAILURES_KEPT);
+        assert!(
+            r.timeline
+                .iter()
+                .any(|e| e.event == ClientEvent::Discover { arch: Some(7) })
+        );
+        let ClientEvent::Failure { what, .. } = &r.timeline.back().unwrap().event else {
+            panic!()
+        };
+        assert_eq!(what.len(), FAILURE_WHAT_MAX);
+        assert!(what.starts_with("x/99/"));
+    }
+
+    #[test]
+    fn stage_since_and_why_it_stopped() {
+        let entry = |at_ms, event| TimelineEntry { at_ms, event };
+        let mut r = ClientRecord {
+            mac: MAC,
+            state: ClientState::Discovered,
+            lease_ip: None,
+            reported_ip: None,
+            first_seen_ms: 1,
+            last_seen_ms: 1,
+            timeline: VecDeque::new(),
+        };
+        assert_eq!((r.stage(), r.stopped(), r.arch()), (None, None, None));
+        r.timeline.extend([
+            entry(1, ClientEvent::Discover { arch: Some(11) }),
+            entry(
+                2,
+                ClientEvent::Leased {
+                    ip: Ipv4Addr::new(198, 18, 0, 9),
+                },
+            ),
+            entry(3, failure("grubaa64.efi")),
+        ]);
+        // Still in DHCP since the DISCOVER; stopped on the TFTP failure.
+        assert_eq!(r.stage(), Some((Stage::Dhcp, 1)));
+        assert_eq!(r.stopped().map(|e| e.at_ms), Some(3));
+        assert_eq!(r.arch(), Some(11));
+        r.timeline.extend([
+            entry(
+                4,
+                ClientEvent::BootFile {
+                    path: "grubaa64.efi".into(),
+                },
+            ),
+            entry(
+                5,
+                ClientEvent::BootFile {
+                    path: "grub/grub.cfg".into(),
+                },
+            ),
+        ]);
+        // A step forward: the failure is history, not the reason.
+        assert_eq!(r.stage(), Some((Stage::Tftp, 4)));
+        assert_eq!(r.stopped(), None);
+    }
+
+    #[test]
+    fn stages() {
+        let path = |p: &str| ClientEvent::BootFile { path: p.into() }.stage();
+        assert_eq!(path("shimx64.efi"), Stage::Tftp);
+        assert_eq!(path("/ipxe/x"), Stage::Http);
+        assert_eq!(heartbeat("installing").stage(), Stage::Installer);
+        assert_eq!(heartbeat("onboarded").stage(), Stage::Heartbeat);
+        assert_eq!(failure("a").stage(), Stage::Tftp);
+        let json = serde_json::to_string(&failure("a")).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"failure","stage":"tftp","what":"a","reason":"not_found","times":1}"#
+        );
     }
 
     #[test]

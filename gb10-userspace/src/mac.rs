@@ -12,6 +12,11 @@ impl std::fmt::Display for Mac {
     }
 }
 
+/// `mac` as a log field: the address, or `-` when nobody knows it.
+pub fn or_dash(mac: Option<Mac>) -> String {
+    mac.map_or_else(|| "-".into(), |m| m.to_string())
+}
+
 impl std::str::FromStr for Mac {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

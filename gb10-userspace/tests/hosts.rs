@@ -630,24 +630,12 @@ fn sshd(lab: &Lab, keys: &Path) -> gb10_lab::Guard {
 /// tile through SSE without a reload; the screenshot is kept in target/artifacts/.
 #[test]
 fn dashboard_tile_updates_live_in_chromium() {
-    if !require_root("hosts::dashboard")
-        || !require_tool("hosts::dashboard", "chromium", "chromium")
-        || !require_tool("hosts::dashboard", "node", "nodejs")
-        || !require_tool("hosts::dashboard", "curl", "curl")
-    {
+    if !require_root("hosts::dashboard") || !require_tool("hosts::dashboard", "curl", "curl") {
         return;
     }
-    let npm_root = Command::new("npm").args(["root", "-g"]).output().ok();
-    let npm_root = npm_root
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    if !Path::new(&npm_root).join("playwright-core").is_dir() {
-        gb10_lab::skip(
-            "hosts::dashboard",
-            "playwright-core missing: npm install -g playwright-core",
-        );
+    let Some(npm_root) = gb10_lab::browser::playwright("hosts::dashboard") else {
         return;
-    }
+    };
     let lab = Lab::new("hdash");
     let mut daemon = start(&lab, "", &[]);
     let reg = format!(r#"{{"mac":"{HOST_MAC}"}}"#);
@@ -659,27 +647,14 @@ fn dashboard_tile_updates_live_in_chromium() {
     let shot = artifacts.join("hosts-dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dashboard.cjs");
-    let profile = lab.dir.join("chromium-profile");
-    std::fs::create_dir_all(&profile).unwrap();
-    let out = lab
-        .server
-        .cmd("timeout")
-        .args(["90", "node"])
-        .arg(&script)
-        .arg(format!("http://{ADMIN}/"))
-        .arg(HOST_MAC)
-        .arg(&lab.client.name)
-        .arg(format!(
-            "http://{}:{}/heartbeat",
-            lab.server_ip,
-            gb10_lab::HTTP_PORT
-        ))
-        .arg(&shot)
-        .env("NODE_PATH", &npm_root)
-        .env("HOME", &lab.dir)
-        .env("XDG_CONFIG_HOME", &profile)
-        .output()
-        .expect("node");
+    let args = [
+        format!("http://{ADMIN}/"),
+        HOST_MAC.to_owned(),
+        lab.client.name.clone(),
+        format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
+        shot.display().to_string(),
+    ];
+    let out = gb10_lab::browser::run_script(&lab.server, &npm_root, &lab.dir, 90, &script, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod browser;
 pub mod debs;
 pub mod flood;
 pub mod frames;

@@ -75,7 +75,41 @@ pub fn describe(e: &Value) -> (&'static str, String) {
             }
             ("BEAT", text)
         }
+        "failure" => {
+            let stage = match s(e, "stage") {
+                "dhcp" => "DHCP",
+                "tftp" => "TFTP",
+                "http" => "HTTP",
+                "seed" => "SEED",
+                "installer" | "heartbeat" => "BEAT",
+                _ => "?",
+            };
+            let mut text = format!("FAILED {} ({})", s(e, "what"), reason(s(e, "reason")));
+            if let Some(n) = e.get("times").and_then(Value::as_u64).filter(|&n| n > 1) {
+                text.push_str(&format!(" ×{n}"));
+            }
+            (stage, text)
+        }
         other => ("?", other.to_owned()),
+    }
+}
+
+/// A failure's reason in words.
+pub fn reason(code: &str) -> &str {
+    match code {
+        "not_found" => "not found",
+        "denied" => "access denied",
+        "forbidden" => "refused to this address",
+        "busy" => "server busy",
+        "timeout" => "client stopped answering",
+        "unanswered" => "offer never answered",
+        "error" => "server error",
+        "bad_request" => "bad request",
+        "write_refused" => "write refused (read-only server)",
+        "render_failed" => "template failed to render",
+        "no_boot_file" => "no boot file",
+        "pool_exhausted" => "no free address",
+        other => other,
     }
 }
 
@@ -257,6 +291,11 @@ mod tests {
         assert_eq!(
             describe(&e),
             ("HTTP", "kernel/initrd /amd64/vmlinuz".into())
+        );
+        let e = serde_json::json!({"event": "failure", "stage": "tftp", "what": "shimx64.efi", "reason": "not_found", "times": 3});
+        assert_eq!(
+            describe(&e),
+            ("TFTP", "FAILED shimx64.efi (not found) ×3".into())
         );
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");

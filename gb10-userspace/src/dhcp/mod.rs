@@ -61,6 +61,11 @@ pub struct ClientStats {
 }
 
 impl ClientStats {
+    /// How long the last offer has waited for its REQUEST, when it still waits.
+    pub fn offer_waiting(&self, now: Instant) -> Option<Duration> {
+        self.pending_offer.map(|t| now.duration_since(t))
+    }
+
     /// Unanswered offers including a pending one older than [`OFFER_FOLLOW_UP`].
     pub fn unanswered(&self, now: Instant) -> u64 {
         self.offers_unanswered
@@ -122,17 +127,21 @@ impl Stats {
         });
     }
 
-    /// A reply to `mac` left.
-    pub fn sent(&self, mac: Mac, ty: Option<MessageType>) {
+    /// A reply to `mac` left. True when it is an offer that replaces one still waiting
+    /// for its REQUEST: that one was not answered.
+    pub fn sent(&self, mac: Mac, ty: Option<MessageType>) -> bool {
+        let mut ignored = false;
         self.with_client(mac, |c| {
             c.sent[type_index(ty)] += 1;
             if ty == Some(MessageType::Offer) {
                 // A new offer while the last one still waits: the last one was ignored.
                 if c.pending_offer.replace(Instant::now()).is_some() {
                     c.offers_unanswered += 1;
+                    ignored = true;
                 }
             }
         });
+        ignored
     }
 
     /// Every tracked client (`None`: the overflow row).
@@ -208,14 +217,19 @@ mod tests {
         let s = Stats::default();
         let mac = Mac([2, 0, 0, 0, 0, 1]);
         s.received(mac, Some(MessageType::Discover));
-        s.sent(mac, Some(MessageType::Offer));
+        assert!(!s.sent(mac, Some(MessageType::Offer)));
         s.received(mac, Some(MessageType::Discover));
-        s.sent(mac, Some(MessageType::Offer));
+        assert!(
+            s.sent(mac, Some(MessageType::Offer)),
+            "the first offer went unanswered"
+        );
         let c = s.client(mac).unwrap();
+        assert!(c.offer_waiting(Instant::now()).is_some());
         assert_eq!(c.offers_unanswered, 1);
         assert_eq!(c.received[1], 2);
         s.received(mac, Some(MessageType::Request));
         let c = s.client(mac).unwrap();
         assert_eq!(c.unanswered(Instant::now() + OFFER_FOLLOW_UP * 2), 1);
+        assert_eq!(c.offer_waiting(Instant::now()), None);
     }
 }

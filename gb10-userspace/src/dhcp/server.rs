@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     boot::ServerAddr,
-    clients::Clients,
+    clients::{ClientEvent, Clients, Stage},
     clock,
     config::{Config, Mode},
     lan::{self, LanAddr},
@@ -207,6 +207,8 @@ impl Server {
         self.client(sock, &req, mac, src, on_pxe_port);
     }
 
+    // The span is debug level, so a DHCP storm does not pay for one per packet: lines
+    // at info and above name `mac` themselves (every line about a client carries it).
     #[instrument(level = "debug", skip_all, fields(mac = %mac))]
     fn client(
         &self,
@@ -266,10 +268,15 @@ impl Server {
         };
         let mut bytes = Vec::with_capacity(548);
         if let Err(err) = msg.encode(&mut Encoder::new(&mut bytes)) {
-            warn!(error = %err, "encoding the reply failed");
+            warn!(%mac, error = %err, "encoding the reply failed");
             return;
         }
         let reply_ty = msg.opts().msg_type();
+        let sent = Sent {
+            mac,
+            ty: reply_ty,
+            yiaddr: msg.yiaddr(),
+        };
         match persist {
             Persist::BeforeReply(lease) => {
                 let done = self.writer.write(lease);
@@ -279,8 +286,8 @@ impl Server {
                 tokio::spawn(async move {
                     match done.await {
                         Ok(Ok(())) => {
-                            send(&sock, &iface, &bytes, dest).await;
-                            dhcp.stats.sent(mac, reply_ty);
+                            send(&sock, &iface, &bytes, dest, mac).await;
+                            sent.note(&dhcp);
                         }
                         Ok(Err(err)) => {
                             dhcp.stats
@@ -294,34 +301,54 @@ impl Server {
             }
             Persist::Later(lease) => {
                 self.writer.write_later(lease);
-                self.send_now(sock, bytes, dest, mac, reply_ty);
+                self.send_now(sock, bytes, dest, sent);
             }
-            Persist::Nothing => self.send_now(sock, bytes, dest, mac, reply_ty),
+            Persist::Nothing => self.send_now(sock, bytes, dest, sent),
         }
     }
 
-    fn send_now(
-        &self,
-        sock: &Arc<UdpSocket>,
-        bytes: Vec<u8>,
-        dest: Dest,
-        mac: Mac,
-        ty: Option<dhcproto::v4::MessageType>,
-    ) {
+    fn send_now(&self, sock: &Arc<UdpSocket>, bytes: Vec<u8>, dest: Dest, sent: Sent) {
         // UDP sends on a non-blocking socket rarely wait; try inline first.
         if let Some(to) = quick_target(sock, &self.iface, dest)
             && sock.try_send_to(&bytes, to.into()).is_ok()
         {
-            self.dhcp.stats.sent(mac, ty);
+            sent.note(&self.dhcp);
             return;
         }
         let sock = sock.clone();
         let iface = self.iface.clone();
         let dhcp = self.dhcp.clone();
         tokio::spawn(async move {
-            send(&sock, &iface, &bytes, dest).await;
-            dhcp.stats.sent(mac, ty);
+            send(&sock, &iface, &bytes, dest, sent.mac).await;
+            sent.note(&dhcp);
         });
+    }
+}
+
+/// A reply that left, for the counters and the client's timeline.
+#[derive(Clone, Copy)]
+struct Sent {
+    mac: Mac,
+    ty: Option<dhcproto::v4::MessageType>,
+    yiaddr: Ipv4Addr,
+}
+
+impl Sent {
+    /// Counts the reply; an offer that replaces one the client never answered puts that
+    /// on its timeline (a firmware that keeps asking and never takes what it is offered).
+    fn note(self, dhcp: &Dhcp) {
+        if dhcp.stats.sent(self.mac, self.ty) {
+            let what = if self.yiaddr.is_unspecified() {
+                "proxy offer".to_owned()
+            } else {
+                format!("offer of {}", self.yiaddr)
+            };
+            info!(mac = %self.mac, %what, "the last offer was not answered");
+            dhcp.events.record(
+                self.mac,
+                ClientEvent::failure(Stage::Dhcp, &what, "unanswered"),
+            );
+        }
     }
 }
 
@@ -341,12 +368,12 @@ fn quick_target(sock: &UdpSocket, iface: &str, dest: Dest) -> Option<SocketAddrV
     })
 }
 
-async fn send(sock: &UdpSocket, iface: &str, bytes: &[u8], dest: Dest) {
+async fn send(sock: &UdpSocket, iface: &str, bytes: &[u8], dest: Dest, mac: Mac) {
     let Some(to) = quick_target(sock, iface, dest) else {
         return;
     };
     if let Err(err) = sock.send_to(bytes, SocketAddr::V4(to)).await {
-        warn!(%to, error = %err, "sending DHCP reply failed");
+        warn!(%mac, %to, error = %err, "sending DHCP reply failed");
     }
 }
 

@@ -1,7 +1,8 @@
 //! The admin API's view of every machine: `GET /api/clients` (one summary row per client
 //! seen and per inventory host), `GET /api/clients/{mac}` (with the timeline) and
 //! `GET /api/clients/events` (every client event live, as Server-Sent Events; `?mac=`
-//! for one client). Read-only, like `GET /api/hosts`.
+//! for one client), and `GET /fleet`, the page that shows them live and says why a
+//! machine stopped. Read-only, like `GET /api/hosts`.
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -20,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast::error::RecvError};
 
 use super::api::Admin;
 use crate::{
-    clients::{ClientEvent, ClientRecord, ClientState, TimelineEntry},
+    clients::{ClientEvent, ClientRecord, ClientState, Stage, TimelineEntry},
     inventory::Inventory,
     mac::Mac,
 };
@@ -34,6 +35,7 @@ const STREAMS_MAX: usize = 32;
 pub fn routes(admin: Admin) -> Router {
     let slots = Arc::new(Semaphore::new(STREAMS_MAX));
     Router::new()
+        .route("/fleet", get(page))
         .route("/api/clients", get(list))
         .route(
             "/api/clients/events",
@@ -41,6 +43,14 @@ pub fn routes(admin: Admin) -> Router {
         )
         .route("/api/clients/{mac}", get(one))
         .with_state(admin)
+}
+
+/// The fleet view: one page, no external assets; it reads the routes below with the
+/// admin token the operator types (kept in the tab's sessionStorage).
+const PAGE: &str = include_str!("fleet.html");
+
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(PAGE)
 }
 
 /// One machine: what the inventory and host records say, and what it did last.
@@ -60,6 +70,13 @@ struct Row {
     first_seen_ms: Option<u64>,
     last_seen_ms: Option<u64>,
     last_event: Option<TimelineEntry>,
+    /// Option 93 of its newest DISCOVER that had one.
+    arch: Option<u16>,
+    /// Where in the boot chain its last step forward was, and since when.
+    stage: Option<Stage>,
+    stage_since_ms: Option<u64>,
+    /// Why it stopped: its newest event, when that is a failure.
+    stopped: Option<TimelineEntry>,
     /// Events in the timeline (at most [`crate::clients::TIMELINE_LIMIT`]).
     events: usize,
 }
@@ -67,6 +84,7 @@ struct Row {
 fn row(admin: &Admin, inv: &Inventory, mac: Mac, record: Option<&ClientRecord>) -> Row {
     let host = inv.host(mac);
     let registered = admin.hosts.get(mac);
+    let stage = record.and_then(ClientRecord::stage);
     Row {
         mac,
         hostname: host.and_then(|h| h.hostname.clone()),
@@ -82,6 +100,10 @@ fn row(admin: &Admin, inv: &Inventory, mac: Mac, record: Option<&ClientRecord>) 
         first_seen_ms: record.map(|r| r.first_seen_ms),
         last_seen_ms: record.map(|r| r.last_seen_ms),
         last_event: record.and_then(|r| r.timeline.back().cloned()),
+        arch: record.and_then(ClientRecord::arch),
+        stage: stage.map(|(s, _)| s),
+        stage_since_ms: stage.map(|(_, since)| since),
+        stopped: record.and_then(|r| r.stopped().cloned()),
         events: record.map_or(0, |r| r.timeline.len()),
     }
 }

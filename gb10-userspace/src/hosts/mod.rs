@@ -267,6 +267,8 @@ impl Hosts {
                 Trigger::BootFetch { path: path.clone() }
             }
             ClientEvent::Seed { path } => Trigger::SeedFetch { path: path.clone() },
+            // What failed shows in the fleet view; the host's own timeouts fail it.
+            ClientEvent::Failure { .. } => return,
             ClientEvent::Heartbeat { phase, message, .. } => {
                 self.note_heartbeat(mac, phase);
                 match phase.as_str() {

@@ -16,11 +16,11 @@ use tracing::{error, instrument, warn};
 
 use super::Peer;
 use crate::{
-    clients::{ClientEvent, Clients},
+    clients::{ClientEvent, Clients, Stage},
     identity::Identity,
     lan::LanAddr,
     live::Live,
-    mac::Mac,
+    mac::{Mac, or_dash},
     seeds::{ROUTES, Record, Scope, SeedRoute, Seeds, Server, table},
 };
 
@@ -137,7 +137,7 @@ fn server(s: &SeedRoutes, headers: &HeaderMap) -> Server {
 }
 
 /// Serves the row at `path` that `mac`'s profile gets, to its owner, and records it.
-#[instrument(skip_all, fields(mac = %mac.map_or_else(|| "-".into(), |m| m.to_string()), path = %path))]
+#[instrument(skip_all, fields(mac = %or_dash(mac), path = %path))]
 fn serve(
     s: &SeedRoutes,
     path: &str,
@@ -145,7 +145,27 @@ fn serve(
     peer: Peer,
     headers: &HeaderMap,
 ) -> Response {
+    // What went wrong goes on the timeline of the host the seed is for (the fleet
+    // view's "why it stopped"), never making a record for a MAC not seen.
+    let failed = |stage, reason: &str| {
+        if let Some(mac) = mac {
+            let mut asked = path.replace("{mac}", &mac.to_string());
+            // A refusal names who asked: the host from an unexpected address, or not
+            // the host at all.
+            if reason == "forbidden" {
+                let from = peer.0.map_or_else(|| "?".to_owned(), |ip| ip.to_string());
+                asked = format!("{asked} from {from}");
+            }
+            s.events
+                .record(mac, ClientEvent::failure(stage, &asked, reason));
+        }
+    };
     let Some(row) = s.seeds.row(path, mac) else {
+        // Only from the host's own address: anyone can put a MAC in a URL, and a
+        // stranger's request must not become a healthy machine's "why it stopped".
+        if mac.is_some_and(|m| s.identity.owns(m, peer.0)) {
+            failed(Stage::Seed, "not_found");
+        }
         return text(
             StatusCode::NOT_FOUND,
             "this host's profile has no such seed\n",
@@ -157,6 +177,7 @@ fn serve(
         && !s.identity.owns(mac, peer.0)
     {
         warn!(peer = ?peer.0, "seed requested from an address that is not the host's; 403");
+        failed(stage_of(row), "forbidden");
         return text(
             StatusCode::FORBIDDEN,
             "this seed belongs to another host's address\n",
@@ -184,11 +205,20 @@ fn serve(
         Err(err) => {
             // The log names the template and the variable; the client gets none of it.
             error!(template = row.template, error = %crate::error_chain(&err), "rendering a seed failed");
+            failed(stage_of(row), "render_failed");
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "seed rendering failed; the server log names the template and variable\n",
             )
         }
+    }
+}
+
+/// Where in the chain a row's request is: a boot loader's script is HTTP, the rest seeds.
+fn stage_of(row: &SeedRoute) -> Stage {
+    match row.record {
+        Record::BootFile => Stage::Http,
+        Record::Seed | Record::Nothing => Stage::Seed,
     }
 }
 

@@ -18,10 +18,11 @@ use tracing::{debug, warn};
 
 use super::Peer;
 use crate::{
-    clients::{ClientEvent, Clients},
+    clients::{ClientEvent, Clients, Stage},
     confine::{OpenError, Root},
     identity::Identity,
     live::Live,
+    mac::{Mac, or_dash},
 };
 
 /// What the static file routes use.
@@ -116,7 +117,7 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
         Ok(Located::File { root, path }) => (root, path),
         Ok(Located::Redirect(to)) => return redirect(&to),
         Err(Refused::BadPath) => {
-            warn!(path = %raw, peer = ?peer.0, "refused request path");
+            warn!(path = %raw, peer = ?peer.0, mac = %or_dash(who(&files, peer)), "refused request path");
             return status_page(StatusCode::BAD_REQUEST);
         }
     };
@@ -132,14 +133,16 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
         .to_owned();
     let (file, meta, small) = match find(&root, &rel, method == Method::GET) {
         Lookup::Found(file, meta, small) => (file, meta, small),
-        Lookup::Missing => return status_page(StatusCode::NOT_FOUND),
+        Lookup::Missing => return failed(&files, peer, &raw, StatusCode::NOT_FOUND),
         Lookup::Refused(OpenError::Outside) => {
-            warn!(path = %raw, peer = ?peer.0, "resolves out of the root (symlink)");
-            return status_page(StatusCode::FORBIDDEN);
+            warn!(path = %raw, peer = ?peer.0, mac = %or_dash(who(&files, peer)), "resolves out of the root (symlink)");
+            return failed(&files, peer, &raw, StatusCode::FORBIDDEN);
         }
-        Lookup::Refused(OpenError::Denied) => return status_page(StatusCode::FORBIDDEN),
+        Lookup::Refused(OpenError::Denied) => {
+            return failed(&files, peer, &raw, StatusCode::FORBIDDEN);
+        }
         Lookup::Refused(err) => {
-            warn!(path = %raw, error = %crate::error_chain(&err), "opening a served file");
+            warn!(path = %raw, mac = %or_dash(who(&files, peer)), error = %crate::error_chain(&err), "opening a served file");
             return status_page(StatusCode::INTERNAL_SERVER_ERROR);
         }
     };
@@ -160,7 +163,7 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
         return listing(&method, &raw, path).await;
     }
     if !meta.is_file() {
-        return status_page(StatusCode::NOT_FOUND);
+        return failed(&files, peer, &raw, StatusCode::NOT_FOUND);
     }
     let response = file_response(&method, headers, &path, &meta, file, small).await;
     if method == Method::GET && response.status().is_success() {
@@ -272,6 +275,28 @@ fn note_fetch(files: &Files, peer: Peer, raw: &str, headers: &HeaderMap) {
         return;
     };
     files.events.record(mac, event);
+}
+
+/// The requester's MAC, when it is known by its address (lease or fixed IP).
+fn who(files: &Files, peer: Peer) -> Option<Mac> {
+    peer.0.and_then(|ip| files.identity.who(ip))
+}
+
+/// A 404 or 403, put on the requester's timeline when it is known by its address: the
+/// fleet view's "why it stopped" (a kernel that is not there).
+fn failed(files: &Files, peer: Peer, raw: &str, status: StatusCode) -> Response {
+    if let Some(mac) = who(files, peer) {
+        let path = percent_decode_str(raw).decode_utf8_lossy();
+        let reason = if status == StatusCode::NOT_FOUND {
+            "not_found"
+        } else {
+            "forbidden"
+        };
+        files
+            .events
+            .record(mac, ClientEvent::failure(Stage::Http, &path, reason));
+    }
+    status_page(status)
 }
 
 /// An error status with a one-line text body, closing the connection, as nginx and

@@ -18,7 +18,12 @@ use super::{
     session::{self, Link, Outcome, Source, Tally, Timing},
     stats::{Failure, SessionSlot},
 };
-use crate::{clients::ClientEvent, confine::OpenError, mac::Mac, seeds::Server};
+use crate::{
+    clients::{ClientEvent, Stage},
+    confine::OpenError,
+    mac::{Mac, or_dash},
+    seeds::Server,
+};
 
 /// Packets queued for one single-port session before the listener drops them.
 const INBOX: usize = 64;
@@ -28,6 +33,28 @@ pub struct Ctx {
     pub tftp: Arc<super::Tftp>,
     pub root: Arc<Root>,
     pub limits: Limits,
+}
+
+impl Ctx {
+    /// The MAC asking from `ip`: its lease or fixed address, else the kernel's neighbour
+    /// entry (proxy mode leases nothing). For the log and the client's timeline.
+    fn mac_of(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.tftp.identity.who_or_neighbour(ip)
+    }
+
+    /// Counts a request or transfer of `client` that did not complete and puts it on the
+    /// client's timeline (the fleet view's "why it stopped"), except a transfer the client
+    /// ended itself: EDK2 ends its size probe so, on every boot.
+    fn failed(&self, client: Ipv4Addr, mac: Option<Mac>, file: &str, why: Failure, reason: &str) {
+        self.tftp.stats.failed(client, why);
+        if let Some(mac) = mac
+            && why != Failure::Aborted
+        {
+            self.tftp
+                .events
+                .record(mac, ClientEvent::failure(Stage::Tftp, file, reason));
+        }
+    }
 }
 
 /// A client port with a session running, and what started it.
@@ -136,10 +163,9 @@ impl Listener {
                 }
             }
         }
-        let stats = &ctx.tftp.stats;
         let client = *peer.ip();
-        let refuse = |code, message: &str, why: Failure| {
-            stats.failed(client, why);
+        let refuse = |code, message: &str, mac, file: &str, why: Failure| {
+            ctx.failed(client, mac, file, why, why.label());
             let reply = packet::error(code, message);
             async move {
                 if let Err(err) = socket.send_to(&reply, peer).await {
@@ -151,10 +177,14 @@ impl Listener {
             // Never answer an ERROR or a stray ACK/DATA: two servers could ping-pong.
             Err(PacketError::NotARequest(_)) => return None,
             Err(err) => {
-                info!(%peer, %err, "bad TFTP request");
+                let mac = ctx.mac_of(client);
+                info!(%peer, mac = %or_dash(mac), %err, "bad TFTP request");
+                let message = err.to_string();
                 refuse(
                     ErrorCode::IllegalOperation,
-                    &err.to_string(),
+                    &message,
+                    mac,
+                    "request",
                     Failure::BadRequest,
                 )
                 .await;
@@ -162,21 +192,29 @@ impl Listener {
             }
             Ok(r) => r,
         };
+        let file = String::from_utf8_lossy(&request.filename).into_owned();
         if request.kind == Kind::Write {
-            info!(%peer, file = %String::from_utf8_lossy(&request.filename), "write refused");
+            let mac = ctx.mac_of(client);
+            info!(%peer, mac = %or_dash(mac), %file, "write refused");
             refuse(
                 ErrorCode::AccessViolation,
                 "Read-only server",
+                mac,
+                &file,
                 Failure::WriteRefused,
             )
             .await;
             return None;
         }
-        let Some(slot) = stats.try_start(ctx.tftp.config.max_sessions) else {
-            warn!(%peer, max = ctx.tftp.config.max_sessions, "too many TFTP sessions; request refused");
+        let Some(slot) = ctx.tftp.stats.try_start(ctx.tftp.config.max_sessions) else {
+            let mac = ctx.mac_of(client);
+            warn!(%peer, mac = %or_dash(mac), %file, max = ctx.tftp.config.max_sessions,
+                "too many TFTP sessions; request refused");
             refuse(
                 ErrorCode::NotDefined,
                 "Server busy, retry later",
+                mac,
+                &file,
                 Failure::Busy,
             )
             .await;
@@ -215,7 +253,9 @@ impl Listener {
         };
         let (ctx, socket) = (self.ctx.clone(), self.socket.clone());
         let name = String::from_utf8_lossy(&start.request.filename).into_owned();
-        let span = info_span!("tftp", client = %peer, file = %name);
+        // Every line of the transfer names the client's MAC (`-` when nobody knows it).
+        let mac = ctx.mac_of(*peer.ip());
+        let span = info_span!("tftp", mac = %or_dash(mac), client = %peer, file = %name);
         async move {
             let _guard = guard;
             let Start {
@@ -232,21 +272,28 @@ impl Listener {
                     Ok(link) => link,
                     Err(err) => {
                         warn!(%err, "cannot open a transfer socket");
-                        ctx.tftp.stats.failed(*peer.ip(), Failure::Io);
+                        ctx.failed(*peer.ip(), mac, &name, Failure::Io, "error");
                         return;
                     }
                 },
             };
-            transfer(&ctx, link, request, peer).await;
+            transfer(&ctx, link, request, peer, mac).await;
         }
         .instrument(span)
     }
 }
 
-/// Opens the file and sends it.
-async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV4) {
+/// Opens the file and sends it. `mac` is the requester's, when known.
+async fn transfer(
+    ctx: &Ctx,
+    mut link: Link,
+    request: Request,
+    peer: SocketAddrV4,
+    mac: Option<Mac>,
+) {
     let client = *peer.ip();
     let stats = &ctx.tftp.stats;
+    let asked = String::from_utf8_lossy(&request.filename).into_owned();
     let xdp_port = link.port().filter(|_| ctx.tftp.xdp.is_some());
     if let (Some(port), Some(xdp)) = (xdp_port, &ctx.tftp.xdp) {
         xdp.add_tftp_port(port);
@@ -257,13 +304,16 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
         Ok(f) => f,
         Err(err) => {
             let (code, message) = err.tftp();
-            let why = match err {
-                PathError::Open(OpenError::NotFound) => Failure::NotFound,
-                PathError::Open(OpenError::Io(_) | OpenError::Unsupported) => Failure::Io,
-                _ => Failure::Denied,
+            let (why, reason) = match err {
+                PathError::Open(OpenError::NotFound) => (Failure::NotFound, "not_found"),
+                PathError::Open(OpenError::Io(_) | OpenError::Unsupported) => {
+                    (Failure::Io, "error")
+                }
+                PathError::Render(_) => (Failure::Denied, "render_failed"),
+                _ => (Failure::Denied, "denied"),
             };
             info!(error = %err, "request refused");
-            stats.failed(client, why);
+            ctx.failed(client, mac, &asked, why, reason);
             let _ = link.send(&packet::error(code, message)).await;
             unregister(ctx, xdp_port);
             return;
@@ -306,11 +356,7 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
                 ms = elapsed.as_millis() as u64, mb_per_s = format!("{rate:.1}"), "transfer complete");
             // A rendered per-host config is recorded under the MAC it names, anything
             // else under the requester's.
-            let mac = match named {
-                Some(mac) => Some(mac),
-                None => ctx.tftp.identity.who_or_neighbour(client),
-            };
-            match mac {
+            match named.or(mac) {
                 Some(mac) => ctx
                     .tftp
                     .events
@@ -323,22 +369,22 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
         Outcome::Aborted { code, message } => {
             // EDK2 ends its tsize probe this way: normal, but counted.
             info!(code, %message, "client ended the transfer");
-            stats.failed(client, Failure::Aborted);
+            ctx.failed(client, mac, &asked, Failure::Aborted, "aborted");
         }
         Outcome::TimedOut => {
             info!(
                 blocks = tally.blocks,
                 "client stopped answering; transfer given up"
             );
-            stats.failed(client, Failure::Timeout);
+            ctx.failed(client, mac, &asked, Failure::Timeout, "timeout");
         }
         Outcome::Replaced => {
             debug!("client started a new request from the same port");
-            stats.failed(client, Failure::Aborted);
+            ctx.failed(client, mac, &asked, Failure::Aborted, "aborted");
         }
         Outcome::Io(err) => {
             info!(%err, "transfer failed");
-            stats.failed(client, Failure::Io);
+            ctx.failed(client, mac, &asked, Failure::Io, "error");
         }
     }
 }

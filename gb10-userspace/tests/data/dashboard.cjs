@@ -1,15 +1,11 @@
 // Drives the dashboard in headless Chromium: load the grid, then have the host
 // heartbeat (from the client namespace) and wait for its tile to change by SSE, with
 // no reload. argv: url mac heartbeat-ns heartbeat-url screenshot.
-const { chromium } = require("playwright-core");
+const { launch } = require("./browser.cjs");
 const { execFileSync } = require("child_process");
 const [url, mac, ns, beatUrl, shot] = process.argv.slice(2);
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     let loads = 0;

@@ -7,7 +7,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use crate::dhcp::leases::{ClientId, LeaseState, Leases};
 use crate::{
     boot::{self, Action, BootRequest},
-    clients::ClientEvent,
+    clients::{ClientEvent, Stage},
 };
 
 use super::{
@@ -42,22 +42,38 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
             events.push(ClientEvent::Discover {
                 arch: boot_req.arch,
             });
+            // Firmware that names its architecture and gets no boot file stops here: the
+            // decision's reason is what the fleet view shows.
+            if boot_req.arch.is_some() && decision.boot_file.is_none() {
+                let why = decision.why.last().map_or("no boot file", String::as_str);
+                events.push(ClientEvent::failure(Stage::Dhcp, why, "no_boot_file"));
+            }
             let ip = match fixed {
                 Some(ip) if leases.free_for(ip, &client, ctx.now) => Some(ip),
                 Some(_) => None,
                 None => leases.pick(pool, &client, requested_ip(req), ctx.now, reserved),
             };
-            let Some(ip) = ip else {
-                return Outcome::silent(Silent::PoolExhausted);
-            };
-            leases.offer(ip, &client, mac, ctx.now);
-            let msg = address_reply(req, MessageType::Offer, ip, ctx, pool, leases, &decision);
-            Outcome {
-                reply: Some((msg, destination(req, false, ip))),
-                silent: None,
-                persist: Persist::Nothing,
-                decision: None,
-                events: Vec::new(),
+            match ip {
+                Some(ip) => {
+                    leases.offer(ip, &client, mac, ctx.now);
+                    let msg =
+                        address_reply(req, MessageType::Offer, ip, ctx, pool, leases, &decision);
+                    Outcome {
+                        reply: Some((msg, destination(req, false, ip))),
+                        silent: None,
+                        persist: Persist::Nothing,
+                        decision: None,
+                        events: Vec::new(),
+                    }
+                }
+                None => {
+                    let what = match fixed {
+                        Some(ip) => format!("its fixed address {ip} (held by another client)"),
+                        None => "an address from the pool".to_owned(),
+                    };
+                    events.push(ClientEvent::failure(Stage::Dhcp, &what, "pool_exhausted"));
+                    Outcome::silent(Silent::PoolExhausted)
+                }
             }
         }
         MessageType::Request => {

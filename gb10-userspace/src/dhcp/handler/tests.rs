@@ -297,3 +297,54 @@ fn proxy_answers_pxe_clients_only_and_never_an_address() {
         Some(Silent::NotForUs)
     );
 }
+
+#[test]
+fn discover_failures_say_why_for_the_fleet_view() {
+    use crate::clients::{ClientEvent, Stage};
+    let failures = |o: &Outcome| -> Vec<(Stage, String)> {
+        o.events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Failure { stage, reason, .. } => Some((*stage, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let (mut l, inv) = (table(), Inventory::default());
+    // An architecture no boot file exists for: an address, and the reason on record.
+    let d = msg(&[(53, &[1]), (93, &[0x12, 0x34])], [0; 4], [0; 4]);
+    let o = run(&d, &mut l, &inv);
+    assert_eq!(ty(&o), Some(MessageType::Offer));
+    assert_eq!(failures(&o), vec![(Stage::Dhcp, "no_boot_file".into())]);
+    let ClientEvent::Failure { what, .. } = &o.events[1] else {
+        panic!("{:?}", o.events)
+    };
+    assert!(
+        what.contains("4660") && what.contains("no boot file"),
+        "{what}"
+    );
+    // A plain DHCP client (no option 93) is not a failure.
+    let plain = msg(&[(53, &[1])], [0; 4], [0; 4]);
+    assert_eq!(failures(&run(&plain, &mut l, &inv)), vec![]);
+    // Both addresses held by others: silent, and the reason on record.
+    for (i, last) in [(1u8, 100u8), (2, 101)] {
+        l.commit(
+            Ipv4Addr::new(198, 18, 0, last),
+            &ClientId(vec![i]),
+            Mac([2, 0, 0, 0, 0, i]),
+            None,
+            1000,
+            3600,
+        );
+    }
+    let o = run(&d, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::PoolExhausted));
+    assert_eq!(o.events[0], ClientEvent::Discover { arch: Some(0x1234) });
+    assert_eq!(
+        failures(&o),
+        vec![
+            (Stage::Dhcp, "no_boot_file".into()),
+            (Stage::Dhcp, "pool_exhausted".into())
+        ]
+    );
+}

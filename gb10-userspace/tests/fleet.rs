@@ -1,0 +1,131 @@
+//! The fleet view in headless Chromium against the real daemon (defaults: XDP attached,
+//! guard enforce): a real client (dhclient, tftp-hpa, curl) asks for a boot file that was
+//! removed, and the page says why it stopped, live, with the admin token on every request.
+use std::path::Path;
+
+use gb10_lab::{Lab, require_root, require_tool, write_file};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
+const ADMIN: &str = "127.0.0.1:9190";
+const TOKEN: &str = "fleet-canary-token-7c2e9a41";
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A machine whose shim was removed: TFTP `not_found` on the page, then a step forward
+/// (GRUB) clears it, then a missing kernel over HTTP; the timeline by keyboard; the
+/// screenshots kept in target/artifacts/.
+#[test]
+fn fleet_view_says_why_a_real_client_stopped() {
+    const T: &str = "fleet::why";
+    if !require_root(T)
+        || !require_tool(T, "curl", "curl")
+        || !require_tool(T, "dhclient", "isc-dhcp-client")
+        || !require_tool(T, "tftp", "tftp-hpa")
+    {
+        return;
+    }
+    let Some(npm_root) = gb10_lab::browser::playwright(T) else {
+        return;
+    };
+    let lab = Lab::bare("fleet");
+    let mac = gb10_lab::format_mac(&lab.client_mac());
+    let data = lab.dir.join("data");
+    std::fs::create_dir_all(data.join("tftp")).unwrap();
+    std::fs::create_dir_all(data.join("www")).unwrap();
+    // GRUB is there; the shim the firmware asks for first is not.
+    std::fs::write(data.join("tftp/grubx64.efi"), vec![7u8; 100_000]).unwrap();
+    write_file(
+        &data.join("inventory.toml"),
+        &format!(
+            "[profiles.node]\nkernel = \"amd64/vmlinuz\"\ninitrd = \"amd64/initrd.img\"\n\
+             [[hosts]]\nmac = \"{mac}\"\nhostname = \"node-1\"\nprofile = \"node\"\n"
+        ),
+    );
+    let config = lab.dir.join("config.toml");
+    write_file(
+        &config,
+        &format!("[admin]\ntoken = \"{TOKEN}\"\nlisten = \"{ADMIN}\"\n"),
+    );
+    let mut daemon = lab.start_daemon(BIN, &["--config", config.to_str().unwrap()]);
+    let (leased, _dhclient) = lab.client.dhclient_once(&lab.client_if, &lab.dir, 20);
+    assert!(leased.is_some(), "no lease\n{}", daemon.log());
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    for f in ["fleet-stopped.png", "fleet-detail.png"] {
+        let _ = std::fs::remove_file(artifacts.join(f));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fleet.cjs");
+    let args = [
+        format!("http://{ADMIN}/fleet"),
+        mac.clone(),
+        TOKEN.to_owned(),
+        lab.client.name.clone(),
+        lab.server_ip.to_owned(),
+        gb10_lab::HTTP_PORT.to_string(),
+        artifacts.display().to_string(),
+    ];
+    let out = gb10_lab::browser::run_script(&lab.server, &npm_root, &lab.dir, 150, &script, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fleet script failed:\n{stdout}\n{}\n--- daemon ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    let r = json(stdout.trim().lines().last().unwrap_or(""));
+    println!("{r:#}");
+    let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+    assert!(s("before").contains("node-1"), "{r}");
+    assert_eq!(r["stored"], true, "token not in sessionStorage: {r}");
+    let why = s("tftpWhy");
+    assert!(
+        why.starts_with("TFTP: shimx64.efi") && why.contains("not found"),
+        "{r}"
+    );
+    assert_eq!(
+        r["forward"]["why"], "",
+        "a step forward kept the reason: {r}"
+    );
+    assert_eq!(r["forward"]["state"], "pxe_booted", "{r}");
+    let why = s("httpWhy");
+    assert!(
+        why.starts_with("HTTP: /amd64/vmlinuz") && why.contains("not found"),
+        "{r}"
+    );
+    let timeline = s("timeline");
+    for want in [
+        "FAILED shimx64.efi: not found",
+        "boot file grubx64.efi",
+        "FAILED /amd64/vmlinuz: not found",
+    ] {
+        assert!(timeline.contains(want), "`{want}` not in the timeline: {r}");
+    }
+    assert_eq!(
+        r["detailHidden"], true,
+        "Escape did not close the pane: {r}"
+    );
+    assert_eq!(r["focusBack"], "mac", "focus not back on the row: {r}");
+    assert_eq!(r["shownStopped"], true, "{r}");
+    assert_eq!(
+        r["bare"],
+        serde_json::json!([]),
+        "requests without the token: {r}"
+    );
+    assert_eq!(r["loads"], 1, "the page reloaded: {r}");
+    for f in ["fleet-stopped.png", "fleet-detail.png"] {
+        let png = std::fs::read(artifacts.join(f)).expect("screenshot");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 1000, "{f}");
+    }
+    // Every log line about the failure names the client's MAC (the TFTP span carries it).
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("request refused") && l.contains(&mac)),
+        "no TFTP refusal line with {mac}:\n{log}"
+    );
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+}

@@ -154,9 +154,9 @@ fn serve(
     if let Some(mac) = mac
         && row.owner_only
         && s.owner_check
-        && !s.identity.owns(mac, peer.0)
+        && let Err(why) = s.identity.owns(mac, peer.0)
     {
-        warn!(peer = ?peer.0, "seed requested from an address that is not the host's; 403");
+        warn!(peer = ?peer.0, %why, "seed requested from an address that is not the host's; 403");
         return text(
             StatusCode::FORBIDDEN,
             "this seed belongs to another host's address\n",

@@ -141,15 +141,7 @@ fn run_ok(cmd: &mut Command) -> String {
 /// an address until a client configures one.
 fn http_local(lab: &Lab, path: &str) -> (u16, String) {
     let url = format!("http://{}:{}{path}", lab.server_ip, gb10_lab::HTTP_PORT);
-    let out = lab
-        .server
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.server.curl_token(&url, 5.0, &lab.admin_token())
 }
 
 #[track_caller]

@@ -1,9 +1,10 @@
 // Drives the dashboard in headless Chromium: load the grid, then have the host
 // heartbeat (from the client namespace) and wait for its tile to change by SSE, with
-// no reload. argv: url mac heartbeat-ns heartbeat-url screenshot.
+// no reload. argv: url mac heartbeat-ns heartbeat-url screenshot token. The token goes in
+// the address's fragment, which the page keeps in session storage and never sends.
 const { chromium } = require("playwright-core");
 const { execFileSync } = require("child_process");
-const [url, mac, ns, beatUrl, shot] = process.argv.slice(2);
+const [url, mac, ns, beatUrl, shot, token] = process.argv.slice(2);
 (async () => {
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
@@ -14,7 +15,12 @@ const [url, mac, ns, beatUrl, shot] = process.argv.slice(2);
     const page = await browser.newPage();
     let loads = 0;
     page.on("load", () => loads++);
+    // Without the token: the page asks for it and shows no host.
     await page.goto(url, { timeout: 15000 });
+    await page.waitForSelector("#login:not([hidden])", { timeout: 10000 });
+    if (await page.locator(`[id="h-${mac}"]`).count() !== 0) throw new Error("a host shown without the token");
+    await page.goto(url + "#token=" + encodeURIComponent(token), { timeout: 15000 });
+    if (page.url().includes("token")) throw new Error("the token stayed in the address: " + page.url());
     const tile = page.locator(`[id="h-${mac}"]`);
     await tile.waitFor({ timeout: 10000 });
     await page.waitForFunction(() => document.getElementById("live").textContent === "live", null, { timeout: 10000 });

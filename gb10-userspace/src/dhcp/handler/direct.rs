@@ -151,8 +151,8 @@ pub fn handle_direct(
 /// Whether a RELEASE or DECLINE of `ip` comes from the client holding its live lease, as
 /// far as the server can tell: the same client identifier and chaddr; a RELEASE sent from
 /// the leased address itself (RFC 2131 §4.4.6: unicast from `ciaddr`) while our neighbour
-/// entry for it, if any, names the holder (a forged source address does not change who
-/// answers ARP for it); a DECLINE within [`DECLINE_WINDOW_SECS`] of the lease's last ACK
+/// entry for it names the holder (a forged source address does not change who answers
+/// ARP for it); a DECLINE within [`DECLINE_WINDOW_SECS`] of the lease's last ACK
 /// (the conflict check follows the ACK). What is left (a DECLINE forged in that window,
 /// frames forged with the holder's Ethernet address) is for the XDP check that chaddr is
 /// the frame's Ethernet source, and for switch port security.
@@ -174,8 +174,11 @@ fn held_by_sender(
     }
     match ty {
         MessageType::Release if *src.ip() != ip => Err("RELEASE not sent from the leased address"),
-        MessageType::Release if (ctx.neighbour)(ip).is_some_and(|m| m != mac) => {
-            Err("another Ethernet address answers for the leased address")
+        // The holder ARPs for us before its unicast RELEASE, and that request makes our
+        // entry for it; a frame forged from another Ethernet address leaves none or
+        // another's (the kernel learns neighbours from ARP, never from a forged IP source).
+        MessageType::Release if (ctx.neighbour)(ip) != Some(mac) => {
+            Err("the leased address's neighbour entry is not the holder")
         }
         MessageType::Decline => {
             let acked = lease.expires.saturating_sub(ctx.dhcp.lease_time.as_secs());

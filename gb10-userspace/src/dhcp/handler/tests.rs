@@ -45,14 +45,11 @@ fn msg(options: &[(u8, &[u8])], ciaddr: [u8; 4], giaddr: [u8; 4]) -> Message {
     wire::parse(&buf).unwrap()
 }
 
+/// `m` from its ciaddr at 1000, the test's client ([`MAC`]) answering ARP for every
+/// address.
 fn run(m: &Message, leases: &mut Leases, inv: &Inventory) -> Outcome {
-    run_at(
-        m,
-        SocketAddrV4::new(m.ciaddr(), CLIENT_PORT),
-        1000,
-        leases,
-        inv,
-    )
+    let src = SocketAddrV4::new(m.ciaddr(), CLIENT_PORT);
+    run_seen(m, (src, &|_| Some(Mac(MAC))), 1000, leases, inv)
 }
 
 /// As [`run`], the datagram from `src` at `now`.
@@ -252,8 +249,12 @@ fn only_the_holder_releases_or_declines() {
     let o = run_at(&decline, from([0; 4]), late, &mut l, &inv);
     assert_eq!(o.silent, Some(Silent::NotHolder));
     assert!(live(&l));
-    // The holder's RELEASE, from its address: ended, written.
-    let o = run_at(&release, from(leased), 1002, &mut l, &inv);
+    // From the leased address with no neighbour entry for it: a forged source address.
+    let o = run_at(&release, from(leased), 1001, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::NotHolder));
+    // The holder's RELEASE, from its address, which it answers ARP for: ended, written.
+    let holder = |_| Some(Mac(MAC));
+    let o = run_seen(&release, (from(leased), &holder), 1002, &mut l, &inv);
     assert_eq!(o.silent, Some(Silent::Done));
     assert!(matches!(o.persist, Persist::Later(ref x) if x.state == LeaseState::Released));
     assert!(!live(&l));

@@ -8,7 +8,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,7 @@ use dhcproto::{
     v4::{Message, MessageType},
 };
 use gb10_lab::{
-    ADMIN_TOKEN, Lab, RawSender,
+    ADMIN_TOKEN, Guard, Lab, RawSender,
     frames::{self, End},
     require_root, require_tool, wait_until, write_file,
 };
@@ -65,29 +65,10 @@ fn start(tag: &str) -> (Lab, gb10_lab::Daemon) {
     (lab, daemon)
 }
 
-/// A process the test started, killed by PID on Drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill on our own child's PID.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// busybox udhcpc on `iface` of the client namespace, its hook configuring the address
 /// and logging `bound`/`deconfig` lines to a file; `-R`: release on exit.
 struct Udhcpc {
-    proc: Proc,
+    proc: Guard,
     events: PathBuf,
 }
 
@@ -120,7 +101,7 @@ impl Udhcpc {
             .spawn()
             .expect("udhcpc");
         Self {
-            proc: Proc(child),
+            proc: Guard(child),
             events,
         }
     }

@@ -139,32 +139,21 @@ impl Netns {
     /// `curl URL` from this namespace with a timeout in seconds: (HTTP status, body);
     /// status 0 when nothing answered.
     pub fn curl(&self, url: &str, timeout_s: f32) -> (u16, String) {
-        let out = self
-            .cmd("curl")
-            .args([
-                "-sS",
-                "-m",
-                &timeout_s.to_string(),
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                url,
-            ])
-            .output()
-            .expect("curl (apt-get install curl)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        self.curl_with(url, timeout_s, &[])
     }
 
     /// As [`Netns::curl`], with `Authorization: Bearer token`.
     pub fn curl_token(&self, url: &str, timeout_s: f32, token: &str) -> (u16, String) {
+        let header = format!("Authorization: Bearer {token}");
+        self.curl_with(url, timeout_s, &["-H", &header])
+    }
+
+    fn curl_with(&self, url: &str, timeout_s: f32, extra: &[&str]) -> (u16, String) {
         let out = self
             .cmd("curl")
             .args(["-sS", "-m", &timeout_s.to_string(), "-o", "-"])
-            .args(["-w", "\n%{http_code}", "-H"])
-            .arg(format!("Authorization: Bearer {token}"))
+            .args(["-w", "\n%{http_code}"])
+            .args(extra)
             .arg(url)
             .output()
             .expect("curl (apt-get install curl)");
@@ -411,12 +400,16 @@ impl Lab {
     /// no address yet); returns (HTTP status, body).
     pub fn http(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
-        let ns = if self.client_addressed {
+        self.lan_side().curl(&url, 5.0)
+    }
+
+    /// Where [`Lab::http`] runs curl: the client end once it has an address.
+    fn lan_side(&self) -> &Netns {
+        if self.client_addressed {
             &self.client
         } else {
             &self.server
-        };
-        ns.curl(&url, 5.0)
+        }
     }
 
     /// As [`Lab::http`], with the admin token (see [`admin_token`]): the routes that
@@ -424,12 +417,8 @@ impl Lab {
     /// listener) need it.
     pub fn http_admin(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
-        let ns = if self.client_addressed {
-            &self.client
-        } else {
-            &self.server
-        };
-        ns.curl_token(&url, 5.0, &admin_token(&self.dir))
+        self.lan_side()
+            .curl_token(&url, 5.0, &admin_token(&self.dir))
     }
 
     /// The token the daemon takes by default (see [`admin_token`]).

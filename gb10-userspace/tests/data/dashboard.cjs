@@ -19,8 +19,11 @@ const [url, mac, ns, beatUrl, shot, token] = process.argv.slice(2);
     await page.goto(url, { timeout: 15000 });
     await page.waitForSelector("#login:not([hidden])", { timeout: 10000 });
     if (await page.locator(`[id="h-${mac}"]`).count() !== 0) throw new Error("a host shown without the token");
+    // Only the fragment changes (no reload): the page takes the token on hashchange and
+    // clears it from the address.
     await page.goto(url + "#token=" + encodeURIComponent(token), { timeout: 15000 });
-    if (page.url().includes("token")) throw new Error("the token stayed in the address: " + page.url());
+    await page.waitForFunction(() => !location.href.includes("token"), null, { timeout: 5000 })
+      .catch(() => { throw new Error("the token stayed in the address: " + page.url()); });
     const tile = page.locator(`[id="h-${mac}"]`);
     await tile.waitFor({ timeout: 10000 });
     await page.waitForFunction(() => document.getElementById("live").textContent === "live", null, { timeout: 10000 });

@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    auth,
     clients::{self, Clients},
     config::{Config, XdpMode},
     dhcp::{self, LeaseTable},
     guard::{self, Guard},
     hosts::{self, Hosts, api::Admin, ssh::Joiner},
     http::{self, Explain, Files, Health, SeedRoutes},
-    identity::Identity,
+    identity::{Identity, Neighbours},
     live, metrics,
     netlink::LanWatcher,
     seeds::{self, Seeds},
@@ -25,12 +26,30 @@ use crate::{
     xdp::LanXdp,
 };
 
+/// The configured admin token, else the one made at first start in
+/// `data_path/state/admin-token` (a fresh install works out of the box: the CLI on this
+/// host reads that file).
+fn admin_token(config: &Config) -> anyhow::Result<crate::config::Secret> {
+    if let Some(token) = &config.admin.token {
+        return Ok(token.clone());
+    }
+    let path = Store::dir(&config.data_path).join(auth::TOKEN_FILE);
+    let (token, made) = auth::load_or_make(&path)?;
+    if made {
+        warn!(path = %path.display(), "no [admin] token configured: made one (0600); the admin routes need it as `Authorization: Bearer …`");
+    } else {
+        info!(path = %path.display(), "admin token read (none configured)");
+    }
+    Ok(token)
+}
+
 /// Runs the daemon until a signal asks it to stop.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // Fails when lan_iface does not exist: never a fallback to other interfaces.
     let (watcher, lan_addr, lan_state) = LanWatcher::start(&config).await?;
     let store = Store::open(&config.data_path)?;
+    let admin_token = admin_token(&config)?;
     // Strict templating is checked at start-up: a file that does not parse stops us, a
     // seed that does not render for a host is logged (that host's requests get 500).
     let (live, publisher) = live::start(&config.data_path)?;
@@ -42,7 +61,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let dhcp_stats = Arc::new(dhcp::Stats::default());
     let leases = LeaseTable::open(&config, &store, &dhcp_stats);
     let tftp_stats = Arc::new(tftp::Stats::default());
-    let identity = Identity::new(live.clone(), clients.clone());
+    let neighbours = Neighbours::Kernel {
+        iface: config.lan_iface.clone(),
+    };
+    let identity = Identity::new(
+        live.clone(),
+        leases.clone(),
+        clients.clone(),
+        neighbours.clone(),
+        config
+            .dhcp
+            .relay_ranges
+            .iter()
+            .map(|r| r.subnet)
+            .collect::<Vec<_>>(),
+    );
     let seeds = Seeds::new(live.clone(), hosts.clone(), clients.clone());
 
     let token = CancellationToken::new();
@@ -67,6 +100,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             events: clients.clone(),
             stats: dhcp_stats.clone(),
             lan_addr: lan_addr.clone(),
+            neighbours,
         };
         move |token| async move { dhcp::run(dhcp, token).await }
     });
@@ -88,8 +122,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = Admin {
         hosts: hosts.clone(),
         clients: clients.clone(),
+        leases: leases.clone(),
         live: live.clone(),
-        token: config.admin.token.clone(),
+        token: Some(admin_token.clone()),
         data_path: config.data_path.clone(),
         credentials_dir: config.admin.credentials_dir.clone(),
     };
@@ -136,6 +171,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         health: health.clone(),
         // Without a separate admin address, the hosts API and dashboard live under /admin.
         admin: config.admin.listen.is_none().then(|| admin.clone()),
+        token: Some(admin_token),
     });
     services.spawn({
         let (port, limits) = (config.http_port, config.http.limits);
@@ -147,9 +183,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         move |token| async move { http::run_health(port, health, limits, token).await }
     });
     if let Some(listen) = config.admin.listen {
-        if admin.token.is_none() {
-            warn!("no [admin] token: the hosts API refuses every change");
-        }
         let (app, limits) = (hosts::api::routes(admin.clone()), config.http.limits);
         services.spawn(move |token| async move {
             http::run_fixed("admin", listen, app, limits, token).await

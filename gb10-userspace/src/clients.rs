@@ -263,9 +263,6 @@ pub struct TimelineEntry {
 pub struct ClientRecord {
     pub mac: Mac,
     pub state: ClientState,
-    /// The address DHCP leased to it (used to tell who owns a seed).
-    #[serde(default)]
-    pub lease_ip: Option<Ipv4Addr>,
     /// The address its last heartbeat reported.
     #[serde(default)]
     pub reported_ip: Option<Ipv4Addr>,
@@ -392,7 +389,6 @@ impl Clients {
         let record = inner.records.entry(mac).or_insert_with(|| ClientRecord {
             mac,
             state,
-            lease_ip: None,
             reported_ip: None,
             first_seen_ms: at_ms,
             last_seen_ms: at_ms,
@@ -403,10 +399,10 @@ impl Clients {
         }
         record.state = state;
         record.last_seen_ms = at_ms;
-        match &event {
-            ClientEvent::Leased { ip } => record.lease_ip = Some(*ip),
-            ClientEvent::Heartbeat { ip: Some(ip), .. } => record.reported_ip = Some(*ip),
-            _ => {}
+        // The address it leases is not kept here: the lease table knows who holds an
+        // address now (a record would keep it past a release, a decline or an expiry).
+        if let ClientEvent::Heartbeat { ip: Some(ip), .. } = &event {
+            record.reported_ip = Some(*ip);
         }
         debug!(%mac, ?event, "client event");
         let kept = push(&mut record.timeline, at_ms, event);
@@ -440,15 +436,6 @@ impl Clients {
     /// The state of `mac`, if it was ever seen.
     pub fn state(&self, mac: Mac) -> Option<ClientState> {
         self.lock().records.get(&mac).map(|r| r.state)
-    }
-
-    /// The client DHCP leased `ip` to.
-    pub fn mac_by_lease(&self, ip: Ipv4Addr) -> Option<Mac> {
-        self.lock()
-            .records
-            .values()
-            .find(|r| r.lease_ip == Some(ip))
-            .map(|r| r.mac)
     }
 
     /// How many clients are in each state (every state listed, zeros included).
@@ -593,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn timeline_is_bounded_and_lease_is_kept() {
+    fn timeline_is_bounded() {
         let c = Clients::in_memory();
         c.record(
             MAC,
@@ -605,7 +592,6 @@ mod tests {
             c.record(MAC, heartbeat("alive"));
         }
         assert_eq!(c.events(MAC).len(), TIMELINE_LIMIT);
-        assert_eq!(c.mac_by_lease(Ipv4Addr::new(198, 18, 0, 100)), Some(MAC));
     }
 
     fn failure(what: &str) -> ClientEvent {
@@ -680,7 +666,6 @@ mod tests {
         let mut r = ClientRecord {
             mac: MAC,
             state: ClientState::Discovered,
-            lease_ip: None,
             reported_ip: None,
             first_seen_ms: 1,
             last_seen_ms: 1,

@@ -213,6 +213,12 @@ impl Inventory {
                     ),
                 });
             }
+            if let Err(reason) = check_vars(&profile.vars) {
+                return Err(InventoryError::Profile {
+                    profile: name.clone(),
+                    reason,
+                });
+            }
             // Profile names become iPXE labels and menu items.
             if name.is_empty()
                 || !name
@@ -266,6 +272,7 @@ impl Inventory {
                     "hostname may hold only letters, digits, `-` and `.`".into(),
                 ));
             }
+            check_vars(&host.vars).map_err(fail)?;
             for key in host.vars.keys() {
                 if RESERVED.contains(&key.as_str()) {
                     return Err(fail(format!(
@@ -309,9 +316,106 @@ impl Inventory {
     }
 }
 
+/// Whether `name` is a plain file name (letters, digits, `-`, `_`, `.`; not starting with
+/// `.`): what a credentials name must be, so it stays inside `credentials_dir`.
+pub fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `user` is a plain POSIX user name (`[a-z_][a-z0-9_-]*`, at most 32): what
+/// reaches ssh as the join user, so it can never be read as an option.
+pub fn plain_user_name(user: &str) -> bool {
+    let mut chars = user.chars();
+    user.len() <= 32
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+}
+
+/// The variables gb10-provision itself acts on (the join over SSH, the BMC), checked
+/// at load so a hostile or mistyped inventory never reaches ssh or the file system.
+fn check_vars(vars: &BTreeMap<String, toml::Value>) -> Result<(), String> {
+    if let Some(user) = vars.get("join_user")
+        && !user.as_str().is_some_and(plain_user_name)
+    {
+        return Err("join_user must be a plain user name: [a-z_][a-z0-9_-]*".into());
+    }
+    if let Some(port) = vars.get("join_port")
+        && !port
+            .as_str()
+            .is_some_and(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+    {
+        return Err("join_port must be a port number as a string, like \"22\"".into());
+    }
+    if let Some(bmc) = vars.get("bmc") {
+        let credentials = bmc.get("credentials").and_then(|c| c.as_str());
+        if !credentials.is_some_and(plain_file_name) {
+            return Err(
+                "bmc.credentials must be a file name under credentials_dir: letters, digits, \
+                 `-`, `_`, `.`"
+                    .into(),
+            );
+        }
+        let url = bmc.get("url").and_then(|u| u.as_str()).unwrap_or("");
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err("bmc.url must be an http:// or https:// URL".into());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a hostile inventory tried (issue 15): a credentials name that climbs out of
+    /// `credentials_dir`, a join user that ssh would read as an option. Refused at load,
+    /// with the field named.
+    #[test]
+    fn hostile_vars_are_refused_at_load() {
+        let load = |vars: &str| {
+            Inventory::parse(
+                Path::new("inventory.toml"),
+                &format!("[[hosts]]\nmac = \"02:00:00:00:00:01\"\n{vars}"),
+            )
+        };
+        for (vars, field) in [
+            (
+                "[hosts.vars.bmc]\nurl = \"http://198.18.1.2\"\ncredentials = \"../../../etc/passwd\"\n",
+                "bmc.credentials",
+            ),
+            (
+                "[hosts.vars.bmc]\nurl = \"http://198.18.1.2\"\ncredentials = \".hidden\"\n",
+                "bmc.credentials",
+            ),
+            (
+                "[hosts.vars.bmc]\nurl = \"file:///etc\"\ncredentials = \"b\"\n",
+                "bmc.url",
+            ),
+            (
+                "vars = { join_user = \"-oProxyCommand=touch /tmp/x\" }\n",
+                "join_user",
+            ),
+            ("vars = { join_user = \"root@198.18.0.9\" }\n", "join_user"),
+            ("vars = { join_port = \"22 -oX\" }\n", "join_port"),
+        ] {
+            let err = load(vars).expect_err(vars).to_string();
+            assert!(err.contains(field), "{vars}: {err}");
+        }
+        let profile = Inventory::parse(
+            Path::new("inventory.toml"),
+            "[profiles.p]\nkernel = \"k\"\nvars = { join_user = \"-oProxyCommand=x\" }\n",
+        );
+        assert!(profile.unwrap_err().to_string().contains("join_user"));
+        let fine = "[hosts.vars]\njoin_user = \"ubuntu\"\njoin_port = \"2222\"\n\
+                    [hosts.vars.bmc]\nurl = \"http://198.18.1.2\"\ncredentials = \"bmc-1.cred\"\n";
+        load(fine).unwrap();
+    }
 
     #[test]
     fn parses_and_validates() {

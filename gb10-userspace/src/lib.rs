@@ -2,6 +2,7 @@
 //! program that counts and guards what reaches it.
 pub mod app;
 pub mod assets;
+pub mod auth;
 pub mod boot;
 pub mod cli;
 pub mod clients;

@@ -1,19 +1,32 @@
 //! The embedded store under `data_path/state`: one redb file for leases, client state
-//! and host records. Each subsystem defines its own tables next to its code.
-use std::{path::Path, sync::Arc};
+//! and host records. Each subsystem defines its own tables next to its code. The
+//! directory is the daemon's alone (0700, the store 0600): it holds host records, BMC
+//! names, rebuild keys and the made admin token.
+use std::{
+    fs::Permissions,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("creating state directory {path}")]
     Dir {
-        path: std::path::PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("restricting {path} to the daemon's user")]
+    Mode {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("opening store {path}")]
     Open {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: Box<redb::DatabaseError>,
     },
@@ -31,17 +44,24 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) `data_path/state/gb10.redb`.
     pub fn open(data_path: &Path) -> Result<Self, StoreError> {
-        let dir = data_path.join("state");
+        let dir = Self::dir(data_path);
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
             path: dir.clone(),
             source,
         })?;
+        restrict(&dir, 0o700)?;
         let path = dir.join(STORE_FILE);
         let db = redb::Database::create(&path).map_err(|source| StoreError::Open {
-            path,
+            path: path.clone(),
             source: Box::new(source),
         })?;
+        restrict(&path, 0o600)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// `data_path/state`, the daemon's private directory.
+    pub fn dir(data_path: &Path) -> PathBuf {
+        data_path.join("state")
     }
 
     /// An in-memory store, for tests.
@@ -56,4 +76,14 @@ impl Store {
     pub fn db(&self) -> &redb::Database {
         &self.db
     }
+}
+
+/// Sets `path`'s mode (an older install made them 0755 and 0644).
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|source| {
+        StoreError::Mode {
+            path: path.into(),
+            source,
+        }
+    })
 }

@@ -685,7 +685,8 @@ fn daemon_serves_with_exactly_the_chart_capabilities() {
         );
     }
     assert_eq!(proc_caps(daemon.pid(), "CapAmb"), 0);
-    let (code, body) = server_http(&lab, "/metrics");
+    // The loopback health listener: on the LAN /metrics needs the admin token.
+    let (code, body) = lab.server.curl(gb10_lab::HEALTH_METRICS, 5.0);
     assert_eq!(code, 200, "{body}");
     let metrics = Metrics(body);
     assert_eq!(

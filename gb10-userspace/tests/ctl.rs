@@ -14,6 +14,8 @@ use gb10_lab::{Lab, require_root, require_tool, run, wait_until, write_file};
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
 const ADMIN: &str = "127.0.0.1:9190";
 const TOKEN: &str = "ctl-canary-token-3e9b71d2";
+/// The CLI's environment with the token: every admin call needs it, reads too.
+const WITH_TOKEN: &[(&str, &str)] = &[("GB10_ADMIN_TOKEN", TOKEN)];
 
 /// The CLI in the server namespace against the admin listener.
 fn ctl(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -87,10 +89,15 @@ fn clients_watch_follows_a_real_boot_chain() {
              [[hosts]]\nmac = \"{mac}\"\nhostname = \"node-1\"\nprofile = \"node\"\n"
         ),
     );
+    let token_file = lab.dir.join("token");
+    write_file(&token_file, &format!("{TOKEN}\n"));
     let config = lab.dir.join("config.toml");
     write_file(
         &config,
-        &format!("[admin]\ntoken = \"{TOKEN}\"\nlisten = \"{ADMIN}\"\n"),
+        &format!(
+            "[admin]\ntoken_file = \"{}\"\nlisten = \"{ADMIN}\"\n",
+            token_file.display()
+        ),
     );
     let mut cmd = lab.server.cmd(BIN);
     cmd.env("GB10_LOG_FORMAT", "json");
@@ -99,14 +106,21 @@ fn clients_watch_follows_a_real_boot_chain() {
         .wait_ready(&lab, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
 
+    // Reads need the token too: refused without, with the hint.
+    let o = ctl(&lab, &["clients"], &[]);
+    assert!(
+        !o.status.success() && err(&o).contains("401") && err(&o).contains("--token-file"),
+        "{}",
+        err(&o)
+    );
     // Before anything happened: the inventory host, never seen.
-    let table = ok(ctl(&lab, &["clients"], &[]));
+    let table = ok(ctl(&lab, &["clients"], WITH_TOKEN));
     assert!(table.starts_with("MAC") && table.contains(&mac), "{table}");
     assert!(
         table.contains("node-1") && table.contains("never seen"),
         "{table}"
     );
-    let hosts = ok(ctl(&lab, &["hosts"], &[]));
+    let hosts = ok(ctl(&lab, &["hosts"], WITH_TOKEN));
     assert!(
         hosts.contains(&mac) && hosts.contains("registered") && hosts.contains("inventory"),
         "{hosts}"
@@ -127,6 +141,7 @@ fn clients_watch_follows_a_real_boot_chain() {
                 "90s",
             ])
             .args(["--server", &format!("http://{ADMIN}")])
+            .env("GB10_ADMIN_TOKEN", TOKEN)
             .stdout(std::fs::File::create(&watch_out).unwrap())
             .stderr(Stdio::piped())
             .spawn()
@@ -186,13 +201,13 @@ fn clients_watch_follows_a_real_boot_chain() {
     assert!(text.contains("→ onboarded"), "{text}");
 
     // Tables and JSON after the boot.
-    let table = ok(ctl(&lab, &["clients"], &[]));
+    let table = ok(ctl(&lab, &["clients"], WITH_TOKEN));
     assert!(
         table.contains("onboarded") && table.contains(&leased),
         "{table}"
     );
     let rows: serde_json::Value =
-        serde_json::from_str(&ok(ctl(&lab, &["clients", "--json"], &[]))).unwrap();
+        serde_json::from_str(&ok(ctl(&lab, &["clients", "--json"], WITH_TOKEN))).unwrap();
     let row = rows
         .as_array()
         .unwrap()
@@ -203,12 +218,12 @@ fn clients_watch_follows_a_real_boot_chain() {
     assert_eq!(row["hostname"], "node-1");
     assert_eq!(row["lease_ip"], leased.as_str());
     assert_eq!(row["last_event"]["phase"], "onboarded");
-    let show = ok(ctl(&lab, &["clients", "show", &mac], &[]));
+    let show = ok(ctl(&lab, &["clients", "show", &mac], WITH_TOKEN));
     assert!(
         show.contains("TFTP  boot file shimx64.efi") && show.contains("BEAT  heartbeat onboarded"),
         "{show}"
     );
-    let o = ctl(&lab, &["clients", "show", "02:00:00:00:00:99"], &[]);
+    let o = ctl(&lab, &["clients", "show", "02:00:00:00:00:99"], WITH_TOKEN);
     assert!(
         !o.status.success() && err(&o).contains("no client 02:00:00:00:00:99"),
         "{}",
@@ -223,8 +238,6 @@ fn clients_watch_follows_a_real_boot_chain() {
         "{}",
         err(&o)
     );
-    let token_file = lab.dir.join("token");
-    write_file(&token_file, &format!("{TOKEN}\n"));
     let done = ok(ctl(
         &lab,
         &[
@@ -251,10 +264,14 @@ fn clients_watch_follows_a_real_boot_chain() {
         out(&o),
         err(&o)
     );
-    let host: serde_json::Value =
-        serde_json::from_str(&ok(ctl(&lab, &["hosts", "show", &mac, "--json"], &[]))).unwrap();
+    let host: serde_json::Value = serde_json::from_str(&ok(ctl(
+        &lab,
+        &["hosts", "show", &mac, "--json"],
+        WITH_TOKEN,
+    )))
+    .unwrap();
     assert_eq!(host["state"], "pxe_ready");
-    // The token can come from the config file too.
+    // The token can come from the config file too (its `token_file`).
     let o = ctl(
         &lab,
         &[
@@ -281,6 +298,7 @@ fn clients_watch_follows_a_real_boot_chain() {
             "--server",
             &format!("http://{ADMIN}"),
         ])
+        .env("GB10_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -311,6 +329,7 @@ fn clients_watch_follows_a_real_boot_chain() {
             "--server",
             &format!("http://{ADMIN}"),
         ])
+        .env("GB10_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -367,6 +386,7 @@ fn no_colour_off_a_terminal_and_admin_slash() {
     let data = lab.dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let log = lab.dir.join("plain.log");
+    let token = lab.token_file();
     // By hand rather than through the harness, which sets NO_COLOR.
     let child = lab
         .server
@@ -381,6 +401,8 @@ fn no_colour_off_a_terminal_and_admin_slash() {
         .args([
             "--http-port",
             &gb10_lab::HTTP_PORT.to_string(),
+            "--admin-token-file",
+            &token,
             "--data-path",
         ])
         .arg(&data)
@@ -411,6 +433,7 @@ fn no_colour_off_a_terminal_and_admin_slash() {
             &format!("http://{}:{}/admin", lab.server_ip, gb10_lab::HTTP_PORT),
         ])
         .env_remove("GB10_CONFIG")
+        .env("GB10_ADMIN_TOKEN", gb10_lab::ADMIN_TOKEN)
         .output()
         .unwrap();
     assert!(
@@ -419,8 +442,9 @@ fn no_colour_off_a_terminal_and_admin_slash() {
         out(&o),
         err(&o)
     );
-    // Event streams are capped (32 per listener): a stranger on the LAN cannot open
+    // Event streams are capped (32 per listener), so even token holders cannot open
     // them without bound; one closing frees its place.
+    let bearer = format!("Authorization: Bearer {}", gb10_lab::ADMIN_TOKEN);
     let events = format!(
         "http://{}:{}/admin/api/clients/events",
         lab.server_ip,
@@ -439,6 +463,8 @@ fn no_colour_off_a_terminal_and_admin_slash() {
                 "/dev/null",
                 "-w",
                 "%{http_code}",
+                "-H",
+                &bearer,
                 &events,
             ])
             .output()
@@ -450,15 +476,22 @@ fn no_colour_off_a_terminal_and_admin_slash() {
             gb10_lab::Guard(
                 lab.client
                     .cmd("curl")
-                    .args(["-s", "-N", "-m", "60", "-o", "/dev/null", &events])
+                    .args(["-s", "-N", "-m", "60", "-o", "/dev/null", "-H", &bearer])
+                    .arg(&events)
                     .spawn()
                     .unwrap(),
             )
         })
         .collect();
+    // 32 `ip netns exec curl` take a while to start on a loaded machine.
+    let mut last = String::new();
     assert!(
-        wait_until(Duration::from_secs(15), || status("2") == "503").is_some(),
-        "a 33rd event stream was not refused"
+        wait_until(Duration::from_secs(60), || {
+            last = status("2");
+            last == "503"
+        })
+        .is_some(),
+        "a 33rd event stream was not refused: HTTP {last}"
     );
     streams.pop();
     assert!(

@@ -141,15 +141,7 @@ fn run_ok(cmd: &mut Command) -> String {
 /// an address until a client configures one.
 fn http_local(lab: &Lab, path: &str) -> (u16, String) {
     let url = format!("http://{}:{}{path}", lab.server_ip, gb10_lab::HTTP_PORT);
-    let out = lab
-        .server
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.server.curl_token(&url, 5.0, &lab.admin_token())
 }
 
 #[track_caller]
@@ -706,8 +698,22 @@ fn big_lab(tag: &str) -> Lab {
         ns.ip(&["addr", "add", &format!("{ip}/18"), "dev", ifc]);
     }
     lab.prefix = 18;
+    // perfdhcp and RelayClient act as a relay: their giaddr is on a relayed subnet the
+    // server reaches over the LAN link (a giaddr on the LAN's own subnet gets nothing).
+    lab.client.ip(&[
+        "addr",
+        "add",
+        &format!("{RELAY_IP}/18"),
+        "dev",
+        &lab.client_if,
+    ]);
+    lab.server
+        .ip(&["route", "add", "198.19.0.0/18", "dev", &lab.server_if]);
     lab
 }
+
+/// The load generators' relay address (see [`big_lab`]).
+const RELAY_IP: &str = "198.19.0.2";
 
 fn big_args() -> Vec<&'static str> {
     vec![
@@ -715,6 +721,8 @@ fn big_args() -> Vec<&'static str> {
         "off",
         "--dhcp-range",
         "198.18.1.0-198.18.63.250",
+        "--dhcp-relay-ranges",
+        "198.19.0.0/18=198.19.1.0-198.19.63.250",
         "--lease-time",
         "1h",
     ]
@@ -725,7 +733,7 @@ fn perfdhcp(lab: &Lab, args: &[&str]) -> (bool, String) {
     let out = lab
         .client
         .cmd("timeout")
-        .args(["120", "perfdhcp", "-4", "-l", &lab.client_if, "-x", "e"])
+        .args(["120", "perfdhcp", "-4", "-l", RELAY_IP, "-x", "e"])
         .args(args)
         .arg(lab.server_ip)
         .output()
@@ -805,7 +813,7 @@ fn perfdhcp_avalanche_leases_all_1000() {
 }
 
 /// A relay-style DHCP client in the client namespace (like perfdhcp: from
-/// 198.18.0.2:67 with giaddr set), so the test knows exactly which ACKs it saw.
+/// [`RELAY_IP`]:67 with giaddr set), so the test knows exactly which ACKs it saw.
 struct RelayClient {
     sock: std::net::UdpSocket,
     giaddr: std::net::Ipv4Addr,
@@ -814,7 +822,7 @@ struct RelayClient {
 
 impl RelayClient {
     fn open(lab: &Lab) -> Self {
-        let giaddr: std::net::Ipv4Addr = lab.client_ip.parse().expect("client ip");
+        let giaddr: std::net::Ipv4Addr = RELAY_IP.parse().expect("relay ip");
         let sock = lab.client.enter(move || {
             let s = std::net::UdpSocket::bind((giaddr, 67)).expect("bind relay port");
             s.set_read_timeout(Some(Duration::from_millis(300)))

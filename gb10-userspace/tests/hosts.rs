@@ -53,7 +53,13 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 fn state(lab: &Lab, mac: &str) -> serde_json::Value {
-    let (code, body) = admin(lab, "GET", &format!("/api/hosts/{mac}"), None, None);
+    let (code, body) = admin(
+        lab,
+        "GET",
+        &format!("/api/hosts/{mac}"),
+        Some(CANARY_TOKEN),
+        None,
+    );
     assert_eq!(code, 200, "{body}");
     json(&body)
 }
@@ -69,8 +75,8 @@ fn wait_state(lab: &Lab, mac: &str, want: &str) -> serde_json::Value {
     last
 }
 
-/// Writes the config (token, credentials directory, `inventory`) and starts the daemon
-/// with it, XDP and guard off, `extra` flags after.
+/// Writes the config (the token in a file as the chart mounts it, credentials directory,
+/// `inventory`) and starts the daemon with it, XDP and guard off, `extra` flags after.
 fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
     let data = lab.dir.join("data");
     std::fs::create_dir_all(data.join("secrets")).unwrap();
@@ -79,10 +85,15 @@ fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
         &format!("admin:{CANARY_PASSWORD}\n"),
     );
     write_file(&data.join("inventory.toml"), inventory);
+    let token = lab.dir.join("admin-token");
+    write_file(&token, &format!("{CANARY_TOKEN}\n"));
     let config = lab.dir.join("config.toml");
     write_file(
         &config,
-        &format!("[admin]\ntoken = \"{CANARY_TOKEN}\"\nlisten = \"{ADMIN}\"\n"),
+        &format!(
+            "[admin]\ntoken_file = \"{}\"\nlisten = \"{ADMIN}\"\n",
+            token.display()
+        ),
     );
     let config = config.display().to_string();
     let mut args = vec!["--config", &config, "--xdp", "off", "--guard", "off"];
@@ -150,7 +161,13 @@ fn api_token_lifecycle_and_boot_script() {
         None,
     );
     assert_eq!(code, 401, "{body}");
-    let (_, body) = admin(&lab, "GET", "/api/hosts", None, None);
+    // Reads need it too.
+    let (code, body) = admin(&lab, "GET", "/api/hosts", None, None);
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains("02:00:00:aa:00:09"), "{body}");
+    let (code, body) = admin(&lab, "GET", "/api/clients", None, None);
+    assert_eq!(code, 401, "{body}");
+    let (_, body) = admin(&lab, "GET", "/api/hosts", Some(CANARY_TOKEN), None);
     assert_eq!(
         json(&body).as_array().map(Vec::len),
         Some(1),
@@ -222,7 +239,7 @@ fn api_token_lifecycle_and_boot_script() {
         .map(|t| t["to"].as_str().unwrap())
         .collect();
     assert_eq!(path, ["pxe_ready", "pxe_booted", "installing", "installed"]);
-    let (_, metrics) = lab.http("/metrics");
+    let metrics = lab.metrics().0;
     assert_no_canary("/metrics", &metrics);
     assert!(
         metrics.contains("gb10_hosts{state=\"installed\"} 1"),
@@ -255,7 +272,13 @@ fn api_token_lifecycle_and_boot_script() {
         None,
     );
     assert_eq!(code, 200, "{body}");
-    let (code, _) = admin(&lab, "GET", &format!("/api/hosts/{HOST_MAC}"), None, None);
+    let (code, _) = admin(
+        &lab,
+        "GET",
+        &format!("/api/hosts/{HOST_MAC}"),
+        Some(CANARY_TOKEN),
+        None,
+    );
     assert_eq!(code, 404);
 
     daemon.stop();
@@ -653,6 +676,7 @@ fn dashboard_tile_updates_live_in_chromium() {
         lab.client.name.clone(),
         format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
         shot.display().to_string(),
+        CANARY_TOKEN.to_owned(),
     ];
     let out = gb10_lab::browser::run_script(&lab.server, &npm_root, &lab.dir, 90, &script, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -684,7 +708,7 @@ fn dashboard_tile_updates_live_in_chromium() {
 }
 
 /// Without `[admin] listen`, the API and dashboard are under /admin on the LAN listener,
-/// with the same token gate.
+/// with the same token gate (reads too). The token given as a flag, as it still may be.
 #[test]
 fn admin_on_the_lan_listener_when_no_admin_address() {
     if !require_root("hosts::lan_admin") || !require_tool("hosts::lan_admin", "curl", "curl") {
@@ -703,15 +727,17 @@ fn admin_on_the_lan_listener_when_no_admin_address() {
         ],
     );
     let (code, body) = lab.http("/admin/api/hosts");
-    assert_eq!((code, body.as_str()), (200, "[]"));
-    let (code, page) = lab.http("/admin");
-    assert_eq!(code, 200);
-    assert!(page.contains("gb10-provision hosts"), "{page}");
+    assert_eq!(code, 401, "{body}");
     let url = format!(
         "http://{}:{}/admin/api/hosts",
         lab.server_ip,
         gb10_lab::HTTP_PORT
     );
+    let (code, body) = lab.client.curl_token(&url, 5.0, CANARY_TOKEN);
+    assert_eq!((code, body.as_str()), (200, "[]"));
+    let (code, page) = lab.http("/admin");
+    assert_eq!(code, 200);
+    assert!(page.contains("gb10-provision hosts"), "{page}");
     let reg = format!(r#"{{"mac":"{HOST_MAC}"}}"#);
     let post = |token: Option<&str>| {
         let mut cmd = lab.client.cmd("curl");

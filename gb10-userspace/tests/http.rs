@@ -376,6 +376,14 @@ fn static_files_listing_ranges_conditionals_and_no_escape() {
     ] {
         assert!(listing.contains(needle), "{needle} missing:\n{listing}");
     }
+    // Symlinks that lead out of the root are left out: nothing outside is looked at,
+    // not even its size or date. One that stays inside is listed like its target.
+    assert!(!listing.contains("escape"), "{listing}");
+    let alias = listing
+        .lines()
+        .find(|l| l.contains("href=\"alias.txt\""))
+        .unwrap_or_else(|| panic!("alias.txt not listed:\n{listing}"));
+    assert!(alias.trim_end().ends_with(" 12"), "{alias}");
     let (_, body, _) = curl(&lab, &[], "/sub%20dir/");
     assert!(
         String::from_utf8_lossy(&body).contains("a&lt;b&gt;.txt"),
@@ -530,10 +538,19 @@ fn seeds_owner_check_missing_variable_and_reload() {
         return;
     }
     let lab = Lab::new("hsd");
-    // A second client address (host deb-1's) and a third (host pve-1's).
-    for ip in ["198.18.0.3/24", "198.18.0.4/24"] {
-        lab.client.ip(&["addr", "add", ip, "dev", &lab.client_if]);
-    }
+    // Three machines on the client side, each with its MAC and its fixed address: the
+    // client end is spark-1 (198.18.0.2), macvlans are deb-1 (.3) and pve-1 (.4). The
+    // owner check wants the neighbour entry of the address to name the host.
+    lab.client.ip(&[
+        "link",
+        "set",
+        "dev",
+        &lab.client_if,
+        "address",
+        "02:00:00:00:01:01",
+    ]);
+    lab.macvlan("h3", "02:00:00:00:01:02", Some("198.18.0.3/24"));
+    lab.macvlan("h4", "02:00:00:00:01:03", Some("198.18.0.4/24"));
     let data = lab.dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     // pve-1 lacks its password hash: its answer file cannot render.
@@ -570,7 +587,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     // spark-1's seed asked from deb-1's address: 403, nothing of the seed.
     let (code, body, _) = curl(
         &lab,
-        &["--interface", "198.18.0.3"],
+        &["--interface", "h3"],
         "/cloud-init/02:00:00:00:01:01/user-data",
     );
     assert_eq!(code, 403);
@@ -578,7 +595,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     // deb-1 from its own address is fine.
     let (code, body, _) = curl(
         &lab,
-        &["--interface", "198.18.0.3"],
+        &["--interface", "h3"],
         "/cloud-init/02:00:00:00:01:02/user-data",
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
@@ -586,7 +603,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     // pve-1's answer misses a variable: 5xx, no fragment, and the log names both.
     let (code, body, _) = curl(
         &lab,
-        &["--interface", "198.18.0.4"],
+        &["--interface", "h4"],
         "/proxmox/02:00:00:00:01:03/answer.toml",
     );
     let text = String::from_utf8_lossy(&body).into_owned();
@@ -631,7 +648,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     let ok = wait_for(Duration::from_secs(10), || {
         curl(
             &lab,
-            &["--interface", "198.18.0.4"],
+            &["--interface", "h4"],
             "/proxmox/02:00:00:00:01:03/answer.toml",
         )
         .0 == 200
@@ -642,7 +659,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     let post = ["-H", "Content-Type: application/json", "-d", sysinfo];
     let (code, body, ctype) = curl(
         &lab,
-        &[&["--interface", "198.18.0.4"], &post[..]].concat(),
+        &[&["--interface", "h4"], &post[..]].concat(),
         "/proxmox/answer",
     );
     let text = String::from_utf8_lossy(&body).into_owned();
@@ -650,7 +667,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     assert!(text.contains("fqdn = \"pve-1.lan\""), "{text}");
     let (code, _, _) = curl(
         &lab,
-        &[&["--interface", "198.18.0.3"], &post[..]].concat(),
+        &[&["--interface", "h3"], &post[..]].concat(),
         "/proxmox/answer",
     );
     assert_eq!(code, 403, "pve-1's answer from deb-1's address");
@@ -671,7 +688,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     );
     let (code, _, _) = curl(
         &lab,
-        &["--interface", "198.18.0.4"],
+        &["--interface", "h4"],
         "/proxmox/02:00:00:00:01:03/answer.toml",
     );
     assert_eq!(code, 200, "the previous inventory keeps serving");
@@ -692,7 +709,7 @@ fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn client_state(lab: &Lab, mac: &str) -> (String, usize) {
-    let (code, body) = lab.http(&format!("/clients/{mac}"));
+    let (code, body) = lab.http_admin(&format!("/clients/{mac}"));
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("client JSON");
     (
@@ -715,11 +732,16 @@ fn heartbeats_move_client_state_and_survive_restart() {
     std::fs::create_dir_all(data.join("www/casper")).unwrap();
     std::fs::write(data.join("www/casper/vmlinuz"), "kernel").unwrap();
     let mac = "02:00:00:00:01:01";
-    let mut daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    // The client end is spark-1: its MAC at its fixed address.
+    lab.client
+        .ip(&["link", "set", "dev", &lab.client_if, "address", mac]);
+    let token = lab.token_file();
+    let args = ["--xdp", "off", "--admin-token-file", &token];
+    let mut daemon = lab.start_daemon(BIN, &args);
 
     // Fetching the profile's kernel, the boot script and the seed are events too.
     assert_eq!(lab.http("/casper/vmlinuz").0, 200);
-    let (_, record) = lab.http(&format!("/clients/{mac}"));
+    let (_, record) = lab.http_admin(&format!("/clients/{mac}"));
     assert!(record.contains(r#""event":"kernel""#), "{record}");
     assert_eq!(client_state(&lab, mac).0, "pxe_booted");
     assert_eq!(lab.http(&format!("/ipxe/{mac}")).0, 200);
@@ -771,11 +793,11 @@ fn heartbeats_move_client_state_and_survive_restart() {
     assert!(before >= 4, "timeline has {before} entries");
 
     assert!(daemon.stop().success(), "{}", daemon.log());
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &args);
     let (state, after) = client_state(&lab, mac);
     assert_eq!(state, "onboarded", "state lost across restart");
     assert_eq!(after, before, "timeline lost across restart");
-    let (code, list) = lab.http("/clients");
+    let (code, list) = lab.http_admin("/clients");
     assert_eq!(code, 200);
     assert!(list.contains(mac), "{list}");
     assert_eq!(

@@ -249,7 +249,7 @@ fn a_forged_chaddr_gets_nothing_and_is_dropped_and_counted() {
         "the sniffer saw none of the legitimate client's replies: {chaddrs:02x?}"
     );
     // The victim's record: no lease, no DHCP message from it.
-    let (code, body) = lab.http(&format!("/explain?mac={}", format_mac(&VICTIM)));
+    let (code, body) = lab.http_admin(&format!("/explain?mac={}", format_mac(&VICTIM)));
     assert_eq!(code, 200, "{body}");
     let e: serde_json::Value = serde_json::from_str(&body).expect("explain JSON");
     assert!(

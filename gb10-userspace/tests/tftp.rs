@@ -489,7 +489,7 @@ fn grub_configs_are_rendered_over_tftp() {
         );
     }
     // The per-host fetch is an onboarding event of that host.
-    let (_, record) = lab.http("/clients/02:00:00:00:01:02");
+    let (_, record) = lab.http_admin("/clients/02:00:00:00:01:02");
     assert!(
         record.contains("\"path\":\"grub/hosts/02:00:00:00:01:02.cfg\""),
         "{record}\n{}",

@@ -182,3 +182,11 @@ pub fn malformed(mac: [u8; 6]) -> Vec<Vec<u8>> {
     frames.push(f);
     frames
 }
+
+/// `payload` (from [`dhcp_payload`]) naming `ciaddr`, as a client that holds an address
+/// sends a RELEASE or a renewal; the broadcast flag cleared.
+pub fn with_ciaddr(mut payload: Vec<u8>, ciaddr: [u8; 4]) -> Vec<u8> {
+    payload[10] = 0;
+    payload[12..16].copy_from_slice(&ciaddr);
+    payload
+}

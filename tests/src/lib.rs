@@ -156,18 +156,22 @@ impl Netns {
     /// `curl URL` from this namespace with a timeout in seconds: (HTTP status, body);
     /// status 0 when nothing answered.
     pub fn curl(&self, url: &str, timeout_s: f32) -> (u16, String) {
+        self.curl_with(url, timeout_s, &[])
+    }
+
+    /// As [`Netns::curl`], with `Authorization: Bearer token`.
+    pub fn curl_token(&self, url: &str, timeout_s: f32, token: &str) -> (u16, String) {
+        let header = format!("Authorization: Bearer {token}");
+        self.curl_with(url, timeout_s, &["-H", &header])
+    }
+
+    fn curl_with(&self, url: &str, timeout_s: f32, extra: &[&str]) -> (u16, String) {
         let out = self
             .cmd("curl")
-            .args([
-                "-sS",
-                "-m",
-                &timeout_s.to_string(),
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                url,
-            ])
+            .args(["-sS", "-m", &timeout_s.to_string(), "-o", "-"])
+            .args(["-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(url)
             .output()
             .expect("curl (apt-get install curl)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -423,12 +427,67 @@ impl Lab {
     /// no address yet); returns (HTTP status, body).
     pub fn http(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
-        let ns = if self.client_addressed {
+        self.lan_side().curl(&url, 5.0)
+    }
+
+    /// Where [`Lab::http`] runs curl: the client end once it has an address.
+    fn lan_side(&self) -> &Netns {
+        if self.client_addressed {
             &self.client
         } else {
             &self.server
-        };
-        ns.curl(&url, 5.0)
+        }
+    }
+
+    /// As [`Lab::http`], with the admin token (see [`admin_token`]): the routes that
+    /// show clients (`/clients`, `/explain`, `/metrics` and `/admin` on the LAN
+    /// listener) need it.
+    pub fn http_admin(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
+        self.lan_side()
+            .curl_token(&url, 5.0, &admin_token(&self.dir))
+    }
+
+    /// The token the daemon takes by default (see [`admin_token`]).
+    pub fn admin_token(&self) -> String {
+        admin_token(&self.dir)
+    }
+
+    /// The file holding [`ADMIN_TOKEN`] (0600, in the lab's directory), for
+    /// `--admin-token-file`.
+    pub fn token_file(&self) -> String {
+        token_file(&self.dir)
+    }
+
+    /// A macvlan on the client end in the client namespace with Ethernet address `mac`
+    /// and, when given, `addr` (ADDRESS/PREFIX): another machine on the same LAN. The
+    /// client namespace then answers ARP only on the interface that holds the address
+    /// (`arp_ignore=1`), as separate machines would.
+    #[track_caller]
+    pub fn macvlan(&self, name: &str, mac: &str, addr: Option<&str>) {
+        self.client.ip(&[
+            "link",
+            "add",
+            name,
+            "link",
+            &self.client_if,
+            "address",
+            mac,
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ]);
+        for key in ["all", "default", name, &self.client_if] {
+            run(self
+                .client
+                .cmd("sysctl")
+                .args(["-qw", &format!("net.ipv4.conf.{key}.arp_ignore=1")]));
+        }
+        if let Some(addr) = addr {
+            self.client.ip(&["addr", "add", addr, "dev", name]);
+        }
+        self.client.ip(&["link", "set", name, "up"]);
     }
 
     /// `curl` of `http://IP:HTTP_PORT/PATH` from the client namespace with a short
@@ -438,10 +497,11 @@ impl Lab {
             .curl(&format!("http://{ip}:{HTTP_PORT}{path}"), 1.0)
     }
 
-    /// The current `/metrics` text.
+    /// The current `/metrics` text, from the loopback health listener in the server
+    /// namespace (where Prometheus on the node scrapes it; on the LAN it needs the token).
     #[track_caller]
     pub fn metrics(&self) -> Metrics {
-        let (code, body) = self.http("/metrics");
+        let (code, body) = self.server.curl(HEALTH_METRICS, 5.0);
         assert_eq!(code, 200, "/metrics: {body}");
         Metrics(body)
     }
@@ -606,6 +666,17 @@ impl Bridge {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
         curl(self.ns.cmd("curl"), &url)
     }
+
+    /// As [`Bridge::http`], with the admin token (see [`Lab::http_admin`]).
+    pub fn http_admin(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
+        self.ns.curl_token(&url, 5.0, &admin_token(&self.dir))
+    }
+
+    /// See [`Lab::token_file`].
+    pub fn token_file(&self) -> String {
+        token_file(&self.dir)
+    }
 }
 
 impl Drop for Bridge {
@@ -673,6 +744,32 @@ fn spawn_daemon(
 
 /// The daemon's HTTP port in labs (unprivileged ports keep capability tests honest).
 pub const HTTP_PORT: u16 = 8080;
+
+/// The admin token of labs (see [`Lab::token_file`]).
+pub const ADMIN_TOKEN: &str = "gb10-lab-admin-token-4f1c9b2e";
+
+/// `/metrics` on the daemon's loopback health listener (default port), from inside the
+/// daemon's namespace.
+pub const HEALTH_METRICS: &str = "http://127.0.0.1:9180/metrics";
+
+/// The admin token of a daemon whose data is `dir/data`: the one it made at first start
+/// (its default, `data/state/admin-token`), else [`ADMIN_TOKEN`] (given with
+/// `--admin-token-file` [`token_file`]).
+pub fn admin_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data/state/admin-token"))
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_else(|_| ADMIN_TOKEN.to_owned())
+}
+
+/// Writes [`ADMIN_TOKEN`] to `dir/admin-token` (0600); its path.
+pub fn token_file(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("admin-token");
+    write_file(&path, &format!("{ADMIN_TOKEN}\n"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod admin-token");
+    path.display().to_string()
+}
 
 impl Drop for Lab {
     fn drop(&mut self) {

@@ -41,10 +41,14 @@ pub fn run(once: bool) -> anyhow::Result<()> {
             );
             let admin = format!("{url}/admin");
             let bin_text = bin.display().to_string();
+            // The daemon made its admin token at start, in its data directory.
+            let token_file = lab.dir.join("data/state/admin-token");
             let show = lab
                 .ns
                 .cmd(&bin_text)
                 .args(["clients", "show", mac, "--server", &admin])
+                .arg("--token-file")
+                .arg(&token_file)
                 .output();
             match show {
                 Ok(o) if o.status.success() => {
@@ -55,10 +59,10 @@ pub fn run(once: bool) -> anyhow::Result<()> {
                 }
                 _ => println!(
                     "lab: /clients/{mac}: {}",
-                    lab.http(&format!("/clients/{mac}")).1
+                    lab.http_admin(&format!("/clients/{mac}")).1
                 ),
             }
-            let metrics = lab.http("/metrics").1;
+            let metrics = lab.http_admin("/metrics").1;
             for line in metrics.lines().filter(|l| l.starts_with("gb10_clients{")) {
                 println!("lab: metrics  {line}");
             }
@@ -69,11 +73,16 @@ pub fn run(once: bool) -> anyhow::Result<()> {
                 format!("clients watch {mac}"),
                 "hosts".into(),
             ] {
-                println!("       ip netns exec {ns} {bin_text} {args} --server {admin}");
+                println!(
+                    "       ip netns exec {ns} {bin_text} {args} --server {admin} --token-file {}",
+                    token_file.display()
+                );
             }
-            for path in ["/metrics", "/healthz"] {
-                println!("       ip netns exec {ns} curl -s {url}{path}");
-            }
+            println!("       ip netns exec {ns} curl -s {url}/healthz");
+            println!(
+                "       ip netns exec {ns} curl -s -H \"Authorization: Bearer $(cat {})\" {url}/metrics",
+                token_file.display()
+            );
             if !once {
                 println!("lab: running; Ctrl-C tears it down");
                 wait_for(&signals);

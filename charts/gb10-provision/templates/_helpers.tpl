@@ -222,24 +222,27 @@ gb10-provision {{ .Chart.AppVersion }} ({{ .Values.mode }} mode) serves interfac
 
 On the provisioning LAN (the daemon listens on {{ $addr }} only, not on the node's
 other addresses):
-  metrics (Prometheus text):  {{ $base }}/metrics
-  clients (JSON):             {{ $base }}/clients
+  metrics (Prometheus text):  {{ $base }}/metrics   (admin token)
+  clients (JSON):             {{ $base }}/clients   (admin token)
   health:                     {{ $base }}/healthz
 {{- else }}
 
 The daemon listens on the address {{ .Values.lanIface }} holds on the node (proxy mode:
 the site DHCP lease), on port {{ .Values.httpPort }}, and nowhere else:
-  metrics (Prometheus text):  http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/metrics
-  clients (JSON):             http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/clients
+  metrics (Prometheus text):  http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/metrics   (admin token)
+  clients (JSON):             http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/clients   (admin token)
   health:                     http://<{{ .Values.lanIface }} address>:{{ .Values.httpPort }}/healthz
 {{- end }}
 
 On the node itself (what the kubelet probes; answers while the LAN has no address):
   readiness, with the reason when not ready: http://127.0.0.1:{{ .Values.healthPort }}/healthz
   liveness:                                  http://127.0.0.1:{{ .Values.healthPort }}/livez
+  metrics, no token (Prometheus on the node): http://127.0.0.1:{{ .Values.healthPort }}/metrics
 
-Reach them from the node itself or a machine on the LAN, e.g.
-  curl -s {{ if $addr }}{{ $base }}{{ else }}http://<address>:{{ .Values.httpPort }}{{ end }}/metrics | grep gb10_xdp_attached
+The admin token (every route that names clients or hosts needs it on the LAN) is made at
+the daemon's first start in {{ .Values.dataPath }}/state/admin-token on the node (0600), e.g.
+  curl -s -H "Authorization: Bearer $(cat {{ .Values.dataPath }}/state/admin-token)" {{ if $addr }}{{ $base }}{{ else }}http://<address>:{{ .Values.httpPort }}{{ end }}/clients
+  curl -s http://127.0.0.1:{{ .Values.healthPort }}/metrics | grep gb10_xdp_attached
 
 Pod status and log:
   kubectl -n {{ .Release.Namespace }} get pods -l app.kubernetes.io/instance={{ .Release.Name }} -o wide

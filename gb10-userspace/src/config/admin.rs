@@ -1,4 +1,6 @@
-//! `[admin]`: the hosts API and dashboard, and the token every state-changing call needs.
+//! `[admin]`: the hosts API and dashboard, and the token every admin route needs (reads
+//! too), given in a file (`token_file`) or, visibly in `ps` and the process environment,
+//! as a value.
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
@@ -10,10 +12,16 @@ use super::{Base, ConfigError, invalid};
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// Bearer token for state-changing calls (register, delete, rebuild). Without it
-    /// those calls are refused. Never logged.
+    /// Bearer token of the admin routes: the hosts and fleet API, the dashboard's data,
+    /// `/clients`, `/explain` and `/metrics` on the LAN. Without one they answer nobody.
+    /// At least 16 characters; never logged. As a flag or variable it is visible in `ps`
+    /// and the process environment: prefer `token_file`.
     #[arg(long = "admin-token", env = "GB10_ADMIN_TOKEN")]
     pub token: Option<Secret>,
+    /// A file holding the admin token (its first line; read at start), such as a
+    /// mounted Kubernetes Secret. Not together with `token`.
+    #[arg(long = "admin-token-file", env = "GB10_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// A separate address (like 127.0.0.1:9190) for the hosts API and dashboard; when
     /// unset they are served on the LAN HTTP listener.
     #[arg(long = "admin-listen", env = "GB10_ADMIN_LISTEN")]
@@ -48,6 +56,12 @@ impl std::fmt::Display for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -67,9 +81,21 @@ impl RawAdmin {
     pub(super) fn validate(self, base: &Base<'_>) -> Result<AdminConfig, ConfigError> {
         let RawAdmin {
             token,
+            token_file,
             listen,
             credentials_dir,
         } = self;
+        let token = match (token, token_file) {
+            (Some(_), Some(path)) => {
+                return Err(invalid(
+                    "admin.token_file",
+                    &path.display().to_string(),
+                    "give the token once: token_file or token, not both",
+                ));
+            }
+            (token, None) => token,
+            (None, Some(path)) => Some(read_token(&path)?),
+        };
         if let Some(addr) = listen
             && addr.ip().is_unspecified()
         {
@@ -79,7 +105,10 @@ impl RawAdmin {
                 "never a wildcard address: name one, like 127.0.0.1:9190",
             ));
         }
-        if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        if token
+            .as_ref()
+            .is_some_and(|t| t.expose().chars().count() < 16)
+        {
             return Err(invalid("admin.token", "***", "use at least 16 characters"));
         }
         Ok(AdminConfig {
@@ -88,4 +117,16 @@ impl RawAdmin {
             credentials_dir: credentials_dir.unwrap_or_else(|| base.data_path.join("secrets")),
         })
     }
+}
+
+/// The token in `path`: its first line, without surrounding whitespace.
+fn read_token(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("admin.token_file", &shown, format!("cannot be read: {e}")))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(invalid("admin.token_file", &shown, "the file is empty"));
+    }
+    Ok(Secret(token.to_owned()))
 }

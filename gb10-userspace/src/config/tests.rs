@@ -209,4 +209,36 @@ fn secrets_print_as_stars_and_admin_is_validated() {
         ..Default::default()
     }));
     assert!(wild.unwrap_err().to_string().contains("wildcard"));
+    // From a file: its first line, trimmed; not beside a value; an empty file refused.
+    let dir = std::env::temp_dir().join(format!("gb10-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "a-token-from-a-file-0001\n").unwrap();
+    let from_file = Config::try_from(raw(RawAdmin {
+        token_file: Some(file.clone()),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(
+        from_file.admin.token.as_ref().map(Secret::expose),
+        Some("a-token-from-a-file-0001")
+    );
+    let both = Config::try_from(raw(RawAdmin {
+        token: Some(token),
+        token_file: Some(file.clone()),
+        ..Default::default()
+    }));
+    assert!(both.unwrap_err().to_string().contains("not both"));
+    std::fs::write(&file, "\n").unwrap();
+    let empty = Config::try_from(raw(RawAdmin {
+        token_file: Some(file),
+        ..Default::default()
+    }));
+    assert!(empty.unwrap_err().to_string().contains("empty"));
+    let missing = Config::try_from(raw(RawAdmin {
+        token_file: Some(dir.join("nope")),
+        ..Default::default()
+    }));
+    assert!(missing.unwrap_err().to_string().contains("cannot be read"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -135,6 +135,9 @@ impl Api {
     /// A JSON call that must succeed: the body, or an error with the server's message.
     pub async fn json(&self, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
         let (status, body) = self.call(method, path).await?;
+        if status == StatusCode::UNAUTHORIZED {
+            bail!("{status} from {path}: {TOKEN_HINT}");
+        }
         if !status.is_success() {
             bail!("{status} from {path}: {}", error_text(&body));
         }
@@ -149,6 +152,9 @@ impl Api {
         )
         .await
         .map_err(|_| anyhow::anyhow!("{path}: no answer"))??;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            bail!("{} from {path}: {TOKEN_HINT}", resp.status());
+        }
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp
@@ -174,6 +180,10 @@ impl Api {
         })
     }
 }
+
+/// What a 401 means to the operator.
+pub const TOKEN_HINT: &str = "the admin token is missing or wrong (every admin call needs it: \
+     give it with --token-file, GB10_ADMIN_TOKEN or --config)";
 
 /// The `error` of an error body, else the body.
 pub fn error_text(body: &serde_json::Value) -> String {

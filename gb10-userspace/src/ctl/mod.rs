@@ -22,8 +22,8 @@ pub struct ApiArgs {
     /// http://127.0.0.1:9190.
     #[arg(long, env = "GB10_SERVER", global = true)]
     pub server: Option<String>,
-    /// A file holding the admin token (rebuild needs it). The token can also come from
-    /// GB10_ADMIN_TOKEN, or from the config file; never from a flag.
+    /// A file holding the admin token (every call needs it, reads too). The token can
+    /// also come from GB10_ADMIN_TOKEN, or from the config file; never from a flag.
     #[arg(long, env = "GB10_ADMIN_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// The daemon's config file, read for `[admin]` listen and token (and the LAN
@@ -78,16 +78,12 @@ pub enum HostsCommand {
     Rebuild { mac: String },
 }
 
-/// The token from `--token-file`, else GB10_ADMIN_TOKEN, else the config file.
+/// The token from `--token-file`, else GB10_ADMIN_TOKEN, else the config file (`token`
+/// or `token_file`), else the one the daemon made in `data_path/state/admin-token`.
+/// Every route of the admin API needs it, reads too.
 fn token(args: &ApiArgs, raw: Option<&crate::config::RawConfig>) -> anyhow::Result<Option<String>> {
     if let Some(path) = &args.token_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token file {}", path.display()))?;
-        let t = text.trim();
-        if t.is_empty() {
-            bail!("the token file {} is empty", path.display());
-        }
-        return Ok(Some(t.to_owned()));
+        return read_token(path).map(Some);
     }
     if let Some(t) = std::env::var("GB10_ADMIN_TOKEN")
         .ok()
@@ -95,9 +91,32 @@ fn token(args: &ApiArgs, raw: Option<&crate::config::RawConfig>) -> anyhow::Resu
     {
         return Ok(Some(t));
     }
-    Ok(raw
-        .and_then(|r| r.admin.token.as_ref())
-        .map(|t| t.expose().to_owned()))
+    if let Some(admin) = raw.map(|r| &r.admin) {
+        if let Some(t) = &admin.token {
+            return Ok(Some(t.expose().to_owned()));
+        }
+        if let Some(path) = &admin.token_file {
+            return read_token(path).map(Some);
+        }
+    }
+    // None configured: the one the daemon made at first start, when this user can read
+    // it (on the daemon's host, as its user).
+    let data_path = raw
+        .and_then(|r| r.data_path.clone())
+        .unwrap_or_else(|| crate::config::DEFAULT_DATA_PATH.into());
+    let made = crate::store::Store::dir(&data_path).join(crate::auth::TOKEN_FILE);
+    Ok(read_token(&made).ok())
+}
+
+/// The first line of a token file, trimmed.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let t = text.lines().next().unwrap_or("").trim();
+    if t.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(t.to_owned())
 }
 
 /// The API's URL: `--server`, else where the config file says the admin API is.
@@ -352,10 +371,7 @@ pub fn hosts(args: HostsArgs) -> anyhow::Result<()> {
                     print_json(&body)?;
                 }
                 if status == hyper::StatusCode::UNAUTHORIZED {
-                    bail!(
-                        "401: the admin token is missing or wrong (give it with --token-file, \
-                         GB10_ADMIN_TOKEN or --config)"
-                    );
+                    bail!("401: {}", api::TOKEN_HINT);
                 }
                 if !status.is_success() {
                     let reason = body["reason"].as_str().map(str::to_owned);

@@ -52,6 +52,7 @@ pub fn exercise(data: &[u8]) {
             http_port: 80,
         },
         now: 1_000_000,
+        neighbour: &|_| None,
     };
     let mut leases = Leases::new(vec![Pool::new(
         "198.18.0.0/24".parse().expect("subnet"),
@@ -60,8 +61,8 @@ pub fn exercise(data: &[u8]) {
     )]);
     let src = SocketAddrV4::new(msg.ciaddr(), handler::CLIENT_PORT);
     let outcomes = [
-        handler::handle_direct(&msg, &ctx, &mut leases),
-        handler::handle_direct(&msg, &ctx, &mut leases),
+        handler::handle_direct(&msg, &ctx, src, &mut leases),
+        handler::handle_direct(&msg, &ctx, src, &mut leases),
         handler::handle_proxy(&msg, &ctx, src, false),
         handler::handle_proxy(&msg, &ctx, src, true),
     ];

@@ -13,6 +13,10 @@ use crate::mac::Mac;
 pub const OFFER_HOLD_SECS: u64 = 60;
 /// How long a declined address (in use by someone we don't know) stays out of the pool.
 pub const DECLINE_PROBATION_SECS: u64 = 600;
+/// A client checks its address for conflicts right after the ACK (RFC 2131 §4.4.1) and
+/// declines then or never: a DECLINE later than this after the lease's last ACK is not
+/// the holder's conflict check (a stranger replaying the holder's identity) and ends nothing.
+pub const DECLINE_WINDOW_SECS: u64 = 60;
 
 /// Who holds a lease: option 61 when the client sent one, else htype + chaddr (RFC 2131
 /// §4.2).
@@ -65,6 +69,12 @@ impl Lease {
             LeaseState::Offered | LeaseState::Leased | LeaseState::Declined => self.expires > now,
         }
     }
+
+    /// Whether the address is leased (ACKed, not released, declined or expired) at `now`:
+    /// its holder is who the address is.
+    pub fn live(&self, now: u64) -> bool {
+        self.state == LeaseState::Leased && self.expires > now
+    }
 }
 
 /// An address pool on one subnet.
@@ -105,6 +115,10 @@ pub struct Leases {
     pools: Vec<Pool>,
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<ClientId, Ipv4Addr>,
+    /// The address each client has leased (not merely offered): leasing it another one
+    /// releases this one, so a client that moved does not stay the holder of its old
+    /// address until that lease would have run out.
+    leased: HashMap<ClientId, Ipv4Addr>,
 }
 
 impl Leases {
@@ -114,6 +128,7 @@ impl Leases {
             pools,
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
+            leased: HashMap::new(),
         }
     }
 
@@ -121,21 +136,39 @@ impl Leases {
         &self.pools
     }
 
-    /// The pool index serving a request relayed by `giaddr` (0.0.0.0: the LAN's).
+    /// The pool index serving a request relayed by `giaddr` (0.0.0.0: the LAN's). A
+    /// non-zero giaddr is looked up among the relay pools only: a LAN client that writes
+    /// a LAN address there (or a relay on the LAN itself) gets nothing, rather than a LAN
+    /// lease answered to an address it chose.
     pub fn pool_for(&self, giaddr: Ipv4Addr) -> Option<usize> {
         if giaddr.is_unspecified() {
             return Some(0);
         }
-        self.pools.iter().position(|p| p.subnet.contains(&giaddr))
+        self.pools
+            .iter()
+            .skip(1)
+            .position(|p| p.subnet.contains(&giaddr))
+            .map(|i| i + 1)
     }
 
-    /// Restores a lease read from the store.
+    /// Restores a lease read from the store. Restore oldest first (by `expires`): a
+    /// client's newer lease then releases its older one, as [`Leases::commit`] did (that
+    /// release is not written back; the store keeps the older record until it is reused).
     pub fn restore(&mut self, lease: Lease) {
+        if lease.state == LeaseState::Leased {
+            // When the older one was given up is not known: it keeps its end time.
+            self.release_other(&lease.client, lease.ip, u64::MAX);
+        }
         self.insert(lease);
     }
 
     pub fn get(&self, ip: Ipv4Addr) -> Option<&Lease> {
         self.by_ip.get(&ip)
+    }
+
+    /// The lease on `ip` when it is live at `now` (see [`Lease::live`]).
+    pub fn live(&self, ip: Ipv4Addr, now: u64) -> Option<&Lease> {
+        self.by_ip.get(&ip).filter(|l| l.live(now))
     }
 
     /// The lease (any state) the client holds.
@@ -242,8 +275,23 @@ impl Leases {
             expires: now + secs,
             hostname,
         };
+        self.release_other(client, ip, now);
         self.insert(lease.clone());
         lease
+    }
+
+    /// Ends `client`'s lease on an address other than `ip` (it is taking `ip`), and
+    /// notes `ip` as the one it holds.
+    fn release_other(&mut self, client: &ClientId, ip: Ipv4Addr, now: u64) {
+        if let Some(old) = self.leased.insert(client.clone(), ip)
+            && old != ip
+            && let Some(l) = self.by_ip.get_mut(&old)
+            && l.client == *client
+            && l.state == LeaseState::Leased
+        {
+            l.state = LeaseState::Released;
+            l.expires = l.expires.min(now);
+        }
     }
 
     /// Moves the client's lease on `ip` to `state` (released or declined). `None` when
@@ -256,6 +304,9 @@ impl Leases {
         now: u64,
     ) -> Option<Lease> {
         let lease = self.by_ip.get_mut(&ip).filter(|l| l.client == *client)?;
+        if self.leased.get(client) == Some(&ip) {
+            self.leased.remove(client);
+        }
         lease.state = state;
         lease.expires = match state {
             LeaseState::Declined => now + DECLINE_PROBATION_SECS,
@@ -373,6 +424,33 @@ mod tests {
             l.pick(0, &id(3), None, 8 + DECLINE_PROBATION_SECS, NONE),
             Some(a)
         );
+    }
+
+    #[test]
+    fn a_client_that_moves_gives_up_its_old_address() {
+        let (a, b) = (Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 11));
+        let mut l = leases(10, 11);
+        l.commit(a, &id(1), MAC, None, 0, 3600);
+        // An offer of another address in between does not hide the old lease.
+        l.offer(b, &id(1), MAC, 4);
+        l.commit(b, &id(1), MAC, None, 5, 3600);
+        assert!(l.live(a, 6).is_none(), "the old address has no holder");
+        assert_eq!(l.live(b, 6).map(|x| x.ip), Some(b));
+        assert!(l.free_for(a, &id(2), 6));
+        // The store still holds both as leased: restored oldest first, the same result.
+        let mut again = leases(10, 11);
+        let mut old = l.get(a).unwrap().clone();
+        old.state = LeaseState::Leased;
+        old.expires = 3600;
+        again.restore(old);
+        again.restore(l.get(b).unwrap().clone());
+        assert!(again.live(a, 6).is_none());
+        assert!(again.live(b, 6).is_some());
+        // Released and expired leases have no holder either.
+        l.end(b, &id(1), LeaseState::Released, 7).unwrap();
+        assert!(l.live(b, 8).is_none());
+        l.commit(a, &id(2), MAC, None, 8, 10);
+        assert!(l.live(a, 17).is_some() && l.live(a, 18).is_none());
     }
 
     #[test]

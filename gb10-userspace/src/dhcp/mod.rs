@@ -171,7 +171,9 @@ impl LeaseTable {
     pub fn open(config: &Config, store: &Store, stats: &Stats) -> Self {
         let mut table = leases::Leases::new(server::pools(config));
         if config.mode == Mode::Direct {
-            let (loaded, skipped) = store::load(store, &store::log_dir(&config.data_path));
+            let (mut loaded, skipped) = store::load(store, &store::log_dir(&config.data_path));
+            // Oldest first: a client's newer lease supersedes its older one.
+            loaded.sort_by_key(|l| l.expires);
             stats.restored.store(loaded.len() as u64, Ordering::Relaxed);
             stats.store_skipped.store(skipped as u64, Ordering::Relaxed);
             info!(leases = loaded.len(), skipped, "leases restored");
@@ -196,6 +198,33 @@ impl LeaseTable {
             }
         }
         counts
+    }
+
+    /// Who holds `ip` now: the live lease on it (see [`leases::Lease::live`]).
+    pub fn live(&self, ip: std::net::Ipv4Addr, now: u64) -> Option<leases::Lease> {
+        self.lock().live(ip, now).cloned()
+    }
+
+    /// The address of each client with a live lease at `now`, by MAC (the newest when
+    /// one MAC holds several, under different client identifiers).
+    pub fn live_by_mac(&self, now: u64) -> HashMap<Mac, std::net::Ipv4Addr> {
+        let mut live: Vec<_> = self
+            .lock()
+            .iter()
+            .filter(|l| l.live(now))
+            .map(|l| (l.expires, l.mac, l.ip))
+            .collect();
+        live.sort_unstable();
+        live.into_iter().map(|(_, mac, ip)| (mac, ip)).collect()
+    }
+
+    /// The address `mac` holds a live lease on (its newest, when several).
+    pub fn live_of(&self, mac: Mac, now: u64) -> Option<std::net::Ipv4Addr> {
+        self.lock()
+            .iter()
+            .filter(|l| l.mac == mac && l.live(now))
+            .max_by_key(|l| l.expires)
+            .map(|l| l.ip)
     }
 
     /// The newest lease record (any state) of `mac`.

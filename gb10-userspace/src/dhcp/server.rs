@@ -25,6 +25,7 @@ use crate::{
     clients::{ClientEvent, Clients, Stage},
     clock,
     config::{Config, Mode},
+    identity::Neighbours,
     lan::{self, LanAddr},
     live::Live,
     mac::Mac,
@@ -43,6 +44,8 @@ pub struct Dhcp {
     pub events: Arc<Clients>,
     pub stats: Arc<Stats>,
     pub lan_addr: LanAddr,
+    /// The kernel's neighbour table, to tell a RELEASE from its holder.
+    pub neighbours: Neighbours,
 }
 
 /// Why the DHCP service could not serve.
@@ -232,16 +235,15 @@ impl Server {
                 http_port: config.http_port,
             },
             now: clock::now_secs(),
+            neighbour: &|ip| self.dhcp.neighbours.lookup(ip),
+        };
+        let src = match src {
+            SocketAddr::V4(v4) => v4,
+            SocketAddr::V6(_) => return,
         };
         let outcome = match config.mode {
-            Mode::Direct => handler::handle_direct(req, &ctx, &mut self.dhcp.leases.lock()),
-            Mode::Proxy => {
-                let src = match src {
-                    SocketAddr::V4(v4) => v4,
-                    SocketAddr::V6(_) => return,
-                };
-                handler::handle_proxy(req, &ctx, src, on_pxe_port)
-            }
+            Mode::Direct => handler::handle_direct(req, &ctx, src, &mut self.dhcp.leases.lock()),
+            Mode::Proxy => handler::handle_proxy(req, &ctx, src, on_pxe_port),
         };
         let Outcome {
             reply,

@@ -35,7 +35,9 @@ pub const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("dhcp_lease
 /// The lease log's bookkeeping: `folded`, the last log record the table holds.
 const LOG_STATE: TableDefinition<&str, u64> = TableDefinition::new("dhcp_lease_log");
 /// Record format version; a record of another version is skipped, not misread.
-const VERSION: u8 = 1;
+/// 2: the client id is bound to the chaddr (see [`super::handler::client_id`]); a
+/// version 1 record is read with its client id carried over to that form.
+const VERSION: u8 = 2;
 /// Most writes taken in one go; bounds the latency of the last ACK of a burst.
 const MAX_BATCH: usize = 4096;
 /// A segment this large is closed and folded into the table (~50,000 leases).
@@ -91,7 +93,7 @@ pub fn encode(lease: &Lease) -> Vec<u8> {
 /// Decodes a record stored under `key`; anything inconsistent is a [`BadRecord`].
 pub fn decode(key: u32, raw: &[u8]) -> Result<Lease, BadRecord> {
     let (&version, rest) = raw.split_first().ok_or(BadRecord::Corrupt)?;
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(BadRecord::Version(version));
     }
     let (&state, rest) = rest.split_first().ok_or(BadRecord::Corrupt)?;
@@ -128,7 +130,12 @@ pub fn decode(key: u32, raw: &[u8]) -> Result<Lease, BadRecord> {
         });
     }
     let n = usize::from(take(&mut rest, 1)?[0]);
-    let client = ClientId(take(&mut rest, n)?);
+    let mut client = ClientId(take(&mut rest, n)?);
+    let own = [&[1u8][..], &mac].concat();
+    if version == 1 && !client.0.is_empty() && client.0 != own {
+        // Version 1 keyed on option 61 alone; the key is now chaddr, then option 61.
+        client = ClientId([&own[..], &[0xff], &client.0].concat());
+    }
     let n = usize::from(take(&mut rest, 1)?[0]);
     let host = String::from_utf8(take(&mut rest, n)?).map_err(|_| BadRecord::Corrupt)?;
     if !rest.is_empty() || client.0.is_empty() {
@@ -687,6 +694,14 @@ mod tests {
         let mut raw = encode(&l);
         raw[0] = 9;
         assert_eq!(decode(u32::from(l.ip), &raw), Err(BadRecord::Version(9)));
+        // Version 1 keyed option-61 clients on option 61 alone: read bound to the MAC.
+        let mut v1 = l.clone();
+        v1.client = ClientId(vec![255, 0, 0, 0, 1]);
+        let mut raw = encode(&v1);
+        raw[0] = 1;
+        let read = decode(u32::from(l.ip), &raw).unwrap();
+        let want = [&[1u8][..], &l.mac.0, &[0xff, 255, 0, 0, 0, 1]].concat();
+        assert_eq!(read.client, ClientId(want));
         for cut in 0..raw.len() {
             assert!(
                 decode(u32::from(l.ip), &encode(&l)[..cut]).is_err(),

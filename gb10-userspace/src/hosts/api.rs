@@ -1,13 +1,13 @@
-//! The hosts API (JSON): list and get are open; register, delete and rebuild need the
-//! `[admin] token` as `Authorization: Bearer …`. Errors are JSON `{"error": …}` and never
-//! hold a secret.
+//! The hosts API (JSON): list, get, register, delete and rebuild, each with the
+//! `[admin] token` as `Authorization: Bearer …` (see [`crate::auth`]). Errors are JSON
+//! `{"error": …}` and never hold a secret.
 use std::{path::PathBuf, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Request, State},
-    http::{StatusCode, header},
-    middleware::{self, Next},
+    extract::{Path, State},
+    http::StatusCode,
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -22,9 +22,11 @@ pub struct Admin {
     pub hosts: Arc<Hosts>,
     /// Every client seen, and their events live (the fleet view).
     pub clients: Arc<crate::clients::Clients>,
+    /// Who holds which address now (the fleet view's `lease_ip`).
+    pub leases: crate::dhcp::LeaseTable,
     /// The inventory, which registrations must not shadow.
     pub live: Live,
-    /// The bearer token changes need; none refuses every change.
+    /// The bearer token every admin route needs; none refuses them all.
     pub token: Option<Secret>,
     /// Where rebuild keys are kept.
     pub data_path: PathBuf,
@@ -32,49 +34,21 @@ pub struct Admin {
     pub credentials_dir: PathBuf,
 }
 
-/// The admin router: the hosts API, the dashboard and its event stream.
+/// The admin router: the hosts API, the fleet view, the dashboard's event stream (all
+/// behind the token, reads too) and the dashboard and fleet pages (no data in them: each
+/// page asks for the token and fetches the rest with it).
 pub fn routes(admin: Admin) -> Router {
-    let changing = Router::new()
-        .route("/api/hosts", post(register))
-        .route("/api/hosts/{mac}", axum::routing::delete(delete))
-        .route("/api/hosts/{mac}/rebuild", post(rebuild))
-        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
+    let token = admin.token.clone();
     Router::new()
-        .route("/api/hosts", get(list))
-        .route("/api/hosts/{mac}", get(get_one))
-        .merge(changing)
+        .route("/api/hosts", get(list).post(register))
+        .route("/api/hosts/{mac}", get(get_one).delete(delete))
+        .route("/api/hosts/{mac}/rebuild", post(rebuild))
         .with_state(admin.clone())
-        .merge(super::dashboard::routes(admin.hosts.clone()))
+        .merge(super::dashboard::events(admin.hosts.clone()))
         .merge(super::fleet::routes(admin))
-}
-
-/// Lets a request through only with the configured token; without one configured,
-/// nothing that changes state is allowed.
-async fn require_token(State(admin): State<Admin>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = match (&admin.token, given) {
-        (Some(token), Some(given)) => constant_time_eq(token.expose().as_bytes(), given.as_bytes()),
-        _ => false,
-    };
-    if !ok {
-        warn!(path = %req.uri().path(), "admin call without a valid token");
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({"error": "a valid admin token is required"})),
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
-/// Compares without stopping at the first difference, so timing tells nothing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .route_layer(middleware::from_fn_with_state(token, crate::auth::require))
+        .merge(super::dashboard::pages())
+        .merge(super::fleet::page_routes())
 }
 
 impl IntoResponse for HostsError {

@@ -1,5 +1,8 @@
 //! The dashboard: `/` a grid of host tiles, `/hosts/{mac}` a timeline, both plain HTML
-//! and JS embedded in the binary, kept live by Server-Sent Events on `/events`.
+//! and JS embedded in the binary, kept live by Server-Sent Events on `/events`. The page
+//! holds no data: its script asks for the admin token (or takes it from `#token=…` in
+//! the address, which never reaches a server), keeps it in the tab's session storage and
+//! sends it with every request, the event stream included.
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -18,12 +21,17 @@ use super::Hosts;
 
 const PAGE: &str = include_str!("dashboard.html");
 
-/// The dashboard routes.
-pub fn routes(hosts: Arc<Hosts>) -> Router {
+/// The dashboard's pages (no data in them).
+pub fn pages() -> Router {
     Router::new()
         .route("/", get(page))
         .route("/hosts/{mac}", get(page))
-        .route("/events", get(events))
+}
+
+/// The dashboard's event stream (behind the admin token, with the API).
+pub fn events(hosts: Arc<Hosts>) -> Router {
+    Router::new()
+        .route("/events", get(stream))
         .with_state(hosts)
 }
 
@@ -33,7 +41,7 @@ pub async fn page() -> Html<&'static str> {
 }
 
 /// Every host change as a `host` event with the record as JSON.
-async fn events(
+async fn stream(
     State(hosts): State<Arc<Hosts>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = hosts.subscribe();

@@ -31,11 +31,10 @@ use crate::{
 /// could multiply the cost of a DHCP storm by opening streams.
 const STREAMS_MAX: usize = 32;
 
-/// The routes, merged into the admin router.
+/// The data routes, merged into the admin router behind the token.
 pub fn routes(admin: Admin) -> Router {
     let slots = Arc::new(Semaphore::new(STREAMS_MAX));
     Router::new()
-        .route("/fleet", get(page))
         .route("/api/clients", get(list))
         .route(
             "/api/clients/events",
@@ -48,6 +47,12 @@ pub fn routes(admin: Admin) -> Router {
 /// The fleet view: one page, no external assets; it reads the routes below with the
 /// admin token the operator types (kept in the tab's sessionStorage).
 const PAGE: &str = include_str!("fleet.html");
+
+/// The page, outside the token: a browser opening it cannot send one, and it holds no
+/// data (every request it makes carries the token).
+pub fn page_routes() -> Router {
+    Router::new().route("/fleet", get(page))
+}
 
 async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(PAGE)
@@ -65,6 +70,7 @@ struct Row {
     host_state: Option<&'static str>,
     /// `None` for an inventory host never seen on the LAN.
     state: Option<ClientState>,
+    /// The address it holds a live lease on now (from the lease table).
     lease_ip: Option<std::net::Ipv4Addr>,
     reported_ip: Option<std::net::Ipv4Addr>,
     first_seen_ms: Option<u64>,
@@ -81,7 +87,13 @@ struct Row {
     events: usize,
 }
 
-fn row(admin: &Admin, inv: &Inventory, mac: Mac, record: Option<&ClientRecord>) -> Row {
+fn row(
+    admin: &Admin,
+    inv: &Inventory,
+    mac: Mac,
+    record: Option<&ClientRecord>,
+    lease_ip: Option<std::net::Ipv4Addr>,
+) -> Row {
     let host = inv.host(mac);
     let registered = admin.hosts.get(mac);
     let stage = record.and_then(ClientRecord::stage);
@@ -95,7 +107,7 @@ fn row(admin: &Admin, inv: &Inventory, mac: Mac, record: Option<&ClientRecord>) 
         known: host.is_some() || registered.is_some(),
         host_state: registered.map(|r| r.machine.state.label()),
         state: record.map(|r| r.state),
-        lease_ip: record.and_then(|r| r.lease_ip),
+        lease_ip,
         reported_ip: record.and_then(|r| r.reported_ip),
         first_seen_ms: record.map(|r| r.first_seen_ms),
         last_seen_ms: record.map(|r| r.last_seen_ms),
@@ -117,6 +129,7 @@ async fn list(State(admin): State<Admin>) -> Response {
         .into_iter()
         .map(|r| (r.mac, r))
         .collect();
+    let leased = admin.leases.live_by_mac(crate::clock::now_secs());
     let mut macs: Vec<Mac> = records.keys().copied().collect();
     macs.extend(inv.hosts.iter().map(|h| h.mac));
     macs.extend(admin.hosts.list().iter().map(|h| h.mac));
@@ -124,7 +137,7 @@ async fn list(State(admin): State<Admin>) -> Response {
     macs.dedup();
     let rows: Vec<Row> = macs
         .into_iter()
-        .map(|m| row(&admin, inv, m, records.get(&m)))
+        .map(|m| row(&admin, inv, m, records.get(&m), leased.get(&m).copied()))
         .collect();
     Json(rows).into_response()
 }
@@ -143,7 +156,8 @@ async fn one(State(admin): State<Admin>, Path(mac): Path<String>) -> Response {
     };
     let snapshot = admin.live.now();
     let record = admin.clients.get(mac);
-    let r = row(&admin, &snapshot.inventory, mac, record.as_ref());
+    let leased = admin.leases.live_of(mac, crate::clock::now_secs());
+    let r = row(&admin, &snapshot.inventory, mac, record.as_ref(), leased);
     if record.is_none() && !r.known {
         return (
             StatusCode::NOT_FOUND,

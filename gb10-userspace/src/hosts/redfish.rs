@@ -46,6 +46,10 @@ pub enum RedfishError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("BMC named a path off its origin or outside /redfish/: {path:?}")]
+    ForeignPath { path: String },
+    #[error("BMC credentials name `{name}` is not a plain file name")]
+    CredentialsName { name: String },
     #[error("BMC lists no system")]
     NoSystem,
     #[error("boot override read back as enabled={enabled} target={target}, not Once/Pxe")]
@@ -116,19 +120,38 @@ pub fn check_bmc(bmc: &Bmc) -> Result<(), HostsError> {
             reason: "https BMCs are not supported yet".into(),
         });
     }
-    let name = &bmc.credentials;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
+    if !crate::inventory::plain_file_name(&bmc.credentials) {
         return Err(HostsError::Invalid {
             field: "bmc.credentials",
             reason: "a file name under credentials_dir: letters, digits, `-`, `_`, `.`".into(),
         });
     }
+    if let Some(system) = &bmc.system {
+        redfish_path(system).map_err(|_| HostsError::Invalid {
+            field: "bmc.system",
+            reason: "a path under /redfish/ on the BMC".into(),
+        })?;
+    }
     Ok(())
+}
+
+/// `path` when it stays on the BMC's origin under `/redfish/`: an `@odata.id` from a
+/// BMC's answer is appended to the BMC's URL, with the credentials, so it must not name
+/// another host (`//evil/…`, `@evil`), climb out (`..`) or carry a query or fragment.
+fn redfish_path(path: &str) -> Result<&str, RedfishError> {
+    let ok = path.starts_with("/redfish/")
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == ".." || seg == ".")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b'?' | b'#' | b'\\' | b'%'));
+    if ok {
+        Ok(path)
+    } else {
+        Err(RedfishError::ForeignPath {
+            path: path.chars().take(200).collect(),
+        })
+    }
 }
 
 fn basic_auth(user: &str, password: &str) -> String {
@@ -214,6 +237,10 @@ impl Session {
 #[instrument(skip_all, fields(mac = %mac, bmc = %bmc.url))]
 pub async fn rebuild(mac: Mac, bmc: &Bmc, credentials_dir: &Path) -> Result<(), RedfishError> {
     let name = &bmc.credentials;
+    // Checked at load and registration already; never a path out of credentials_dir.
+    if !crate::inventory::plain_file_name(name) {
+        return Err(RedfishError::CredentialsName { name: name.clone() });
+    }
     let text = tokio::fs::read_to_string(credentials_dir.join(name))
         .await
         .map_err(|source| RedfishError::Credentials {
@@ -230,15 +257,15 @@ pub async fn rebuild(mac: Mac, bmc: &Bmc, credentials_dir: &Path) -> Result<(), 
         client: Client::builder(TokioExecutor::new()).build_http(),
     };
     let system = match &bmc.system {
-        Some(s) => s.clone(),
+        Some(s) => redfish_path(s)?.to_owned(),
         None => {
             let list = session
                 .call("listing systems", Method::GET, "/redfish/v1/Systems", None)
                 .await?;
-            list["Members"][0]["@odata.id"]
+            let id = list["Members"][0]["@odata.id"]
                 .as_str()
-                .ok_or(RedfishError::NoSystem)?
-                .to_owned()
+                .ok_or(RedfishError::NoSystem)?;
+            redfish_path(id)?.to_owned()
         }
     };
     let before = session
@@ -305,6 +332,33 @@ mod tests {
         );
         assert_eq!(basic_auth("a", "b"), "Basic YTpi");
         assert_eq!(basic_auth("ab", "cd"), "Basic YWI6Y2Q=");
+    }
+
+    /// A BMC (or whoever answers in its name) that points the credentialed calls
+    /// elsewhere: refused before any call is made.
+    #[test]
+    fn paths_from_a_bmc_stay_on_its_origin() {
+        for ok in ["/redfish/v1/Systems/1", "/redfish/v1/Systems/abc-DEF_1.2"] {
+            assert_eq!(redfish_path(ok).unwrap(), ok);
+        }
+        for bad in [
+            "//198.18.0.66/redfish/v1/Systems/1",
+            "http://198.18.0.66/redfish/v1/Systems/1",
+            "@198.18.0.66/redfish/v1/Systems/1",
+            "/redfish/v1/Systems/1@198.18.0.66",
+            "/redfish/../../etc",
+            "/redfish/v1/Systems/1?x=1",
+            "/redfish/v1/Systems/1#x",
+            "/redfish/v1/Systems/%2e%2e",
+            "/redfish/v1/Systems/1 x",
+            "/other/v1",
+            "",
+        ] {
+            assert!(
+                matches!(redfish_path(bad), Err(RedfishError::ForeignPath { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -234,8 +234,9 @@ impl Target {
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-o", "ConnectTimeout=10"])
-            .arg(format!("{}@{}", self.user, self.ip))
+            // `--` first: nothing after it (the user name above all) is read as an option.
             .arg("--")
+            .arg(format!("{}@{}", self.user, self.ip))
             .arg(command)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);

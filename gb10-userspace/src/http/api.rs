@@ -1,5 +1,5 @@
-//! Client onboarding API: `POST /heartbeat` (JSON or form), `GET /clients` and
-//! `GET /clients/{mac}`.
+//! Client onboarding API: `POST /heartbeat` (JSON or form), and, with the admin token,
+//! `GET /clients` and `GET /clients/{mac}`.
 use std::{net::Ipv4Addr, sync::Arc};
 
 use axum::{
@@ -7,6 +7,7 @@ use axum::{
     body::Bytes,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -16,6 +17,7 @@ use tracing::{info, instrument, warn};
 use super::Peer;
 use crate::{
     clients::{ClientEvent, Clients},
+    config::Secret,
     mac::Mac,
 };
 
@@ -24,11 +26,13 @@ const PHASE_MAX: usize = 32;
 /// Longest heartbeat `message`, in bytes.
 const MESSAGE_MAX: usize = 1024;
 
-pub fn routes(clients: Arc<Clients>) -> Router {
+/// The routes; the client records (MACs, addresses, timelines) only with `token`.
+pub fn routes(clients: Arc<Clients>, token: Option<Secret>) -> Router {
     Router::new()
-        .route("/heartbeat", post(heartbeat))
         .route("/clients", get(list))
         .route("/clients/{mac}", get(one))
+        .route_layer(middleware::from_fn_with_state(token, crate::auth::require))
+        .route("/heartbeat", post(heartbeat))
         .with_state(clients)
 }
 

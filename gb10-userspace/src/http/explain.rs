@@ -1,17 +1,18 @@
 //! `/explain?mac=…&arch=…&user_class=…`: the boot decision for a client as JSON, with its
-//! DHCP counters and lease.
+//! DHCP counters and lease; with the admin token (it tells who holds which address).
 use std::{net::Ipv4Addr, sync::Arc};
 
 use axum::{
     Router,
     extract::{Query, State},
     http::StatusCode,
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
 
 use crate::{
-    config::Config,
+    config::{Config, Secret},
     dhcp::{self, LeaseTable},
     lan::LanAddr,
     live::Live,
@@ -29,9 +30,10 @@ pub struct Explain {
 }
 
 impl Explain {
-    pub fn routes(self) -> Router {
+    pub fn routes(self, token: Option<Secret>) -> Router {
         Router::new()
             .route("/explain", get(explain))
+            .route_layer(middleware::from_fn_with_state(token, crate::auth::require))
             .with_state(self)
     }
 }

@@ -1,12 +1,14 @@
-//! `/healthz` (readiness, with the reason), `/livez` and `/metrics`: on the LAN router
-//! and on the loopback health listener probes use, which answers while the LAN has no
-//! address (proxy mode waiting for its lease). Loopback only: nothing beyond the host.
+//! `/healthz` (readiness, with the reason), `/livez` and `/metrics`: on the loopback
+//! health listener probes and Prometheus on the node use, which answers while the LAN has
+//! no address (proxy mode waiting for its lease); on the LAN router `/healthz` as it is
+//! and `/metrics` (per-client MACs) only with the admin token.
 use std::{net::Ipv4Addr, sync::Arc};
 
 use axum::{
     Router,
     extract::State,
     http::{StatusCode, header},
+    middleware,
     response::IntoResponse,
     routing::get,
 };
@@ -14,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{HttpLimits, Mode},
+    config::{HttpLimits, Mode, Secret},
     metrics,
     netlink::LanState,
 };
@@ -30,11 +32,12 @@ pub struct Health {
 }
 
 impl Health {
-    /// `/healthz` and `/metrics`, as the LAN router has them.
-    pub fn routes(self) -> Router {
+    /// `/healthz`, and `/metrics` behind `token`, as the LAN router has them.
+    pub fn lan_routes(self, token: Option<Secret>) -> Router {
         Router::new()
-            .route("/healthz", get(healthz))
             .route("/metrics", get(render_metrics))
+            .route_layer(middleware::from_fn_with_state(token, crate::auth::require))
+            .route("/healthz", get(healthz))
             .with_state(self)
     }
 }
@@ -50,7 +53,11 @@ pub async fn run(
     if port == 0 {
         return Ok(());
     }
-    let app = health.routes().route("/livez", get(livez));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .route("/livez", get(livez))
+        .with_state(health);
     super::run_fixed(
         "health",
         (Ipv4Addr::LOCALHOST, port).into(),

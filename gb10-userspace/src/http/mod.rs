@@ -1,6 +1,7 @@
 //! The HTTP service on `lan_ip:http_port`: one router for static files, seeds, client
 //! onboarding, `/explain`, `/metrics` and (without a separate admin address) the hosts
-//! API, each part holding only what it uses; and the loopback health listener.
+//! API, each part holding only what it uses (what names clients only with the admin
+//! token); and the loopback health listener.
 mod api;
 mod conn;
 mod explain;
@@ -32,7 +33,7 @@ pub use self::{
 };
 use crate::{
     clients::Clients,
-    config::HttpLimits,
+    config::{HttpLimits, Secret},
     hosts::api::Admin,
     lan::{self, LanAddr},
 };
@@ -47,6 +48,8 @@ pub struct Routes {
     pub health: Health,
     /// The hosts API and dashboard under `/admin`, when they have no listener of their own.
     pub admin: Option<Admin>,
+    /// What `/clients`, `/explain` and `/metrics` need (the `[admin]` token).
+    pub token: Option<Secret>,
 }
 
 /// The router with every route the LAN listener serves.
@@ -58,12 +61,13 @@ pub fn router(routes: Routes) -> Router {
         explain,
         health,
         admin,
+        token,
     } = routes;
     let mut router = Router::new()
-        .merge(health.routes())
-        .merge(explain.routes())
+        .merge(health.lan_routes(token.clone()))
+        .merge(explain.routes(token.clone()))
         .merge(seeds::routes(seeds))
-        .merge(api::routes(clients))
+        .merge(api::routes(clients, token))
         .fallback_service(
             Router::new()
                 .fallback(static_files::serve)

@@ -163,7 +163,7 @@ fn serve(
     let Some(row) = s.seeds.row(path, mac) else {
         // Only from the host's own address: anyone can put a MAC in a URL, and a
         // stranger's request must not become a healthy machine's "why it stopped".
-        if mac.is_some_and(|m| s.identity.owns(m, peer.0)) {
+        if mac.is_some_and(|m| s.identity.owns(m, peer.0).is_ok()) {
             failed(Stage::Seed, "not_found");
         }
         return text(
@@ -174,9 +174,9 @@ fn serve(
     if let Some(mac) = mac
         && row.owner_only
         && s.owner_check
-        && !s.identity.owns(mac, peer.0)
+        && let Err(why) = s.identity.owns(mac, peer.0)
     {
-        warn!(peer = ?peer.0, "seed requested from an address that is not the host's; 403");
+        warn!(peer = ?peer.0, %why, "seed requested from an address that is not the host's; 403");
         failed(stage_of(row), "forbidden");
         return text(
             StatusCode::FORBIDDEN,

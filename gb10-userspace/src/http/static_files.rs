@@ -159,8 +159,7 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
             let index = path.join("index.html");
             return file_response(&method, headers, &index, &index_meta, file, small).await;
         }
-        // Listed by path: the open above proved it lies beneath the root.
-        return listing(&method, &raw, path).await;
+        return listing(&method, &raw, root, rel).await;
     }
     if !meta.is_file() {
         return failed(&files, peer, &raw, StatusCode::NOT_FOUND);
@@ -581,18 +580,40 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// An nginx-autoindex-like HTML listing of `dir`.
-async fn listing(method: &Method, raw: &str, dir: PathBuf) -> Response {
+/// An nginx-autoindex-like HTML listing of `rel` beneath `root`. Entries are looked at
+/// without following symlinks; a symlink is followed only through [`crate::confine`]
+/// and left out when it leads out of the root, so nothing outside is ever stat'ed (its
+/// existence, size and date stay unknown to the client).
+async fn listing(method: &Method, raw: &str, root: PathBuf, rel: String) -> Response {
     let entries = tokio::task::spawn_blocking(move || {
+        let root = Root::open(&root)?;
+        let dir = root
+            .open_beneath(if rel.is_empty() { "." } else { &rel })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // The directory just opened beneath the root, whatever its path now leads to.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
         let mut entries: Vec<(String, bool, u64, u64)> = Vec::new();
         let mut more = false;
-        for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+        for entry in std::fs::read_dir(format!("/proc/self/fd/{fd}"))?.filter_map(Result::ok) {
             if entries.len() >= LISTING_LIMIT {
                 more = true;
                 break;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = std::fs::metadata(entry.path()).ok();
+            let meta = if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                let inside = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                match root.open_beneath(&inside) {
+                    Ok(file) => file.metadata().ok(),
+                    // Out of the root, dangling or unreadable: not listed.
+                    Err(_) => continue,
+                }
+            } else {
+                entry.metadata().ok()
+            };
             let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
             let size = meta.as_ref().map_or(0, |m| m.len());
             let mtime = meta

@@ -1,16 +1,25 @@
 // Drives the dashboard in headless Chromium: load the grid, then have the host
 // heartbeat (from the client namespace) and wait for its tile to change by SSE, with
-// no reload. argv: url mac heartbeat-ns heartbeat-url screenshot.
+// no reload. argv: url mac heartbeat-ns heartbeat-url screenshot token. The token goes in
+// the address's fragment, which the page keeps in session storage and never sends.
 const { launch } = require("./browser.cjs");
 const { execFileSync } = require("child_process");
-const [url, mac, ns, beatUrl, shot] = process.argv.slice(2);
+const [url, mac, ns, beatUrl, shot, token] = process.argv.slice(2);
 (async () => {
   const browser = await launch();
   try {
     const page = await browser.newPage();
     let loads = 0;
     page.on("load", () => loads++);
+    // Without the token: the page asks for it and shows no host.
     await page.goto(url, { timeout: 15000 });
+    await page.waitForSelector("#login:not([hidden])", { timeout: 10000 });
+    if (await page.locator(`[id="h-${mac}"]`).count() !== 0) throw new Error("a host shown without the token");
+    // Only the fragment changes (no reload): the page takes the token on hashchange and
+    // clears it from the address.
+    await page.goto(url + "#token=" + encodeURIComponent(token), { timeout: 15000 });
+    await page.waitForFunction(() => !location.href.includes("token"), null, { timeout: 5000 })
+      .catch(() => { throw new Error("the token stayed in the address: " + page.url()); });
     const tile = page.locator(`[id="h-${mac}"]`);
     await tile.waitFor({ timeout: 10000 });
     await page.waitForFunction(() => document.getElementById("live").textContent === "live", null, { timeout: 10000 });

@@ -640,7 +640,7 @@ pub fn boot(
         };
         let site_acked = fs::read_to_string(&site_log).is_ok_and(|l| acked(&l));
         let client = if daemon.is_some() {
-            lab.http(&format!("/clients/{mac}")).1
+            lab.http_admin(&format!("/clients/{mac}")).1
         } else {
             String::new()
         };
@@ -729,7 +729,7 @@ pub fn boot(
             .rev()
             .collect(),
         client: if daemon.is_some() {
-            lab.http(&format!("/clients/{mac}")).1
+            lab.http_admin(&format!("/clients/{mac}")).1
         } else {
             "(reference stack: no gb10-provision)".into()
         },

@@ -4,10 +4,13 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 
-use crate::dhcp::leases::{ClientId, LeaseState, Leases};
+use tracing::debug;
+
+use crate::dhcp::leases::{ClientId, DECLINE_WINDOW_SECS, LeaseState, Leases};
 use crate::{
     boot::{self, Action, BootRequest},
     clients::{ClientEvent, Stage},
+    mac::Mac,
 };
 
 use super::{
@@ -15,8 +18,13 @@ use super::{
     *,
 };
 
-/// Direct mode: full DHCP from the pools.
-pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outcome {
+/// Direct mode: full DHCP from the pools. `src` is where the datagram came from.
+pub fn handle_direct(
+    req: &Message,
+    ctx: &Ctx<'_>,
+    src: SocketAddrV4,
+    leases: &mut Leases,
+) -> Outcome {
     let Some(ty) = req.opts().msg_type() else {
         return Outcome::silent(Silent::Unsupported);
     };
@@ -108,15 +116,25 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
             }
         }
         MessageType::Decline | MessageType::Release => {
-            if server_id(req).is_some_and(|s| s != ctx.server.ip) {
-                return Outcome::silent(Silent::OtherServer);
+            match server_id(req) {
+                Some(s) if s == ctx.server.ip => {}
+                Some(_) => return Outcome::silent(Silent::OtherServer),
+                // RFC 2131 §4.4.4, §4.4.6: both MUST name the server.
+                None => return Outcome::silent(Silent::NotHolder),
             }
             let (ip, state) = if ty == MessageType::Decline {
                 (requested_ip(req), LeaseState::Declined)
             } else {
                 (Some(req.ciaddr()), LeaseState::Released)
             };
-            let ended = ip.and_then(|ip| leases.end(ip, &client, state, ctx.now));
+            let Some(ip) = ip else {
+                return Outcome::silent(Silent::NotHolder);
+            };
+            if let Err(why) = held_by_sender(ty, ip, &client, mac, src, ctx, leases) {
+                debug!(%ip, ?ty, why, "not the lease holder speaking: lease kept");
+                return Outcome::silent(Silent::NotHolder);
+            }
+            let ended = leases.end(ip, &client, state, ctx.now);
             let mut out = Outcome::silent(Silent::Done);
             if let Some(lease) = ended {
                 out.persist = Persist::Later(lease);
@@ -144,6 +162,50 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
     out.decision = Some(decision);
     out.events = events;
     out
+}
+
+/// Whether a RELEASE or DECLINE of `ip` comes from the client holding its live lease, as
+/// far as the server can tell: the same client identifier and chaddr; a RELEASE sent from
+/// the leased address itself (RFC 2131 §4.4.6: unicast from `ciaddr`) while our neighbour
+/// entry for it names the holder (a forged source address does not change who answers
+/// ARP for it); a DECLINE within [`DECLINE_WINDOW_SECS`] of the lease's last ACK
+/// (the conflict check follows the ACK). What is left (a DECLINE forged in that window,
+/// frames forged with the holder's Ethernet address) is for the XDP check that chaddr is
+/// the frame's Ethernet source, and for switch port security.
+fn held_by_sender(
+    ty: MessageType,
+    ip: Ipv4Addr,
+    client: &ClientId,
+    mac: Mac,
+    src: SocketAddrV4,
+    ctx: &Ctx<'_>,
+    leases: &Leases,
+) -> Result<(), &'static str> {
+    let lease = leases
+        .get(ip)
+        .filter(|l| l.live(ctx.now))
+        .ok_or("no live lease on the address")?;
+    if lease.client != *client || lease.mac != mac {
+        return Err("another client holds the lease");
+    }
+    match ty {
+        MessageType::Release if *src.ip() != ip => Err("RELEASE not sent from the leased address"),
+        // The holder ARPs for us before its unicast RELEASE, and that request makes our
+        // entry for it; a frame forged from another Ethernet address leaves none or
+        // another's (the kernel learns neighbours from ARP, never from a forged IP source).
+        MessageType::Release if (ctx.neighbour)(ip) != Some(mac) => {
+            Err("the leased address's neighbour entry is not the holder")
+        }
+        MessageType::Decline => {
+            let acked = lease.expires.saturating_sub(ctx.dhcp.lease_time.as_secs());
+            if ctx.now > acked + DECLINE_WINDOW_SECS {
+                Err("DECLINE long after the ACK")
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether `client` may have `ip` from pool `pool`; the reason to NAK when not.

@@ -40,6 +40,9 @@ pub struct Ctx<'a> {
     pub server: ServerAddr,
     /// Unix seconds.
     pub now: u64,
+    /// The kernel's neighbour entry for an address on the LAN (read for a RELEASE only:
+    /// the holder's own address must not be answered for by another Ethernet address).
+    pub neighbour: &'a dyn Fn(Ipv4Addr) -> Option<Mac>,
 }
 
 /// Where a reply goes (RFC 2131 §4.1).
@@ -69,6 +72,10 @@ pub enum Silent {
     PoolExhausted,
     /// RELEASE or DECLINE (never answered).
     Done,
+    /// RELEASE or DECLINE that does not come from the lease's holder (another client
+    /// identifier or chaddr, a RELEASE from another address, a DECLINE long after the
+    /// ACK, no server identifier): nothing ended.
+    NotHolder,
     /// A message type a server does not answer (OFFER, ACK, …).
     Unsupported,
     /// Proxy mode: a client that is not PXEClient/HTTPClient.
@@ -85,18 +92,20 @@ impl Silent {
             Self::NoPool => "no_pool",
             Self::PoolExhausted => "pool_exhausted",
             Self::Done => "release_or_decline",
+            Self::NotHolder => "not_lease_holder",
             Self::Unsupported => "unsupported_type",
             Self::NotPxe => "not_pxe",
             Self::NotForUs => "not_for_us",
         }
     }
 
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "other_server",
         "ignored",
         "no_pool",
         "pool_exhausted",
         "release_or_decline",
+        "not_lease_holder",
         "unsupported_type",
         "not_pxe",
         "not_for_us",
@@ -135,16 +144,23 @@ impl Outcome {
     }
 }
 
-/// The identity leases are keyed by: option 61, else htype + chaddr.
+/// The identity leases are keyed by: htype + chaddr, followed by option 61 when the
+/// client sent one that says more than its chaddr. Option 61 alone would let any client
+/// that repeats another's identifier (it is broadcast in every DISCOVER) take that
+/// one's lease from its own chaddr; bound to the chaddr it is only ever the same client.
+/// (A client that sends no option 61, or `htype + chaddr` as it, has the same key.)
 pub fn client_id(req: &Message) -> ClientId {
-    match req.opts().get(OptionCode::ClientIdentifier) {
-        Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => ClientId(id.clone()),
-        _ => {
-            let mut id = vec![u8::from(req.htype())];
-            id.extend_from_slice(req.chaddr());
-            ClientId(id)
-        }
+    let mut id = vec![u8::from(req.htype())];
+    id.extend_from_slice(req.chaddr());
+    if let Some(DhcpOption::ClientIdentifier(given)) = req.opts().get(OptionCode::ClientIdentifier)
+        && !given.is_empty()
+        && *given != id
+    {
+        id.push(0xff);
+        // The store keeps 255 bytes of a client id.
+        id.extend_from_slice(&given[..given.len().min(255 - 8)]);
     }
+    ClientId(id)
 }
 
 /// The client's Ethernet address (zeros when chaddr is not one).

@@ -45,7 +45,32 @@ fn msg(options: &[(u8, &[u8])], ciaddr: [u8; 4], giaddr: [u8; 4]) -> Message {
     wire::parse(&buf).unwrap()
 }
 
+/// `m` from its ciaddr at 1000, the test's client ([`MAC`]) answering ARP for every
+/// address.
 fn run(m: &Message, leases: &mut Leases, inv: &Inventory) -> Outcome {
+    let src = SocketAddrV4::new(m.ciaddr(), CLIENT_PORT);
+    run_seen(m, (src, &|_| Some(Mac(MAC))), 1000, leases, inv)
+}
+
+/// As [`run`], the datagram from `src` at `now`.
+fn run_at(
+    m: &Message,
+    src: SocketAddrV4,
+    now: u64,
+    leases: &mut Leases,
+    inv: &Inventory,
+) -> Outcome {
+    run_seen(m, (src, &|_| None), now, leases, inv)
+}
+
+/// As [`run_at`], with the neighbour table `neighbour`.
+fn run_seen(
+    m: &Message,
+    (src, neighbour): (SocketAddrV4, &dyn Fn(Ipv4Addr) -> Option<Mac>),
+    now: u64,
+    leases: &mut Leases,
+    inv: &Inventory,
+) -> Outcome {
     let (d, b) = (dhcp(), BootConfig::default());
     let ctx = Ctx {
         dhcp: &d,
@@ -55,9 +80,10 @@ fn run(m: &Message, leases: &mut Leases, inv: &Inventory) -> Outcome {
             ip: SERVER,
             http_port: 80,
         },
-        now: 1000,
+        now,
+        neighbour,
     };
-    handle_direct(m, &ctx, leases)
+    handle_direct(m, &ctx, src, leases)
 }
 
 fn ty(o: &Outcome) -> Option<MessageType> {
@@ -144,8 +170,12 @@ fn naks_and_silences_where_rfc_2131_says() {
             CLIENT_PORT
         ))
     );
-    // RELEASE: no reply, written later.
-    let r = msg(&[(53, &[7])], [198, 18, 0, 100], [0; 4]);
+    // RELEASE from the address, naming us: no reply, written later.
+    let r = msg(
+        &[(53, &[7]), (54, &SERVER.octets())],
+        [198, 18, 0, 100],
+        [0; 4],
+    );
     let o = run(&r, &mut l, &inv);
     assert!(o.reply.is_none());
     assert!(matches!(o.persist, Persist::Later(ref x) if x.state == LeaseState::Released));
@@ -180,6 +210,56 @@ fn inform_and_decline() {
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 18, 0, 101));
 }
 
+/// What a client on the LAN can forge in a RELEASE or DECLINE of another's lease (its
+/// chaddr and client identifier, ciaddr, the requested address) ends nothing unless it
+/// also comes from the leased address (RELEASE) or right after the ACK (DECLINE), names
+/// this server, and the holder's identifiers all match.
+#[test]
+fn only_the_holder_releases_or_declines() {
+    let (mut l, inv) = (table(), Inventory::default());
+    let leased = [198, 18, 0, 100];
+    let r = msg(&[(53, &[3]), (50, &leased)], [0; 4], [0; 4]);
+    assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Ack));
+    let live = |l: &Leases| l.live(Ipv4Addr::from(leased), 1001).is_some();
+    let sid: &[u8] = &SERVER.octets();
+    let from = |ip: [u8; 4]| SocketAddrV4::new(Ipv4Addr::from(ip), CLIENT_PORT);
+    // RELEASE of the victim's address from another address, or without our server id.
+    let release = msg(&[(53, &[7]), (54, sid)], leased, [0; 4]);
+    for src in [[198, 18, 0, 66], [0; 4]] {
+        let o = run_at(&release, from(src), 1001, &mut l, &inv);
+        assert_eq!(o.silent, Some(Silent::NotHolder), "from {src:?}");
+        assert_eq!(o.persist, Persist::Nothing);
+    }
+    // From the leased address, but another Ethernet address answers ARP for it: a
+    // forged source address.
+    let other = |_| Some(Mac([2, 0, 0, 0, 0, 0x66]));
+    let o = run_seen(&release, (from(leased), &other), 1001, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::NotHolder));
+    let no_sid = msg(&[(53, &[7])], leased, [0; 4]);
+    let o = run_at(&no_sid, from(leased), 1001, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::NotHolder));
+    // Another client identifier (option 61) with the holder's chaddr.
+    let other_id = msg(&[(53, &[7]), (54, sid), (61, &[1, 2, 3])], leased, [0; 4]);
+    let o = run_at(&other_id, from(leased), 1001, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::NotHolder));
+    assert!(live(&l), "nothing forged ended the lease");
+    // DECLINE long after the ACK: kept.
+    let decline = msg(&[(53, &[4]), (54, sid), (50, &leased)], [0; 4], [0; 4]);
+    let late = 1000 + crate::dhcp::leases::DECLINE_WINDOW_SECS + 1;
+    let o = run_at(&decline, from([0; 4]), late, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::NotHolder));
+    assert!(live(&l));
+    // From the leased address with no neighbour entry for it: a forged source address.
+    let o = run_at(&release, from(leased), 1001, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::NotHolder));
+    // The holder's RELEASE, from its address, which it answers ARP for: ended, written.
+    let holder = |_| Some(Mac(MAC));
+    let o = run_seen(&release, (from(leased), &holder), 1002, &mut l, &inv);
+    assert_eq!(o.silent, Some(Silent::Done));
+    assert!(matches!(o.persist, Persist::Later(ref x) if x.state == LeaseState::Released));
+    assert!(!live(&l));
+}
+
 #[test]
 fn relayed_requests_use_the_relay_subnet_pool() {
     let (mut l, inv) = (table(), Inventory::default());
@@ -209,6 +289,61 @@ fn relayed_requests_use_the_relay_subnet_pool() {
     );
     let d = msg(&[(53, &[1])], [0; 4], [203, 0, 113, 1]);
     assert_eq!(run(&d, &mut l, &inv).silent, Some(Silent::NoPool));
+}
+
+/// A frame that names a relay on the LAN's own subnet (giaddr forged by a LAN client, or
+/// a misconfigured relay) gets nothing from the LAN's pool: only relay pools serve a
+/// non-zero giaddr, and the reply never goes to an address a client chose.
+#[test]
+fn a_relayed_frame_from_the_lan_subnet_gets_no_lan_address() {
+    let (mut l, inv) = (table(), Inventory::default());
+    for giaddr in [[198, 18, 0, 1], [198, 18, 0, 66]] {
+        let d = msg(&[(53, &[1])], [0; 4], giaddr);
+        let o = run(&d, &mut l, &inv);
+        assert_eq!(
+            o.silent,
+            Some(Silent::NoPool),
+            "giaddr {giaddr:?}: {:?}",
+            o.reply
+        );
+        let r = msg(&[(53, &[3]), (50, &[198, 18, 0, 100])], [0; 4], giaddr);
+        assert!(run(&r, &mut l, &inv).reply.is_none(), "giaddr {giaddr:?}");
+    }
+    assert_eq!(l.iter().count(), 0, "nothing offered or leased");
+}
+
+/// Option 61 is bound to the chaddr that sent it: a client that repeats another's
+/// client identifier from its own chaddr is another client (no offer of, no ACK for,
+/// no RELEASE of the first one's address).
+#[test]
+fn a_client_identifier_does_not_impersonate_another_chaddr() {
+    let (mut l, inv) = (table(), Inventory::default());
+    let cid: &[u8] = &[255, 0, 0, 0, 1, 0, 2, 0, 0, 0, 9];
+    let victim = [(53u8, &[3u8][..]), (61, cid), (50, &[198, 18, 0, 100])];
+    let ack = run(&msg(&victim, [0; 4], [0; 4]), &mut l, &inv);
+    assert_eq!(ty(&ack), Some(MessageType::Ack));
+    let from_other = |options: &[(u8, &[u8])], ciaddr: [u8; 4]| {
+        let mut buf = wire::tests::request([2, 0, 0, 0, 0, 0x66], options);
+        buf[12..16].copy_from_slice(&ciaddr);
+        wire::parse(&buf).unwrap()
+    };
+    // REQUEST (INIT-REBOOT and RENEWING) of the victim's address with its identifier.
+    let r = from_other(&[(53, &[3]), (61, cid), (50, &[198, 18, 0, 100])], [0; 4]);
+    assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Nak));
+    let r = from_other(&[(53, &[3]), (61, cid)], [198, 18, 0, 100]);
+    assert_eq!(ty(&run(&r, &mut l, &inv)), Some(MessageType::Nak));
+    // DISCOVER with it: another address.
+    let d = from_other(&[(53, &[1]), (61, cid)], [0; 4]);
+    let offer = run(&d, &mut l, &inv).reply.expect("an offer").0;
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 18, 0, 101));
+    // RELEASE in its name from the leased address: kept.
+    let sid: &[u8] = &SERVER.octets();
+    let r = from_other(&[(53, &[7]), (54, sid), (61, cid)], [198, 18, 0, 100]);
+    assert_eq!(run(&r, &mut l, &inv).persist, Persist::Nothing);
+    let held = l
+        .live(Ipv4Addr::new(198, 18, 0, 100), 1001)
+        .expect("still leased");
+    assert_eq!(held.mac, Mac(MAC));
 }
 
 #[test]
@@ -247,6 +382,7 @@ fn proxy_answers_pxe_clients_only_and_never_an_address() {
             http_port: 80,
         },
         now: 0,
+        neighbour: &|_| None,
     };
     let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT);
     let plain = msg(&[(53, &[1])], [0; 4], [0; 4]);

@@ -60,6 +60,23 @@ const E2E_PACKAGES: &[&str] = &[
     "grub-common",
 ];
 
+/// What `cargo xtask image` and `installer` need: mmdebstrap, qemu-user-static for the
+/// arm64 image's maintainer scripts, the filesystem and partitioning tools, compressors.
+const IMAGE_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "qemu-user-static",
+    "dosfstools",
+    "mtools",
+    "e2fsprogs",
+    "gdisk",
+    "zstd",
+    "gzip",
+    "cpio",
+    "kmod",
+    "binutils",
+    "debian-archive-keyring",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The reference servers and load generators benchmarks compare against (not needed by
@@ -149,6 +166,11 @@ pub fn ebpf() -> anyhow::Result<()> {
     apt(EBPF_PACKAGES)?;
     bpf_linker()?;
     link_toolchain()
+}
+
+/// What building the OS image and the install environment needs.
+pub fn images() -> anyhow::Result<()> {
+    apt(IMAGE_PACKAGES)
 }
 
 /// What the firmware boots need, and the arm64 architecture for `apt-get download`.

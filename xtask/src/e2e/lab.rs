@@ -115,7 +115,7 @@ pub fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// A MAC per scenario and stack, so records never mix.
-fn mac_for(s: &Scenario, stack: Stack) -> String {
+pub fn mac_for(s: &Scenario, stack: Stack) -> String {
     let n = super::scenario::SCENARIOS
         .iter()
         .position(|x| std::ptr::eq(x, s))
@@ -134,7 +134,7 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// Lays out the TFTP and HTTP roots: kernels and initrds under `<arch>/` in both,
 /// boot loaders at the TFTP root (shim looks for GRUB next to itself).
-fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
+pub fn populate(assets: &Assets, tftp: &Path, www: &Path) -> anyhow::Result<()> {
     for arch in [Arch::Amd64, Arch::Arm64] {
         let a = assets.get(arch);
         for root in [tftp, www] {
@@ -329,13 +329,33 @@ fn tftp_fetched(client: &str) -> bool {
         .any(|(i, m)| !client[i + m.len()..].starts_with('/'))
 }
 
+/// What a VM has beyond the scenario's firmware and NIC.
+pub struct VmOptions<'a> {
+    pub memory_mib: u32,
+    /// A virtio disk, second in the boot order after the NIC.
+    pub disk: Option<&'a Path>,
+    /// Let the guest reboot (installs); otherwise QEMU exits when it reboots.
+    pub reboot: bool,
+}
+
+impl Default for VmOptions<'_> {
+    fn default() -> Self {
+        Self {
+            memory_mib: 512,
+            disk: None,
+            reboot: false,
+        }
+    }
+}
+
 /// QEMU for the scenario's firmware, serial console to `serial`.
-fn qemu(
+pub fn qemu(
     s: &Scenario,
     lab: &Bridge,
     tap: &str,
     mac: &str,
     serial: &Path,
+    vm: &VmOptions<'_>,
 ) -> anyhow::Result<Command> {
     let dir = &lab.dir;
     let (program, mut args): (&str, Vec<String>) = match s.firmware {
@@ -403,22 +423,38 @@ fn qemu(
     args.extend(
         [
             "-m",
-            "512",
+            &vm.memory_mib.to_string(),
             "-nodefaults",
             "-display",
             "none",
-            "-no-reboot",
-            "-boot",
-            "n",
             "-netdev",
             &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"),
             "-serial",
             &format!("file:{}", serial.display()),
         ]
         .map(String::from),
     );
+    if !vm.reboot {
+        args.push("-no-reboot".into());
+    }
+    match vm.disk {
+        // Network first, then the disk: OVMF/AAVMF order their boot options by QEMU's
+        // bootindex (the `bootorder` fw_cfg file), as a machine without a BMC is set up.
+        Some(disk) => args.extend([
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}{rom},bootindex=1"),
+            "-drive".into(),
+            format!("if=none,id=disk0,format=raw,file={}", disk.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=disk0,bootindex=2".into(),
+        ]),
+        None => args.extend([
+            "-boot".into(),
+            "n".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"),
+        ]),
+    }
     let mut cmd = lab.ns.cmd(program);
     cmd.args(args).stdin(Stdio::null());
     Ok(cmd)
@@ -536,8 +572,8 @@ pub fn boot(
     });
     let tap = lab.add_tap();
     let serial = lab.dir.join("serial.log");
-    let mut cmd =
-        qemu(s, &lab, &tap, &mac, &serial).map_err(|e| fail("setup", format!("{e:#}")))?;
+    let mut cmd = qemu(s, &lab, &tap, &mac, &serial, &VmOptions::default())
+        .map_err(|e| fail("setup", format!("{e:#}")))?;
     let qemu_log =
         fs::File::create(lab.dir.join("qemu.log")).map_err(|e| fail("setup", e.to_string()))?;
     cmd.stdout(qemu_log.try_clone().expect("fd"))

@@ -332,6 +332,8 @@ fn tftp_fetched(client: &str) -> bool {
 /// What a VM has beyond the scenario's firmware and NIC.
 pub struct VmOptions<'a> {
     pub memory_mib: u32,
+    /// vCPUs (QEMU's multi-threaded TCG runs one host thread each).
+    pub cpus: u32,
     /// A virtio disk, second in the boot order after the NIC.
     pub disk: Option<&'a Path>,
     /// Let the guest reboot (installs); otherwise QEMU exits when it reboots.
@@ -342,6 +344,7 @@ impl Default for VmOptions<'_> {
     fn default() -> Self {
         Self {
             memory_mib: 512,
+            cpus: 1,
             disk: None,
             reboot: false,
         }
@@ -424,6 +427,8 @@ pub fn qemu(
         [
             "-m",
             &vm.memory_mib.to_string(),
+            "-smp",
+            &vm.cpus.to_string(),
             "-nodefaults",
             "-display",
             "none",

@@ -4,7 +4,6 @@
 //! script from the provisioning server. Built from Debian packages alone.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Instant,
@@ -179,21 +178,13 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<Installer> {
         copy(lib, &stage.join(rel))?;
     }
     let (found, missing) = modules(&tree, &stage, &version)?;
-    for (path, text) in [("init", INIT), ("etc/gb10-dhcp.sh", DHCP_SCRIPT)] {
-        let p = stage.join(path);
-        std::fs::write(&p, text)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-    }
     // The kernel unpacks zstd initramfs images (CONFIG_RD_ZSTD), and they fetch fastest.
-    exec(
-        Command::new("sh")
-            .arg("-c")
-            .arg("cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | zstd -q -19 -T0 > \"$2\"")
-            .arg("sh")
-            .arg(&stage)
-            .arg(&out.initrd),
-    )
-    .context("cpio | zstd")?;
+    crate::e2e::assets::pack_initrd(
+        &stage,
+        &[("init", INIT), ("etc/gb10-dhcp.sh", DHCP_SCRIPT)],
+        "zstd -q -19 -T0",
+        &out.initrd,
+    )?;
     let kernel = tree.join(format!("boot/vmlinuz-{version}"));
     copy(&kernel, &out.kernel)?;
     std::fs::remove_dir_all(&tree)?;

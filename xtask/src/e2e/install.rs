@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::{
     assets::{Arch, Assets},
     lab::{self, Stack},
-    report::{Failure, tail},
+    report::{Failure, last_lines, tail},
     scenario::{Case, Format, Install, Scenario},
 };
 use crate::images::{self, installer::Installer, os_image::OsImage};
@@ -288,17 +288,7 @@ pub fn run(
     s: &'static Scenario,
     install: Install,
 ) -> Result<Outcome, Box<Failure>> {
-    let fail = |stage: &str, why: String| {
-        Box::new(Failure {
-            scenario: s.name,
-            stage: stage.into(),
-            why,
-            after: Duration::ZERO,
-            dhcp_tftp: Vec::new(),
-            client: String::new(),
-            serial_tail: Vec::new(),
-        })
-    };
+    let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
     let setup = |e: anyhow::Error| fail("setup", format!("{e:#}"));
     let (installer, image) = prepare(s.arch).map_err(setup)?;
     let lab = Bridge::new("e2e");
@@ -574,16 +564,9 @@ pub fn run(
         stage: reached.label().into(),
         why,
         after,
-        dhcp_tftp: log
-            .lines()
-            .filter(|l| l.contains(&mac) || l.contains("WARN") || l.contains("ERROR"))
-            .map(str::to_owned)
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect(),
+        dhcp_tftp: last_lines(&log, 40, |l| {
+            l.contains(&mac) || l.contains("WARN") || l.contains("ERROR")
+        }),
         client: lab.http(&format!("/clients/{mac}")).1,
         serial_tail,
     }))

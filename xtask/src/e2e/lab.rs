@@ -13,7 +13,7 @@ use gb10_lab::{Bridge, Guard, HTTP_PORT};
 
 use super::{
     assets::{Arch, Assets},
-    report::{Failure, tail},
+    report::{Failure, last_lines, tail},
     scenario::{Chain, Dhcp, Firmware, Scenario},
 };
 use crate::{cargo, exec, root};
@@ -486,17 +486,7 @@ pub fn boot(
     progress: &mut Progress,
     after: impl FnOnce(&Bridge, &str),
 ) -> Result<Outcome, Box<Failure>> {
-    let fail = |stage: &str, why: String| {
-        Box::new(Failure {
-            scenario: s.name,
-            stage: stage.into(),
-            why,
-            after: Duration::ZERO,
-            dhcp_tftp: Vec::new(),
-            client: String::new(),
-            serial_tail: Vec::new(),
-        })
-    };
+    let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
     let lab = Bridge::new("e2e");
     let mac = mac_for(s, stack);
     let data = lab.dir.join("data");
@@ -685,21 +675,12 @@ pub fn boot(
         stage: reached.label().into(),
         why,
         after,
-        dhcp_tftp: log
-            .lines()
-            .filter(|l| {
-                l.contains(&mac)
-                    || l.to_ascii_lowercase().contains("tftp")
-                    || l.to_ascii_lowercase().contains("dhcp")
-            })
-            .filter(|l| !l.contains("available DHCP range"))
-            .map(str::to_owned)
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect(),
+        dhcp_tftp: last_lines(&log, 40, |l| {
+            (l.contains(&mac)
+                || l.to_ascii_lowercase().contains("tftp")
+                || l.to_ascii_lowercase().contains("dhcp"))
+                && !l.contains("available DHCP range")
+        }),
         client: if daemon.is_some() {
             lab.http(&format!("/clients/{mac}")).1
         } else {

@@ -120,7 +120,6 @@ fn link(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 fn image_file(image: &OsImage, format: Format) -> &Path {
     match format {
-        Format::Raw => &image.raw,
         Format::Gzip => &image.gzip,
         Format::Zstd => &image.zstd,
     }
@@ -128,7 +127,6 @@ fn image_file(image: &OsImage, format: Format) -> &Path {
 
 fn format_name(format: Format) -> &'static str {
     match format {
-        Format::Raw => "raw",
         Format::Gzip => "gzip",
         Format::Zstd => "zstd",
     }
@@ -157,8 +155,8 @@ pub fn render_install_script(vars: &[(&str, Value)]) -> anyhow::Result<String> {
 }
 
 /// A one-connection-at-a-time HTTP server that answers every GET with the full
-/// Content-Length of `file` and closes the connection halfway through the body: a
-/// download cut short on the wire. Runs in the lab namespace; its port.
+/// Content-Length of `file` and closes the connection after half the body or 24 MiB,
+/// whichever comes first: a download cut short on the wire. Runs in the lab namespace; its port.
 fn cutting_server(lab: &Bridge, file: &Path) -> anyhow::Result<(Guard, u16)> {
     // Bound inside the namespace by a tiny Python server (python3 is on every Debian).
     let port = 8081;
@@ -175,7 +173,7 @@ for _ in range(20):
             continue
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: application/octet-stream\r\n\r\n" % size)
         with open(path, "rb") as f:
-            left = size // 2
+            left = min(size // 2, 24 << 20)
             while left > 0:
                 b = f.read(min(left, 1 << 20)); c.sendall(b); left -= len(b)
     except OSError:

@@ -50,7 +50,6 @@ pub enum Case {
 /// The image's format on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    Raw,
     Gzip,
     Zstd,
 }
@@ -185,7 +184,7 @@ pub static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "ovmf-image-bad-checksum",
-        about: "image install with a wrong sha256 (gzip image): streamed in full, then failed \
+        about: "image install with a wrong sha256 (zstd image): streamed in full, then failed \
                 with the mismatch, disk wiped, never installed",
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: true },
@@ -193,12 +192,12 @@ pub static SCENARIOS: &[Scenario] = &[
         dhcp: Dhcp::Direct,
         install: Some(Install {
             case: Case::WrongChecksum,
-            format: Format::Gzip,
+            format: Format::Zstd,
         }),
     },
     Scenario {
         name: "ovmf-image-truncated",
-        about: "image install whose download is cut halfway on the wire (raw image): failed \
+        about: "image install whose download is cut short on the wire (gzip image): failed \
                 naming the truncation, disk wiped, never installed",
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: true },
@@ -206,7 +205,7 @@ pub static SCENARIOS: &[Scenario] = &[
         dhcp: Dhcp::Direct,
         install: Some(Install {
             case: Case::Truncated,
-            format: Format::Raw,
+            format: Format::Gzip,
         }),
     },
 ];

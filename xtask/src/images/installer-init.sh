@@ -10,6 +10,8 @@ exec 0</dev/console 1>/dev/console 2>&1
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+# The kernel loads modules on demand (filesystems, crc32c) through this helper.
+echo /usr/sbin/modprobe >/proc/sys/kernel/modprobe
 echo "gb10-installer: up, kernel $(uname -r) $(uname -m)"
 
 arg() {

@@ -26,11 +26,11 @@ pub use self::{
     explain::Explain,
     health::{Health, run as run_health},
     seeds::SeedRoutes,
-    static_files::Files,
+    static_files::{Files, local_size},
 };
 use crate::{
     clients::Clients,
-    hosts::api::Admin,
+    hosts::{Hosts, api::Admin},
     lan::{self, LanAddr},
 };
 
@@ -40,6 +40,8 @@ pub struct Routes {
     pub seeds: SeedRoutes,
     /// Heartbeats and the client records.
     pub clients: Arc<Clients>,
+    /// Whose installs heartbeats prove themselves to.
+    pub hosts: Arc<Hosts>,
     pub explain: Explain,
     pub health: Health,
     /// The hosts API and dashboard under `/admin`, when they have no listener of their own.
@@ -52,6 +54,7 @@ pub fn router(routes: Routes) -> Router {
         files,
         seeds,
         clients,
+        hosts,
         explain,
         health,
         admin,
@@ -60,7 +63,7 @@ pub fn router(routes: Routes) -> Router {
         .merge(health.routes())
         .merge(explain.routes())
         .merge(seeds::routes(seeds))
-        .merge(api::routes(clients))
+        .merge(api::routes(clients, hosts))
         .fallback_service(
             Router::new()
                 .fallback(static_files::serve)

@@ -304,13 +304,18 @@ async fn transfer(ctx: &Ctx, mut link: Link, request: Request, peer: SocketAddrV
             info!(file = %served, bytes = tally.bytes, blksize = negotiated.blksize,
                 windowsize = negotiated.windowsize, retransmits = tally.retransmits,
                 ms = elapsed.as_millis() as u64, mb_per_s = format!("{rate:.1}"), "transfer complete");
-            // A rendered per-host config is recorded under the MAC it names, anything
-            // else under the requester's.
+            // A rendered per-host config is recorded under the MAC it names (as a
+            // local boot when it sends an installed host to its disk), anything else
+            // under the requester's.
             let mac = match named {
                 Some(mac) => Some(mac),
                 None => ctx.tftp.identity.who_or_neighbour(client),
             };
             match mac {
+                Some(mac) if named.is_some() && ctx.tftp.seeds.installed(mac) => ctx
+                    .tftp
+                    .events
+                    .record(mac, ClientEvent::LocalBoot { path: served }),
                 Some(mac) => ctx
                     .tftp
                     .events

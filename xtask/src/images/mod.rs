@@ -151,7 +151,7 @@ pub fn bootstrap(b: &Bootstrap<'_>, source: &Source, out: &Path) -> anyhow::Resu
 }
 
 /// The machine's own Debian architecture.
-fn host_arch() -> anyhow::Result<String> {
+pub fn host_arch() -> anyhow::Result<String> {
     let out = Command::new("dpkg")
         .arg("--print-architecture")
         .output()

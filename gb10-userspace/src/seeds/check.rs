@@ -3,10 +3,13 @@
 //! and on every reload.
 use super::{
     context::{Facts, Server, host_context},
-    table::{ROUTES, Scope, templates_for},
+    table::{ROUTES, Scope},
 };
 use crate::{
-    hosts::install::{InstallView, Secrets},
+    hosts::{
+        Handout,
+        install::{InstallView, Secrets},
+    },
     inventory::Inventory,
     mac::Mac,
     templates::{TemplateError, Templates},
@@ -62,8 +65,15 @@ pub fn check_all(templates: &Templates, inv: &Inventory) -> Result<usize, Templa
             };
             let ctx = host_context(templates, inv, host.mac, Some(host), &server, facts)
                 .map_err(for_host)?;
-            for template in templates_for(kind) {
-                templates.render(template, &ctx).map_err(for_host)?;
+            // A seed that goes out once is never rendered without its secrets (a second
+            // request is refused before rendering).
+            let rows = ROUTES.iter().filter(|r| {
+                r.scope != Scope::Global
+                    && r.serves(kind)
+                    && (install.secrets.is_some() || r.handout != Handout::Once)
+            });
+            for row in rows {
+                templates.render(row.template, &ctx).map_err(for_host)?;
                 rendered += 1;
             }
         }

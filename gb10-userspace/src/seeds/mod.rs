@@ -253,4 +253,22 @@ mod tests {
         assert!(seeds.row("/talos/{mac}/config.yaml", a).is_none());
         assert!(seeds.row("/ipxe/{mac}", t).is_some());
     }
+
+    /// An image host's seeds all render at load (the install script only with its
+    /// secrets: it is never served without them).
+    #[test]
+    fn an_image_host_checks_clean() {
+        let inv = Inventory::parse(
+            Path::new("inventory.toml"),
+            &format!(
+                "[profiles.img]\nkernel = \"i/vmlinuz\"\nseed = \"image\"\n\
+                 vars = {{ image = \"images/d.raw.zst\", image_sha256 = \"{}\" }}\n\
+                 [[hosts]]\nmac = \"02:00:00:00:00:01\"\nprofile = \"img\"\n",
+                "ab".repeat(32)
+            ),
+        )
+        .unwrap();
+        let templates = crate::templates::Templates::builtin(BUILTIN);
+        check_all(&templates, &inv).unwrap();
+    }
 }

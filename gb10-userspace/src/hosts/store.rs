@@ -103,8 +103,7 @@ pub fn load(store: &Store) -> Result<Vec<HostRecord>, HostStoreError> {
             key: key.value().to_owned(),
             source,
         };
-        let mut record: HostRecord =
-            serde_json::from_slice(value.value()).map_err(decode_err)?;
+        let mut record: HostRecord = serde_json::from_slice(value.value()).map_err(decode_err)?;
         if let (Some(install), Some(table)) = (record.install.as_mut(), &secrets)
             && let Some(s) = table.get(key.value())?
         {

@@ -4,9 +4,9 @@
 //! Debian through its signed shim and GRUB, and the real cloud-init reads its NoCloud
 //! seed from gb10-provision and onboards. Failure cases check `failed` and a wiped disk.
 //!
-//! Phase 1 of issue 14: the daemon serves the per-host install script as a static file
-//! (`www/install/<mac>`, rendered here from `templates/install.sh.j2`); the boot
-//! decision after `installed` is the daemon's GRUB templates (`installed` → local disk).
+//! The daemon renders the install script (`/install/<mac>`, profile `seed = "image"`)
+//! with the install's token; a successful install is then rebuilt through the API (no
+//! BMC: the scenario power-cycles the VM) and must onboard again with a new instance id.
 use std::{
     fs,
     path::Path,
@@ -125,14 +125,8 @@ fn image_file(image: &OsImage, format: Format) -> &Path {
     }
 }
 
-fn format_name(format: Format) -> &'static str {
-    match format {
-        Format::Gzip => "gzip",
-        Format::Zstd => "zstd",
-    }
-}
-
-/// Renders `templates/install.sh.j2` as the daemon will (minijinja, strict undefined,
+#[cfg(test)]
+/// Renders `templates/install.sh.j2` as the daemon does (minijinja, strict undefined,
 /// no auto-escape) with the variables phase 2 has the daemon supply.
 pub fn render_install_script(vars: &[(&str, Value)]) -> anyhow::Result<String> {
     let source = fs::read_to_string(crate::root().join("gb10-userspace/templates/install.sh.j2"))?;
@@ -209,7 +203,9 @@ for _ in range(20):
     Ok((guard, port))
 }
 
-fn inventory(s: &Scenario, mac: &str) -> String {
+/// The inventory: one host whose profile is an image install (`seed = "image"`): the
+/// daemon renders `/install/<mac>` from it, strictly, with the install's token.
+fn inventory(s: &Scenario, mac: &str, image: &str, sha256: &str) -> String {
     let a = s.arch.debian();
     let console = match s.arch {
         Arch::Amd64 => "console=ttyS0,115200n8",
@@ -221,8 +217,8 @@ fn inventory(s: &Scenario, mac: &str) -> String {
 kernel = "{a}/installer/vmlinuz"
 initrd = "{a}/installer/initrd.img"
 cmdline = "{console} panic=10 no_timer_check gb10.mac={{{{ mac }}}} gb10.server={{{{ server }}}}"
-seed = "cloud-init"
-vars = {{ grub_fetch = "tftp", grub_timeout = 0, username = "gb10", ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb10e2eLabKeyOnlyForTheE2eScenarioXXXXXXXXXX e2e"], heartbeat_interval = 5 }}
+seed = "image"
+vars = {{ image = "{image}", image_sha256 = "{sha256}", progress_interval = 5, grub_fetch = "tftp", grub_timeout = 0, username = "gb10", join_user = "gb10", ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb10e2eLabKeyOnlyForTheE2eScenarioXXXXXXXXXX e2e"], heartbeat_interval = 5 }}
 
 [[hosts]]
 mac = "{mac}"
@@ -234,7 +230,8 @@ profile = "install"
 }
 
 /// A VM's QEMU command line for an install: the scenario's firmware with a disk, the
-/// NIC first and the disk second in the boot order, reboots allowed.
+/// NIC first and the disk second in the boot order, reboots allowed. `keep_nvram`: a
+/// power cycle of the same machine (its UEFI variables stay as they were).
 fn qemu(
     s: &Scenario,
     lab: &Bridge,
@@ -242,7 +239,14 @@ fn qemu(
     mac: &str,
     disk: &Path,
     serial: &Path,
+    keep_nvram: bool,
 ) -> anyhow::Result<Command> {
+    let vars = lab.dir.join("vars.fd");
+    let saved = if keep_nvram {
+        fs::read(&vars).ok()
+    } else {
+        None
+    };
     let mut cmd = lab::qemu(
         s,
         lab,
@@ -258,6 +262,9 @@ fn qemu(
             reboot: true,
         },
     )?;
+    if let Some(bytes) = saved {
+        fs::write(&vars, bytes)?;
+    }
     cmd.stdin(Stdio::null());
     Ok(cmd)
 }
@@ -280,7 +287,298 @@ fn field<'a>(e: &'a Value, k: &str) -> &'a str {
     e.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Runs install scenario `s` once.
+fn at_ms(e: &Value) -> u64 {
+    e.get("at_ms").and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The admin token of the scenario's daemon: a rebuild is a state-changing call.
+const ADMIN_TOKEN: &str = "e2e-admin-token-not-secret";
+
+/// One scenario's lab: the daemon, the VM's disk and NIC, what a failure report needs.
+struct Rig<'a> {
+    s: &'static Scenario,
+    lab: &'a Bridge,
+    mac: String,
+    tap: String,
+    disk: std::path::PathBuf,
+    daemon: &'a gb10_lab::Daemon,
+}
+
+/// What one boot-to-goal round saw.
+struct Round {
+    stages: Vec<(Stage, Duration)>,
+    notes: Vec<String>,
+    vm: Guard,
+    serial: std::path::PathBuf,
+}
+
+impl Rig<'_> {
+    fn failure(&self, reached: Stage, why: String, after: Duration, serial: &Path) -> Box<Failure> {
+        let log = self.daemon.log();
+        let qemu_err = fs::read_to_string(self.lab.dir.join("qemu.log")).unwrap_or_default();
+        let mut serial_tail = tail(&qemu_err, 5);
+        serial_tail.extend(tail(&fs::read_to_string(serial).unwrap_or_default(), 40));
+        let mac = &self.mac;
+        Box::new(Failure {
+            scenario: self.s.name,
+            stage: reached.label().into(),
+            why,
+            after,
+            dhcp_tftp: last_lines(&log, 40, |l| {
+                l.contains(mac.as_str()) || l.contains("WARN") || l.contains("ERROR")
+            }),
+            client: self.lab.http(&format!("/clients/{mac}")).1,
+            serial_tail,
+        })
+    }
+
+    /// The host record from the admin API (on the LAN listener: no admin address).
+    fn host(&self) -> Value {
+        serde_json::from_str(&self.lab.http(&format!("/admin/api/hosts/{}", self.mac)).1)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Starts the VM (`round` 1: a new machine; later: a power cycle of the same one)
+    /// and follows the client's timeline from `since_ms` until `goal`, printing stages.
+    fn round(
+        &self,
+        round: u32,
+        install: Install,
+        since_ms: u64,
+        start: Instant,
+    ) -> Result<Round, Box<Failure>> {
+        let s = self.s;
+        let serial = self.lab.dir.join(format!("serial{round}.log"));
+        let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
+        let mut cmd = qemu(
+            s,
+            self.lab,
+            &self.tap,
+            &self.mac,
+            &self.disk,
+            &serial,
+            round > 1,
+        )
+        .map_err(|e| fail("setup", format!("{e:#}")))?;
+        let qemu_log = fs::File::create(self.lab.dir.join("qemu.log"))
+            .map_err(|e| fail("setup", format!("{e}")))?;
+        cmd.stdout(qemu_log.try_clone().expect("fd"))
+            .stderr(qemu_log);
+        let vm = Guard(
+            cmd.spawn()
+                .map_err(|e| fail("setup", format!("qemu: {e}")))?,
+        );
+        let mut vm = Some(vm);
+        let round_start = start.elapsed();
+        let mut reached = Stage::Started;
+        let mut stages = vec![(Stage::Started, round_start)];
+        let mut notes = Vec::new();
+        println!(
+            "  [{:7.1} s] {}{}",
+            round_start.as_secs_f64(),
+            Stage::Started.label(),
+            if round > 1 {
+                " — rebuild, power cycle"
+            } else {
+                ""
+            }
+        );
+        let mut last_progress = String::new();
+        let success = install.case == Case::Onboard;
+        let goal = if success {
+            Stage::Onboarded
+        } else {
+            Stage::Failed
+        };
+        let mac = &self.mac;
+        let why = loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let at = start.elapsed();
+            let client = self.lab.http(&format!("/clients/{mac}")).1;
+            let events: Vec<Value> = timeline(&client)
+                .into_iter()
+                .filter(|e| at_ms(e) >= since_ms)
+                .collect();
+            let serial_text = fs::read_to_string(&serial).unwrap_or_default();
+            let beats: Vec<&Value> = events
+                .iter()
+                .filter(|e| field(e, "event") == "heartbeat" && field(e, "proof") != "refused")
+                .collect();
+            let installed_at = beats
+                .iter()
+                .find(|e| field(e, "phase") == "installed")
+                .map(|e| at_ms(e));
+            let after_installed = |pred: &dyn Fn(&Value) -> bool| {
+                installed_at.is_some_and(|t| events.iter().any(|e| at_ms(e) > t && pred(e)))
+            };
+            let state = serde_json::from_str::<Value>(&client)
+                .ok()
+                .and_then(|v| v.get("state").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default();
+            // Progress: the client record keeps the latest progress beat.
+            if let Some(m) = serde_json::from_str::<Value>(&client)
+                .ok()
+                .and_then(|v| v.get("progress").cloned())
+                .filter(|p| at_ms(p) >= since_ms)
+                .and_then(|p| p.get("message").and_then(Value::as_str).map(str::to_owned))
+                .or_else(|| {
+                    beats
+                        .iter()
+                        .rev()
+                        .find(|e| field(e, "phase") == "installing")
+                        .map(|e| field(e, "message").to_owned())
+                })
+                && m != last_progress
+            {
+                println!("  [{:7.1} s]   installer: {m}", at.as_secs_f64());
+                last_progress = m;
+            }
+            let state_now = installed_at.is_some() && state == "onboarded";
+            let seen = [
+                (Stage::Pxe, events.iter().any(fetched_installer)),
+                (
+                    Stage::InstallerUp,
+                    beats.iter().any(|e| field(e, "phase") == "installing"),
+                ),
+                (
+                    Stage::ImageWritten,
+                    last_progress.starts_with("image written and verified")
+                        || beats
+                            .iter()
+                            .any(|e| field(e, "message").starts_with("image written and verified")),
+                ),
+                (Stage::Installed, installed_at.is_some()),
+                (
+                    Stage::Reboot,
+                    after_installed(&|e| {
+                        matches!(field(e, "event"), "discover" | "leased" | "local_boot")
+                    }),
+                ),
+                (
+                    Stage::DiskBoot,
+                    installed_at.is_some()
+                        && serial_text
+                            .lines()
+                            .any(|l| l.contains("Linux version") && l.contains("cloud-")),
+                ),
+                (
+                    Stage::CloudInit,
+                    after_installed(&|e| {
+                        field(e, "event") == "seed" && field(e, "path").contains("/cloud-init/")
+                    }),
+                ),
+                (Stage::Onboarded, success && state_now),
+                (Stage::Failed, !success && state == "failed"),
+            ];
+            for (stage, yes) in seen {
+                if yes && stage > reached {
+                    reached = stage;
+                    stages.push((stage, at));
+                    println!("  [{:7.1} s] {}", at.as_secs_f64(), stage.label());
+                }
+            }
+            // Never a second install: no install-environment kernel after `installed`.
+            if after_installed(&fetched_installer) {
+                break "the installed host network-booted the installer again (boot loop)".into();
+            }
+            if !success && installed_at.is_some() {
+                break "the installer reported installed for an image that must fail".into();
+            }
+            if reached == goal {
+                if let Some(m) = [last_progress.as_str()]
+                    .into_iter()
+                    .chain(beats.iter().map(|e| field(e, "message")))
+                    .find(|m| m.starts_with("image written and verified"))
+                {
+                    notes.push(m.to_owned());
+                }
+                if !success {
+                    let reason = beats
+                        .iter()
+                        .rev()
+                        .find(|e| field(e, "phase") == "failed")
+                        .map(|e| field(e, "message").to_owned())
+                        .unwrap_or_default();
+                    notes.push(format!("failed: {reason}"));
+                    let expect = match install.case {
+                        Case::WrongChecksum => "sha256 mismatch",
+                        Case::Truncated => "download truncated",
+                        Case::Onboard => "",
+                    };
+                    if !reason.contains(expect) {
+                        break format!("failed for another reason than `{expect}`: {reason}");
+                    }
+                    // The installer reports after wiping; stop the VM and read the disk.
+                    drop(vm.take());
+                    match disk_is_blank(&self.disk) {
+                        Ok(note) => notes.push(note),
+                        Err(e) => break format!("{e:#}"),
+                    }
+                } else {
+                    let local = events
+                        .iter()
+                        .filter(|e| field(e, "event") == "local_boot")
+                        .map(|e| field(e, "path").to_owned())
+                        .collect::<Vec<_>>();
+                    if local.is_empty() {
+                        break "onboarded without a recorded local_boot".into();
+                    }
+                    notes.push(format!(
+                        "no second install: after `installed` the firmware network-booted and was sent to its disk (local_boot: {})",
+                        local.join(", ")
+                    ));
+                }
+                return Ok(Round {
+                    stages,
+                    notes,
+                    vm: vm
+                        .take()
+                        .unwrap_or_else(|| Guard(Command::new("true").spawn().expect("true"))),
+                    serial,
+                });
+            }
+            if success && state == "failed" {
+                break "the installer reported failed".into();
+            }
+            if let Some(v) = vm.as_mut()
+                && let Ok(Some(status)) = v.0.try_wait()
+            {
+                break format!("QEMU exited ({status})");
+            }
+            if at > budget(s) {
+                break format!("not done within {} s", budget(s).as_secs());
+            }
+        };
+        let after = start.elapsed();
+        drop(vm);
+        Err(self.failure(reached, why, after, &serial))
+    }
+
+    /// Waits (bounded) for the host life cycle to reach `want` after onboarding: the
+    /// join step ran over SSH into the installed VM with the install's pinned host key.
+    fn wait_host(&self, want: &str, within: Duration) -> Result<Value, String> {
+        let mut last = Value::Null;
+        let ok = gb10_lab::wait_until(within, || {
+            last = self.host();
+            last.get("state").and_then(Value::as_str) == Some(want)
+        });
+        match ok {
+            Some(_) => Ok(last),
+            None => Err(format!("host never reached `{want}`: {last}")),
+        }
+    }
+}
+
+/// Runs install scenario `s` once: install to `onboarded`; for a successful install then
+/// a rebuild without a BMC (the API, a power cycle by hand) to `onboarded` again with a
+/// new instance id, on the same VM and disk.
 pub fn run(
     assets: &Assets,
     bin: &Path,
@@ -294,7 +592,7 @@ pub fn run(
     let mac = lab::mac_for(s, Stack::Gb10);
     let data = lab.dir.join("data");
     let (tftp, www) = (data.join("tftp"), data.join("www"));
-    lab::populate(assets, &tftp, &www).map_err(setup)?;
+    lab::populate(assets, bin, &data, &lab::Progress::Quiet).map_err(setup)?;
     let a = s.arch.debian();
     for root in [&tftp, &www] {
         link(&installer.kernel, &root.join(a).join("installer/vmlinuz")).map_err(setup)?;
@@ -310,17 +608,15 @@ pub fn run(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     link(file, &www.join("images").join(&file_name)).map_err(setup)?;
-    let size = fs::metadata(file).map_err(|e| setup(e.into()))?.len();
     let real_sha = image.sha256(file).map_err(setup)?;
-    let server = format!("{}:{HTTP_PORT}", lab.server_ip);
     // The truncated case serves the image from a server that cuts the body halfway.
     let cutter = match install.case {
         Case::Truncated => Some(cutting_server(&lab, file).map_err(setup)?),
         _ => None,
     };
-    let image_url = match &cutter {
+    let image_ref = match &cutter {
         Some((_, port)) => format!("http://{}:{port}/images/{file_name}", lab.server_ip),
-        None => format!("http://{server}/images/{file_name}"),
+        None => format!("images/{file_name}"),
     };
     let sha = match install.case {
         // The sha256 of something else: the image streams to disk in full, then fails.
@@ -331,32 +627,20 @@ pub fn run(
         }
         _ => real_sha.clone(),
     };
-    let token = fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap_or_default()
-        .trim()
-        .replace('-', "");
-    let script = render_install_script(&[
-        ("server", server.clone().into()),
-        ("mac", mac.clone().into()),
-        ("hostname", format!("e2e-{}", s.name).into()),
-        ("image_url", image_url.clone().into()),
-        ("image_sha256", sha.into()),
-        ("image_format", format_name(install.format).into()),
-        ("image_size", size.into()),
-        (
-            "seed_url",
-            format!("http://{server}/cloud-init/{mac}/").into(),
-        ),
-        ("install_token", token.into()),
-        ("progress_interval", 5.into()),
-    ])
-    .map_err(setup)?;
-    fs::create_dir_all(www.join("install")).map_err(|e| setup(e.into()))?;
-    fs::write(www.join("install").join(&mac), script).map_err(|e| setup(e.into()))?;
-    fs::write(data.join("inventory.toml"), inventory(s, &mac)).map_err(|e| setup(e.into()))?;
+    fs::write(
+        data.join("inventory.toml"),
+        inventory(s, &mac, &image_ref, &sha),
+    )
+    .map_err(|e| setup(e.into()))?;
 
-    // The daemon as users run it: XDP attached, guard enforcing.
-    let mut args = vec!["--dhcp-range", "198.18.0.100-198.18.0.200"];
+    // The daemon as users run it: XDP attached, guard enforcing. The admin token: a
+    // rebuild is a state-changing call, refused without one.
+    let mut args = vec![
+        "--dhcp-range",
+        "198.18.0.100-198.18.0.200",
+        "--admin-token",
+        ADMIN_TOKEN,
+    ];
     if s.arch == Arch::Amd64 {
         args.extend(["--boot-uefi-x86", "shimx64.efi"]);
     }
@@ -370,205 +654,112 @@ pub fn run(
     fs::File::create(&disk)
         .and_then(|f| f.set_len(disk_size))
         .map_err(|e| setup(e.into()))?;
-    let tap = lab.add_tap();
-    let serial = lab.dir.join("serial.log");
-    let mut cmd = qemu(s, &lab, &tap, &mac, &disk, &serial).map_err(setup)?;
-    let qemu_log = fs::File::create(lab.dir.join("qemu.log")).map_err(|e| setup(e.into()))?;
-    cmd.stdout(qemu_log.try_clone().expect("fd"))
-        .stderr(qemu_log);
+    let rig = Rig {
+        s,
+        tap: lab.add_tap(),
+        lab: &lab,
+        mac: mac.clone(),
+        disk,
+        daemon: &daemon,
+    };
     let start = Instant::now();
-    let mut vm = Guard(
-        cmd.spawn()
-            .map_err(|e| fail("setup", format!("qemu: {e}")))?,
-    );
-
-    let mut reached = Stage::Started;
-    let mut stages = vec![(Stage::Started, Duration::ZERO)];
-    let mut notes = Vec::new();
-    println!("  [{:7.1} s] {}", 0.0, Stage::Started.label());
-    let mut last_progress = String::new();
-    let success = install.case == Case::Onboard;
-    let goal = if success {
-        Stage::Onboarded
-    } else {
-        Stage::Failed
-    };
-    let why = loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let at = start.elapsed();
-        let client = lab.http(&format!("/clients/{mac}")).1;
-        let events = timeline(&client);
-        let serial_text = fs::read_to_string(&serial).unwrap_or_default();
-        let beats: Vec<&Value> = events
-            .iter()
-            .filter(|e| field(e, "event") == "heartbeat")
-            .collect();
-        let installed_at = beats
-            .iter()
-            .find(|e| field(e, "phase") == "installed")
-            .and_then(|e| e.get("at_ms").and_then(Value::as_u64));
-        let after_installed = |pred: &dyn Fn(&Value) -> bool| {
-            installed_at.is_some_and(|t| {
-                events.iter().any(|e| {
-                    e.get("at_ms")
-                        .and_then(Value::as_u64)
-                        .is_some_and(|at| at > t)
-                        && pred(e)
-                })
-            })
-        };
-        let state = serde_json::from_str::<Value>(&client)
-            .ok()
-            .and_then(|v| v.get("state").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default();
-        // Progress heartbeats, shown as they come.
-        if let Some(m) = beats
-            .iter()
-            .rev()
-            .find(|e| field(e, "phase") == "installing")
-            .map(|e| field(e, "message"))
-            && m != last_progress
-        {
-            println!("  [{:7.1} s]   installer: {m}", at.as_secs_f64());
-            last_progress = m.to_owned();
+    let first = rig.round(1, install, 0, start)?;
+    let stages = first.stages;
+    let mut notes = first.notes;
+    drop(cutter);
+    if install.case == Case::Onboard {
+        let host_fail =
+            |why: String| rig.failure(Stage::Onboarded, why, start.elapsed(), &first.serial);
+        let host = rig
+            .wait_host("ready", Duration::from_secs(180))
+            .map_err(host_fail)?;
+        let id1 = host["install"]["instance_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        notes.push(format!(
+            "host ready: the join step logged in over SSH to the installed VM, pinned to the install's host key (instance {id1})"
+        ));
+        // Rebuild without a BMC: the API marks it, an operator power-cycles the machine.
+        let since = now_ms();
+        let (code, body) = curl_post(
+            &lab,
+            &format!("/admin/api/hosts/{mac}/rebuild"),
+            ADMIN_TOKEN,
+        );
+        if code != 200 {
+            return Err(host_fail(format!("rebuild: HTTP {code}: {body}")));
         }
-        let seen = [
-            (Stage::Pxe, events.iter().any(fetched_installer)),
-            (
-                Stage::InstallerUp,
-                beats.iter().any(|e| field(e, "phase") == "installing"),
-            ),
-            (
-                Stage::ImageWritten,
-                beats
-                    .iter()
-                    .any(|e| field(e, "message").starts_with("image written and verified")),
-            ),
-            (Stage::Installed, installed_at.is_some()),
-            (
-                Stage::Reboot,
-                after_installed(&|e| {
-                    matches!(field(e, "event"), "discover" | "leased" | "boot_file")
-                }),
-            ),
-            (
-                Stage::DiskBoot,
-                installed_at.is_some()
-                    && serial_text
-                        .lines()
-                        .any(|l| l.contains("Linux version") && l.contains("cloud-")),
-            ),
-            (
-                Stage::CloudInit,
-                after_installed(&|e| {
-                    field(e, "event") == "seed" && field(e, "path").contains("/cloud-init/")
-                }),
-            ),
-            (Stage::Onboarded, success && state == "onboarded"),
-            (Stage::Failed, !success && state == "failed"),
-        ];
-        for (stage, yes) in seen {
-            if yes && stage > reached {
-                reached = stage;
-                stages.push((stage, at));
-                println!("  [{:7.1} s] {}", at.as_secs_f64(), stage.label());
-            }
+        drop(first.vm);
+        let rebuilt_at = start.elapsed();
+        let second = rig.round(2, install, since, start)?;
+        drop(second.vm);
+        let host = rig.host();
+        let id2 = host["install"]["instance_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if id2.is_empty() || id2 == id1 {
+            return Err(rig.failure(
+                Stage::Onboarded,
+                format!("the rebuild did not start a new install: instance {id1} then {id2:?}"),
+                start.elapsed(),
+                &second.serial,
+            ));
         }
-        // Never a second install: no install-environment kernel after `installed`.
-        if after_installed(&fetched_installer) {
-            break "the installed host network-booted the installer again (boot loop)".into();
-        }
-        if !success && installed_at.is_some() {
-            break "the installer reported installed for an image that must fail".into();
-        }
-        if reached == goal {
-            let at = start.elapsed();
-            if let Some(m) = beats
+        notes.extend(second.notes.into_iter().map(|n| format!("rebuild: {n}")));
+        notes.push(format!(
+            "rebuild at {:.1} s: {}; instance id {id1} → {id2}",
+            rebuilt_at.as_secs_f64(),
+            second
+                .stages
                 .iter()
-                .find(|e| field(e, "message").starts_with("image written and verified"))
-            {
-                notes.push(field(m, "message").to_owned());
-            }
-            if !success {
-                let reason = beats
-                    .iter()
-                    .rev()
-                    .find(|e| field(e, "phase") == "failed")
-                    .map(|e| field(e, "message").to_owned())
-                    .unwrap_or_default();
-                notes.push(format!("failed: {reason}"));
-                let expect = match install.case {
-                    Case::WrongChecksum => "sha256 mismatch",
-                    Case::Truncated => "download truncated",
-                    Case::Onboard => "",
-                };
-                if !reason.contains(expect) {
-                    break format!("failed for another reason than `{expect}`: {reason}");
-                }
-                // Let the installer finish its wipe before the disk is read (it reports
-                // after wiping), then stop the VM and look at the disk.
-                drop(vm);
-                match disk_is_blank(&disk) {
-                    Ok(note) => notes.push(note),
-                    Err(e) => {
-                        return Err(Box::new(Failure {
-                            scenario: s.name,
-                            stage: reached.label().into(),
-                            why: format!("{e:#}"),
-                            after: at,
-                            dhcp_tftp: Vec::new(),
-                            client,
-                            serial_tail: tail(&serial_text, 30),
-                        }));
-                    }
-                }
-            } else {
-                notes.push(
-                    "no second install: after `installed` the firmware network-booted and was sent to its disk".into(),
-                );
-            }
-            drop(cutter);
-            // The daemon ran with XDP attached: the VM's per-client counters.
-            let metrics = lab.http("/metrics").1;
-            notes.extend(
-                metrics
-                    .lines()
-                    .filter(|l| l.starts_with("gb10_xdp") && l.contains(&mac))
-                    .map(|l| format!("metrics: {l}")),
-            );
-            return Ok(Outcome {
-                total: at,
-                stages,
-                notes,
-            });
-        }
-        if success && state == "failed" {
-            break "the installer reported failed".into();
-        }
-        if let Ok(Some(status)) = vm.0.try_wait() {
-            break format!("QEMU exited ({status})");
-        }
-        if at > budget(s) {
-            break format!("not done within {} s", budget(s).as_secs());
-        }
+                .skip(1)
+                .map(|(st, at)| format!("{} {:.1}", st.short(), (*at - rebuilt_at).as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    // The daemon ran with XDP attached: the VM's per-client counters.
+    let metrics = lab.http("/metrics").1;
+    notes.extend(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("gb10_xdp") && l.contains(&mac))
+            .map(|l| format!("metrics: {l}")),
+    );
+    Ok(Outcome {
+        total: start.elapsed(),
+        stages,
+        notes,
+    })
+}
+
+/// POSTs to the daemon's admin API with its token from the lab namespace: (status, body).
+fn curl_post(lab: &Bridge, path: &str, token: &str) -> (u16, String) {
+    let out = lab
+        .ns
+        .cmd("curl")
+        .args([
+            "-sS",
+            "-m",
+            "60",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://{}:{HTTP_PORT}{path}", lab.server_ip))
+        .output();
+    let Ok(out) = out else {
+        return (0, String::new());
     };
-    let after = start.elapsed();
-    drop(vm);
-    let log = daemon.log();
-    let qemu_err = fs::read_to_string(lab.dir.join("qemu.log")).unwrap_or_default();
-    let mut serial_tail = tail(&qemu_err, 5);
-    serial_tail.extend(tail(&fs::read_to_string(&serial).unwrap_or_default(), 40));
-    Err(Box::new(Failure {
-        scenario: s.name,
-        stage: reached.label().into(),
-        why,
-        after,
-        dhcp_tftp: last_lines(&log, 40, |l| {
-            l.contains(&mac) || l.contains("WARN") || l.contains("ERROR")
-        }),
-        client: lab.http(&format!("/clients/{mac}")).1,
-        serial_tail,
-    }))
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// After a failed install: no partition table or filesystem signature anywhere the

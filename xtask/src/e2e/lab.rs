@@ -160,7 +160,12 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// initramfs, kernels and initrds under `<arch>/` in both roots, boot loaders at their
 /// top. Then one e2e-only change: UEFI HTTP boot fetches GRUB over HTTP and Debian's
 /// signed network GRUB has no http module, so www/ gets a GRUB built with it.
-pub fn populate(assets: &Assets, bin: &Path, data: &Path, progress: &Progress) -> anyhow::Result<()> {
+pub fn populate(
+    assets: &Assets,
+    bin: &Path,
+    data: &Path,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let out = Command::new(bin)
         .arg("assets")
         .arg(&assets.amd64.debs)

@@ -365,10 +365,11 @@ impl Hosts {
         if phase == "installed" && install.installed_ms.is_none() {
             install.installed_ms = Some(now);
         }
-        if decides && let Some(record) = records.get(&mac) {
-            if let Err(err) = self.commit(record) {
-                warn!(%mac, error = %crate::error_chain(&err), "saving a proof failed");
-            }
+        if decides
+            && let Some(record) = records.get(&mac)
+            && let Err(err) = self.commit(record)
+        {
+            warn!(%mac, error = %crate::error_chain(&err), "saving a proof failed");
         }
         Proof::Verified
     }

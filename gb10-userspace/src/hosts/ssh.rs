@@ -66,20 +66,16 @@ fn key_path(data_path: &Path, mac: Mac) -> PathBuf {
     key_dir(data_path).join(mac.to_string().replace(':', "-"))
 }
 
-/// Makes a fresh key pair for `mac` (0600, replacing an older one); returns the public key.
-pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
+/// Runs `ssh-keygen` for a fresh ed25519 pair at `path` (0600, no passphrase) in the key
+/// directory, which it makes.
+async fn keygen(data_path: &Path, path: &Path, comment: &str) -> Result<(), SshError> {
     let dir = key_dir(data_path);
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|source| SshError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-    let path = key_path(data_path, mac);
-    delete(data_path, mac).await;
+        .map_err(|source| SshError::Read { path: dir, source })?;
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment(mac), "-f"])
-        .arg(&path)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
         .output()
         .await
         .map_err(|source| SshError::Spawn {
@@ -93,14 +89,21 @@ pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    let public = path.with_extension("pub");
-    let text = tokio::fs::read_to_string(&public)
+    Ok(())
+}
+
+async fn read(path: PathBuf) -> Result<String, SshError> {
+    tokio::fs::read_to_string(&path)
         .await
-        .map_err(|source| SshError::Read {
-            path: public,
-            source,
-        })?;
-    Ok(text.trim().to_owned())
+        .map_err(|source| SshError::Read { path, source })
+}
+
+/// Makes a fresh key pair for `mac` (0600, replacing an older one); returns the public key.
+pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
+    let path = key_path(data_path, mac);
+    delete(data_path, mac).await;
+    keygen(data_path, &path, &comment(mac)).await?;
+    Ok(read(path.with_extension("pub")).await?.trim().to_owned())
 }
 
 /// Deletes both halves of `mac`'s key and its pinned host key file, if any.
@@ -115,47 +118,17 @@ pub async fn delete(data_path: &Path, mac: Mac) {
 /// format, public line). Made by ssh-keygen in the key directory and read back; no file
 /// of it is left.
 pub async fn host_key(data_path: &Path, mac: Mac) -> Result<(String, String), SshError> {
-    let dir = key_dir(data_path);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|source| SshError::Read {
-            path: dir.clone(),
-            source,
-        })?;
     let name = mac.to_string().replace(':', "-");
-    let path = dir.join(format!("{name}.hostkey-{}", super::install::random_hex(6)));
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .args(["-C", &format!("gb10-host-{name}"), "-f"])
-        .arg(&path)
-        .output()
-        .await
-        .map_err(|source| SshError::Spawn {
-            program: "ssh-keygen",
-            source,
-        })?;
-    let read = |p: PathBuf| async move {
-        tokio::fs::read_to_string(&p)
-            .await
-            .map_err(|source| SshError::Read { path: p, source })
-    };
-    let public = path.with_extension(format!(
-        "{}.pub",
-        path.extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default()
-    ));
-    let keys = if out.status.success() {
-        match (read(path.clone()).await, read(public.clone()).await) {
+    let random = super::install::random_hex(6);
+    let path = key_dir(data_path).join(format!("{name}.hostkey-{random}"));
+    let public = key_dir(data_path).join(format!("{name}.hostkey-{random}.pub"));
+    let made = keygen(data_path, &path, &format!("gb10-host-{name}")).await;
+    let keys = match made {
+        Ok(()) => match (read(path.clone()).await, read(public.clone()).await) {
             (Ok(private), Ok(public)) => Ok((private, public.trim().to_owned())),
             (Err(e), _) | (_, Err(e)) => Err(e),
-        }
-    } else {
-        Err(SshError::Failed {
-            what: "ssh-keygen",
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
+        },
+        Err(e) => Err(e),
     };
     let _ = tokio::fs::remove_file(&path).await;
     let _ = tokio::fs::remove_file(&public).await;

@@ -12,6 +12,9 @@ use crate::{
     templates::{TemplateError, Templates},
 };
 
+/// The size of a file under the HTTP root or a mount, by its URL path.
+pub type SizeOf = dyn Fn(&str) -> Option<u64> + Send + Sync;
+
 /// What the daemon knows about a host beyond the inventory, for its context.
 #[derive(Clone, Copy, Default)]
 pub struct Facts<'a> {
@@ -22,7 +25,7 @@ pub struct Facts<'a> {
     pub install: Option<&'a InstallView>,
     /// The size of a file under the HTTP root or a mount, by its URL path (for
     /// `image_size`).
-    pub local_size: Option<&'a (dyn Fn(&str) -> Option<u64> + Send + Sync)>,
+    pub local_size: Option<&'a SizeOf>,
 }
 
 /// Where the client reached us: `host[:port]` from the request's Host header, so seeds

@@ -13,7 +13,7 @@ use std::{
 
 pub use self::{
     check::{check_all, check_logged},
-    context::{Facts, Server, host_context},
+    context::{Facts, Server, SizeOf, host_context},
     table::{
         BUILTIN, IMAGE_FORMATS, RESERVED, ROUTES, Record, Scope, SeedKind, SeedRoute, format_of,
         templates_for,
@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// The size of a file under the HTTP root or a mount, by URL path.
-pub type LocalSize = Arc<dyn Fn(&str) -> Option<u64> + Send + Sync>;
+pub type LocalSize = Arc<SizeOf>;
 
 /// Why a seed was not served.
 #[derive(Debug, thiserror::Error)]

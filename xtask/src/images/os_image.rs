@@ -432,7 +432,7 @@ fn largest_dirs(tree: &Path) -> anyhow::Result<String> {
             (rel.matches('/').count() >= 1).then(|| Some((size.parse().ok()?, rel)))?
         })
         .collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     Ok(rows
         .iter()
         .take(10)

@@ -76,7 +76,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map(|r| r.subnet)
             .collect::<Vec<_>>(),
     );
-    let seeds = Seeds::new(live.clone(), hosts.clone(), clients.clone());
+    let www = config.data_path.join("www");
+    let mounts: Arc<[(String, std::path::PathBuf)]> = config.http.mounts.clone().into();
+    let local_size: seeds::LocalSize = {
+        let (www, mounts) = (www.clone(), mounts.clone());
+        Arc::new(move |path: &str| http::local_size(&www, &mounts, path))
+    };
+    let seeds = Seeds::new(
+        live.clone(),
+        hosts.clone(),
+        clients.clone(),
+        &config.data_path,
+        Some(local_size),
+    );
 
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
@@ -144,8 +156,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let lan_router = http::router(http::Routes {
         files: Files {
-            www: config.data_path.join("www"),
-            mounts: config.http.mounts.clone().into(),
+            www,
+            mounts,
             identity: identity.clone(),
             events: clients.clone(),
             live: live.clone(),
@@ -161,6 +173,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             live: live.clone(),
         },
         clients: clients.clone(),
+        hosts: hosts.clone(),
         explain: Explain {
             config: config.clone(),
             live: live.clone(),

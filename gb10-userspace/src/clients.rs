@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{clock, mac::Mac, store::Store};
+use crate::{clock, hosts::Proof, mac::Mac, store::Store};
 
 /// One row per client: MAC text → JSON of its [`ClientRecord`].
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
@@ -68,15 +68,25 @@ pub enum ClientEvent {
     Kernel { path: String },
     /// A seed (cloud-init, answer file, ...) was fetched.
     Seed { path: String },
+    /// An installed host network-booted and its boot script (`path`) sent it to its
+    /// own disk.
+    LocalBoot { path: String },
     /// The client POSTed a heartbeat.
     Heartbeat {
         phase: String,
         #[serde(default)]
         message: Option<String>,
-        /// The address the client says it has (informational: heartbeats are not
-        /// authenticated, so this never decides who owns a seed).
+        /// The address the client says it has (informational: it never decides who
+        /// owns a seed).
         #[serde(default)]
         ip: Option<Ipv4Addr>,
+        /// What the heartbeat's install token proved: only a verified one moves a host
+        /// with an install; a refused one is kept in the timeline and moves nothing.
+        #[serde(default)]
+        proof: Proof,
+        /// An installer's progress: bytes written of the total.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<Progress>,
     },
     /// Something the client asked for failed: a boot file TFTP or HTTP could not serve, a
     /// seed refused to its address, an offer it never took. Recorded only for clients
@@ -139,6 +149,8 @@ impl ClientEvent {
             Self::Discover { .. } | Self::Leased { .. } => Stage::Dhcp,
             Self::BootFile { path } | Self::Kernel { path } => by_path(path),
             Self::Seed { .. } => Stage::Seed,
+            // Sent to its own disk: the network boot's last step.
+            Self::LocalBoot { path } => by_path(path),
             // The installer's own reports (`installing`, `installed`), else the booted
             // system's.
             Self::Heartbeat { phase, .. } if phase.starts_with("install") => Stage::Installer,
@@ -184,6 +196,16 @@ pub enum Stage {
     Seed,
     Installer,
     Heartbeat,
+}
+
+/// How far an image install got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes written to the disk.
+    pub written: u64,
+    /// Bytes of the whole image, when known.
+    #[serde(default)]
+    pub total: Option<u64>,
 }
 
 /// Where a client is in its onboarding.
@@ -234,6 +256,11 @@ impl ClientState {
             ClientEvent::Discover { .. } | ClientEvent::Leased { .. } => Self::Discovered,
             ClientEvent::BootFile { .. } | ClientEvent::Kernel { .. } => Self::PxeBooted,
             ClientEvent::Seed { .. } => Self::Installing,
+            // The disk boots: what it reports next says how far it got.
+            ClientEvent::LocalBoot { .. } => return current,
+            ClientEvent::Heartbeat { proof, .. } if *proof == Proof::Refused => {
+                return current;
+            }
             ClientEvent::Heartbeat { phase, .. } => {
                 return Self::from_phase(phase).or(current);
             }
@@ -266,6 +293,10 @@ pub struct ClientRecord {
     /// The address its last heartbeat reported.
     #[serde(default)]
     pub reported_ip: Option<Ipv4Addr>,
+    /// The image install under way: the latest progress heartbeat (its timeline keeps
+    /// one entry for the whole run, updated in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TimelineEntry>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
     /// Oldest first, at most [`TIMELINE_LIMIT`].
@@ -390,6 +421,7 @@ impl Clients {
             mac,
             state,
             reported_ip: None,
+            progress: None,
             first_seen_ms: at_ms,
             last_seen_ms: at_ms,
             timeline: VecDeque::new(),
@@ -401,11 +433,31 @@ impl Clients {
         record.last_seen_ms = at_ms;
         // The address it leases is not kept here: the lease table knows who holds an
         // address now (a record would keep it past a release, a decline or an expiry).
-        if let ClientEvent::Heartbeat { ip: Some(ip), .. } = &event {
+        if let ClientEvent::Heartbeat {
+            ip: Some(ip),
+            proof,
+            ..
+        } = &event
+            && *proof != Proof::Refused
+        {
             record.reported_ip = Some(*ip);
         }
+        let progress = matches!(
+            &event,
+            ClientEvent::Heartbeat { progress: Some(_), proof, .. } if *proof != Proof::Refused
+        );
+        if progress {
+            record.progress = Some(TimelineEntry {
+                at_ms,
+                event: event.clone(),
+            });
+        } else if matches!(&event, ClientEvent::Heartbeat { phase, proof, .. }
+            if *proof != Proof::Refused && phase != "installing")
+        {
+            record.progress = None;
+        }
         debug!(%mac, ?event, "client event");
-        let kept = push(&mut record.timeline, at_ms, event);
+        let kept = push(&mut record.timeline, at_ms, event, progress);
         // No subscriber (tests, tools) is not an error.
         let _ = self.events.send((mac, kept));
         inner.dirty.insert(mac);
@@ -492,9 +544,28 @@ impl Clients {
 }
 
 /// Appends `event` to `timeline`, bounded: a failure equal to a recent one folds into it
-/// (counted, moved last), failures beyond [`FAILURES_KEPT`] drop the oldest failure, and
-/// past [`TIMELINE_LIMIT`] the oldest entry goes. Returns the event as kept.
-fn push(timeline: &mut VecDeque<TimelineEntry>, at_ms: u64, mut event: ClientEvent) -> ClientEvent {
+/// (counted, moved last), failures beyond [`FAILURES_KEPT`] drop the oldest failure, a
+/// `progress` beat replaces the progress beat before it (an install that reports every
+/// few seconds for an hour does not push the rest of its history out), and past
+/// [`TIMELINE_LIMIT`] the oldest entry goes. Returns the event as kept.
+fn push(
+    timeline: &mut VecDeque<TimelineEntry>,
+    at_ms: u64,
+    mut event: ClientEvent,
+    progress: bool,
+) -> ClientEvent {
+    let last_is_progress = timeline.back().is_some_and(|last| {
+        matches!(
+            &last.event,
+            ClientEvent::Heartbeat {
+                progress: Some(_),
+                ..
+            }
+        )
+    });
+    if progress && last_is_progress {
+        timeline.pop_back();
+    }
     if event.is_failure() {
         let recent = timeline.len().saturating_sub(FOLD_WINDOW)..timeline.len();
         let same = recent
@@ -549,7 +620,69 @@ mod tests {
             phase: phase.into(),
             message: None,
             ip: None,
+            proof: Proof::Anonymous,
+            progress: None,
         }
+    }
+
+    fn beat(proof: Proof, written: Option<u64>) -> ClientEvent {
+        ClientEvent::Heartbeat {
+            phase: "installing".into(),
+            message: None,
+            ip: None,
+            proof,
+            progress: written.map(|written| Progress {
+                written,
+                total: Some(1000),
+            }),
+        }
+    }
+
+    #[test]
+    fn progress_is_one_entry_and_refused_beats_move_nothing() {
+        let c = Clients::in_memory();
+        c.record(
+            MAC,
+            ClientEvent::Seed {
+                path: "/install/x".into(),
+            },
+        );
+        c.record(MAC, beat(Proof::Verified, None));
+        for w in [100, 200, 300] {
+            c.record(MAC, beat(Proof::Verified, Some(w)));
+        }
+        let r = c.get(MAC).unwrap();
+        assert_eq!(r.timeline.len(), 3, "{:?}", r.timeline);
+        let Some(TimelineEntry {
+            event: ClientEvent::Heartbeat {
+                progress: Some(p), ..
+            },
+            ..
+        }) = r.progress
+        else {
+            panic!("{:?}", r.progress);
+        };
+        assert_eq!(p.written, 300);
+        // Someone else's beats, without the token: in the timeline, nothing moves.
+        for phase in ["failed", "installed", "onboarded"] {
+            let mut e = heartbeat(phase);
+            if let ClientEvent::Heartbeat { proof, .. } = &mut e {
+                *proof = Proof::Refused;
+            }
+            c.record(MAC, e);
+        }
+        let r = c.get(MAC).unwrap();
+        assert_eq!(r.state, ClientState::Installing);
+        assert!(r.progress.is_some());
+        assert_eq!(r.timeline.len(), 6);
+        let mut installed = heartbeat("installed");
+        if let ClientEvent::Heartbeat { proof, .. } = &mut installed {
+            *proof = Proof::Verified;
+        }
+        c.record(MAC, installed);
+        let r = c.get(MAC).unwrap();
+        assert_eq!(r.state, ClientState::Installed);
+        assert!(r.progress.is_none());
     }
 
     #[test]
@@ -667,6 +800,7 @@ mod tests {
             mac: MAC,
             state: ClientState::Discovered,
             reported_ip: None,
+            progress: None,
             first_seen_ms: 1,
             last_seen_ms: 1,
             timeline: VecDeque::new(),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     mac::Mac,
-    seeds::table::{RESERVED, SeedKind},
+    seeds::table::{IMAGE_FORMATS, RESERVED, SeedKind, format_of},
 };
 
 /// File name of the inventory inside `data_path`.
@@ -230,6 +230,12 @@ impl Inventory {
                     reason: "a profile name may hold only letters, digits, `-` and `_`".into(),
                 });
             }
+            if profile.seed == Some(SeedKind::Image) {
+                check_image(|k| profile.vars.get(k)).map_err(|reason| InventoryError::Profile {
+                    profile: name.clone(),
+                    reason,
+                })?;
+            }
         }
         if let Some(p) = &self.default_profile
             && !self.profiles.contains_key(p)
@@ -285,11 +291,16 @@ impl Inventory {
                 .profile
                 .as_ref()
                 .or(self.default_profile.as_ref())
-                && !self.profiles.contains_key(p)
             {
-                return Err(fail(format!(
-                    "profile `{p}` is not defined under [profiles]"
-                )));
+                let Some(profile) = self.profiles.get(p) else {
+                    return Err(fail(format!(
+                        "profile `{p}` is not defined under [profiles]"
+                    )));
+                };
+                if profile.seed == Some(SeedKind::Image) {
+                    check_image(|k| host.vars.get(k).or_else(|| profile.vars.get(k)))
+                        .map_err(fail)?;
+                }
             }
         }
         Ok(())
@@ -369,6 +380,47 @@ fn check_vars(vars: &BTreeMap<String, toml::Value>) -> Result<(), String> {
     Ok(())
 }
 
+/// The variables of an image install (`seed = "image"`): the image, its sha256 (always:
+/// a disk whose write did not verify is never reported installed), its format and the
+/// target disk when given.
+fn check_image<'a>(var: impl Fn(&str) -> Option<&'a toml::Value>) -> Result<(), String> {
+    let text = |k: &str| -> Result<Option<&'a str>, String> {
+        match var(k) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("`{k}` must be a string")),
+        }
+    };
+    let Some(image) = text("image")?.filter(|i| !i.is_empty()) else {
+        return Err(
+            "seed = \"image\" needs `image` (a path under the HTTP root or a mount, or a URL)"
+                .into(),
+        );
+    };
+    match text("image_sha256")? {
+        Some(sum) if sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+        Some(_) => return Err("`image_sha256` must be 64 hexadecimal digits".into()),
+        None => {
+            return Err(
+                "seed = \"image\" needs `image_sha256` (the sha256 of the image as served)".into(),
+            );
+        }
+    }
+    let format = text("image_format")?.unwrap_or(format_of(image));
+    if !IMAGE_FORMATS.contains(&format) {
+        return Err(format!(
+            "`image_format` {format:?} is not one of {}",
+            IMAGE_FORMATS.join(", ")
+        ));
+    }
+    if let Some(disk) = text("target_disk")?
+        && (!disk.starts_with("/dev/") || disk.contains(char::is_whitespace))
+    {
+        return Err(format!("`target_disk` {disk:?} is not a /dev path"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +467,60 @@ mod tests {
         let fine = "[hosts.vars]\njoin_user = \"ubuntu\"\njoin_port = \"2222\"\n\
                     [hosts.vars.bmc]\nurl = \"http://198.18.1.2\"\ncredentials = \"bmc-1.cred\"\n";
         load(fine).unwrap();
+    }
+
+    #[test]
+    fn image_installs_need_a_checksum() {
+        let parse = |vars: &str| {
+            Inventory::parse(
+                Path::new("inventory.toml"),
+                &format!(
+                    "[profiles.img]\nseed = \"image\"\nvars = {{ {vars} }}\n\
+                     [[hosts]]\nmac = \"02:00:00:00:00:01\"\nprofile = \"img\"\n"
+                ),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let sum = "ab".repeat(32);
+        parse(&format!(
+            "image = \"images/d.raw.zst\", image_sha256 = \"{sum}\""
+        ))
+        .unwrap();
+        let err = parse("image = \"images/d.raw.zst\"").unwrap_err();
+        assert!(
+            err.contains("image_sha256") && err.contains("inventory.toml:1"),
+            "{err}"
+        );
+        let err = parse("image = \"d.raw\", image_sha256 = \"abc\"").unwrap_err();
+        assert!(err.contains("64 hexadecimal"), "{err}");
+        let err = parse(&format!("image_sha256 = \"{sum}\"")).unwrap_err();
+        assert!(err.contains("needs `image`"), "{err}");
+        let err = parse(&format!(
+            "image = \"d.img\", image_sha256 = \"{sum}\", image_format = \"xz\""
+        ))
+        .unwrap_err();
+        assert!(err.contains("xz"), "{err}");
+        let err = parse(&format!(
+            "image = \"d.img\", image_sha256 = \"{sum}\", target_disk = \"sda\""
+        ))
+        .unwrap_err();
+        assert!(err.contains("target_disk"), "{err}");
+        // A host's own sha256 is checked too.
+        let err = Inventory::parse(
+            Path::new("inventory.toml"),
+            &format!(
+                "[profiles.img]\nseed = \"image\"\nvars = {{ image = \"d.raw\", image_sha256 = \"{sum}\" }}\n\
+                 [[hosts]]\nmac = \"02:00:00:00:00:01\"\nhostname = \"h1\"\nprofile = \"img\"\n\
+                 vars = {{ image_sha256 = \"nope\" }}\n"
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("h1") && err.contains("64 hexadecimal"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -128,6 +128,17 @@ pub const HOSTS_BY_STATE: Family = family(
     "Registered hosts (inventory and API), by life-cycle state.",
 );
 
+pub const SEED_ALARMS: Family = family(
+    "gb10_seed_alarms_total",
+    "counter",
+    "Second requests for an install's secrets, refused (possible theft; the host is failed).",
+);
+pub const HEARTBEATS_UNPROVEN: Family = family(
+    "gb10_heartbeats_unproven_total",
+    "counter",
+    "Heartbeats for a host with an install that lacked its token: recorded, moved nothing.",
+);
+
 pub const XDP_RATE_LIMITED: Family = family(
     "gb10_xdp_rate_limited_total",
     "counter",
@@ -311,6 +322,13 @@ impl Sources {
             &mut w,
             &HOSTS_BY_STATE,
             self.hosts.counts().iter().map(|(s, n)| (s.label(), *n)),
+        );
+        let installs = self.hosts.install_stats();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        w.single(&SEED_ALARMS, installs.alarms.load(relaxed));
+        w.single(
+            &HEARTBEATS_UNPROVEN,
+            installs.unproven_heartbeats.load(relaxed),
         );
         write_dhcp(
             &mut w,

@@ -101,14 +101,54 @@ fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
     lab.start_daemon(BIN, &args)
 }
 
-fn heartbeat(lab: &Lab, phase: &str) {
-    lab.client.post_json(
-        &format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
-        &format!(
-            r#"{{"mac":"{HOST_MAC}","phase":"{phase}","ip":"{}"}}"#,
-            lab.client_ip
-        ),
-    );
+/// POSTs a heartbeat for the host from the client's address, with `token` when given:
+/// the HTTP status.
+fn heartbeat(lab: &Lab, phase: &str, token: Option<&str>) -> u16 {
+    beat_from(lab, lab.client_ip, HOST_MAC, phase, token)
+}
+
+/// POSTs a heartbeat for `mac` from `ip` (an address of the client namespace): the
+/// HTTP status.
+fn beat_from(lab: &Lab, ip: &str, mac: &str, phase: &str, token: Option<&str>) -> u16 {
+    let token = token
+        .map(|t| format!(r#","token":"{t}""#))
+        .unwrap_or_default();
+    let out = lab
+        .client
+        .cmd("curl")
+        .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--interface", ip, "-H", "Content-Type: application/json"])
+        .arg("--data")
+        .arg(format!(
+            r#"{{"mac":"{mac}","phase":"{phase}","ip":"{ip}"{token}}}"#
+        ))
+        .arg(format!(
+            "http://{}:{}/heartbeat",
+            lab.server_ip,
+            gb10_lab::HTTP_PORT
+        ))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The install token a seed carries.
+#[track_caller]
+fn token_in(seed: &str) -> String {
+    gb10_lab::install_token(seed).unwrap_or_else(|| panic!("no install token in the seed:\n{seed}"))
+}
+
+/// The SSH host key (private half) a user-data hands out, as a file's text.
+#[track_caller]
+fn host_key_in(user_data: &str) -> String {
+    let line = user_data
+        .lines()
+        .find(|l| l.trim_start().starts_with("ed25519_private:"))
+        .unwrap_or_else(|| panic!("no host key in the user-data:\n{user_data}"));
+    serde_json::from_str(line.split_once(": ").unwrap().1.trim()).expect("a JSON string")
 }
 
 #[track_caller]
@@ -222,7 +262,11 @@ fn api_token_lifecycle_and_boot_script() {
     assert_eq!(code, 200, "{ud}");
     assert!(ud.contains(&key), "the seed lacks the ephemeral key:\n{ud}");
     wait_state(&lab, HOST_MAC, "installing");
-    heartbeat(&lab, "installed");
+    // Without the install's token (anyone on the LAN can name the MAC): refused, no move.
+    assert_eq!(heartbeat(&lab, "installed", None), 403);
+    assert_eq!(heartbeat(&lab, "installed", Some(&"0".repeat(64))), 403);
+    assert_eq!(state(&lab, HOST_MAC)["state"], "installing");
+    assert_eq!(heartbeat(&lab, "installed", Some(&token_in(&ud))), 200);
     wait_state(&lab, HOST_MAC, "installed");
     // Installed: the next network boot goes to the local disk.
     let (_, script) = lab.http(&format!("/ipxe/{HOST_MAC}"));
@@ -243,6 +287,10 @@ fn api_token_lifecycle_and_boot_script() {
     assert_no_canary("/metrics", &metrics);
     assert!(
         metrics.contains("gb10_hosts{state=\"installed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gb10_heartbeats_unproven_total 2"),
         "{metrics}"
     );
     // A host from the file is listed, cannot be deleted nor registered again; ours can go.
@@ -284,6 +332,142 @@ fn api_token_lifecycle_and_boot_script() {
     daemon.stop();
     assert_no_canary("responses", &responses);
     assert_no_canary("the daemon log", &daemon.log());
+}
+
+/// GET `path` on the LAN listener from `ip`, an address of the client namespace.
+fn get_from(lab: &Lab, ip: &str, path: &str) -> (u16, String) {
+    let out = lab
+        .client
+        .cmd("curl")
+        .args(["-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["--interface", ip])
+        .arg(format!(
+            "http://{}:{}{path}",
+            lab.server_ip,
+            gb10_lab::HTTP_PORT
+        ))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// An image install's secrets against a second machine on the LAN: it cannot read the
+/// host's install script or user-data (owner check), nor move the host with heartbeats
+/// (no token); the owner gets each secret once, cloud-init's later reads of a proved
+/// install come without them, and a second read of the install script is refused, fails
+/// the host and raises the alarm (log, metric, host record), with no secret in any of it.
+#[test]
+fn install_secrets_go_once_to_their_owner() {
+    if !require_root("hosts::secrets") || !require_tool("hosts::secrets", "curl", "curl") {
+        return;
+    }
+    let lab = Lab::new("hsec");
+    let (owner, stranger) = (lab.client_ip, "198.18.0.3");
+    lab.client.ip(&[
+        "addr",
+        "add",
+        &format!("{stranger}/24"),
+        "dev",
+        &lab.client_if,
+    ]);
+    let image = lab.dir.join("data/www/images/d.raw.zst");
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::write(&image, vec![7u8; 12345]).unwrap();
+    let sum = "ab".repeat(32);
+    let inventory = format!(
+        "[profiles.img]\nkernel = \"i/vmlinuz\"\nseed = \"image\"\n\
+         vars = {{ image = \"images/d.raw.zst\", image_sha256 = \"{sum}\" }}\n\
+         [[hosts]]\nmac = \"{HOST_MAC}\"\nip = \"{owner}\"\nprofile = \"img\"\n"
+    );
+    let mut daemon = start(&lab, &inventory, &[]);
+    let script_path = format!("/install/{HOST_MAC}");
+    let ud_path = format!("/cloud-init/{HOST_MAC}/user-data");
+
+    // The stranger: no script, no user-data, nothing handed out by asking.
+    for path in [&script_path, &ud_path] {
+        let (code, body) = get_from(&lab, stranger, path);
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(!body.contains("TOKEN"), "{body}");
+    }
+    // The owner: its script, strictly rendered, with the install's token.
+    let (code, script) = get_from(&lab, owner, &script_path);
+    assert_eq!(code, 200, "{script}");
+    for line in [
+        "IMAGE_URL='http://198.18.0.1:8080/images/d.raw.zst'",
+        &format!("IMAGE_SHA256='{sum}'"),
+        "IMAGE_FORMAT='zstd'",
+        "IMAGE_SIZE='12345'",
+        "OVERWRITE='false'",
+    ] {
+        assert!(script.contains(line), "{line} missing:\n{script}");
+    }
+    let token = token_in(&script);
+    wait_state(&lab, HOST_MAC, "installing");
+
+    // The stranger's heartbeats for the host: no token, a wrong one: 403, no move.
+    for t in [None, Some("0".repeat(64))] {
+        assert_eq!(
+            beat_from(&lab, stranger, HOST_MAC, "installed", t.as_deref()),
+            403
+        );
+    }
+    assert_eq!(state(&lab, HOST_MAC)["state"], "installing");
+
+    // The installed system's first read of user-data: the token and the host key; once
+    // the install proved itself, later reads come without them (cloud-init reads it on
+    // every boot).
+    let (code, ud) = get_from(&lab, owner, &ud_path);
+    assert_eq!(code, 200, "{ud}");
+    assert_eq!(token_in(&ud), token);
+    let host_key = host_key_in(&ud);
+    assert!(host_key.contains("OPENSSH PRIVATE KEY"), "{host_key}");
+    assert_eq!(
+        beat_from(&lab, owner, HOST_MAC, "installed", Some(&token)),
+        200
+    );
+    wait_state(&lab, HOST_MAC, "installed");
+    let (code, again) = get_from(&lab, owner, &ud_path);
+    assert_eq!(code, 200, "{again}");
+    assert!(
+        !again.contains("GB10_TOKEN") && !again.contains("PRIVATE KEY"),
+        "secrets handed out twice:\n{again}"
+    );
+
+    // A second read of the install script, even from the owner's address: refused, the
+    // host fails, the alarm is counted and kept.
+    let (code, body) = get_from(&lab, owner, &script_path);
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains(&token), "{body}");
+    let rec = wait_state(&lab, HOST_MAC, "failed");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("seed alarm"),
+        "{rec:#}"
+    );
+    assert_eq!(rec["install"]["alarms"], 1, "{rec:#}");
+    assert_eq!(rec["install"]["alarm_log"][0]["peer"], owner, "{rec:#}");
+    let (_, metrics) = lab.http("/metrics");
+    assert!(metrics.contains("gb10_seed_alarms_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("gb10_heartbeats_unproven_total 2"),
+        "{metrics}"
+    );
+    let (_, api) = admin(&lab, "GET", &format!("/api/hosts/{HOST_MAC}"), None, None);
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("ALARM"), "{log}");
+    // No secret in the API's record, the metrics or the log.
+    for (what, text) in [("the API", &api), ("/metrics", &metrics), ("the log", &log)] {
+        assert!(!text.contains(&token), "the token leaked into {what}");
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "the host key leaked into {what}"
+        );
+    }
 }
 
 /// Starts sushy-tools' emulator with its fake driver in the client namespace.
@@ -461,7 +645,7 @@ fn rebuild_over_redfish_with_sushy() {
 /// key; then the private key is gone from the store and from authorized_keys.
 #[test]
 fn join_over_ssh_with_sshd() {
-    let Some(j) = join_flow("hjoin", 0, "ready") else {
+    let Some(j) = join_flow("hjoin", 0, "ready", true) else {
         return;
     };
     assert_eq!(
@@ -503,11 +687,25 @@ fn join_over_ssh_with_sshd() {
 /// is deleted all the same.
 #[test]
 fn failed_join_fails_the_host_and_drops_the_key() {
-    let Some(j) = join_flow("hjfail", 3, "failed") else {
+    let Some(j) = join_flow("hjfail", 3, "failed", true) else {
         return;
     };
     let reason = j.rec["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("the join command failed"), "{reason}");
+    assert!(!j.private.exists(), "the private key is still in the store");
+}
+
+/// An SSH server at the host's address that does not hold the install's host key (a
+/// stranger holding the address): the join aborts before any command, the host fails
+/// naming the host key, and the join command never ran.
+#[test]
+fn join_refuses_a_server_without_the_pinned_host_key() {
+    let Some(j) = join_flow("hjpin", 0, "failed", false) else {
+        return;
+    };
+    let reason = j.rec["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("host key"), "{reason}");
+    assert!(!j.args.exists(), "the join command ran on the wrong server");
     assert!(!j.private.exists(), "the private key is still in the store");
 }
 
@@ -522,7 +720,8 @@ struct Join {
 
 /// Rebuild → seed with the key → installed → first boot → join against sshd, with a
 /// join command that exits `exit_code`; waits for `end` (None when a tool is missing).
-fn join_flow(tag: &str, exit_code: u8, end: &str) -> Option<Join> {
+/// `pinned`: sshd serves the host key the seed handed out (else a key of its own).
+fn join_flow(tag: &str, exit_code: u8, end: &str, pinned: bool) -> Option<Join> {
     if !require_root("hosts::join")
         || !require_tool("hosts::join", "curl", "curl")
         || !require_tool("hosts::join", "/usr/sbin/sshd", "openssh-server")
@@ -550,7 +749,6 @@ fn join_flow(tag: &str, exit_code: u8, end: &str) -> Option<Join> {
         keys.display()
     );
     let mut daemon = start(&lab, &inventory, &["--seed-owner-check", "false"]);
-    let sshd = sshd(&lab, &keys);
 
     let reg = format!(r#"{{"mac":"{HOST_MAC}","profile":"pve"}}"#);
     let (code, body) = admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg));
@@ -586,10 +784,12 @@ fn join_flow(tag: &str, exit_code: u8, end: &str) -> Option<Join> {
             list[0]
         ),
     );
-    heartbeat(&lab, "installed");
+    let sshd = sshd(&lab, &keys, pinned.then(|| host_key_in(&ud)).as_deref());
+    let token = token_in(&ud);
+    assert_eq!(heartbeat(&lab, "installed", Some(&token)), 200);
     wait_state(&lab, HOST_MAC, "installed");
     // First boot: the installed system reports in; the join runs.
-    heartbeat(&lab, "alive");
+    assert_eq!(heartbeat(&lab, "alive", Some(&token)), 200);
     let rec = wait_state(&lab, HOST_MAC, end);
     daemon.stop();
     drop(sshd);
@@ -603,13 +803,23 @@ fn join_flow(tag: &str, exit_code: u8, end: &str) -> Option<Join> {
     })
 }
 
-/// sshd in the client namespace on port 22, keys only, authorized_keys at `keys`.
-fn sshd(lab: &Lab, keys: &Path) -> gb10_lab::Guard {
+/// sshd in the client namespace on port 22, keys only, authorized_keys at `keys`; its
+/// host key `host_key` (private half), else a fresh one.
+fn sshd(lab: &Lab, keys: &Path, host_key: Option<&str>) -> gb10_lab::Guard {
     let dir = &lab.dir;
-    let host_key = dir.join("ssh_host_ed25519_key");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host_key));
+    let key_file = dir.join("ssh_host_ed25519_key");
+    match host_key {
+        Some(text) => {
+            write_file(&key_file, text);
+            run(Command::new("chmod").arg("600").arg(&key_file));
+        }
+        None => {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key_file));
+        }
+    }
+    let host_key = key_file;
     std::fs::create_dir_all("/run/sshd").unwrap();
     let cfg = dir.join("sshd_config");
     write_file(

@@ -9,18 +9,15 @@ use std::{
 
 use gb10_lab::{HTTP_PORT, Lab, require_root, require_tool, run};
 use gb10_provision::{
+    hosts::install::{InstallView, Secrets},
     inventory::Inventory,
     mac::Mac,
-    seeds::{self, Server},
+    seeds::{self, Facts, Server},
     templates::Templates,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_gb10-provision");
 const SAMPLE: &str = include_str!("data/inventory.toml");
-
-fn sample_inventory() -> Inventory {
-    Inventory::parse(Path::new("tests/data/inventory.toml"), SAMPLE).expect("sample inventory")
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gb10-http-{tag}-{}", std::process::id()));
@@ -89,7 +86,9 @@ assert d["version"] == 1
 assert d["identity"]["password"].startswith("$6$"), d["identity"]
 late = d["late-commands"]
 assert late[0] == "mkdir -p /target/etc/gb10 && echo 198.18.0.1:8080 > /target/etc/gb10/provisioning-server", late[0]
-assert late[1].endswith("'http://198.18.0.1:8080/onboard.service?mac=02:00:00:00:01:01'"), late[1]
+assert any(c.endswith("'http://198.18.0.1:8080/onboard.service?mac=02:00:00:00:01:01'") for c in late), late
+# The install's token, when handed out, is written for root only.
+assert all(c.startswith("umask 077 && ") for c in late if "GB10_TOKEN=" in c), late
 assert any("phase=installed http://198.18.0.1:8080/heartbeat" in c for c in late), late
 assert d["storage"]["layout"]["match"]["path"] == "/dev/nvme0n1"
 "#;
@@ -112,8 +111,36 @@ fn builtin_seeds_pass_their_checkers() {
         return;
     }
     let dir = scratch("checkers");
-    let inv = sample_inventory();
+    // The sample and an image install.
+    let inv = Inventory::parse(
+        Path::new("tests/data/inventory.toml"),
+        &format!(
+            "{SAMPLE}\n[profiles.img]\nkernel = \"i/vmlinuz\"\nseed = \"image\"\n\
+             vars = {{ image = \"images/d.raw.zst\", image_sha256 = \"{}\" }}\n\
+             [[hosts]]\nmac = \"02:00:00:00:01:06\"\nhostname = \"img-1\"\nprofile = \"img\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .expect("sample inventory with an image host");
     let t = Templates::builtin(seeds::BUILTIN);
+    // An install under way hands out its secrets (token, SSH host key); a later boot of
+    // the installed system reads its seed without them.
+    let install = |secrets| InstallView {
+        instance_id: "gb10-0123456789abcdef".into(),
+        overwrite: false,
+        host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfTheTest gb10-host".into(),
+        secrets,
+    };
+    let (first, later) = (
+        install(Some(Secrets {
+            token: "0f".repeat(32),
+            host_key_private: Some(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n"
+                    .into(),
+            ),
+        })),
+        install(None),
+    );
     let server = Server {
         host: "198.18.0.1".into(),
         port: 8080,
@@ -121,7 +148,15 @@ fn builtin_seeds_pass_their_checkers() {
     let mut checked = std::collections::BTreeMap::<&str, usize>::new();
     let mut contexts = vec![(
         "unknown".to_owned(),
-        seeds::host_context(&t, &inv, Mac([2, 0, 0, 0, 0, 0x99]), None, &server, false).unwrap(),
+        seeds::host_context(
+            &t,
+            &inv,
+            Mac([2, 0, 0, 0, 0, 0x99]),
+            None,
+            &server,
+            Facts::default(),
+        )
+        .unwrap(),
         vec![
             "boot.ipxe.j2",
             "grub.cfg.j2",
@@ -131,13 +166,22 @@ fn builtin_seeds_pass_their_checkers() {
     )];
     for host in &inv.hosts {
         let seed = inv.profile_for(Some(host)).and_then(|(_, p)| p.seed);
-        for installed in [false, true] {
-            let ctx =
-                seeds::host_context(&t, &inv, host.mac, Some(host), &server, installed).unwrap();
+        for (installed, install) in [(false, &first), (true, &later)] {
+            let facts = Facts {
+                installed,
+                install: Some(install),
+                local_size: Some(&|_: &str| Some(123_456_789)),
+            };
+            let ctx = seeds::host_context(&t, &inv, host.mac, Some(host), &server, facts).unwrap();
             contexts.push((
                 format!("{}-{installed}", host.hostname.as_deref().unwrap()),
                 ctx,
-                seeds::templates_for(seed),
+                // The install script goes out once, with its secrets: never rendered
+                // without them.
+                seeds::templates_for(seed)
+                    .into_iter()
+                    .filter(|n| !installed || *n != "install.sh.j2")
+                    .collect(),
             ));
         }
     }
@@ -201,13 +245,17 @@ fn builtin_seeds_pass_their_checkers() {
                         assert!(text.contains(needle), "{name} lacks {needle}");
                     }
                 }
+                "install.sh.j2" => {
+                    assert!(text.contains("IMAGE_SIZE='123456789'"), "{text}");
+                    must_pass(Command::new("sh").arg("-n").arg(&file), "sh -n", &file);
+                }
                 other => panic!("no checker for {other}"),
             }
             *checked.entry(name).or_default() += 1;
         }
     }
-    // Every built-in was checked at least once.
-    for (name, _) in seeds::BUILTIN {
+    // Every built-in was checked at least once (an included one through its includer).
+    for (name, _) in seeds::BUILTIN.iter().filter(|(n, _)| *n != "ipxe-local.j2") {
         assert!(
             checked.contains_key(name),
             "{name} never checked: {checked:?}"
@@ -232,7 +280,8 @@ fn builtin_seeds_pass_their_checkers() {
     let boot = t
         .render(
             "ipxe-host.j2",
-            &seeds::host_context(&t, &inv, spark, inv.host(spark), &server, false).unwrap(),
+            &seeds::host_context(&t, &inv, spark, inv.host(spark), &server, Facts::default())
+                .unwrap(),
         )
         .unwrap();
     assert!(
@@ -643,27 +692,24 @@ fn seeds_owner_check_missing_variable_and_reload() {
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("grub_cpu"));
 
-    // Fix the inventory on disk: served without a restart.
+    // Fix the inventory on disk: served without a restart. The Proxmox installer's
+    // single URL: the host is told by the MACs it posts.
     std::fs::write(data.join("inventory.toml"), SAMPLE).unwrap();
-    let ok = wait_for(Duration::from_secs(10), || {
-        curl(
-            &lab,
-            &["--interface", "h4"],
-            "/proxmox/02:00:00:00:01:03/answer.toml",
-        )
-        .0 == 200
-    });
-    assert!(ok, "fixed inventory not picked up\n{}", daemon.log());
-    // The Proxmox installer's single URL: the host is told by the MACs it posts.
     let sysinfo = r#"{"product":{"product":"pve"},"network_interfaces":[{"link":"eno1","mac":"02:00:00:00:01:03"}]}"#;
     let post = ["-H", "Content-Type: application/json", "-d", sysinfo];
-    let (code, body, ctype) = curl(
-        &lab,
-        &[&["--interface", "h4"], &post[..]].concat(),
-        "/proxmox/answer",
-    );
+    let mut answer = (0, Vec::new(), String::new());
+    let ok = wait_for(Duration::from_secs(10), || {
+        answer = curl(
+            &lab,
+            &[&["--interface", "h4"], &post[..]].concat(),
+            "/proxmox/answer",
+        );
+        answer.0 == 200
+    });
+    assert!(ok, "fixed inventory not picked up\n{}", daemon.log());
+    let (_, body, ctype) = answer;
     let text = String::from_utf8_lossy(&body).into_owned();
-    assert_eq!((code, ctype.as_str()), (200, "application/toml"), "{text}");
+    assert_eq!(ctype.as_str(), "application/toml", "{text}");
     assert!(text.contains("fqdn = \"pve-1.lan\""), "{text}");
     let (code, _, _) = curl(
         &lab,
@@ -671,6 +717,14 @@ fn seeds_owner_check_missing_variable_and_reload() {
         "/proxmox/answer",
     );
     assert_eq!(code, 403, "pve-1's answer from deb-1's address");
+    // The answer (with the root password hash) went out once: a second read is refused.
+    let (code, body, _) = curl(
+        &lab,
+        &["--interface", "198.18.0.4"],
+        "/proxmox/02:00:00:00:01:03/answer.toml",
+    );
+    assert_eq!(code, 403, "a second read of the answer file");
+    assert!(!String::from_utf8_lossy(&body).contains("pve-1.lan"));
     // A broken edit keeps the previous inventory and logs file:line.
     std::fs::write(
         data.join("inventory.toml"),
@@ -688,8 +742,8 @@ fn seeds_owner_check_missing_variable_and_reload() {
     );
     let (code, _, _) = curl(
         &lab,
-        &["--interface", "h4"],
-        "/proxmox/02:00:00:00:01:03/answer.toml",
+        &["--interface", "h3"],
+        "/cloud-init/02:00:00:00:01:02/meta-data",
     );
     assert_eq!(code, 200, "the previous inventory keeps serving");
 }
@@ -746,14 +800,26 @@ fn heartbeats_move_client_state_and_survive_restart() {
     assert_eq!(client_state(&lab, mac).0, "pxe_booted");
     assert_eq!(lab.http(&format!("/ipxe/{mac}")).0, 200);
     assert_eq!(client_state(&lab, mac).0, "pxe_booted");
-    assert_eq!(lab.http(&format!("/cloud-init/{mac}/user-data")).0, 200);
+    let (code, seed) = lab.http(&format!("/cloud-init/{mac}/user-data"));
+    assert_eq!(code, 200, "{seed}");
     assert_eq!(client_state(&lab, mac).0, "installing");
+    // The host's install token, which its seed alone carries.
+    let token = gb10_lab::install_token(&seed).expect("the seed carries the install token");
 
     let post = |args: &[&str]| {
         let (code, _, _) = curl(&lab, args, "/heartbeat");
         code
     };
+    // Without the token (anyone on the LAN can name the MAC): refused, no move.
     let json = format!(r#"{{"mac":"{mac}","phase":"installed","message":"curtin done"}}"#);
+    assert_eq!(
+        post(&["-H", "Content-Type: application/json", "-d", &json]),
+        403
+    );
+    assert_eq!(client_state(&lab, mac).0, "installing");
+    let json = format!(
+        r#"{{"mac":"{mac}","phase":"installed","message":"curtin done","token":"{token}"}}"#
+    );
     assert_eq!(
         post(&["-H", "Content-Type: application/json", "-d", &json]),
         200
@@ -769,7 +835,14 @@ fn heartbeats_move_client_state_and_survive_restart() {
     let unit = lab.http(&format!("/onboard.service?mac={mac}")).1;
     assert!(unit.contains(&format!("GB10_MAC={mac}")), "{unit}");
     assert_eq!(
-        post(&["-d", &format!("mac={mac}"), "-d", "phase=onboarded"]),
+        post(&[
+            "-d",
+            &format!("mac={mac}"),
+            "-d",
+            "phase=onboarded",
+            "-d",
+            &format!("token={token}")
+        ]),
         200
     );
     assert_eq!(client_state(&lab, mac).0, "onboarded");

@@ -903,6 +903,21 @@ impl Metrics {
     }
 }
 
+/// The install token a rendered seed carries (`GB10_TOKEN=<hex>` in user-data,
+/// `token=<hex>` in an autoinstall heartbeat, `INSTALL_TOKEN='<hex>'` in an install
+/// script): 64 hex digits, else `None`.
+pub fn install_token(seed: &str) -> Option<String> {
+    ["GB10_TOKEN=", "INSTALL_TOKEN='", "token="]
+        .iter()
+        .filter_map(|k| seed.find(k).map(|i| &seed[i + k.len()..]))
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect::<String>()
+        })
+        .find(|t| t.len() == 64)
+}
+
 /// Polls `check` every 50 ms until it holds or `timeout` passes; how long it took.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

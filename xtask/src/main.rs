@@ -3,6 +3,7 @@
 mod bench;
 mod e2e;
 mod image;
+mod images;
 mod lab;
 mod nginx;
 mod setup;
@@ -90,6 +91,51 @@ enum Task {
         /// Scenario names (see `--all` output).
         scenarios: Vec<String>,
     },
+    /// Build the install environment (kernel + initramfs with NIC drivers, DHCP, the
+    /// installer's tools) from Debian packages: target/images/<arch>/installer.
+    Installer {
+        #[command(flatten)]
+        build: ImageArgs,
+    },
+    /// Build the lab's OS image (Debian, cloud-init NoCloud, signed shim + GRUB, GPT with
+    /// ESP + root), raw, gzip and zstd with SHA256SUMS: target/images/<arch>/os.
+    OsImage {
+        #[command(flatten)]
+        build: ImageArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ImageArgs {
+    /// The architecture to build for.
+    #[arg(long, value_enum, default_value = "amd64")]
+    arch: ArchArg,
+    /// Use only the package cache of an earlier build (target/images/cache/<arch>):
+    /// nothing is downloaded.
+    #[arg(long)]
+    offline: bool,
+    /// A Debian mirror to use instead of deb.debian.org (e.g. a local one).
+    #[arg(long)]
+    mirror: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ArchArg {
+    Amd64,
+    Arm64,
+}
+
+impl ImageArgs {
+    fn arch(&self) -> e2e::assets::Arch {
+        match self.arch {
+            ArchArg::Amd64 => e2e::assets::Arch::Amd64,
+            ArchArg::Arm64 => e2e::assets::Arch::Arm64,
+        }
+    }
+
+    fn source(&self) -> images::Source {
+        images::Source::new(self.mirror.as_deref(), self.offline)
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -175,6 +221,24 @@ fn main() -> anyhow::Result<()> {
             compare,
             scenarios,
         } => e2e::run(all, compare, &scenarios),
+        Task::Installer { build } => {
+            setup::images()?;
+            let i = images::installer::build(build.arch(), &build.source())?;
+            println!(
+                "kernel: {}\ninitrd: {}",
+                i.kernel.display(),
+                i.initrd.display()
+            );
+            Ok(())
+        }
+        Task::OsImage { build } => {
+            setup::images()?;
+            let i = images::os_image::build(build.arch(), &build.source())?;
+            for f in [&i.raw, &i.gzip, &i.zstd] {
+                println!("{}  {}", i.sha256(f)?, f.display());
+            }
+            Ok(())
+        }
     }
 }
 

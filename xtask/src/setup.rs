@@ -85,6 +85,23 @@ const ARM64_IMAGE_PACKAGES: &[&str] = &[
     "qemu-user-static",
 ];
 
+/// What `cargo xtask os-image` and `installer` need: mmdebstrap, qemu-user-static for the
+/// arm64 image's maintainer scripts, the filesystem and partitioning tools, compressors.
+const OS_IMAGE_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "qemu-user-static",
+    "dosfstools",
+    "mtools",
+    "e2fsprogs",
+    "gdisk",
+    "zstd",
+    "gzip",
+    "cpio",
+    "kmod",
+    "binutils",
+    "debian-archive-keyring",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The reference servers and load generators benchmarks compare against (not needed by
@@ -176,6 +193,11 @@ pub fn ebpf() -> anyhow::Result<()> {
     apt(EBPF_PACKAGES)?;
     bpf_linker()?;
     link_toolchain()
+}
+
+/// What building the OS image and the install environment needs.
+pub fn images() -> anyhow::Result<()> {
+    apt(OS_IMAGE_PACKAGES)
 }
 
 /// What the firmware boots need, and the arm64 architecture for `apt-get download`.

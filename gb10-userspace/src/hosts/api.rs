@@ -59,7 +59,7 @@ impl IntoResponse for HostsError {
                 StatusCode::CONFLICT
             }
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Store(_) | Self::Keys { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             warn!(error = %crate::error_chain(&self), "hosts API");
@@ -123,8 +123,8 @@ async fn delete(
     Ok(Json(record))
 }
 
-/// Marks the host `pxe_ready` with a fresh key, then (with a BMC) sets a one-time PXE
-/// boot and resets it. A BMC failure fails the host with the reason: 502 with the record.
+/// Starts a new install (the host moves to `pxe_ready`; its next network boot installs
+/// again, overwriting its disk), then (with a BMC) sets a one-time PXE boot and resets it. A BMC failure fails the host with the reason: 502 with the record.
 async fn rebuild(
     State(admin): State<Admin>,
     Path(mac): Path<String>,
@@ -142,17 +142,9 @@ async fn rebuild(
         });
     }
     let data_path = &admin.data_path;
-    let key = ssh::generate(data_path, mac).await;
-    let key = match key {
-        Ok(k) => Some(k),
-        Err(err) => {
-            warn!(%mac, error = %crate::error_chain(&err), "no ephemeral key: the join step will not log in");
-            None
-        }
-    };
-    let record = admin
-        .hosts
-        .apply(mac, Trigger::Rebuild, |r| r.ssh_public_key = key)?;
+    // A new install: token, instance id, host key and join key, all rotated.
+    super::install::begin(&admin.hosts, data_path, mac, true).await?;
+    let record = admin.hosts.get(mac).ok_or(HostsError::NotFound { mac })?;
     let Some(bmc) = &record.bmc else {
         info!(%mac, "rebuild: pxe_ready (no BMC: power-cycle the machine by hand)");
         return Ok(Json(record).into_response());

@@ -125,9 +125,12 @@ const TABLE: &[(HostState, Kind, HostState)] = &[
     (S::Failed, Kind::Rebuild, S::PxeReady),
     (S::PxeReady, Kind::BootFetch, S::PxeBooted),
     (S::PxeBooted, Kind::SeedFetch, S::Installing),
+    // A host's first install, without a rebuild: its installer fetched the seed.
+    (S::Registered, Kind::SeedFetch, S::Installing),
     (S::Installing, Kind::InstallDone, S::Installed),
-    // The installed system's first DHCP or heartbeat: it booted from disk.
-    (S::Installed, Kind::Dhcp, S::FirstBoot),
+    // The installed system's first heartbeat with the install's token: it booted from
+    // disk. (Not its DHCP: with the network first in the boot order that is the
+    // firmware's PXE request, long before sshd is up, and anyone can send one.)
     (S::Installed, Kind::Heartbeat, S::FirstBoot),
     (S::FirstBoot, Kind::JoinStarted, S::Joining),
     (S::Joining, Kind::Joined, S::Ready),
@@ -328,7 +331,12 @@ mod tests {
             ),
             (Trigger::SeedFetch { path: "ud".into() }, S::Installing),
             (Trigger::InstallDone, S::Installed),
-            (Trigger::Dhcp, S::FirstBoot),
+            (
+                Trigger::Heartbeat {
+                    phase: "onboarded".into(),
+                },
+                S::FirstBoot,
+            ),
             (Trigger::JoinStarted, S::Joining),
             (Trigger::Joined, S::Ready),
             (Trigger::Rebuild, S::PxeReady),

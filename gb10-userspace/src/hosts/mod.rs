@@ -2,6 +2,7 @@
 pub mod api;
 pub mod dashboard;
 pub mod fleet;
+pub mod install;
 pub mod machine;
 pub mod redfish;
 pub mod ssh;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use self::{
+    install::{Handout, Install, InstallStats, Proof},
     machine::{HostState, Machine, Refused, Timeouts, Trigger},
     store::{Bmc, HostRecord, HostStoreError, Source},
 };
@@ -47,6 +49,12 @@ pub enum HostsError {
     },
     #[error("`{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("host {mac}: making the install's SSH keys")]
+    Keys {
+        mac: Mac,
+        #[source]
+        source: ssh::SshError,
+    },
     #[error(transparent)]
     Store(#[from] HostStoreError),
 }
@@ -71,6 +79,7 @@ pub struct Hosts {
     store: Option<Store>,
     changes: broadcast::Sender<HostRecord>,
     timeouts: Timeouts,
+    install_stats: InstallStats,
 }
 
 impl Default for Hosts {
@@ -86,6 +95,7 @@ impl Hosts {
             store,
             changes: broadcast::channel(256).0,
             timeouts: Timeouts::default(),
+            install_stats: InstallStats::default(),
         }
     }
 
@@ -146,6 +156,7 @@ impl Hosts {
                 source: Source::Inventory,
                 ssh_public_key: None,
                 last_heartbeat: None,
+                install: None,
                 machine: Machine::new(now_ms()),
             });
             record.source = Source::Inventory;
@@ -206,6 +217,7 @@ impl Hosts {
             source: Source::Api,
             ssh_public_key: None,
             last_heartbeat: None,
+            install: None,
             machine: Machine::new(now_ms()),
         };
         self.commit(&record)?;
@@ -247,6 +259,23 @@ impl Hosts {
         Ok(next)
     }
 
+    /// Runs `edit` on the record of `mac` and saves it (no state change).
+    pub fn edit<T>(
+        &self,
+        mac: Mac,
+        edit: impl FnOnce(&mut HostRecord) -> T,
+    ) -> Result<T, HostsError> {
+        let mut records = self.lock();
+        let record = records.get_mut(&mac).ok_or(HostsError::NotFound { mac })?;
+        let mut next = record.clone();
+        let out = edit(&mut next);
+        if next != *record {
+            self.commit(&next)?;
+            *record = next;
+        }
+        Ok(out)
+    }
+
     /// Fails `mac` with `reason` (logged; the reason never holds a secret).
     pub fn fail(&self, mac: Mac, reason: String) -> Option<HostRecord> {
         match self.apply(mac, Trigger::Fail { reason }, |_| {}) {
@@ -260,6 +289,9 @@ impl Hosts {
 
     /// Moves a host along on what DHCP, TFTP and HTTP saw. Events that do not apply in
     /// the current state are normal (a retried fetch, a DHCP renewal) and ignored.
+    /// Heartbeats move a host only when they carry its install's token: an anonymous
+    /// one is noted for the dashboard when the host has no install, a refused one not
+    /// at all.
     pub fn on_client_event(&self, mac: Mac, event: &ClientEvent) {
         let trigger = match event {
             ClientEvent::Discover { .. } | ClientEvent::Leased { .. } => Trigger::Dhcp,
@@ -268,11 +300,23 @@ impl Hosts {
             }
             ClientEvent::Seed { path } => Trigger::SeedFetch { path: path.clone() },
             // What failed shows in the fleet view; the host's own timeouts fail it.
-            ClientEvent::Failure { .. } => return,
-            ClientEvent::Heartbeat { phase, message, .. } => {
-                self.note_heartbeat(mac, phase);
+            ClientEvent::Failure { .. } | ClientEvent::LocalBoot { .. } => return,
+            ClientEvent::Heartbeat {
+                phase,
+                message,
+                proof,
+                ..
+            } => {
+                if *proof != Proof::Refused {
+                    self.note_heartbeat(mac, phase);
+                }
+                if *proof != Proof::Verified {
+                    return;
+                }
                 match phase.as_str() {
                     "installed" => Trigger::InstallDone,
+                    // Progress of the installer: no move.
+                    "installing" => return,
                     "failed" => Trigger::Fail {
                         reason: format!(
                             "host reported failure: {}",
@@ -308,31 +352,45 @@ impl Hosts {
         }
     }
 
-    /// Fails every host whose state outlived its timeout.
-    pub fn check_timeouts(&self) {
+    /// Fails every host whose state outlived its timeout; returns those that did (their
+    /// keys go: nobody may log in with them or fetch them any more).
+    pub fn check_timeouts(&self) -> Vec<Mac> {
         let now = now_ms();
         let mut records = self.lock();
+        let mut failed = Vec::new();
         for record in records.values_mut() {
             let mut next = record.clone();
             if next.machine.check_timeout(&self.timeouts, now) {
                 warn!(mac = %next.mac, reason = ?next.machine.reason, "host timed out");
+                if let Some(i) = next.install.as_mut() {
+                    i.secrets.host_key_private = None;
+                }
+                next.ssh_public_key = None;
                 match self.commit(&next) {
-                    Ok(()) => *record = next,
+                    Ok(()) => {
+                        failed.push(next.mac);
+                        *record = next;
+                    }
                     Err(err) => warn!(error = %crate::error_chain(&err), "saving timeout failed"),
                 }
             }
         }
+        failed
     }
 
-    /// Whether a network boot of `mac` must exit to the local disk, when the host state
-    /// decides it: installed and later → yes; a rebuild under way → no (a rebuild
-    /// overrides the client's old `installed`); otherwise `None` (client state decides).
+    /// Whether a network boot of `mac` must go to its local disk, when the host life
+    /// cycle decides it (`None`: not a registered host; the client's own state decides).
+    /// Installed and later → yes; an install or rebuild under way → no; a host that
+    /// failed or was never installed by us: yes once its current install was reported
+    /// installed with its token (a failed join must not wipe the disk again), else no.
     pub fn boots_local(&self, mac: Mac) -> Option<bool> {
-        let state = self.get(mac)?.machine.state;
-        match state {
-            HostState::Registered | HostState::Failed => None,
-            s => Some(s.boots_local()),
-        }
+        let record = self.get(mac)?;
+        Some(match record.machine.state {
+            HostState::Registered | HostState::Failed => {
+                record.install.is_some_and(|i| i.installed_ms.is_some())
+            }
+            s => s.boots_local(),
+        })
     }
 
     /// The host seeds render for: the inventory entry or, for an API host, one made from
@@ -384,7 +442,11 @@ pub async fn run(
                     warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed");
                 }
             }
-            _ = tick.tick() => hosts.check_timeouts(),
+            _ = tick.tick() => {
+                for mac in hosts.check_timeouts() {
+                    ssh::delete(&joiner.data_path, mac).await;
+                }
+            }
         }
     }
 }
@@ -406,6 +468,8 @@ mod tests {
             phase: phase.into(),
             message: None,
             ip: None,
+            proof: Proof::Verified,
+            progress: None,
         }
     }
 
@@ -428,8 +492,8 @@ mod tests {
             hosts.register(&inv, reg),
             Err(HostsError::Exists { .. })
         ));
-        // Registered: the client state decides the boot script.
-        assert_eq!(hosts.boots_local(MAC), None);
+        // Registered, never installed: the profile boots.
+        assert_eq!(hosts.boots_local(MAC), Some(false));
         hosts.apply(MAC, Trigger::Rebuild, |_| {}).unwrap();
         assert_eq!(hosts.boots_local(MAC), Some(false));
         // A DHCP renewal in pxe_ready moves nothing.

@@ -1,6 +1,8 @@
-//! Ephemeral ed25519 keys, one per rebuild: the public half goes into the host's seed;
+//! Ephemeral ed25519 keys, one per install: the public half goes into the host's seed;
 //! after first boot the join step logs in with it, runs the profile's join command,
-//! removes the key from the host and deletes the private half here.
+//! removes the key from the host and deletes the private half here. The host's own SSH
+//! host key is made here too (per install, handed out in its seed): the join accepts
+//! exactly that key and aborts before any command on another.
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -42,6 +44,12 @@ pub enum SshError {
     },
     #[error("no address known for the host (no lease, heartbeat ip or fixed ip)")]
     NoAddress,
+    #[error("no SSH host key is pinned for this install (start it with a rebuild)")]
+    NoHostKey,
+    #[error(
+        "the SSH server at {ip} did not present this install's host key: aborted before any command ({stderr})"
+    )]
+    HostKey { ip: Ipv4Addr, stderr: String },
 }
 
 /// Where keys live: `data_path/state/keys`.
@@ -58,20 +66,16 @@ fn key_path(data_path: &Path, mac: Mac) -> PathBuf {
     key_dir(data_path).join(mac.to_string().replace(':', "-"))
 }
 
-/// Makes a fresh key pair for `mac` (0600, replacing an older one); returns the public key.
-pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
+/// Runs `ssh-keygen` for a fresh ed25519 pair at `path` (0600, no passphrase) in the key
+/// directory, which it makes.
+async fn keygen(data_path: &Path, path: &Path, comment: &str) -> Result<(), SshError> {
     let dir = key_dir(data_path);
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|source| SshError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-    let path = key_path(data_path, mac);
-    delete(data_path, mac).await;
+        .map_err(|source| SshError::Read { path: dir, source })?;
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment(mac), "-f"])
-        .arg(&path)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
         .output()
         .await
         .map_err(|source| SshError::Spawn {
@@ -85,21 +89,60 @@ pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    let public = path.with_extension("pub");
-    let text = tokio::fs::read_to_string(&public)
-        .await
-        .map_err(|source| SshError::Read {
-            path: public,
-            source,
-        })?;
-    Ok(text.trim().to_owned())
+    Ok(())
 }
 
-/// Deletes both halves of `mac`'s key, if any.
+async fn read(path: PathBuf) -> Result<String, SshError> {
+    tokio::fs::read_to_string(&path)
+        .await
+        .map_err(|source| SshError::Read { path, source })
+}
+
+/// Makes a fresh key pair for `mac` (0600, replacing an older one); returns the public key.
+pub async fn generate(data_path: &Path, mac: Mac) -> Result<String, SshError> {
+    let path = key_path(data_path, mac);
+    delete(data_path, mac).await;
+    keygen(data_path, &path, &comment(mac)).await?;
+    Ok(read(path.with_extension("pub")).await?.trim().to_owned())
+}
+
+/// Deletes both halves of `mac`'s key and its pinned host key file, if any.
 pub async fn delete(data_path: &Path, mac: Mac) {
     let path = key_path(data_path, mac);
     let _ = tokio::fs::remove_file(&path).await;
     let _ = tokio::fs::remove_file(path.with_extension("pub")).await;
+    let _ = tokio::fs::remove_file(known_hosts_path(data_path, mac)).await;
+}
+
+/// A fresh ed25519 SSH host key for an install of `mac`: (private half in OpenSSH
+/// format, public line). Made by ssh-keygen in the key directory and read back; no file
+/// of it is left.
+pub async fn host_key(data_path: &Path, mac: Mac) -> Result<(String, String), SshError> {
+    let name = mac.to_string().replace(':', "-");
+    let random = super::install::random_hex(6);
+    let path = key_dir(data_path).join(format!("{name}.hostkey-{random}"));
+    let public = key_dir(data_path).join(format!("{name}.hostkey-{random}.pub"));
+    let made = keygen(data_path, &path, &format!("gb10-host-{name}")).await;
+    let keys = match made {
+        Ok(()) => match (read(path.clone()).await, read(public.clone()).await) {
+            (Ok(private), Ok(public)) => Ok((private, public.trim().to_owned())),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let _ = tokio::fs::remove_file(&path).await;
+    let _ = tokio::fs::remove_file(&public).await;
+    keys
+}
+
+/// The known_hosts file of `mac`'s join: its install's host key alone.
+fn known_hosts_path(data_path: &Path, mac: Mac) -> PathBuf {
+    key_path(data_path, mac).with_extension("known_hosts")
+}
+
+/// The name the join's known_hosts gives the host (not its address, which may move).
+fn host_alias(mac: Mac) -> String {
+    format!("gb10-{}", mac.to_string().replace(':', "-"))
 }
 
 /// Whether the private key of `mac` is in the store.
@@ -136,17 +179,20 @@ impl Joiner {
     #[instrument(skip_all, fields(mac = %mac))]
     async fn join(self, mac: Mac) {
         let outcome = self.join_steps(mac).await;
-        // The private key goes whatever happened: a failed join needs a rebuild anyway.
+        // The private keys go whatever happened (ours, and the host's own, whose seed is
+        // out): a failed join needs a rebuild anyway.
         delete(&self.data_path, mac).await;
+        let forget = |r: &mut super::HostRecord| {
+            r.ssh_public_key = None;
+            if let Some(i) = r.install.as_mut() {
+                i.secrets.host_key_private = None;
+            }
+        };
         let result = match outcome {
-            Ok(()) => self
-                .hosts
-                .apply(mac, Trigger::Joined, |r| r.ssh_public_key = None),
+            Ok(()) => self.hosts.apply(mac, Trigger::Joined, forget),
             Err(err) => {
                 let reason = format!("join: {}", crate::error_chain(&err));
-                self.hosts.apply(mac, Trigger::Fail { reason }, |r| {
-                    r.ssh_public_key = None;
-                })
+                self.hosts.apply(mac, Trigger::Fail { reason }, forget)
             }
         };
         match result {
@@ -174,6 +220,13 @@ impl Joiner {
         let keys_file =
             var("join_authorized_keys").unwrap_or_else(|| "$HOME/.ssh/authorized_keys".into());
         let ip = self.identity.address(mac).ok_or(SshError::NoAddress)?;
+        // Exactly this install's host key: a machine at that address with another key
+        // (someone holding the lease) gets no command.
+        let host_key = record
+            .as_ref()
+            .and_then(|r| r.install.as_ref())
+            .map(|i| i.host_key.clone())
+            .ok_or(SshError::NoHostKey)?;
         let target = Target::new(
             &self.data_path,
             mac,
@@ -181,6 +234,7 @@ impl Joiner {
             &var("join_user"),
             &var("join_port"),
         );
+        target.pin(mac, &host_key).await?;
         match var("join_command") {
             Some(command) => {
                 target.run("the join command", &command).await?;
@@ -201,7 +255,9 @@ fn remove_command(mac: Mac, file: &str) -> String {
 
 struct Target {
     key: PathBuf,
+    /// Holds this install's host key alone, under `alias`.
     known_hosts: PathBuf,
+    alias: String,
     user: String,
     port: String,
     ip: Ipv4Addr,
@@ -217,11 +273,30 @@ impl Target {
     ) -> Self {
         Self {
             key: key_path(data_path, mac),
-            known_hosts: key_dir(data_path).join("known_hosts"),
+            known_hosts: known_hosts_path(data_path, mac),
+            alias: host_alias(mac),
             user: user.clone().unwrap_or_else(|| "root".into()),
             port: port.clone().unwrap_or_else(|| "22".into()),
             ip,
         }
+    }
+
+    /// Writes the known_hosts that holds only `host_key` (type and key, under the
+    /// host's alias).
+    async fn pin(&self, mac: Mac, host_key: &str) -> Result<(), SshError> {
+        let mut words = host_key.split_whitespace();
+        let (Some(kind), Some(key)) = (words.next(), words.next()) else {
+            return Err(SshError::NoHostKey);
+        };
+        let line = format!("{} {kind} {key}\n", self.alias);
+        tokio::fs::write(&self.known_hosts, line)
+            .await
+            .map_err(|source| SshError::Read {
+                path: self.known_hosts.clone(),
+                source,
+            })?;
+        tracing::debug!(%mac, "join pinned to the install's host key");
+        Ok(())
     }
 
     async fn run(&self, what: &'static str, command: &str) -> Result<(), SshError> {
@@ -230,9 +305,18 @@ impl Target {
             .arg(&self.key)
             .args(["-p", &self.port])
             .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=accept-new"])
+            // The pinned key only: no trust on first use, no other file, no update.
+            .args(["-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", &format!("HostKeyAlias={}", self.alias)])
+            .args([
+                "-o",
+                "HostKeyAlgorithms=ssh-ed25519",
+                "-o",
+                "UpdateHostKeys=no",
+            ])
             .args(["-o", "ConnectTimeout=10"])
             // `--` first: nothing after it (the user name above all) is read as an option.
             .arg("--")
@@ -251,10 +335,21 @@ impl Target {
             let stderr = String::from_utf8_lossy(&out.stderr);
             // The tail is enough to tell why; the host's output holds no secret of ours.
             let tail: String = stderr.trim().chars().rev().take(300).collect();
+            let tail: String = tail.chars().rev().collect();
+            // ssh checks the host key before it authenticates, so before any command.
+            if stderr.contains("Host key verification failed")
+                || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+                || stderr.contains("no matching host key type")
+            {
+                return Err(SshError::HostKey {
+                    ip: self.ip,
+                    stderr: tail,
+                });
+            }
             return Err(SshError::Failed {
                 what,
                 status: out.status,
-                stderr: tail.chars().rev().collect(),
+                stderr: tail,
             });
         }
         Ok(())

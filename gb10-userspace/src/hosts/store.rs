@@ -3,11 +3,15 @@
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::machine::Machine;
+use super::{install::Install, machine::Machine};
 use crate::{inventory::HostIdentity, mac::Mac, store::Store};
 
 /// MAC text → JSON of a [`HostRecord`].
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+
+/// MAC text → JSON of the current install's secrets ([`super::install::Secrets`]): kept
+/// out of the record, which the API, the dashboard and the logs show.
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("install_secrets");
 
 /// Why host records could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,10 @@ pub struct HostRecord {
     /// The last heartbeat (Unix ms) and its phase, for the dashboard.
     #[serde(default)]
     pub last_heartbeat: Option<(u64, String)>,
+    /// The current install: instance id, what was handed out, alarms. Its secrets are
+    /// never serialised with the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<Install>,
     #[serde(flatten)]
     pub machine: Machine,
 }
@@ -83,14 +91,24 @@ pub fn load(store: &Store) -> Result<Vec<HostRecord>, HostStoreError> {
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
+    let secrets = match txn.open_table(SECRETS) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut out = Vec::new();
     for row in table.iter()? {
         let (key, value) = row?;
-        let record =
-            serde_json::from_slice(value.value()).map_err(|source| HostStoreError::Decode {
-                key: key.value().to_owned(),
-                source,
-            })?;
+        let decode_err = |source| HostStoreError::Decode {
+            key: key.value().to_owned(),
+            source,
+        };
+        let mut record: HostRecord = serde_json::from_slice(value.value()).map_err(decode_err)?;
+        if let (Some(install), Some(table)) = (record.install.as_mut(), &secrets)
+            && let Some(s) = table.get(key.value())?
+        {
+            install.secrets = serde_json::from_slice(s.value()).map_err(decode_err)?;
+        }
         out.push(record);
     }
     Ok(out)
@@ -100,9 +118,22 @@ pub fn load(store: &Store) -> Result<Vec<HostRecord>, HostStoreError> {
 pub fn save(store: &Store, record: &HostRecord) -> Result<(), HostStoreError> {
     // A record of plain data always serialises.
     let value = serde_json::to_vec(record).unwrap_or_default();
+    let key = record.mac.to_string();
     let txn = store.db().begin_write()?;
     txn.open_table(HOSTS)?
-        .insert(record.mac.to_string().as_str(), value.as_slice())?;
+        .insert(key.as_str(), value.as_slice())?;
+    {
+        let mut secrets = txn.open_table(SECRETS)?;
+        match &record.install {
+            Some(install) => {
+                let value = serde_json::to_vec(&install.secrets).unwrap_or_default();
+                secrets.insert(key.as_str(), value.as_slice())?;
+            }
+            None => {
+                secrets.remove(key.as_str())?;
+            }
+        }
+    }
     txn.commit()?;
     Ok(())
 }
@@ -111,6 +142,7 @@ pub fn save(store: &Store, record: &HostRecord) -> Result<(), HostStoreError> {
 pub fn remove(store: &Store, mac: Mac) -> Result<(), HostStoreError> {
     let txn = store.db().begin_write()?;
     txn.open_table(HOSTS)?.remove(mac.to_string().as_str())?;
+    txn.open_table(SECRETS)?.remove(mac.to_string().as_str())?;
     txn.commit()?;
     Ok(())
 }

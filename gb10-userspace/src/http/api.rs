@@ -1,5 +1,7 @@
 //! Client onboarding API: `POST /heartbeat` (JSON or form), and, with the admin token,
-//! `GET /clients` and `GET /clients/{mac}`.
+//! `GET /clients` and `GET /clients/{mac}`. A heartbeat for a host with an install moves
+//! it only with the install's token (`token`); installers add their progress (`written`,
+//! `total`).
 use std::{net::Ipv4Addr, sync::Arc};
 
 use axum::{
@@ -16,8 +18,9 @@ use tracing::{info, instrument, warn};
 
 use super::Peer;
 use crate::{
-    clients::{ClientEvent, Clients},
+    clients::{ClientEvent, Clients, Progress},
     config::Secret,
+    hosts::{Hosts, Proof},
     mac::Mac,
 };
 
@@ -26,14 +29,30 @@ const PHASE_MAX: usize = 32;
 /// Longest heartbeat `message`, in bytes.
 const MESSAGE_MAX: usize = 1024;
 
+/// Longest install token accepted, in bytes (ours are 64 hex digits).
+const TOKEN_MAX: usize = 128;
+
+/// What the heartbeat routes use.
+#[derive(Clone)]
+struct Beats {
+    clients: Arc<Clients>,
+    hosts: Arc<Hosts>,
+}
+
 /// The routes; the client records (MACs, addresses, timelines) only with `token`.
-pub fn routes(clients: Arc<Clients>, token: Option<Secret>) -> Router {
+pub fn routes(clients: Arc<Clients>, hosts: Arc<Hosts>, token: Option<Secret>) -> Router {
+    let beats = Router::new()
+        .route("/heartbeat", post(heartbeat))
+        .with_state(Beats {
+            clients: clients.clone(),
+            hosts,
+        });
     Router::new()
         .route("/clients", get(list))
         .route("/clients/{mac}", get(one))
         .route_layer(middleware::from_fn_with_state(token, crate::auth::require))
-        .route("/heartbeat", post(heartbeat))
         .with_state(clients)
+        .merge(beats)
 }
 
 /// A heartbeat as posted: `{"mac": "...", "phase": "...", "message": "...", "ip": "..."}`
@@ -46,6 +65,15 @@ struct Beat {
     message: Option<String>,
     #[serde(default)]
     ip: Option<Ipv4Addr>,
+    /// The install's token, which only its seed carries.
+    #[serde(default)]
+    token: Option<String>,
+    /// Bytes written to disk so far (an installer's progress).
+    #[serde(default)]
+    written: Option<u64>,
+    /// Bytes of the whole image.
+    #[serde(default)]
+    total: Option<u64>,
 }
 
 /// Why a heartbeat was refused; the text goes back to the client.
@@ -63,6 +91,10 @@ enum BeatError {
     Phase,
     #[error("`message` is longer than {MESSAGE_MAX} bytes")]
     Message,
+    #[error("`token` is longer than {TOKEN_MAX} bytes")]
+    Token,
+    #[error("`{0}` is not a byte count")]
+    Count(&'static str),
 }
 
 fn parse_beat(headers: &HeaderMap, body: &[u8]) -> Result<(Mac, Beat), BeatError> {
@@ -80,6 +112,13 @@ fn parse_beat(headers: &HeaderMap, body: &[u8]) -> Result<(Mac, Beat), BeatError
                 "message" => beat.message = Some(v.into_owned()),
                 "ip" if !v.is_empty() => {
                     beat.ip = Some(v.parse().map_err(|_| BeatError::Ip(v.into_owned()))?)
+                }
+                "token" if !v.is_empty() => beat.token = Some(v.into_owned()),
+                "written" if !v.is_empty() => {
+                    beat.written = Some(v.parse().map_err(|_| BeatError::Count("written"))?)
+                }
+                "total" if !v.is_empty() => {
+                    beat.total = Some(v.parse().map_err(|_| BeatError::Count("total"))?)
                 }
                 _ => {}
             }
@@ -110,17 +149,20 @@ fn parse_beat(headers: &HeaderMap, body: &[u8]) -> Result<(Mac, Beat), BeatError
     if beat.message.as_ref().is_some_and(|m| m.len() > MESSAGE_MAX) {
         return Err(BeatError::Message);
     }
+    if beat.token.as_ref().is_some_and(|t| t.len() > TOKEN_MAX) {
+        return Err(BeatError::Token);
+    }
     Ok((mac, beat))
 }
 
 async fn heartbeat(
-    State(clients): State<Arc<Clients>>,
+    State(beats): State<Beats>,
     peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     match parse_beat(&headers, &body) {
-        Ok((mac, beat)) => record(&clients, mac, beat, peer),
+        Ok((mac, beat)) => record(&beats, mac, beat, peer),
         Err(err) => {
             warn!(peer = ?peer.0, error = %err, "bad heartbeat");
             (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response()
@@ -128,26 +170,48 @@ async fn heartbeat(
     }
 }
 
+/// Records the heartbeat under its MAC with what its token proved; the answer names
+/// the client's state and the proof (an installer waits for `installed` to be recorded
+/// before it reboots).
 #[instrument(skip_all, fields(mac = %mac))]
-fn record(clients: &Clients, mac: Mac, beat: Beat, peer: Peer) -> Response {
+fn record(beats: &Beats, mac: Mac, beat: Beat, peer: Peer) -> Response {
     let Beat {
         mac: _,
         phase,
         message,
         ip,
+        token,
+        written,
+        total,
     } = beat;
+    let proof = beats.hosts.prove(mac, token.as_deref(), &phase);
     // Not `message`: that is the field tracing keeps the line's own text in.
-    info!(%phase, text = ?message, "heartbeat");
-    clients.record(
+    if written.is_some() {
+        tracing::debug!(%phase, ?proof, written, total, "progress heartbeat");
+    } else {
+        info!(%phase, ?proof, text = ?message, "heartbeat");
+    }
+    beats.clients.record(
         mac,
         ClientEvent::Heartbeat {
             phase,
             message,
             ip: ip.or(peer.0),
+            proof,
+            progress: written.map(|written| Progress { written, total }),
         },
     );
-    let state = clients.state(mac).map(|s| s.label());
-    Json(serde_json::json!({ "mac": mac, "state": state })).into_response()
+    let state = beats.clients.state(mac).map(|s| s.label());
+    let status = if proof == Proof::Refused {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(serde_json::json!({ "mac": mac, "state": state, "proof": proof })),
+    )
+        .into_response()
 }
 
 async fn list(State(clients): State<Arc<Clients>>) -> Response {

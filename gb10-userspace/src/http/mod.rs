@@ -29,12 +29,12 @@ pub use self::{
     explain::Explain,
     health::{Health, run as run_health},
     seeds::SeedRoutes,
-    static_files::Files,
+    static_files::{Files, local_size},
 };
 use crate::{
     clients::Clients,
     config::{HttpLimits, Secret},
-    hosts::api::Admin,
+    hosts::{Hosts, api::Admin},
     lan::{self, LanAddr},
 };
 
@@ -44,6 +44,8 @@ pub struct Routes {
     pub seeds: SeedRoutes,
     /// Heartbeats and the client records.
     pub clients: Arc<Clients>,
+    /// Whose installs heartbeats prove themselves to.
+    pub hosts: Arc<Hosts>,
     pub explain: Explain,
     pub health: Health,
     /// The hosts API and dashboard under `/admin`, when they have no listener of their own.
@@ -58,6 +60,7 @@ pub fn router(routes: Routes) -> Router {
         files,
         seeds,
         clients,
+        hosts,
         explain,
         health,
         admin,
@@ -67,7 +70,7 @@ pub fn router(routes: Routes) -> Router {
         .merge(health.lan_routes(token.clone()))
         .merge(explain.routes(token.clone()))
         .merge(seeds::routes(seeds))
-        .merge(api::routes(clients, token))
+        .merge(api::routes(clients, hosts, token))
         .fallback_service(
             Router::new()
                 .fallback(static_files::serve)

@@ -21,7 +21,7 @@ use crate::{
     lan::LanAddr,
     live::Live,
     mac::{Mac, or_dash},
-    seeds::{ROUTES, Record, Scope, SeedRoute, Seeds, Server, table},
+    seeds::{ROUTES, Record, Scope, SeedError, SeedRoute, Seeds, Server, table},
 };
 
 /// What the seed routes use.
@@ -56,7 +56,7 @@ pub fn routes(state: SeedRoutes) -> Router {
                 Ok(mac) => mac,
                 Err((status, body)) => return text(status, body),
             };
-            serve(&s, path, mac, peer, &headers)
+            serve(&s, path, mac, peer, &headers).await
         };
         let method: MethodRouter<SeedRoutes> = if row.post {
             get(handler).post(handler)
@@ -136,9 +136,11 @@ fn server(s: &SeedRoutes, headers: &HeaderMap) -> Server {
         })
 }
 
-/// Serves the row at `path` that `mac`'s profile gets, to its owner, and records it.
+/// Serves the row at `path` that `mac`'s profile gets, to its owner, and records it: a
+/// boot script that sends an installed host to its disk as `local_boot`. A seed whose
+/// secrets went out already is refused (403, an alarm on the host).
 #[instrument(skip_all, fields(mac = %or_dash(mac), path = %path))]
-fn serve(
+async fn serve(
     s: &SeedRoutes,
     path: &str,
     mac: Option<Mac>,
@@ -183,12 +185,15 @@ fn serve(
             "this seed belongs to another host's address\n",
         );
     }
-    match s.seeds.render(mac, &server(s, headers), row.template) {
+    match s.seeds.seed(mac, row, &server(s, headers), peer.0).await {
         Ok(body) => {
             if let Some(mac) = mac {
                 let path = row.path_for(mac);
                 match row.record {
                     Record::Nothing => {}
+                    Record::BootFile if s.seeds.installed(mac) => {
+                        s.events.record(mac, ClientEvent::LocalBoot { path })
+                    }
                     Record::BootFile => s.events.record(mac, ClientEvent::BootFile { path }),
                     Record::Seed => s.events.record(mac, ClientEvent::Seed { path }),
                 }
@@ -202,6 +207,11 @@ fn serve(
             )
                 .into_response()
         }
+        // Logged as an alarm where it was decided.
+        Err(SeedError::Refused(_)) => text(
+            StatusCode::FORBIDDEN,
+            "this install's secrets were handed out already; the host is failed: rebuild it\n",
+        ),
         Err(err) => {
             // The log names the template and the variable; the client gets none of it.
             error!(template = row.template, error = %crate::error_chain(&err), "rendering a seed failed");
@@ -248,5 +258,5 @@ async fn proxmox_by_body(
     let Some(answer) = table::rows_at("/proxmox/{mac}/answer.toml").next() else {
         return text(StatusCode::NOT_FOUND, "no Proxmox answer route\n");
     };
-    serve(&s, answer.path, Some(mac), peer, &headers)
+    serve(&s, answer.path, Some(mac), peer, &headers).await
 }

@@ -102,6 +102,19 @@ fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located
     Ok(Located::File { root, path })
 }
 
+/// The size of the file a GET of `url_path` (e.g. an inventory's `image`) would send
+/// from `www` or a mount, when it names a file.
+pub fn local_size(www: &Path, mounts: &[(String, PathBuf)], url_path: &str) -> Option<u64> {
+    let raw = format!("/{}", url_path.trim_start_matches('/'));
+    match locate(www, mounts, &raw).ok()? {
+        Located::File { path, .. } => std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len()),
+        Located::Redirect(_) => None,
+    }
+}
+
 /// The fallback handler: every GET/HEAD no other route took.
 pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Response {
     let method = req.method().clone();

@@ -2,10 +2,14 @@
 //! each host (installed and not), and the global scripts once. Run by `check`, at start
 //! and on every reload.
 use super::{
-    context::{Server, host_context},
-    table::{ROUTES, Scope, templates_for},
+    context::{Facts, Server, host_context},
+    table::{ROUTES, Scope},
 };
 use crate::{
+    hosts::{
+        Handout,
+        install::{InstallView, Secrets},
+    },
     inventory::Inventory,
     mac::Mac,
     templates::{TemplateError, Templates},
@@ -20,7 +24,7 @@ pub fn check_all(templates: &Templates, inv: &Inventory) -> Result<usize, Templa
     };
     let mut rendered = 0;
     // An unknown client gets the global scripts and its own boot-loader scripts.
-    let global = host_context(templates, inv, Mac([0; 6]), None, &server, false)?;
+    let global = host_context(templates, inv, Mac([0; 6]), None, &server, Facts::default())?;
     for row in ROUTES
         .iter()
         .filter(|r| matches!(r.scope, Scope::Global | Scope::AnyClient))
@@ -37,11 +41,39 @@ pub fn check_all(templates: &Templates, inv: &Inventory) -> Result<usize, Templa
             },
             error: Box::new(error),
         };
-        for installed in [false, true] {
-            let ctx = host_context(templates, inv, host.mac, Some(host), &server, installed)
+        // Before the install (with its secrets, as the installer gets them) and after
+        // (a later boot: without them).
+        let install = |secrets| InstallView {
+            instance_id: "gb10-check".into(),
+            overwrite: false,
+            host_key: "ssh-ed25519 AAAA check".into(),
+            secrets,
+        };
+        let (first, later) = (
+            install(Some(Secrets {
+                token: "0".repeat(64),
+                host_key_private: Some("-----BEGIN OPENSSH PRIVATE KEY-----\n".into()),
+            })),
+            install(None),
+        );
+        let size = |_: &str| Some(1 << 30);
+        for (installed, install) in [(false, &first), (true, &later)] {
+            let facts = Facts {
+                installed,
+                install: Some(install),
+                local_size: Some(&size),
+            };
+            let ctx = host_context(templates, inv, host.mac, Some(host), &server, facts)
                 .map_err(for_host)?;
-            for template in templates_for(kind) {
-                templates.render(template, &ctx).map_err(for_host)?;
+            // A seed that goes out once is never rendered without its secrets (a second
+            // request is refused before rendering).
+            let rows = ROUTES.iter().filter(|r| {
+                r.scope != Scope::Global
+                    && r.serves(kind)
+                    && (install.secrets.is_some() || r.handout != Handout::Once)
+            });
+            for row in rows {
+                templates.render(row.template, &ctx).map_err(for_host)?;
                 rendered += 1;
             }
         }

@@ -4,11 +4,29 @@ use std::collections::BTreeMap;
 
 use minijinja::Value;
 
+use super::table::format_of;
 use crate::{
+    hosts::install::InstallView,
     inventory::{Host, Inventory},
     mac::Mac,
     templates::{TemplateError, Templates},
 };
+
+/// The size of a file under the HTTP root or a mount, by its URL path.
+pub type SizeOf = dyn Fn(&str) -> Option<u64> + Send + Sync;
+
+/// What the daemon knows about a host beyond the inventory, for its context.
+#[derive(Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// Its disk holds its installed system: boot scripts send it there.
+    pub installed: bool,
+    /// Its current install (instance id, overwrite, host key), with the secrets when
+    /// they go out with this seed.
+    pub install: Option<&'a InstallView>,
+    /// The size of a file under the HTTP root or a mount, by its URL path (for
+    /// `image_size`).
+    pub local_size: Option<&'a SizeOf>,
+}
 
 /// Where the client reached us: `host[:port]` from the request's Host header, so seeds
 /// name the address the client actually used (seed 001: a proxied or re-addressed server
@@ -73,7 +91,7 @@ pub fn host_context(
     mac: Mac,
     host: Option<&Host>,
     server: &Server,
-    installed: bool,
+    facts: Facts<'_>,
 ) -> Result<Value, TemplateError> {
     let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
     let profile = inv.profile_for(host);
@@ -105,7 +123,18 @@ pub fn host_context(
         "seed_url",
         Value::from(format!("http://{authority}/cloud-init/{mac_text}/")),
     );
-    set("installed", Value::from(installed));
+    set("installed", Value::from(facts.installed));
+    if let Some(install) = facts.install {
+        set("instance_id", Value::from(install.instance_id.clone()));
+        set("overwrite", Value::from(install.overwrite));
+        set("host_key_public", Value::from(install.host_key.clone()));
+        if let Some(secrets) = &install.secrets {
+            set("install_token", Value::from(secrets.token.clone()));
+            if let Some(key) = &secrets.host_key_private {
+                set("host_key_private", Value::from(key.clone()));
+            }
+        }
+    }
     // GRUB fetches over HTTP only when given an http root; the port goes in the device.
     set(
         "grub_root",
@@ -140,8 +169,23 @@ pub fn host_context(
         })
         .collect();
     set("profiles", Value::from(profiles));
+    // An image: its URL, its format when not given, its size when it is ours to stat.
+    if let Some(image) = ctx.get("image").and_then(|v| v.as_str().map(str::to_owned)) {
+        ctx.insert("image_url".into(), Value::from(url_for(server, &image)));
+        if !ctx.contains_key("image_format") {
+            ctx.insert("image_format".into(), Value::from(format_of(&image)));
+        }
+        if !image.contains("://")
+            && let Some(size) = facts.local_size.and_then(|f| f(&image))
+        {
+            ctx.insert("image_size".into(), Value::from(size));
+        }
+    }
     if let Some((name, p)) = profile {
-        set("profile", Value::from(name));
+        ctx.insert("profile".into(), Value::from(name));
+        let mut set = |k: &str, v: Value| {
+            ctx.insert(k.to_owned(), v);
+        };
         if let Some(seed) = p.seed {
             set("seed", Value::from(seed.label()));
         }
@@ -166,6 +210,14 @@ pub fn host_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_formats_by_name() {
+        assert_eq!(format_of("images/debian.raw.zst"), "zstd");
+        assert_eq!(format_of("http://x/debian.img.gz"), "gzip");
+        assert_eq!(format_of("debian.raw"), "raw");
+        assert_eq!(format_of("gz/debian.img"), "raw");
+    }
 
     #[test]
     fn host_header_is_checked() {

@@ -4,6 +4,8 @@
 //! rows and its template file.
 use serde::{Deserialize, Serialize};
 
+pub use crate::hosts::Handout;
+
 /// Which seed a profile's installer reads (`seed = "…"` in a profile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -16,6 +18,9 @@ pub enum SeedKind {
     Proxmox,
     /// A Talos machine config.
     Talos,
+    /// An OS image streamed to disk by the install environment: `/install/{mac}` (the
+    /// install script), then the installed system's cloud-init reads the NoCloud files.
+    Image,
     /// No seed: the boot scripts only.
     None,
 }
@@ -28,8 +33,24 @@ impl SeedKind {
             Self::Autoinstall => "autoinstall",
             Self::Proxmox => "proxmox",
             Self::Talos => "talos",
+            Self::Image => "image",
             Self::None => "none",
         }
+    }
+}
+
+/// The image formats the install script streams.
+pub const IMAGE_FORMATS: &[&str] = &["raw", "gzip", "zstd"];
+
+/// The format an image's name implies: `.gz` gzip, `.zst` zstd, else raw.
+pub fn format_of(image: &str) -> &'static str {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if name.ends_with(".gz") {
+        "gzip"
+    } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+        "zstd"
+    } else {
+        "raw"
     }
 }
 
@@ -37,6 +58,11 @@ impl SeedKind {
 pub const BUILTIN: &[(&str, &str)] = &[
     ("boot.ipxe.j2", include_str!("../../templates/boot.ipxe.j2")),
     ("ipxe-host.j2", include_str!("../../templates/ipxe-host.j2")),
+    // Included by the iPXE scripts: how they leave for the local disk.
+    (
+        "ipxe-local.j2",
+        include_str!("../../templates/ipxe-local.j2"),
+    ),
     ("grub.cfg.j2", include_str!("../../templates/grub.cfg.j2")),
     ("grub-host.j2", include_str!("../../templates/grub-host.j2")),
     ("user-data.j2", include_str!("../../templates/user-data.j2")),
@@ -60,6 +86,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "onboard.service.j2",
         include_str!("../../templates/onboard.service.j2"),
+    ),
+    (
+        "install.sh.j2",
+        include_str!("../../templates/install.sh.j2"),
     ),
 ];
 
@@ -85,6 +115,15 @@ pub const RESERVED: &[&str] = &[
     "installed",
     "profiles",
     "grub_root",
+    // Per install (see `hosts::install`).
+    "instance_id",
+    "install_token",
+    "host_key_public",
+    "host_key_private",
+    "overwrite",
+    // The image kind's, from `image`.
+    "image_url",
+    "image_size",
 ];
 
 /// Who a route serves.
@@ -124,12 +163,15 @@ pub struct SeedRoute {
     pub tftp: bool,
     /// The installer POSTs to it too (Proxmox sends its system information).
     pub post: bool,
+    /// How it hands out the install's secrets (token, keys, password hash).
+    pub handout: Handout,
 }
 
 /// iPXE and GRUB scripts, NoCloud files.
 const TEXT: &str = "text/plain; charset=utf-8";
 
-const NOCLOUD: &[SeedKind] = &[SeedKind::CloudInit, SeedKind::Autoinstall];
+/// The kinds whose installed system (or installer) reads NoCloud files from us.
+const NOCLOUD: &[SeedKind] = &[SeedKind::CloudInit, SeedKind::Autoinstall, SeedKind::Image];
 
 const fn row(path: &'static str, template: &'static str, scope: Scope) -> SeedRoute {
     SeedRoute {
@@ -141,6 +183,7 @@ const fn row(path: &'static str, template: &'static str, scope: Scope) -> SeedRo
         content_type: TEXT,
         tftp: false,
         post: false,
+        handout: Handout::Open,
     }
 }
 
@@ -178,18 +221,32 @@ pub static ROUTES: &[SeedRoute] = &[
         tftp: true,
         ..script("/grub/hosts/{mac}.cfg", "grub-host.j2")
     },
-    seed(
-        "/cloud-init/{mac}/user-data",
-        "user-data.j2",
-        &[SeedKind::CloudInit],
-        TEXT,
-    ),
-    seed(
-        "/cloud-init/{mac}/user-data",
-        "autoinstall.j2",
-        &[SeedKind::Autoinstall],
-        TEXT,
-    ),
+    // cloud-init reads its user-data again on every boot: the secrets go out once, later
+    // boots of a proved install get it without them.
+    SeedRoute {
+        handout: Handout::OnceThenWithheld,
+        ..seed(
+            "/cloud-init/{mac}/user-data",
+            "user-data.j2",
+            &[SeedKind::CloudInit, SeedKind::Image],
+            TEXT,
+        )
+    },
+    SeedRoute {
+        handout: Handout::OnceThenWithheld,
+        ..seed(
+            "/cloud-init/{mac}/user-data",
+            "autoinstall.j2",
+            &[SeedKind::Autoinstall],
+            TEXT,
+        )
+    },
+    // The install environment's script: nothing legitimate fetches it twice.
+    SeedRoute {
+        handout: Handout::Once,
+        content_type: "text/x-shellscript; charset=utf-8",
+        ..seed("/install/{mac}", "install.sh.j2", &[SeedKind::Image], TEXT)
+    },
     seed("/cloud-init/{mac}/meta-data", "meta-data.j2", NOCLOUD, TEXT),
     seed(
         "/cloud-init/{mac}/vendor-data",
@@ -199,6 +256,7 @@ pub static ROUTES: &[SeedRoute] = &[
     ),
     SeedRoute {
         post: true,
+        handout: Handout::Once,
         ..seed(
             "/proxmox/{mac}/answer.toml",
             "proxmox-answer.toml.j2",
@@ -206,12 +264,15 @@ pub static ROUTES: &[SeedRoute] = &[
             "application/toml",
         )
     },
-    seed(
-        "/talos/{mac}/config.yaml",
-        "talos.yaml.j2",
-        &[SeedKind::Talos],
-        "application/yaml",
-    ),
+    SeedRoute {
+        handout: Handout::Once,
+        ..seed(
+            "/talos/{mac}/config.yaml",
+            "talos.yaml.j2",
+            &[SeedKind::Talos],
+            "application/yaml",
+        )
+    },
     // The onboard unit: `?mac=` or the requester's own (see the HTTP route).
     row("/onboard.service", "onboard.service.j2", Scope::AnyClient),
 ];
@@ -298,6 +359,7 @@ mod tests {
                     SeedKind::Autoinstall,
                     SeedKind::Proxmox,
                     SeedKind::Talos,
+                    SeedKind::Image,
                     SeedKind::None,
                 ] {
                     assert!(

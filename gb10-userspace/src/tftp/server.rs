@@ -354,9 +354,14 @@ async fn transfer(
             info!(file = %served, bytes = tally.bytes, blksize = negotiated.blksize,
                 windowsize = negotiated.windowsize, retransmits = tally.retransmits,
                 ms = elapsed.as_millis() as u64, mb_per_s = format!("{rate:.1}"), "transfer complete");
-            // A rendered per-host config is recorded under the MAC it names, anything
-            // else under the requester's.
+            // A rendered per-host config is recorded under the MAC it names (as a
+            // local boot when it sends an installed host to its disk), anything else
+            // under the requester's.
             match named.or(mac) {
+                Some(mac) if named.is_some() && ctx.tftp.seeds.installed(mac) => ctx
+                    .tftp
+                    .events
+                    .record(mac, ClientEvent::LocalBoot { path: served }),
                 Some(mac) => ctx
                     .tftp
                     .events

@@ -239,7 +239,6 @@ fn build_http_grub(modules: &Path, format: &str, out: &Path) -> anyhow::Result<(
 
 /// A gzip'd newc cpio: busybox, /init, the NIC modules.
 fn build_initrd(tree: &Path, version: &str, out: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     let stage = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&stage);
     for d in ["bin", "dev", "proc", "sys", "lib/e2e", "tmp"] {
@@ -254,7 +253,26 @@ fn build_initrd(tree: &Path, version: &str, out: &Path) -> anyhow::Result<()> {
         std::fs::copy(found, stage.join(format!("lib/e2e/{m}.ko")))?;
     }
     std::fs::write(stage.join("lib/e2e/order"), NIC_MODULES.join("\n"))?;
-    for (path, text) in [("init", INIT), ("bin/e2e-dhcp", DHCP_SCRIPT)] {
+    pack_initrd(
+        &stage,
+        &[("init", INIT), ("bin/e2e-dhcp", DHCP_SCRIPT)],
+        "gzip -9",
+        out,
+    )?;
+    let _ = std::fs::remove_dir_all(&stage);
+    Ok(())
+}
+
+/// Writes `scripts` (path in the stage, text) executable into `stage`, then packs the
+/// stage as a newc cpio owned by root, compressed by `compress` (a filter command).
+pub fn pack_initrd(
+    stage: &Path,
+    scripts: &[(&str, &str)],
+    compress: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (path, text) in scripts {
         let p = stage.join(path);
         std::fs::write(&p, text)?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
@@ -262,14 +280,14 @@ fn build_initrd(tree: &Path, version: &str, out: &Path) -> anyhow::Result<()> {
     exec(
         Command::new("sh")
             .arg("-c")
-            .arg("cd \"$1\" && find . | cpio -o -H newc --quiet | gzip -9 > \"$2\"")
+            .arg(format!(
+                "cd \"$1\" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | {compress} > \"$2\""
+            ))
             .arg("sh")
-            .arg(&stage)
+            .arg(stage)
             .arg(out),
     )
-    .context("cpio (apt-get install cpio)")?;
-    let _ = std::fs::remove_dir_all(&stage);
-    Ok(())
+    .context("cpio (apt-get install cpio)")
 }
 
 /// Depth-first search for a file named `name` below `dir`.

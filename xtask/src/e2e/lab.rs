@@ -13,7 +13,7 @@ use gb10_lab::{Bridge, Guard, HTTP_PORT};
 
 use super::{
     assets::{Arch, Assets},
-    report::{Failure, tail},
+    report::{Failure, last_lines, tail},
     scenario::{Chain, Dhcp, Firmware, Scenario},
 };
 use crate::{cargo, exec, root};
@@ -133,7 +133,7 @@ pub fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// A MAC per scenario and stack, so records never mix.
-fn mac_for(s: &Scenario, stack: Stack) -> String {
+pub fn mac_for(s: &Scenario, stack: Stack) -> String {
     let n = super::scenario::SCENARIOS
         .iter()
         .position(|x| std::ptr::eq(x, s))
@@ -160,7 +160,12 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// initramfs, kernels and initrds under `<arch>/` in both roots, boot loaders at their
 /// top. Then one e2e-only change: UEFI HTTP boot fetches GRUB over HTTP and Debian's
 /// signed network GRUB has no http module, so www/ gets a GRUB built with it.
-fn populate(assets: &Assets, bin: &Path, data: &Path, progress: &Progress) -> anyhow::Result<()> {
+pub fn populate(
+    assets: &Assets,
+    bin: &Path,
+    data: &Path,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let out = Command::new(bin)
         .arg("assets")
         .arg(&assets.amd64.debs)
@@ -392,13 +397,36 @@ fn tftp_fetched(client: &str) -> bool {
         .any(|(i, m)| !client[i + m.len()..].starts_with('/'))
 }
 
+/// What a VM has beyond the scenario's firmware and NIC.
+pub struct VmOptions<'a> {
+    pub memory_mib: u32,
+    /// vCPUs (QEMU's multi-threaded TCG runs one host thread each).
+    pub cpus: u32,
+    /// A virtio disk, second in the boot order after the NIC.
+    pub disk: Option<&'a Path>,
+    /// Let the guest reboot (installs); otherwise QEMU exits when it reboots.
+    pub reboot: bool,
+}
+
+impl Default for VmOptions<'_> {
+    fn default() -> Self {
+        Self {
+            memory_mib: 512,
+            cpus: 1,
+            disk: None,
+            reboot: false,
+        }
+    }
+}
+
 /// QEMU for the scenario's firmware, serial console to `serial`.
-fn qemu(
+pub fn qemu(
     s: &Scenario,
     lab: &Bridge,
     tap: &str,
     mac: &str,
     serial: &Path,
+    vm: &VmOptions<'_>,
 ) -> anyhow::Result<Command> {
     let dir = &lab.dir;
     let (program, mut args): (&str, Vec<String>) = match s.firmware {
@@ -466,22 +494,45 @@ fn qemu(
     args.extend(
         [
             "-m",
-            "512",
+            &vm.memory_mib.to_string(),
+            "-smp",
+            &vm.cpus.to_string(),
             "-nodefaults",
             "-display",
             "none",
-            "-no-reboot",
-            "-boot",
-            "n",
             "-netdev",
             &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"),
             "-serial",
             &format!("file:{}", serial.display()),
         ]
         .map(String::from),
     );
+    if !vm.reboot {
+        args.push("-no-reboot".into());
+    }
+    match vm.disk {
+        // Network first, then the disk: OVMF/AAVMF order their boot options by QEMU's
+        // bootindex (the `bootorder` fw_cfg file), as a machine without a BMC is set up.
+        Some(disk) => args.extend([
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}{rom},bootindex=1"),
+            "-drive".into(),
+            // cache=unsafe: the guest's flushes stop at QEMU (the host file's durability
+            // is not under test, and host fsyncs stall TCG on a busy machine).
+            format!(
+                "if=none,id=disk0,format=raw,cache=unsafe,file={}",
+                disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-pci,drive=disk0,bootindex=2".into(),
+        ]),
+        None => args.extend([
+            "-boot".into(),
+            "n".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"),
+        ]),
+    }
     let mut cmd = lab.ns.cmd(program);
     cmd.args(args).stdin(Stdio::null());
     Ok(cmd)
@@ -508,17 +559,7 @@ pub fn boot(
     progress: &mut Progress,
     after: impl FnOnce(&Bridge, &str),
 ) -> Result<Outcome, Box<Failure>> {
-    let fail = |stage: &str, why: String| {
-        Box::new(Failure {
-            scenario: s.name,
-            stage: stage.into(),
-            why,
-            after: Duration::ZERO,
-            dhcp_tftp: Vec::new(),
-            client: String::new(),
-            serial_tail: Vec::new(),
-        })
-    };
+    let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
     let lab = Bridge::new("e2e");
     let mac = mac_for(s, stack);
     let data = lab.dir.join("data");
@@ -605,8 +646,8 @@ pub fn boot(
     });
     let tap = lab.add_tap();
     let serial = lab.dir.join("serial.log");
-    let mut cmd =
-        qemu(s, &lab, &tap, &mac, &serial).map_err(|e| fail("setup", format!("{e:#}")))?;
+    let mut cmd = qemu(s, &lab, &tap, &mac, &serial, &VmOptions::default())
+        .map_err(|e| fail("setup", format!("{e:#}")))?;
     let qemu_log =
         fs::File::create(lab.dir.join("qemu.log")).map_err(|e| fail("setup", e.to_string()))?;
     cmd.stdout(qemu_log.try_clone().expect("fd"))
@@ -713,21 +754,12 @@ pub fn boot(
         stage: reached.label().into(),
         why,
         after,
-        dhcp_tftp: log
-            .lines()
-            .filter(|l| {
-                l.contains(&mac)
-                    || l.to_ascii_lowercase().contains("tftp")
-                    || l.to_ascii_lowercase().contains("dhcp")
-            })
-            .filter(|l| !l.contains("available DHCP range"))
-            .map(str::to_owned)
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect(),
+        dhcp_tftp: last_lines(&log, 40, |l| {
+            (l.contains(&mac)
+                || l.to_ascii_lowercase().contains("tftp")
+                || l.to_ascii_lowercase().contains("dhcp"))
+                && !l.contains("available DHCP range")
+        }),
         client: if daemon.is_some() {
             lab.http_admin(&format!("/clients/{mac}")).1
         } else {

@@ -1,5 +1,6 @@
 //! `cargo xtask e2e`: real firmware in QEMU network-boots through gb10-provision.
 pub mod assets;
+pub mod install;
 pub mod lab;
 pub mod report;
 pub mod scenario;
@@ -89,8 +90,13 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
     let assets = assets::Assets::prepare()?;
     let bin = lab::build_daemon(compare)?;
     let mut results = Vec::new();
+    let mut installs = Vec::new();
     for s in &chosen {
         println!("e2e: {} — {}", s.name, s.about);
+        if let Some(install) = s.install {
+            installs.push((*s, install::run(&assets, &bin, s, install)));
+            continue;
+        }
         let ours = lab::boot(
             &assets,
             &bin,
@@ -137,7 +143,39 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
             eprintln!("{f}");
         }
     }
-    let ran: Vec<&str> = results.iter().map(|(s, ..)| s.name).collect();
+    if !installs.is_empty() {
+        println!("\ne2e image installs (stage times from VM start; TCG):");
+    }
+    for (s, r) in &installs {
+        match r {
+            Ok(o) => {
+                println!(
+                    "  {:<24} {:6.1} s: {}",
+                    s.name,
+                    o.total.as_secs_f64(),
+                    o.stages
+                        .iter()
+                        .skip(1)
+                        .map(|(st, at)| format!("{} {:.1}", st.short(), at.as_secs_f64()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                for n in &o.notes {
+                    println!("  {:<24}   {n}", "");
+                }
+            }
+            Err(f) => {
+                failed += 1;
+                println!("  {:<24} FAILED at {}", s.name, f.stage);
+                eprintln!("{f}");
+            }
+        }
+    }
+    let ran: Vec<&str> = results
+        .iter()
+        .map(|(s, ..)| s.name)
+        .chain(installs.iter().map(|(s, _)| s.name))
+        .collect();
     println!("e2e: ran {} ({} failed)", ran.join(", "), failed);
     if failed > 0 {
         bail!("{failed} e2e scenarios failed");

@@ -16,6 +16,28 @@ pub struct Failure {
     pub serial_tail: Vec<String>,
 }
 
+impl Failure {
+    /// A failure before or outside the boot (setup), with nothing seen yet.
+    pub fn early(scenario: &'static str, stage: &str, why: String) -> Box<Self> {
+        Box::new(Self {
+            scenario,
+            stage: stage.into(),
+            why,
+            after: Duration::ZERO,
+            dhcp_tftp: Vec::new(),
+            client: String::new(),
+            serial_tail: Vec::new(),
+        })
+    }
+}
+
+/// The last `n` lines of `log` that `keep` accepts, oldest first.
+pub fn last_lines(log: &str, n: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut v: Vec<String> = log.lines().filter(|l| keep(l)).map(str::to_owned).collect();
+    v.drain(..v.len().saturating_sub(n));
+    v
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(

@@ -36,6 +36,31 @@ pub enum Dhcp {
     Proxy,
 }
 
+/// How an image install scenario ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// Installed, booted from disk, onboarded by cloud-init.
+    Onboard,
+    /// The sha256 given does not match: `failed`, disk wiped.
+    WrongChecksum,
+    /// The download is cut halfway: `failed` naming the truncation, disk wiped.
+    Truncated,
+}
+
+/// The image's format on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Gzip,
+    Zstd,
+}
+
+/// An image install (see `install.rs`) instead of a boot to heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Install {
+    pub case: Case,
+    pub format: Format,
+}
+
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
@@ -43,6 +68,8 @@ pub struct Scenario {
     pub firmware: Firmware,
     pub chain: Chain,
     pub dhcp: Dhcp,
+    /// An image install, from an empty disk with the network first in the boot order.
+    pub install: Option<Install>,
 }
 
 pub static SCENARIOS: &[Scenario] = &[
@@ -53,6 +80,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::SeaBios,
         chain: Chain::IpxeScript,
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "ovmf-ipxe",
@@ -61,6 +89,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::Ipxe("ipxe.efi"),
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "ovmf-snponly",
@@ -69,6 +98,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::Ipxe("snponly.efi"),
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "ovmf-shim-grub",
@@ -77,6 +107,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::ShimGrub,
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "ovmf-shim-grub-sb",
@@ -85,6 +116,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf { secure: true },
         chain: Chain::ShimGrub,
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "ovmf-httpboot",
@@ -93,6 +125,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::HttpBoot("ipxe.efi"),
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "aavmf-shim-grub",
@@ -101,6 +134,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Aavmf,
         chain: Chain::ShimGrub,
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "aavmf-httpboot",
@@ -109,6 +143,7 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Aavmf,
         chain: Chain::HttpBoot("shimaa64.efi"),
         dhcp: Dhcp::Direct,
+        install: None,
     },
     Scenario {
         name: "ovmf-ipxe-proxy",
@@ -118,6 +153,60 @@ pub static SCENARIOS: &[Scenario] = &[
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::Ipxe("ipxe.efi"),
         dhcp: Dhcp::Proxy,
+        install: None,
+    },
+    Scenario {
+        name: "ovmf-image-install",
+        about: "Secure Boot, empty disk, network first: PXE -> shim -> GRUB -> install environment \
+                -> zstd image streamed to disk and verified -> reboot -> sent to disk -> Debian's \
+                signed shim -> GRUB -> kernel -> cloud-init NoCloud seed -> onboarded",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: true },
+        chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::Onboard,
+            format: Format::Zstd,
+        }),
+    },
+    Scenario {
+        name: "aavmf-image-install",
+        about: "arm64 (the GB10 path), empty disk, network first: PXE -> shimaa64 -> GRUB -> \
+                install environment -> zstd image to disk -> reboot -> disk -> cloud-init -> onboarded",
+        arch: Arch::Arm64,
+        firmware: Firmware::Aavmf,
+        chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::Onboard,
+            format: Format::Zstd,
+        }),
+    },
+    Scenario {
+        name: "ovmf-image-bad-checksum",
+        about: "image install with a wrong sha256 (zstd image): streamed in full, then failed \
+                with the mismatch, disk wiped, never installed",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: true },
+        chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::WrongChecksum,
+            format: Format::Zstd,
+        }),
+    },
+    Scenario {
+        name: "ovmf-image-truncated",
+        about: "image install whose download is cut short on the wire (gzip image): failed \
+                naming the truncation, disk wiped, never installed",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: true },
+        chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::Truncated,
+            format: Format::Gzip,
+        }),
     },
 ];
 

@@ -304,7 +304,22 @@ fn clients_watch_follows_a_real_boot_chain() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    heartbeat(&lab, &mac, "installing");
+    // Since the rebuild the host has an install: a heartbeat without its token is refused
+    // (403) and moves nothing, but the stream still shows it.
+    let o = lab
+        .client
+        .cmd("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"])
+        .args(["-H", "Content-Type: application/json", "--data"])
+        .arg(format!(r#"{{"mac":"{mac}","phase":"installing"}}"#))
+        .arg(format!(
+            "http://{}:{}/heartbeat",
+            lab.server_ip,
+            gb10_lab::HTTP_PORT
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "403", "an unproven heartbeat after the rebuild");
     let o = all.wait_with_output().unwrap();
     assert!(
         !o.status.success() && err(&o).contains("gave up after 4s"),
@@ -483,7 +498,25 @@ fn no_colour_off_a_terminal_and_admin_slash() {
             )
         })
         .collect();
-    // 32 `ip netns exec curl` take a while to start on a loaded machine.
+    // Probe only once the 32 are in: a probe that came first would take a place, leave
+    // one of the 32 refused, and then every later probe would find a free place. 32 `ip
+    // netns exec curl` take a while to start on a loaded machine.
+    let established = || {
+        let o = lab
+            .server
+            .cmd("ss")
+            .args(["-Htn", "state", "established", "( sport = :8080 )"])
+            .output()
+            .unwrap();
+        out(&o).lines().count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || established() >= 32).is_some(),
+        "the 32 event streams did not connect: {} established",
+        established()
+    );
+    // Connected is not yet served: give each its place.
+    std::thread::sleep(Duration::from_secs(2));
     let mut last = String::new();
     assert!(
         wait_until(Duration::from_secs(60), || {

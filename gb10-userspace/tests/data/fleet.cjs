@@ -30,8 +30,10 @@ function client(args) {
       if (tokenSet && auth !== "Bearer " + token) bare.push(req.method() + " " + u.pathname);
     });
     await page.goto(url, { timeout: 15000 });
-    const live = () => page.waitForFunction(() => document.getElementById("live").textContent === "live", null, { timeout: 15000 });
-    await live();
+    const status = (want) => page.waitForFunction((w) => document.getElementById("live").textContent === w, want, { timeout: 15000 });
+    const live = () => status("live");
+    // Every data route needs the admin token: without one the page says so and asks.
+    await status("needs a token");
     // The token through the page's own form, by keyboard.
     await page.click("#settoken");
     await page.keyboard.type(token);

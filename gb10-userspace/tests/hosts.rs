@@ -364,7 +364,10 @@ fn install_secrets_go_once_to_their_owner() {
         return;
     }
     let lab = Lab::new("hsec");
-    let (owner, stranger) = (lab.client_ip, "198.18.0.3");
+    let (owner, stranger) = ("198.18.0.5", "198.18.0.3");
+    // The owner is a machine of its own: its MAC on its link (the kernel's ARP entry for
+    // its address names it, as the seed owner check wants), its fixed address.
+    lab.macvlan("hown", HOST_MAC, Some(&format!("{owner}/24")));
     lab.client.ip(&[
         "addr",
         "add",
@@ -392,7 +395,7 @@ fn install_secrets_go_once_to_their_owner() {
         assert!(!body.contains("TOKEN"), "{body}");
     }
     // The owner: its script, strictly rendered, with the install's token.
-    let (code, script) = get_from(&lab, owner, &script_path);
+    let (code, script) = get_from(&lab, "hown", &script_path);
     assert_eq!(code, 200, "{script}");
     for line in [
         "IMAGE_URL='http://198.18.0.1:8080/images/d.raw.zst'",
@@ -418,7 +421,7 @@ fn install_secrets_go_once_to_their_owner() {
     // The installed system's first read of user-data: the token and the host key; once
     // the install proved itself, later reads come without them (cloud-init reads it on
     // every boot).
-    let (code, ud) = get_from(&lab, owner, &ud_path);
+    let (code, ud) = get_from(&lab, "hown", &ud_path);
     assert_eq!(code, 200, "{ud}");
     assert_eq!(token_in(&ud), token);
     let host_key = host_key_in(&ud);
@@ -428,7 +431,7 @@ fn install_secrets_go_once_to_their_owner() {
         200
     );
     wait_state(&lab, HOST_MAC, "installed");
-    let (code, again) = get_from(&lab, owner, &ud_path);
+    let (code, again) = get_from(&lab, "hown", &ud_path);
     assert_eq!(code, 200, "{again}");
     assert!(
         !again.contains("GB10_TOKEN") && !again.contains("PRIVATE KEY"),
@@ -437,7 +440,7 @@ fn install_secrets_go_once_to_their_owner() {
 
     // A second read of the install script, even from the owner's address: refused, the
     // host fails, the alarm is counted and kept.
-    let (code, body) = get_from(&lab, owner, &script_path);
+    let (code, body) = get_from(&lab, "hown", &script_path);
     assert_eq!(code, 403, "{body}");
     assert!(!body.contains(&token), "{body}");
     let rec = wait_state(&lab, HOST_MAC, "failed");
@@ -450,7 +453,7 @@ fn install_secrets_go_once_to_their_owner() {
     );
     assert_eq!(rec["install"]["alarms"], 1, "{rec:#}");
     assert_eq!(rec["install"]["alarm_log"][0]["peer"], owner, "{rec:#}");
-    let (_, metrics) = lab.http("/metrics");
+    let metrics = lab.metrics().0;
     assert!(metrics.contains("gb10_seed_alarms_total 1"), "{metrics}");
     assert!(
         metrics.contains("gb10_heartbeats_unproven_total 2"),

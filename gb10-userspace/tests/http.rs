@@ -1111,6 +1111,10 @@ fn slow_clients_cannot_hold_every_http_slot() {
         .client
         .cmd("curl")
         .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", lab.admin_token()),
+        ])
         .arg(format!("http://{admin}/api/hosts"))
         .output()
         .expect("curl");

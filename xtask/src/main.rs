@@ -334,10 +334,13 @@ fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
         }
         e2e::run(all, false, &[])?;
         // The deployable artifact: the image built offline and run as the chart runs
-        // it, serving a firmware boot; the arm64 image (under qemu-user) with --all.
-        let host = e2e::assets::Arch::host();
-        image::check::run(&image::build(host)?, Some(IMAGE_BOOT))?;
+        // it, serving a firmware boot; the arm64 image (under qemu-user) too. With --all
+        // only for now: the amd64 check has not yet run to its end with the real daemon
+        // (its release build alone is ~10 min on two cores), and CI must not depend on a
+        // check nobody has seen pass.
         if all {
+            let host = e2e::assets::Arch::host();
+            image::check::run(&image::build(host)?, Some(IMAGE_BOOT))?;
             let arm64 = e2e::assets::Arch::Arm64;
             // No firmware boot: under qemu-user the daemon refuses to serve files (no
             // openat2 in Debian 12's qemu 7.2), which the check shows instead.

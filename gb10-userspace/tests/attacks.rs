@@ -250,26 +250,6 @@ impl Attacker {
     }
 }
 
-/// `curl` of `path` on the LAN listener from the client namespace bound to `iface`
-/// (an interface name or address): (status, body).
-fn fetch_from(lab: &Lab, iface: &str, path: &str) -> (u16, String) {
-    let out = lab
-        .client
-        .cmd("curl")
-        .args(["-sS", "-m", "10", "--interface", iface, "-o", "-"])
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!(
-            "http://{}:{}{path}",
-            lab.server_ip,
-            gb10_lab::HTTP_PORT
-        ))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// The victim's lease state as `/explain` shows it (with the admin token).
 fn lease_state(lab: &Lab, mac: &str) -> String {
     let (code, body) = lab.http_admin(&format!("/explain?mac={mac}"));
@@ -300,11 +280,7 @@ fn seed_theft_by_forged_chaddr() {
     drop(attacker);
     lab.client
         .ip(&["addr", "add", &format!("{ip}/24"), "dev", &lab.client_if]);
-    let (code, body) = fetch_from(
-        &lab,
-        &ip.to_string(),
-        &format!("/cloud-init/{VICTIM}/user-data"),
-    );
+    let (code, body) = lab.get_via(&ip.to_string(), &format!("/cloud-init/{VICTIM}/user-data"));
     assert_eq!(code, 403, "the victim's seed went to the attacker:\n{body}");
     assert!(!body.contains("victim-secret"), "{body}");
     lab.client
@@ -315,7 +291,7 @@ fn seed_theft_by_forged_chaddr() {
     let victim = Udhcpc::start(&lab, "vic");
     let got = victim.bound();
     assert_eq!(got, ip, "the victim gets the address");
-    let (code, body) = fetch_from(&lab, "vic", &format!("/cloud-init/{VICTIM}/user-data"));
+    let (code, body) = lab.get_via("vic", &format!("/cloud-init/{VICTIM}/user-data"));
     assert_eq!(
         code,
         200,
@@ -343,7 +319,7 @@ fn stale_lease_owner() {
     lab.macvlan("vic", VICTIM, None);
     let victim = Udhcpc::start(&lab, "vic");
     let ip = victim.bound();
-    let (code, body) = fetch_from(&lab, "vic", &format!("/cloud-init/{VICTIM}/user-data"));
+    let (code, body) = lab.get_via("vic", &format!("/cloud-init/{VICTIM}/user-data"));
     assert_eq!(code, 200, "the victim's own seed:\n{body}");
     victim.stop();
     let released = wait_until(Duration::from_secs(10), || {
@@ -358,13 +334,13 @@ fn stale_lease_owner() {
     lab.macvlan("oth", OTHER, None);
     let other = Udhcpc::start(&lab, "oth");
     assert_eq!(other.bound(), ip, "the one address goes to the next client");
-    let (code, body) = fetch_from(&lab, "oth", &format!("/cloud-init/{VICTIM}/user-data"));
+    let (code, body) = lab.get_via("oth", &format!("/cloud-init/{VICTIM}/user-data"));
     assert_eq!(
         code, 403,
         "the old holder's seed went to the new one:\n{body}"
     );
     assert!(!body.contains("victim-secret"), "{body}");
-    let (code, body) = fetch_from(&lab, "oth", &format!("/cloud-init/{OTHER}/user-data"));
+    let (code, body) = lab.get_via("oth", &format!("/cloud-init/{OTHER}/user-data"));
     assert_eq!(code, 200, "its own seed:\n{body}");
     other.stop();
 }

@@ -334,25 +334,6 @@ fn api_token_lifecycle_and_boot_script() {
     assert_no_canary("the daemon log", &daemon.log());
 }
 
-/// GET `path` on the LAN listener from `ip`, an address of the client namespace.
-fn get_from(lab: &Lab, ip: &str, path: &str) -> (u16, String) {
-    let out = lab
-        .client
-        .cmd("curl")
-        .args(["-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}"])
-        .args(["--interface", ip])
-        .arg(format!(
-            "http://{}:{}{path}",
-            lab.server_ip,
-            gb10_lab::HTTP_PORT
-        ))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// An image install's secrets against a second machine on the LAN: it cannot read the
 /// host's install script or user-data (owner check), nor move the host with heartbeats
 /// (no token); the owner gets each secret once, cloud-init's later reads of a proved
@@ -390,12 +371,12 @@ fn install_secrets_go_once_to_their_owner() {
 
     // The stranger: no script, no user-data, nothing handed out by asking.
     for path in [&script_path, &ud_path] {
-        let (code, body) = get_from(&lab, stranger, path);
+        let (code, body) = lab.get_via(stranger, path);
         assert_eq!(code, 403, "{path}: {body}");
         assert!(!body.contains("TOKEN"), "{body}");
     }
     // The owner: its script, strictly rendered, with the install's token.
-    let (code, script) = get_from(&lab, "hown", &script_path);
+    let (code, script) = lab.get_via("hown", &script_path);
     assert_eq!(code, 200, "{script}");
     for line in [
         "IMAGE_URL='http://198.18.0.1:8080/images/d.raw.zst'",
@@ -421,7 +402,7 @@ fn install_secrets_go_once_to_their_owner() {
     // The installed system's first read of user-data: the token and the host key; once
     // the install proved itself, later reads come without them (cloud-init reads it on
     // every boot).
-    let (code, ud) = get_from(&lab, "hown", &ud_path);
+    let (code, ud) = lab.get_via("hown", &ud_path);
     assert_eq!(code, 200, "{ud}");
     assert_eq!(token_in(&ud), token);
     let host_key = host_key_in(&ud);
@@ -431,7 +412,7 @@ fn install_secrets_go_once_to_their_owner() {
         200
     );
     wait_state(&lab, HOST_MAC, "installed");
-    let (code, again) = get_from(&lab, "hown", &ud_path);
+    let (code, again) = lab.get_via("hown", &ud_path);
     assert_eq!(code, 200, "{again}");
     assert!(
         !again.contains("GB10_TOKEN") && !again.contains("PRIVATE KEY"),
@@ -440,7 +421,7 @@ fn install_secrets_go_once_to_their_owner() {
 
     // A second read of the install script, even from the owner's address: refused, the
     // host fails, the alarm is counted and kept.
-    let (code, body) = get_from(&lab, "hown", &script_path);
+    let (code, body) = lab.get_via("hown", &script_path);
     assert_eq!(code, 403, "{body}");
     assert!(!body.contains(&token), "{body}");
     let rec = wait_state(&lab, HOST_MAC, "failed");

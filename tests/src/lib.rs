@@ -442,6 +442,22 @@ impl Lab {
     /// As [`Lab::http`], with the admin token (see [`admin_token`]): the routes that
     /// show clients (`/clients`, `/explain`, `/metrics` and `/admin` on the LAN
     /// listener) need it.
+    /// GET `path` from the client namespace through `via` (an interface name or a
+    /// source address there), as a second machine on the LAN would: (status, body).
+    pub fn get_via(&self, via: &str, path: &str) -> (u16, String) {
+        let out = self
+            .client
+            .cmd("curl")
+            .args(["-sS", "-m", "10", "--interface", via, "-o", "-"])
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("http://{}:{HTTP_PORT}{path}", self.server_ip))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     pub fn http_admin(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}:{HTTP_PORT}{path}", self.server_ip);
         self.lan_side()

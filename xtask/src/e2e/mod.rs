@@ -124,12 +124,7 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
             Ok(o) => format!(
                 "{:6.1} s ({})",
                 o.heartbeat.as_secs_f64(),
-                o.stages
-                    .iter()
-                    .skip(1)
-                    .map(|(st, at)| format!("{} {:.1}", st.short(), at.as_secs_f64()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                stage_times(o.stages.iter().map(|(st, at)| (st.short(), *at)))
             ),
             Err(f) => format!("FAILED at {}", f.stage),
         };
@@ -153,12 +148,7 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
                     "  {:<24} {:6.1} s: {}",
                     s.name,
                     o.total.as_secs_f64(),
-                    o.stages
-                        .iter()
-                        .skip(1)
-                        .map(|(st, at)| format!("{} {:.1}", st.short(), at.as_secs_f64()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    stage_times(o.stages.iter().map(|(st, at)| (st.short(), *at)))
                 );
                 for n in &o.notes {
                     println!("  {:<24}   {n}", "");
@@ -181,4 +171,13 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
         bail!("{failed} e2e scenarios failed");
     }
     Ok(())
+}
+
+/// "dhcp 8.7, tftp 9.0, …": each stage after the first with its time from VM start.
+fn stage_times(stages: impl Iterator<Item = (&'static str, std::time::Duration)>) -> String {
+    stages
+        .skip(1)
+        .map(|(name, at)| format!("{name} {:.1}", at.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -2,10 +2,9 @@
 //! [`Clients::record`]; each client gets a timeline and a state (discovered → pxe_booted →
 //! installing → installed → onboarded, or failed), persisted in the store.
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeSet, VecDeque},
     net::Ipv4Addr,
-    sync::Arc,
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -14,18 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{clock, mac::Mac, store::Store};
+use crate::{bounded::Bounded, clock, config::ClientsConfig, mac::Mac, store::Store};
 
 /// One row per client: MAC text → JSON of its [`ClientRecord`].
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
-
-/// Timeline entries kept per client; older ones are dropped first, so a client that
-/// heartbeats for months cannot grow its record without bound.
-pub const TIMELINE_LIMIT: usize = 200;
-
-/// Clients remembered at most. Heartbeats are unauthenticated, so without a bound anyone
-/// on the LAN could grow the store with made-up MACs; past it, new MACs are not recorded.
-pub const CLIENT_LIMIT: usize = 65_536;
 
 /// Why client state could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +135,18 @@ impl ClientState {
 /// One entry of a client's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    /// Unix time in milliseconds.
+    /// Unix time in milliseconds (of the last repeat).
     pub at_ms: u64,
     #[serde(flatten)]
     pub event: ClientEvent,
+    /// How many times more the same heartbeat came right after this one (folded into
+    /// this entry, so a client that heartbeats for months keeps one entry for it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything known about one client.
@@ -161,27 +160,114 @@ pub struct ClientRecord {
     /// The address its last heartbeat reported.
     #[serde(default)]
     pub reported_ip: Option<Ipv4Addr>,
+    /// Until when (Unix ms) the last lease DHCP gave it runs: while it does, the record
+    /// is never forgotten to make room.
+    #[serde(default)]
+    pub leased_until_ms: Option<u64>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
-    /// Oldest first, at most [`TIMELINE_LIMIT`].
+    /// Oldest first, at most `[clients] timeline` entries.
     pub timeline: VecDeque<TimelineEntry>,
 }
 
-#[derive(Default)]
+impl ClientRecord {
+    fn new(mac: Mac, state: ClientState, at_ms: u64) -> Self {
+        Self {
+            mac,
+            state,
+            lease_ip: None,
+            reported_ip: None,
+            leased_until_ms: None,
+            first_seen_ms: at_ms,
+            last_seen_ms: at_ms,
+            timeline: VecDeque::new(),
+        }
+    }
+
+    /// Applies `event` at `at_ms`, keeping at most `timeline` entries.
+    fn apply(&mut self, event: ClientEvent, at_ms: u64, lease_ms: u64, timeline: usize) {
+        let state = ClientState::after(Some(self.state), &event).unwrap_or(ClientState::Discovered);
+        if self.state != state {
+            debug!(mac = %self.mac, from = self.state.label(), to = state.label(), "client state");
+        }
+        self.state = state;
+        self.last_seen_ms = at_ms;
+        match &event {
+            ClientEvent::Leased { ip } => {
+                self.lease_ip = Some(*ip);
+                self.leased_until_ms = Some(at_ms + lease_ms);
+            }
+            ClientEvent::Heartbeat { ip: Some(ip), .. } => self.reported_ip = Some(*ip),
+            _ => {}
+        }
+        if let Some(last) = self.timeline.back_mut()
+            && matches!(event, ClientEvent::Heartbeat { .. })
+            && last.event == event
+        {
+            last.at_ms = at_ms;
+            last.repeats += 1;
+            return;
+        }
+        while self.timeline.len() >= timeline.max(1) {
+            self.timeline.pop_front();
+        }
+        self.timeline.push_back(TimelineEntry {
+            at_ms,
+            event,
+            repeats: 0,
+        });
+    }
+
+    /// Whether a lease DHCP gave it still runs at `now_ms`.
+    fn holds_lease(&self, now_ms: u64) -> bool {
+        self.leased_until_ms.is_some_and(|t| t > now_ms)
+    }
+}
+
+/// What became of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// In the client's record (saved with the next flush).
+    Record,
+    /// A heartbeat from a MAC nobody knows, kept in memory among the strays.
+    Stray,
+    /// Not kept: a heartbeat from a MAC nobody knows with `[clients] strays = 0`, or the
+    /// table is full of records that must stay.
+    Refused,
+}
+
 struct Inner {
-    records: BTreeMap<Mac, ClientRecord>,
+    records: Bounded<Mac, ClientRecord>,
+    /// Heartbeats from MACs that are not hosts, hold no lease and were never seen
+    /// booting: memory only, least recently heard forgotten first.
+    strays: Bounded<Mac, ClientRecord>,
     /// Clients changed since the last [`Clients::flush`].
     dirty: BTreeSet<Mac>,
+    /// Clients forgotten since the last flush, to delete from the store.
+    gone: BTreeSet<Mac>,
 }
+
+/// Says whether a MAC is a host (inventory or API) whose record must never be forgotten.
+pub type Keep = Box<dyn Fn(Mac) -> bool + Send + Sync>;
 
 /// The event sink: DHCP, TFTP and HTTP record what clients do here; each event lands in
 /// the client's record and on a broadcast the host life cycle follows. Cheap to call
 /// from any task: [`Clients::record`] only touches memory; [`flush_loop`] writes changed
-/// records to the store in one transaction per second, so a burst of DHCP traffic never
-/// waits on fsync.
+/// records to the store in one transaction per second, so a burst of DHCP traffic or a
+/// heartbeat flood never waits on fsync.
+///
+/// Anyone on the LAN can make up MACs, so the records are bounded (`[clients]
+/// max_records`): past the bound the least recently seen client that is neither a host
+/// nor holding a live lease is forgotten; hosts and lease holders are always kept (their
+/// number is bounded by the inventory and the pools).
 pub struct Clients {
     inner: Mutex<Inner>,
     store: Option<Store>,
+    limits: ClientsConfig,
+    /// The DHCP lease time, for how long a `leased` record is kept.
+    lease_ms: u64,
+    /// Which MACs are hosts; until set (start-up), nothing is forgotten.
+    keep: OnceLock<Keep>,
     /// Every recorded event, for the host life cycle ([`Clients::subscribe`]).
     events: tokio::sync::broadcast::Sender<(Mac, ClientEvent)>,
 }
@@ -190,25 +276,50 @@ pub struct Clients {
 const EVENT_BUFFER: usize = 1024;
 
 impl Clients {
-    /// Client state in memory only (tests, tools).
+    /// Client state in memory only (tests, tools), with the default limits.
     pub fn in_memory() -> Self {
-        Self::with(None, BTreeMap::new())
+        Self::with(
+            None,
+            Vec::new(),
+            ClientsConfig::default(),
+            Duration::from_secs(12 * 3600),
+        )
     }
 
-    fn with(store: Option<Store>, records: BTreeMap<Mac, ClientRecord>) -> Self {
+    fn with(
+        store: Option<Store>,
+        mut saved: Vec<ClientRecord>,
+        limits: ClientsConfig,
+        lease_time: Duration,
+    ) -> Self {
+        let mut records = Bounded::new(limits.max_records);
+        // Oldest first, so the least recently seen go first once the keep rule is known.
+        saved.sort_by_key(|r| r.last_seen_ms);
+        for r in saved {
+            let _ = records.insert(r.mac, r, |_, _| true, true);
+        }
         Self {
             inner: Mutex::new(Inner {
                 records,
+                strays: Bounded::new(limits.strays),
                 dirty: BTreeSet::new(),
+                gone: BTreeSet::new(),
             }),
             store,
+            limits,
+            lease_ms: lease_time.as_millis() as u64,
+            keep: OnceLock::new(),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         }
     }
 
     /// Client state backed by `store`, loading what an earlier run saved.
-    pub fn open(store: Store) -> Result<Self, ClientsError> {
-        let mut records = BTreeMap::new();
+    pub fn open(
+        store: Store,
+        limits: ClientsConfig,
+        lease_time: Duration,
+    ) -> Result<Self, ClientsError> {
+        let mut records = Vec::new();
         let txn = store.db().begin_read()?;
         match txn.open_table(CLIENTS) {
             Ok(table) => {
@@ -221,13 +332,43 @@ impl Clients {
                                 source,
                             }
                         })?;
-                    records.insert(record.mac, record);
+                    records.push(record);
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(Self::with(Some(store), records))
+        Ok(Self::with(Some(store), records, limits, lease_time))
+    }
+
+    /// Sets which MACs are hosts, and forgets what an earlier run kept beyond the bound.
+    pub fn keep_with(&self, keep: Keep) {
+        if self.keep.set(keep).is_err() {
+            warn!("client keep rule set twice; the first stays");
+        }
+        let now = clock::now_ms();
+        let mut inner = self.lock();
+        let evicted = inner.records.trim(|mac, r| self.kept(*mac, r, now));
+        if !evicted.is_empty() {
+            warn!(
+                forgotten = evicted.len(),
+                max = self.limits.max_records,
+                "more client records than [clients] max_records; least recently seen forgotten"
+            );
+        }
+        for (mac, _) in evicted {
+            inner.dirty.remove(&mac);
+            inner.gone.insert(mac);
+        }
+    }
+
+    fn is_host(&self, mac: Mac) -> bool {
+        // Before the rule is known, everyone is kept.
+        self.keep.get().is_none_or(|keep| keep(mac))
+    }
+
+    fn kept(&self, mac: Mac, record: &ClientRecord, now_ms: u64) -> bool {
+        record.holds_lease(now_ms) || self.is_host(mac)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -235,42 +376,82 @@ impl Clients {
     }
 
     /// Records that `mac` did `event`.
-    pub fn record(&self, mac: Mac, event: ClientEvent) {
+    pub fn record(&self, mac: Mac, event: ClientEvent) -> Recorded {
         let at_ms = clock::now_ms();
+        let event = self.bound(event);
+        let (lease_ms, timeline) = (self.lease_ms, self.limits.timeline);
         let mut inner = self.lock();
-        if inner.records.len() >= CLIENT_LIMIT && !inner.records.contains_key(&mac) {
-            warn!(%mac, limit = CLIENT_LIMIT, ?event, "client table full; event not recorded");
-            return;
+        let recorded = if let Some(record) = inner.records.touch(&mac) {
+            record.apply(event.clone(), at_ms, lease_ms, timeline);
+            inner.dirty.insert(mac);
+            Recorded::Record
+        } else if matches!(event, ClientEvent::Heartbeat { .. }) && !self.is_host(mac) {
+            // Unauthenticated and from a MAC nobody knows: never a record, never a write.
+            if self.limits.strays == 0 {
+                Recorded::Refused
+            } else {
+                let mut stray = inner
+                    .strays
+                    .remove(&mac)
+                    .unwrap_or_else(|| ClientRecord::new(mac, ClientState::Discovered, at_ms));
+                stray.apply(event.clone(), at_ms, lease_ms, timeline);
+                let _ = inner.strays.insert(mac, stray, |_, _| false, false);
+                Recorded::Stray
+            }
+        } else {
+            // A client seen on the wire (or a host): a record, its stray past folded in.
+            let mut record = inner
+                .strays
+                .remove(&mac)
+                .unwrap_or_else(|| ClientRecord::new(mac, ClientState::Discovered, at_ms));
+            record.apply(event.clone(), at_ms, lease_ms, timeline);
+            let must = self.kept(mac, &record, at_ms);
+            match inner
+                .records
+                .insert(mac, record, |m, r| self.kept(*m, r, at_ms), must)
+            {
+                Ok(evicted) => {
+                    for (gone, _) in evicted {
+                        debug!(mac = %gone, "client record forgotten to make room");
+                        inner.dirty.remove(&gone);
+                        inner.gone.insert(gone);
+                    }
+                    inner.gone.remove(&mac);
+                    inner.dirty.insert(mac);
+                    Recorded::Record
+                }
+                Err(_) => {
+                    warn!(%mac, max = self.limits.max_records, ?event,
+                        "client table full of hosts and lease holders; event not recorded");
+                    Recorded::Refused
+                }
+            }
+        };
+        drop(inner);
+        if recorded != Recorded::Refused {
+            debug!(%mac, ?event, "client event");
+            // No subscriber (tests, tools) is not an error.
+            let _ = self.events.send((mac, event));
         }
-        let existing = inner.records.get(&mac).map(|r| r.state);
-        let state = ClientState::after(existing, &event).unwrap_or(ClientState::Discovered);
-        let record = inner.records.entry(mac).or_insert_with(|| ClientRecord {
-            mac,
-            state,
-            lease_ip: None,
-            reported_ip: None,
-            first_seen_ms: at_ms,
-            last_seen_ms: at_ms,
-            timeline: VecDeque::new(),
-        });
-        if record.state != state {
-            debug!(%mac, from = record.state.label(), to = state.label(), "client state");
+        recorded
+    }
+
+    /// `event` with its free text cut to `[clients] message_max` bytes.
+    fn bound(&self, mut event: ClientEvent) -> ClientEvent {
+        let max = self.limits.message_max;
+        if let ClientEvent::Heartbeat {
+            message: Some(m), ..
+        } = &mut event
+            && m.len() > max
+        {
+            let mut end = max.saturating_sub('…'.len_utf8());
+            while !m.is_char_boundary(end) {
+                end -= 1;
+            }
+            m.truncate(end);
+            m.push('…');
         }
-        record.state = state;
-        record.last_seen_ms = at_ms;
-        match &event {
-            ClientEvent::Leased { ip } => record.lease_ip = Some(*ip),
-            ClientEvent::Heartbeat { ip: Some(ip), .. } => record.reported_ip = Some(*ip),
-            _ => {}
-        }
-        if record.timeline.len() >= TIMELINE_LIMIT {
-            record.timeline.pop_front();
-        }
-        debug!(%mac, ?event, "client event");
-        // No subscriber (tests, tools) is not an error.
-        let _ = self.events.send((mac, event.clone()));
-        record.timeline.push_back(TimelineEntry { at_ms, event });
-        inner.dirty.insert(mac);
+        event
     }
 
     /// Every event recorded from now on (the host state machines follow this stream).
@@ -278,26 +459,44 @@ impl Clients {
         self.events.subscribe()
     }
 
+    /// The record of `mac` (or what its heartbeats said, for a stray).
+    pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
+        let inner = self.lock();
+        inner
+            .records
+            .get(&mac)
+            .or_else(|| inner.strays.get(&mac))
+            .cloned()
+    }
+
     /// Events recorded for `mac`, oldest first.
     pub fn events(&self, mac: Mac) -> Vec<ClientEvent> {
-        self.lock().records.get(&mac).map_or_else(Vec::new, |r| {
-            r.timeline.iter().map(|e| e.event.clone()).collect()
+        self.get(mac).map_or_else(Vec::new, |r| {
+            r.timeline.into_iter().map(|e| e.event).collect()
         })
     }
 
-    /// The record of `mac`.
-    pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
-        self.lock().records.get(&mac).cloned()
-    }
-
-    /// Every record, by MAC.
+    /// Every record and stray, by MAC.
     pub fn all(&self) -> Vec<ClientRecord> {
-        self.lock().records.values().cloned().collect()
+        let inner = self.lock();
+        let mut all: Vec<ClientRecord> = inner
+            .records
+            .values()
+            .chain(inner.strays.values())
+            .cloned()
+            .collect();
+        all.sort_by_key(|r| r.mac);
+        all
     }
 
     /// The state of `mac`, if it was ever seen.
     pub fn state(&self, mac: Mac) -> Option<ClientState> {
-        self.lock().records.get(&mac).map(|r| r.state)
+        let inner = self.lock();
+        inner
+            .records
+            .get(&mac)
+            .or_else(|| inner.strays.get(&mac))
+            .map(|r| r.state)
     }
 
     /// The client DHCP leased `ip` to.
@@ -312,30 +511,37 @@ impl Clients {
     /// How many clients are in each state (every state listed, zeros included).
     pub fn counts(&self) -> Vec<(ClientState, usize)> {
         let inner = self.lock();
-        ClientState::ALL
-            .into_iter()
-            .map(|s| (s, inner.records.values().filter(|r| r.state == s).count()))
-            .collect()
+        let mut counts: Vec<(ClientState, usize)> =
+            ClientState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in inner.records.values().chain(inner.strays.values()) {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.state) {
+                c.1 += 1;
+            }
+        }
+        counts
     }
 
-    /// Writes the records changed since the last flush, in one transaction.
+    /// Writes the records changed since the last flush and deletes the forgotten ones,
+    /// in one transaction.
     pub fn flush(&self) -> Result<(), ClientsError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let batch: Vec<(String, Vec<u8>)> = {
+        let (batch, gone): (Vec<(String, Vec<u8>)>, BTreeSet<Mac>) = {
             let mut inner = self.lock();
             let dirty = std::mem::take(&mut inner.dirty);
-            dirty
+            let gone = std::mem::take(&mut inner.gone);
+            let batch = dirty
                 .into_iter()
                 .filter_map(|mac| {
                     let r = inner.records.get(&mac)?;
                     // A record of plain data always serialises.
                     Some((mac.to_string(), serde_json::to_vec(r).unwrap_or_default()))
                 })
-                .collect()
+                .collect();
+            (batch, gone)
         };
-        if batch.is_empty() {
+        if batch.is_empty() && gone.is_empty() {
             return Ok(());
         }
         let result = (|| -> Result<(), ClientsError> {
@@ -344,6 +550,9 @@ impl Clients {
                 let mut table = txn.open_table(CLIENTS)?;
                 for (key, value) in &batch {
                     table.insert(key.as_str(), value.as_slice())?;
+                }
+                for mac in &gone {
+                    table.remove(mac.to_string().as_str())?;
                 }
             }
             txn.commit()?;
@@ -355,6 +564,11 @@ impl Clients {
             for (key, _) in &batch {
                 if let Ok(mac) = key.parse() {
                     inner.dirty.insert(mac);
+                }
+            }
+            for mac in gone {
+                if !inner.records.contains(&mac) {
+                    inner.gone.insert(mac);
                 }
             }
         }
@@ -429,22 +643,111 @@ mod tests {
                 ip: Ipv4Addr::new(198, 18, 0, 100),
             },
         );
-        for _ in 0..TIMELINE_LIMIT + 10 {
+        let limit = ClientsConfig::default().timeline;
+        // Repeats of one heartbeat fold into one entry; different ones each take one.
+        for _ in 0..10 {
             c.record(MAC, heartbeat("alive"));
         }
-        assert_eq!(c.events(MAC).len(), TIMELINE_LIMIT);
+        assert_eq!(c.get(MAC).unwrap().timeline.back().unwrap().repeats, 9);
+        for i in 0..limit + 10 {
+            c.record(MAC, heartbeat(&format!("p{i}")));
+        }
+        assert_eq!(c.events(MAC).len(), limit);
         assert_eq!(c.mac_by_lease(Ipv4Addr::new(198, 18, 0, 100)), Some(MAC));
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        let c = Clients::in_memory();
+        let max = ClientsConfig::default().message_max;
+        c.record(MAC, ClientEvent::Discover { arch: None });
+        c.record(
+            MAC,
+            ClientEvent::Heartbeat {
+                phase: "installing".into(),
+                message: Some("é".repeat(max)),
+                ip: None,
+            },
+        );
+        let Some(ClientEvent::Heartbeat {
+            message: Some(m), ..
+        }) = c.events(MAC).pop()
+        else {
+            panic!("no heartbeat");
+        };
+        assert!(m.len() <= max && m.ends_with('…'), "{} bytes", m.len());
+    }
+
+    fn mac(i: u32) -> Mac {
+        let b = i.to_be_bytes();
+        Mac([6, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    /// Made-up MACs never push out a host or a lease holder; strays stay apart and
+    /// bounded; what is forgotten is deleted from the store.
+    #[test]
+    fn the_table_is_bounded_and_keeps_hosts_and_leases() {
+        let limits = ClientsConfig {
+            max_records: 16,
+            strays: 4,
+            ..ClientsConfig::default()
+        };
+        let store = Store::in_memory();
+        let c = Clients::open(store.clone(), limits.clone(), Duration::from_secs(3600)).unwrap();
+        const HOST: Mac = Mac([2, 0, 0, 0, 0, 9]);
+        c.keep_with(Box::new(|m| m == HOST));
+        c.record(HOST, ClientEvent::Discover { arch: None });
+        c.record(
+            MAC,
+            ClientEvent::Leased {
+                ip: Ipv4Addr::new(198, 18, 0, 100),
+            },
+        );
+        for i in 0..1000 {
+            assert_eq!(c.record(mac(i), heartbeat("alive")), Recorded::Stray);
+            c.record(mac(100_000 + i), ClientEvent::Discover { arch: None });
+        }
+        c.flush().unwrap();
+        let all = c.all();
+        assert_eq!(all.len(), 16 + 4, "{all:?}");
+        assert!(c.get(HOST).is_some() && c.get(MAC).is_some());
+        assert!(c.get(mac(999)).is_some() && c.get(mac(0)).is_none());
+        // A host's heartbeat is a record even when nothing else was seen of it.
+        let again = Clients::open(store, limits, Duration::from_secs(3600)).unwrap();
+        assert_eq!(again.all().len(), 16, "strays are never saved");
+        assert!(again.get(HOST).is_some() && again.get(MAC).is_some());
+        // With strays refused, an unknown MAC's heartbeat leaves nothing behind.
+        let none = Clients::open(
+            Store::in_memory(),
+            ClientsConfig {
+                strays: 0,
+                ..ClientsConfig::default()
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        none.keep_with(Box::new(|_| false));
+        assert_eq!(none.record(mac(1), heartbeat("alive")), Recorded::Refused);
+        assert!(none.all().is_empty());
     }
 
     #[test]
     fn persists_through_the_store() {
         let store = Store::in_memory();
-        let c = Clients::open(store.clone()).unwrap();
+        let open = |s: &Store| {
+            Clients::open(
+                s.clone(),
+                ClientsConfig::default(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+        };
+        let c = open(&store);
         c.record(MAC, ClientEvent::Discover { arch: None });
         c.record(MAC, heartbeat("onboarded"));
         c.flush().unwrap();
         drop(c);
-        let again = Clients::open(store).unwrap();
+        let again = open(&store);
         let r = again.get(MAC).unwrap();
         assert_eq!(r.state, ClientState::Onboarded);
         assert_eq!(r.timeline.len(), 2);

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod assets;
 pub mod boot;
+pub mod bounded;
 pub mod cli;
 pub mod clients;
 pub mod clock;
@@ -11,6 +12,7 @@ pub mod confine;
 pub mod ctl;
 pub mod dhcp;
 pub mod explain;
+pub mod fuzz;
 pub mod guard;
 pub mod hosts;
 pub mod http;

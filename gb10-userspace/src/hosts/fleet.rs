@@ -60,7 +60,7 @@ struct Row {
     first_seen_ms: Option<u64>,
     last_seen_ms: Option<u64>,
     last_event: Option<TimelineEntry>,
-    /// Events in the timeline (at most [`crate::clients::TIMELINE_LIMIT`]).
+    /// Events in the timeline (at most `[clients] timeline`).
     events: usize,
 }
 

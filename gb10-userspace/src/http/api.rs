@@ -15,7 +15,7 @@ use tracing::{info, instrument, warn};
 
 use super::Peer;
 use crate::{
-    clients::{ClientEvent, Clients},
+    clients::{ClientEvent, Clients, Recorded},
     mac::Mac,
 };
 
@@ -134,7 +134,7 @@ fn record(clients: &Clients, mac: Mac, beat: Beat, peer: Peer) -> Response {
     } = beat;
     // Not `message`: that is the field tracing keeps the line's own text in.
     info!(%phase, text = ?message, "heartbeat");
-    clients.record(
+    let recorded = clients.record(
         mac,
         ClientEvent::Heartbeat {
             phase,
@@ -142,6 +142,14 @@ fn record(clients: &Clients, mac: Mac, beat: Beat, peer: Peer) -> Response {
             ip: ip.or(peer.0),
         },
     );
+    if recorded == Recorded::Refused {
+        return (
+            StatusCode::FORBIDDEN,
+            "heartbeat not kept: the MAC is not an inventory host, holds no lease and was \
+             never seen booting ([clients] strays = 0)\n",
+        )
+            .into_response();
+    }
     let state = clients.state(mac).map(|s| s.label());
     Json(serde_json::json!({ "mac": mac, "state": state })).into_response()
 }

@@ -168,8 +168,12 @@ fn serve(
                 let path = row.path_for(mac);
                 match row.record {
                     Record::Nothing => {}
-                    Record::BootFile => s.events.record(mac, ClientEvent::BootFile { path }),
-                    Record::Seed => s.events.record(mac, ClientEvent::Seed { path }),
+                    Record::BootFile => {
+                        s.events.record(mac, ClientEvent::BootFile { path });
+                    }
+                    Record::Seed => {
+                        s.events.record(mac, ClientEvent::Seed { path });
+                    }
                 }
             }
             (

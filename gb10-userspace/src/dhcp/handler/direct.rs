@@ -45,7 +45,10 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
             let ip = match fixed {
                 Some(ip) if leases.free_for(ip, &client, ctx.now) => Some(ip),
                 Some(_) => None,
-                None => leases.pick(pool, &client, requested_ip(req), ctx.now, reserved),
+                None => {
+                    leases.bound_mac(mac, &client, ctx.dhcp.addresses_per_mac, ctx.now);
+                    leases.pick(pool, &client, requested_ip(req), ctx.now, reserved)
+                }
             };
             let Some(ip) = ip else {
                 return Outcome::silent(Silent::PoolExhausted);
@@ -77,6 +80,9 @@ pub fn handle_direct(req: &Message, ctx: &Ctx<'_>, leases: &mut Leases) -> Outco
             };
             if let Err(why) = may_have(wanted, &client, fixed, pool, leases, ctx, reserved) {
                 return nak(req, ctx, why);
+            }
+            if fixed.is_none() {
+                leases.bound_mac(mac, &client, ctx.dhcp.addresses_per_mac, ctx.now);
             }
             let hostname = host.and_then(|h| h.hostname.clone());
             let secs = ctx.dhcp.lease_time.as_secs();

@@ -57,8 +57,8 @@ fn beat(mac: &str, phase: &str, message: &str) -> String {
 /// A profile with a kernel, an initrd and a cloud-init seed, then `hosts`.
 fn inventory(hosts: &str) -> String {
     format!(
-        "[profiles.deb]\nkernel = \"d/linux\"\ninitrd = \"d/initrd.gz\"\nseed = \"cloud-init\"\n\
-         default = true\n{hosts}"
+        "default_profile = \"deb\"\n[profiles.deb]\nkernel = \"d/linux\"\n\
+         initrd = \"d/initrd.gz\"\nseed = \"cloud-init\"\n{hosts}"
     )
 }
 
@@ -383,7 +383,11 @@ fn heartbeat_flood_loses_no_host_transition() {
         |i| beat(B, "alive", &format!("beat-{i}")),
     );
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
+    // The host walks through its rebuild with the flood well under way…
+    assert!(
+        flood.wait_started(2_000, Duration::from_secs(60)),
+        "the flood did not start"
+    );
     let (code, body) = lab.http("/d/linux");
     assert_eq!(code, 200, "the kernel during the flood: {body:.300}");
     wait_state("pxe_booted", started);
@@ -395,6 +399,8 @@ fn heartbeat_flood_loses_no_host_transition() {
         &format!(r#"{{"mac":"{A}","phase":"installed"}}"#),
     );
     wait_state("installed", started);
+    // …and on for a while after, as the issue's 5,000.
+    flood.wait_started(6_000, Duration::from_secs(60));
     let tally = flood.stop();
     let lagged = daemon.log().matches("lagged").count();
     println!(

@@ -45,6 +45,8 @@ impl Tally {
 /// A running flood; [`Flood::stop`] ends it early, [`Flood::join`] waits for it.
 pub struct Flood {
     stop: Arc<AtomicBool>,
+    /// Requests started so far (over all connections).
+    next: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<Tally>>,
     start: Instant,
 }
@@ -113,9 +115,27 @@ impl Flood {
             .collect();
         Self {
             stop,
+            next,
             threads,
             start,
         }
+    }
+
+    /// Requests started so far.
+    pub fn started(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) until `n` requests have started; whether they did.
+    pub fn wait_started(&self, n: u64, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.started() < n {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 
     /// Ends the flood now; what it did.

@@ -522,6 +522,40 @@ mod tests {
         assert_eq!(again.get(MAC), hosts.get(MAC));
     }
 
+    /// Heartbeats cost no write each; events the stream dropped are re-derived from the
+    /// client records.
+    #[test]
+    fn heartbeats_are_coalesced_and_a_lag_is_re_derived() {
+        let store = Store::in_memory();
+        let hosts = Hosts::open(store.clone()).unwrap();
+        let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
+        let reg = Registration {
+            mac: MAC,
+            identity: HostIdentity {
+                profile: Some("p".into()),
+                ..Default::default()
+            },
+            bmc: None,
+            unknown: BTreeMap::new(),
+        };
+        hosts.register(&inv, reg).unwrap();
+        assert!(hosts.registered()(MAC));
+        hosts.apply(MAC, Trigger::Rebuild, |_| {}).unwrap();
+        for _ in 0..1000 {
+            hosts.on_client_event(MAC, &beat("alive"));
+        }
+        let saved = |s: &Store| Hosts::open(s.clone()).unwrap().get(MAC).unwrap();
+        assert_eq!(saved(&store).last_heartbeat, None, "not saved per heartbeat");
+        hosts.save_heartbeats();
+        assert_eq!(saved(&store).last_heartbeat.unwrap().1, "alive");
+        // The stream lost the kernel and seed fetches; the client records hold them.
+        let clients = Clients::in_memory();
+        clients.record(MAC, ClientEvent::Kernel { path: "k".into() });
+        clients.record(MAC, ClientEvent::Seed { path: "s".into() });
+        hosts.rederive(&clients);
+        assert_eq!(hosts.get(MAC).unwrap().machine.state, HostState::Installing);
+    }
+
     #[test]
     fn the_file_is_the_declarative_source() {
         let hosts = Hosts::default();

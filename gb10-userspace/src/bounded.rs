@@ -158,7 +158,7 @@ mod tests {
         /// over it, a kept entry is never evicted, and `order` mirrors `entries`.
         #[test]
         fn bound_and_keep_hold(ops in prop::collection::vec((0u16..300, any::<bool>()), 0..2000)) {
-            let kept = |k: &u16| k % 7 == 0;
+            let kept = |k: &u16| k.is_multiple_of(7);
             let mut m = Bounded::new(32);
             let mut over = 0usize;
             for (key, admit) in ops {

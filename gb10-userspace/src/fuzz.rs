@@ -12,8 +12,11 @@ use crate::{
     inventory::Inventory,
 };
 
+/// A target's entry: arbitrary bytes in, a panic only on a broken invariant.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (the corpus directory) and its entry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("dhcp_message", crate::dhcp::fuzz::exercise),
     ("tftp_request", crate::tftp::exercise_request),
     ("http_request", http_request),

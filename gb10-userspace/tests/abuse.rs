@@ -201,7 +201,7 @@ fn hostile_heartbeats_leave_memory_and_store_bounded() {
     let daemon = lab.start_daemon(&bin(), &[]);
     let message = |i: u64| format!("{i:08}{}", "m".repeat(992));
     let hostile = move |i: u64| {
-        let mac = if i % 2 == 0 {
+        let mac = if i.is_multiple_of(2) {
             format!("02:00:00:bb:00:{:02x}", (i / 2) % 100)
         } else {
             made_up(i)

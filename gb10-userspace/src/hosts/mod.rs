@@ -545,7 +545,11 @@ mod tests {
             hosts.on_client_event(MAC, &beat("alive"));
         }
         let saved = |s: &Store| Hosts::open(s.clone()).unwrap().get(MAC).unwrap();
-        assert_eq!(saved(&store).last_heartbeat, None, "not saved per heartbeat");
+        assert_eq!(
+            saved(&store).last_heartbeat,
+            None,
+            "not saved per heartbeat"
+        );
         hosts.save_heartbeats();
         assert_eq!(saved(&store).last_heartbeat.unwrap().1, "alive");
         // The stream lost the kernel and seed fetches; the client records hold them.

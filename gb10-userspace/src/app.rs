@@ -54,9 +54,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // seed that does not render for a host is logged (that host's requests get 500).
     let (live, publisher) = live::start(&config.data_path)?;
     check(&live.now());
-    let clients = Arc::new(Clients::open(store.clone())?);
+    let clients = Arc::new(Clients::open(
+        store.clone(),
+        config.clients.clone(),
+        config.dhcp.lease_time,
+    )?);
     let hosts = Arc::new(Hosts::open(store.clone())?);
     hosts.sync_inventory(&live.now().inventory)?;
+    // Inventory and API hosts are never forgotten to make room (nor leaseholders).
+    clients.keep_with(Box::new(hosts.registered()));
     let xdp = attach_xdp(&config)?.map(Arc::new);
     let dhcp_stats = Arc::new(dhcp::Stats::default());
     let leases = LeaseTable::open(&config, &store, &dhcp_stats);
@@ -212,14 +218,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         services.spawn(move |token| async move { guard::run(guard, token).await });
     }
     services.spawn({
-        let (hosts, events, live) = (hosts.clone(), clients.subscribe(), live.clone());
+        let (hosts, clients, events, live) = (
+            hosts.clone(),
+            clients.clone(),
+            clients.subscribe(),
+            live.clone(),
+        );
         let joiner = Joiner {
             hosts: hosts.clone(),
             identity,
             live: live.clone(),
             data_path: config.data_path.clone(),
         };
-        move |token| async move { hosts::run(hosts, events, live, joiner, token).await }
+        move |token| async move { hosts::run(hosts, clients, events, live, joiner, token).await }
     });
     services.spawn({
         let clients = clients.clone();

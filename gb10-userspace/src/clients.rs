@@ -2,10 +2,9 @@
 //! [`Clients::record`]; each client gets a timeline and a state (discovered → pxe_booted →
 //! installing → installed → onboarded, or failed), persisted in the store.
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeSet, VecDeque},
     net::Ipv4Addr,
-    sync::Arc,
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -14,18 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{clock, hosts::Proof, mac::Mac, store::Store};
+use crate::{bounded::Bounded, clock, config::ClientsConfig, hosts::Proof, mac::Mac, store::Store};
 
 /// One row per client: MAC text → JSON of its [`ClientRecord`].
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
-
-/// Timeline entries kept per client; older ones are dropped first, so a client that
-/// heartbeats for months cannot grow its record without bound.
-pub const TIMELINE_LIMIT: usize = 200;
-
-/// Clients remembered at most. Heartbeats are unauthenticated, so without a bound anyone
-/// on the LAN could grow the store with made-up MACs; past it, new MACs are not recorded.
-pub const CLIENT_LIMIT: usize = 65_536;
 
 /// Why client state could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -279,10 +270,18 @@ impl ClientState {
 /// One entry of a client's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    /// Unix time in milliseconds.
+    /// Unix time in milliseconds (of the last repeat).
     pub at_ms: u64,
     #[serde(flatten)]
     pub event: ClientEvent,
+    /// How many times more the same heartbeat came right after this one (folded into
+    /// this entry, so a client that heartbeats for months keeps one entry for it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything known about one client.
@@ -297,9 +296,14 @@ pub struct ClientRecord {
     /// one entry for the whole run, updated in place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TimelineEntry>,
+    /// Until when (Unix ms) the last lease DHCP gave it runs: while it does, the record
+    /// is never forgotten to make room. Only that: who holds an address now is the
+    /// lease table's to say (a release or a move ends a lease before this time).
+    #[serde(default)]
+    pub leased_until_ms: Option<u64>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
-    /// Oldest first, at most [`TIMELINE_LIMIT`].
+    /// Oldest first, at most `[clients] timeline` entries.
     pub timeline: VecDeque<TimelineEntry>,
 }
 
@@ -331,23 +335,115 @@ impl ClientRecord {
             _ => None,
         })
     }
+
+    fn new(mac: Mac, at_ms: u64) -> Self {
+        Self {
+            mac,
+            state: ClientState::Discovered,
+            reported_ip: None,
+            progress: None,
+            leased_until_ms: None,
+            first_seen_ms: at_ms,
+            last_seen_ms: at_ms,
+            timeline: VecDeque::new(),
+        }
+    }
+
+    /// Applies `event` at `at_ms`, keeping at most `timeline` entries. Returns the event
+    /// as kept (a repeated failure carries its count).
+    fn apply(
+        &mut self,
+        event: ClientEvent,
+        at_ms: u64,
+        lease_ms: u64,
+        timeline: usize,
+    ) -> ClientEvent {
+        let state = ClientState::after(Some(self.state), &event).unwrap_or(ClientState::Discovered);
+        if self.state != state {
+            debug!(mac = %self.mac, from = self.state.label(), to = state.label(), "client state");
+        }
+        self.state = state;
+        self.last_seen_ms = at_ms;
+        // The address it leases is not kept here: the lease table knows who holds an
+        // address now (a record would keep it past a release, a decline or an expiry).
+        // Only how long the record itself must stay.
+        match &event {
+            ClientEvent::Leased { .. } => self.leased_until_ms = Some(at_ms + lease_ms),
+            ClientEvent::Heartbeat {
+                ip: Some(ip),
+                proof,
+                ..
+            } if *proof != Proof::Refused => self.reported_ip = Some(*ip),
+            _ => {}
+        }
+        let progress = matches!(
+            &event,
+            ClientEvent::Heartbeat { progress: Some(_), proof, .. } if *proof != Proof::Refused
+        );
+        if progress {
+            self.progress = Some(TimelineEntry {
+                at_ms,
+                event: event.clone(),
+                repeats: 0,
+            });
+        } else if matches!(&event, ClientEvent::Heartbeat { phase, proof, .. }
+            if *proof != Proof::Refused && phase != "installing")
+        {
+            self.progress = None;
+        }
+        push(&mut self.timeline, at_ms, event, progress, timeline)
+    }
+
+    /// Whether a lease DHCP gave it still runs at `now_ms`.
+    fn holds_lease(&self, now_ms: u64) -> bool {
+        self.leased_until_ms.is_some_and(|t| t > now_ms)
+    }
 }
 
-#[derive(Default)]
+/// What became of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// In the client's record (saved with the next flush).
+    Record,
+    /// A heartbeat from a MAC nobody knows, kept in memory among the strays.
+    Stray,
+    /// Not kept: a failure of a client never seen, a heartbeat from a MAC nobody knows
+    /// with `[clients] strays = 0`, or the table is full of records that must stay.
+    Refused,
+}
+
 struct Inner {
-    records: BTreeMap<Mac, ClientRecord>,
+    records: Bounded<Mac, ClientRecord>,
+    /// Heartbeats from MACs that are not hosts, hold no lease and were never seen
+    /// booting: memory only, least recently heard forgotten first.
+    strays: Bounded<Mac, ClientRecord>,
     /// Clients changed since the last [`Clients::flush`].
     dirty: BTreeSet<Mac>,
+    /// Clients forgotten since the last flush, to delete from the store.
+    gone: BTreeSet<Mac>,
 }
+
+/// Says whether a MAC is a host (inventory or API) whose record must never be forgotten.
+pub type Keep = Box<dyn Fn(Mac) -> bool + Send + Sync>;
 
 /// The event sink: DHCP, TFTP and HTTP record what clients do here; each event lands in
 /// the client's record and on a broadcast the host life cycle follows. Cheap to call
 /// from any task: [`Clients::record`] only touches memory; [`flush_loop`] writes changed
-/// records to the store in one transaction per second, so a burst of DHCP traffic never
-/// waits on fsync.
+/// records to the store in one transaction per second, so a burst of DHCP traffic or a
+/// heartbeat flood never waits on fsync.
+///
+/// Anyone on the LAN can make up MACs, so the records are bounded (`[clients]
+/// max_records`): past the bound the least recently seen client that is neither a host
+/// nor holding a live lease is forgotten; hosts and lease holders are always kept (their
+/// number is bounded by the inventory and the pools).
 pub struct Clients {
     inner: Mutex<Inner>,
     store: Option<Store>,
+    limits: ClientsConfig,
+    /// The DHCP lease time, for how long a `leased` record is kept.
+    lease_ms: u64,
+    /// Which MACs are hosts; until set (start-up), nothing is forgotten.
+    keep: OnceLock<Keep>,
     /// Every recorded event, for the host life cycle ([`Clients::subscribe`]).
     events: tokio::sync::broadcast::Sender<(Mac, ClientEvent)>,
 }
@@ -356,25 +452,50 @@ pub struct Clients {
 const EVENT_BUFFER: usize = 1024;
 
 impl Clients {
-    /// Client state in memory only (tests, tools).
+    /// Client state in memory only (tests, tools), with the default limits.
     pub fn in_memory() -> Self {
-        Self::with(None, BTreeMap::new())
+        Self::with(
+            None,
+            Vec::new(),
+            ClientsConfig::default(),
+            Duration::from_secs(12 * 3600),
+        )
     }
 
-    fn with(store: Option<Store>, records: BTreeMap<Mac, ClientRecord>) -> Self {
+    fn with(
+        store: Option<Store>,
+        mut saved: Vec<ClientRecord>,
+        limits: ClientsConfig,
+        lease_time: Duration,
+    ) -> Self {
+        let mut records = Bounded::new(limits.max_records);
+        // Oldest first, so the least recently seen go first once the keep rule is known.
+        saved.sort_by_key(|r| r.last_seen_ms);
+        for r in saved {
+            let _ = records.insert(r.mac, r, |_, _| true, true);
+        }
         Self {
             inner: Mutex::new(Inner {
                 records,
+                strays: Bounded::new(limits.strays),
                 dirty: BTreeSet::new(),
+                gone: BTreeSet::new(),
             }),
             store,
+            limits,
+            lease_ms: lease_time.as_millis() as u64,
+            keep: OnceLock::new(),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         }
     }
 
     /// Client state backed by `store`, loading what an earlier run saved.
-    pub fn open(store: Store) -> Result<Self, ClientsError> {
-        let mut records = BTreeMap::new();
+    pub fn open(
+        store: Store,
+        limits: ClientsConfig,
+        lease_time: Duration,
+    ) -> Result<Self, ClientsError> {
+        let mut records = Vec::new();
         let txn = store.db().begin_read()?;
         match txn.open_table(CLIENTS) {
             Ok(table) => {
@@ -387,13 +508,43 @@ impl Clients {
                                 source,
                             }
                         })?;
-                    records.insert(record.mac, record);
+                    records.push(record);
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(Self::with(Some(store), records))
+        Ok(Self::with(Some(store), records, limits, lease_time))
+    }
+
+    /// Sets which MACs are hosts, and forgets what an earlier run kept beyond the bound.
+    pub fn keep_with(&self, keep: Keep) {
+        if self.keep.set(keep).is_err() {
+            warn!("client keep rule set twice; the first stays");
+        }
+        let now = clock::now_ms();
+        let mut inner = self.lock();
+        let evicted = inner.records.trim(|mac, r| self.kept(*mac, r, now));
+        if !evicted.is_empty() {
+            warn!(
+                forgotten = evicted.len(),
+                max = self.limits.max_records,
+                "more client records than [clients] max_records; least recently seen forgotten"
+            );
+        }
+        for (mac, _) in evicted {
+            inner.dirty.remove(&mac);
+            inner.gone.insert(mac);
+        }
+    }
+
+    fn is_host(&self, mac: Mac) -> bool {
+        // Before the rule is known, everyone is kept.
+        self.keep.get().is_none_or(|keep| keep(mac))
+    }
+
+    fn kept(&self, mac: Mac, record: &ClientRecord, now_ms: u64) -> bool {
+        record.holds_lease(now_ms) || self.is_host(mac)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -401,66 +552,90 @@ impl Clients {
     }
 
     /// Records that `mac` did `event`.
-    pub fn record(&self, mac: Mac, event: ClientEvent) {
+    pub fn record(&self, mac: Mac, event: ClientEvent) -> Recorded {
         let at_ms = clock::now_ms();
+        let event = self.bound(event);
+        let (lease_ms, timeline) = (self.lease_ms, self.limits.timeline);
         let mut inner = self.lock();
-        let known = inner.records.contains_key(&mac);
-        if event.is_failure() && !known {
+        let recorded = if let Some(record) = inner.records.touch(&mac) {
+            let kept = record.apply(event, at_ms, lease_ms, timeline);
+            inner.dirty.insert(mac);
+            Some((kept, Recorded::Record))
+        } else if event.is_failure() {
             // Failures come from addresses and paths anyone on the LAN picks: they never
-            // make a record, so they cannot fill the table.
+            // make a record (nor touch a stray), so they cannot fill the table.
             debug!(%mac, ?event, "failure of a client never seen; not recorded");
-            return;
+            None
+        } else if matches!(event, ClientEvent::Heartbeat { .. }) && !self.is_host(mac) {
+            // Unauthenticated and from a MAC nobody knows: never a record, never a write.
+            if self.limits.strays == 0 {
+                None
+            } else {
+                let mut stray = inner
+                    .strays
+                    .remove(&mac)
+                    .unwrap_or_else(|| ClientRecord::new(mac, at_ms));
+                let kept = stray.apply(event, at_ms, lease_ms, timeline);
+                let _ = inner.strays.insert(mac, stray, |_, _| false, false);
+                Some((kept, Recorded::Stray))
+            }
+        } else {
+            // A client seen on the wire (or a host): a record, its stray past folded in.
+            let mut record = inner
+                .strays
+                .remove(&mac)
+                .unwrap_or_else(|| ClientRecord::new(mac, at_ms));
+            let kept = record.apply(event, at_ms, lease_ms, timeline);
+            let must = self.kept(mac, &record, at_ms);
+            match inner
+                .records
+                .insert(mac, record, |m, r| self.kept(*m, r, at_ms), must)
+            {
+                Ok(evicted) => {
+                    for (gone, _) in evicted {
+                        debug!(mac = %gone, "client record forgotten to make room");
+                        inner.dirty.remove(&gone);
+                        inner.gone.insert(gone);
+                    }
+                    inner.gone.remove(&mac);
+                    inner.dirty.insert(mac);
+                    Some((kept, Recorded::Record))
+                }
+                Err(_) => {
+                    warn!(%mac, max = self.limits.max_records, event = ?kept,
+                        "client table full of hosts and lease holders; event not recorded");
+                    None
+                }
+            }
+        };
+        drop(inner);
+        match recorded {
+            Some((kept, recorded)) => {
+                debug!(%mac, event = ?kept, "client event");
+                // No subscriber (tests, tools) is not an error.
+                let _ = self.events.send((mac, kept));
+                recorded
+            }
+            None => Recorded::Refused,
         }
-        if inner.records.len() >= CLIENT_LIMIT && !known {
-            warn!(%mac, limit = CLIENT_LIMIT, ?event, "client table full; event not recorded");
-            return;
-        }
-        let existing = inner.records.get(&mac).map(|r| r.state);
-        let state = ClientState::after(existing, &event).unwrap_or(ClientState::Discovered);
-        let record = inner.records.entry(mac).or_insert_with(|| ClientRecord {
-            mac,
-            state,
-            reported_ip: None,
-            progress: None,
-            first_seen_ms: at_ms,
-            last_seen_ms: at_ms,
-            timeline: VecDeque::new(),
-        });
-        if record.state != state {
-            debug!(%mac, from = record.state.label(), to = state.label(), "client state");
-        }
-        record.state = state;
-        record.last_seen_ms = at_ms;
-        // The address it leases is not kept here: the lease table knows who holds an
-        // address now (a record would keep it past a release, a decline or an expiry).
+    }
+
+    /// `event` with its free text cut to `[clients] message_max` bytes.
+    fn bound(&self, mut event: ClientEvent) -> ClientEvent {
+        let max = self.limits.message_max;
         if let ClientEvent::Heartbeat {
-            ip: Some(ip),
-            proof,
-            ..
-        } = &event
-            && *proof != Proof::Refused
+            message: Some(m), ..
+        } = &mut event
+            && m.len() > max
         {
-            record.reported_ip = Some(*ip);
+            let mut end = max.saturating_sub('…'.len_utf8());
+            while !m.is_char_boundary(end) {
+                end -= 1;
+            }
+            m.truncate(end);
+            m.push('…');
         }
-        let progress = matches!(
-            &event,
-            ClientEvent::Heartbeat { progress: Some(_), proof, .. } if *proof != Proof::Refused
-        );
-        if progress {
-            record.progress = Some(TimelineEntry {
-                at_ms,
-                event: event.clone(),
-            });
-        } else if matches!(&event, ClientEvent::Heartbeat { phase, proof, .. }
-            if *proof != Proof::Refused && phase != "installing")
-        {
-            record.progress = None;
-        }
-        debug!(%mac, ?event, "client event");
-        let kept = push(&mut record.timeline, at_ms, event, progress);
-        // No subscriber (tests, tools) is not an error.
-        let _ = self.events.send((mac, kept));
-        inner.dirty.insert(mac);
+        event
     }
 
     /// Every event recorded from now on (the host state machines follow this stream).
@@ -468,55 +643,80 @@ impl Clients {
         self.events.subscribe()
     }
 
+    /// The record of `mac` (or what its heartbeats said, for a stray).
+    pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
+        let inner = self.lock();
+        inner
+            .records
+            .get(&mac)
+            .or_else(|| inner.strays.get(&mac))
+            .cloned()
+    }
+
     /// Events recorded for `mac`, oldest first.
     pub fn events(&self, mac: Mac) -> Vec<ClientEvent> {
-        self.lock().records.get(&mac).map_or_else(Vec::new, |r| {
-            r.timeline.iter().map(|e| e.event.clone()).collect()
+        self.get(mac).map_or_else(Vec::new, |r| {
+            r.timeline.into_iter().map(|e| e.event).collect()
         })
     }
 
-    /// The record of `mac`.
-    pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
-        self.lock().records.get(&mac).cloned()
-    }
-
-    /// Every record, by MAC.
+    /// Every record and stray, by MAC.
     pub fn all(&self) -> Vec<ClientRecord> {
-        self.lock().records.values().cloned().collect()
+        let inner = self.lock();
+        let mut all: Vec<ClientRecord> = inner
+            .records
+            .values()
+            .chain(inner.strays.values())
+            .cloned()
+            .collect();
+        all.sort_by_key(|r| r.mac);
+        all
     }
 
     /// The state of `mac`, if it was ever seen.
     pub fn state(&self, mac: Mac) -> Option<ClientState> {
-        self.lock().records.get(&mac).map(|r| r.state)
+        let inner = self.lock();
+        inner
+            .records
+            .get(&mac)
+            .or_else(|| inner.strays.get(&mac))
+            .map(|r| r.state)
     }
 
     /// How many clients are in each state (every state listed, zeros included).
     pub fn counts(&self) -> Vec<(ClientState, usize)> {
         let inner = self.lock();
-        ClientState::ALL
-            .into_iter()
-            .map(|s| (s, inner.records.values().filter(|r| r.state == s).count()))
-            .collect()
+        let mut counts: Vec<(ClientState, usize)> =
+            ClientState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in inner.records.values().chain(inner.strays.values()) {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.state) {
+                c.1 += 1;
+            }
+        }
+        counts
     }
 
-    /// Writes the records changed since the last flush, in one transaction.
+    /// Writes the records changed since the last flush and deletes the forgotten ones,
+    /// in one transaction.
     pub fn flush(&self) -> Result<(), ClientsError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let batch: Vec<(String, Vec<u8>)> = {
+        let (batch, gone): (Vec<(String, Vec<u8>)>, BTreeSet<Mac>) = {
             let mut inner = self.lock();
             let dirty = std::mem::take(&mut inner.dirty);
-            dirty
+            let gone = std::mem::take(&mut inner.gone);
+            let batch = dirty
                 .into_iter()
                 .filter_map(|mac| {
                     let r = inner.records.get(&mac)?;
                     // A record of plain data always serialises.
                     Some((mac.to_string(), serde_json::to_vec(r).unwrap_or_default()))
                 })
-                .collect()
+                .collect();
+            (batch, gone)
         };
-        if batch.is_empty() {
+        if batch.is_empty() && gone.is_empty() {
             return Ok(());
         }
         let result = (|| -> Result<(), ClientsError> {
@@ -525,6 +725,9 @@ impl Clients {
                 let mut table = txn.open_table(CLIENTS)?;
                 for (key, value) in &batch {
                     table.insert(key.as_str(), value.as_slice())?;
+                }
+                for mac in &gone {
+                    table.remove(mac.to_string().as_str())?;
                 }
             }
             txn.commit()?;
@@ -538,6 +741,11 @@ impl Clients {
                     inner.dirty.insert(mac);
                 }
             }
+            for mac in gone {
+                if !inner.records.contains(&mac) {
+                    inner.gone.insert(mac);
+                }
+            }
         }
         result
     }
@@ -546,14 +754,24 @@ impl Clients {
 /// Appends `event` to `timeline`, bounded: a failure equal to a recent one folds into it
 /// (counted, moved last), failures beyond [`FAILURES_KEPT`] drop the oldest failure, a
 /// `progress` beat replaces the progress beat before it (an install that reports every
-/// few seconds for an hour does not push the rest of its history out), and past
-/// [`TIMELINE_LIMIT`] the oldest entry goes. Returns the event as kept.
+/// few seconds for an hour does not push the rest of its history out), a heartbeat equal
+/// to the last entry only counts a repeat, and past `limit` entries the oldest goes.
+/// Returns the event as kept.
 fn push(
     timeline: &mut VecDeque<TimelineEntry>,
     at_ms: u64,
     mut event: ClientEvent,
     progress: bool,
+    limit: usize,
 ) -> ClientEvent {
+    if let Some(last) = timeline.back_mut()
+        && matches!(event, ClientEvent::Heartbeat { .. })
+        && last.event == event
+    {
+        last.at_ms = at_ms;
+        last.repeats += 1;
+        return event;
+    }
     let last_is_progress = timeline.back().is_some_and(|last| {
         matches!(
             &last.event,
@@ -582,12 +800,13 @@ fn push(
             timeline.remove(oldest);
         }
     }
-    if timeline.len() >= TIMELINE_LIMIT {
+    while timeline.len() >= limit.max(1) {
         timeline.pop_front();
     }
     timeline.push_back(TimelineEntry {
         at_ms,
         event: event.clone(),
+        repeats: 0,
     });
     event
 }
@@ -721,10 +940,17 @@ mod tests {
                 ip: Ipv4Addr::new(198, 18, 0, 100),
             },
         );
-        for _ in 0..TIMELINE_LIMIT + 10 {
+        let limit = ClientsConfig::default().timeline;
+        // Repeats of one heartbeat fold into one entry; different ones each take one.
+        for _ in 0..10 {
             c.record(MAC, heartbeat("alive"));
         }
-        assert_eq!(c.events(MAC).len(), TIMELINE_LIMIT);
+        assert_eq!(c.get(MAC).unwrap().timeline.back().unwrap().repeats, 9);
+        for i in 0..limit + 10 {
+            c.record(MAC, heartbeat(&format!("p{i}")));
+        }
+        assert_eq!(c.events(MAC).len(), limit);
+        assert!(c.get(MAC).unwrap().holds_lease(clock::now_ms()));
     }
 
     fn failure(what: &str) -> ClientEvent {
@@ -795,12 +1021,17 @@ mod tests {
 
     #[test]
     fn stage_since_and_why_it_stopped() {
-        let entry = |at_ms, event| TimelineEntry { at_ms, event };
+        let entry = |at_ms, event| TimelineEntry {
+            at_ms,
+            event,
+            repeats: 0,
+        };
         let mut r = ClientRecord {
             mac: MAC,
             state: ClientState::Discovered,
             reported_ip: None,
             progress: None,
+            leased_until_ms: None,
             first_seen_ms: 1,
             last_seen_ms: 1,
             timeline: VecDeque::new(),
@@ -855,14 +1086,99 @@ mod tests {
     }
 
     #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        let c = Clients::in_memory();
+        let max = ClientsConfig::default().message_max;
+        c.record(MAC, ClientEvent::Discover { arch: None });
+        c.record(
+            MAC,
+            ClientEvent::Heartbeat {
+                phase: "installing".into(),
+                message: Some("é".repeat(max)),
+                ip: None,
+                proof: Proof::Anonymous,
+                progress: None,
+            },
+        );
+        let Some(ClientEvent::Heartbeat {
+            message: Some(m), ..
+        }) = c.events(MAC).pop()
+        else {
+            panic!("no heartbeat");
+        };
+        assert!(m.len() <= max && m.ends_with('…'), "{} bytes", m.len());
+    }
+
+    fn mac(i: u32) -> Mac {
+        let b = i.to_be_bytes();
+        Mac([6, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    /// Made-up MACs never push out a host or a lease holder; strays stay apart and
+    /// bounded; what is forgotten is deleted from the store.
+    #[test]
+    fn the_table_is_bounded_and_keeps_hosts_and_leases() {
+        let limits = ClientsConfig {
+            max_records: 16,
+            strays: 4,
+            ..ClientsConfig::default()
+        };
+        let store = Store::in_memory();
+        let c = Clients::open(store.clone(), limits.clone(), Duration::from_secs(3600)).unwrap();
+        const HOST: Mac = Mac([2, 0, 0, 0, 0, 9]);
+        c.keep_with(Box::new(|m| m == HOST));
+        c.record(HOST, ClientEvent::Discover { arch: None });
+        c.record(
+            MAC,
+            ClientEvent::Leased {
+                ip: Ipv4Addr::new(198, 18, 0, 100),
+            },
+        );
+        for i in 0..1000 {
+            assert_eq!(c.record(mac(i), heartbeat("alive")), Recorded::Stray);
+            c.record(mac(100_000 + i), ClientEvent::Discover { arch: None });
+        }
+        c.flush().unwrap();
+        let all = c.all();
+        assert_eq!(all.len(), 16 + 4, "{all:?}");
+        assert!(c.get(HOST).is_some() && c.get(MAC).is_some());
+        assert!(c.get(mac(999)).is_some() && c.get(mac(0)).is_none());
+        // A host's heartbeat is a record even when nothing else was seen of it.
+        let again = Clients::open(store, limits, Duration::from_secs(3600)).unwrap();
+        assert_eq!(again.all().len(), 16, "strays are never saved");
+        assert!(again.get(HOST).is_some() && again.get(MAC).is_some());
+        // With strays refused, an unknown MAC's heartbeat leaves nothing behind.
+        let none = Clients::open(
+            Store::in_memory(),
+            ClientsConfig {
+                strays: 0,
+                ..ClientsConfig::default()
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        none.keep_with(Box::new(|_| false));
+        assert_eq!(none.record(mac(1), heartbeat("alive")), Recorded::Refused);
+        assert!(none.all().is_empty());
+    }
+
+    #[test]
     fn persists_through_the_store() {
         let store = Store::in_memory();
-        let c = Clients::open(store.clone()).unwrap();
+        let open = |s: &Store| {
+            Clients::open(
+                s.clone(),
+                ClientsConfig::default(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+        };
+        let c = open(&store);
         c.record(MAC, ClientEvent::Discover { arch: None });
         c.record(MAC, heartbeat("onboarded"));
         c.flush().unwrap();
         drop(c);
-        let again = Clients::open(store).unwrap();
+        let again = open(&store);
         let r = again.get(MAC).unwrap();
         assert_eq!(r.state, ClientState::Onboarded);
         assert_eq!(r.timeline.len(), 2);

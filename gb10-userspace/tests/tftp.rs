@@ -194,18 +194,36 @@ fn abandoned_and_aborted_sessions_end() {
     });
     assert_eq!(&first[..4], b"\0\x03\0\x01", "DATA 1");
     assert_eq!(lab.metrics().value("gb10_tftp_sessions", &[]), 1.0);
-    // The cap: a second request while one runs is refused with "busy".
+    // The cap: a second request takes the slot of the first, which was never
+    // acknowledged (it ends, counted as a timeout)…
+    let (second, _acked) = lab.client.enter(|| {
+        let s = client_socket();
+        s.send_to(&rrq(b"f.bin", &[]), SERVER).unwrap();
+        let (p, from) = recv(&s);
+        s.send_to(b"\0\x04\0\x01", from).unwrap();
+        (p, s)
+    });
+    assert_eq!(&second[..4], b"\0\x03\0\x01", "DATA 1 for the second");
+    wait_for(
+        &lab,
+        "gb10_tftp_errors_total",
+        &[client[0], ("reason", "timeout")],
+        1.0,
+        2,
+    );
+    // …but a transfer under way (acknowledged) is never ended for another: "busy".
     let busy = lab.client.enter(|| {
         let s = client_socket();
         s.send_to(&rrq(b"f.bin", &[]), SERVER).unwrap();
         recv(&s).0
     });
     assert_eq!(&busy[..4], b"\0\x05\0\0", "{busy:?}");
+    // The second, abandoned after block 1, times out in turn.
     wait_for(
         &lab,
         "gb10_tftp_errors_total",
         &[client[0], ("reason", "timeout")],
-        1.0,
+        2.0,
         10,
     );
     assert_eq!(lab.metrics().value("gb10_tftp_sessions", &[]), 0.0);

@@ -19,6 +19,7 @@ pub mod browser;
 pub mod debs;
 pub mod flood;
 pub mod frames;
+pub mod hostile;
 pub mod storm;
 
 /// Deterministic bytes, different per `seed`, that neither repeat nor compress away
@@ -295,6 +296,14 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace; sockets it creates stay in
     /// the namespace.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("namespace thread panicked")
+    }
+
+    /// As [`Netns::enter`], without waiting: the thread's handle.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
@@ -303,8 +312,6 @@ impl Netns {
             assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("namespace thread panicked")
     }
 }
 
@@ -980,6 +987,16 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     ticks as f64 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS`); 0 when it is gone.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// As [`cpu_seconds`], for `pid` and its children (nginx's workers under its master).

@@ -2,6 +2,7 @@
 //! run the lab.
 mod bench;
 mod e2e;
+mod fuzz;
 mod image;
 mod images;
 mod lab;
@@ -46,6 +47,15 @@ enum Task {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
+    },
+    /// Run the fuzz targets in fuzz/ under libFuzzer (needs a nightly toolchain; says so
+    /// and stops without one): every target, or those named, each for `--seconds`.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Target names (default: all).
+        targets: Vec<String>,
     },
     /// Measurements, side by side, reported (never asserted): `flood`.
     Bench {
@@ -164,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             all,
             cargo_args,
         } => test(no_lint, all, &cargo_args),
+        Task::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
         Task::Bench {
             what,
             machines,
@@ -315,6 +326,12 @@ fn build_ebpf_inner() -> anyhow::Result<()> {
     )
 }
 
+/// Seconds per fuzz target in `cargo xtask test`: 7 targets, a bit over a minute in all
+/// (plus building them, where a nightly exists).
+const FUZZ_CI_SECONDS: u64 = 10;
+/// …and with `--all`.
+const FUZZ_ALL_SECONDS: u64 = 60;
+
 /// The e2e scenario the host image serves in `cargo xtask test`: the quickest UEFI one.
 const IMAGE_BOOT: &str = "ovmf-ipxe";
 
@@ -326,6 +343,16 @@ fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     }
     let (passed, failed) = cargo_test(all, cargo_args)?;
     if failed == 0 {
+        // Every fuzz target for a few seconds where a nightly toolchain exists (a SKIP
+        // line otherwise; `cargo test` has replayed the corpus on stable already).
+        fuzz::run(
+            &[],
+            if all {
+                FUZZ_ALL_SECONDS
+            } else {
+                FUZZ_CI_SECONDS
+            },
+        )?;
         // The main job: the README's first command must keep working.
         lab::run(true)?;
         // Real firmware through the daemon: the CI set, or every scenario with --all.

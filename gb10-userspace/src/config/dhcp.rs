@@ -5,10 +5,14 @@ use clap::Args;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::{Base, ConfigError, duration, invalid};
+use super::{Base, ConfigError, count, duration, invalid};
 
 /// Default lease duration.
 pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(12 * 3600);
+/// Default addresses one MAC holds (offered or leased) under different client
+/// identifiers: its firmware (by chaddr), its installer and its installed system (often
+/// by a DUID in option 61) each take one within a lease time.
+pub const DEFAULT_ADDRESSES_PER_MAC: usize = 3;
 
 /// `[dhcp]` as written.
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
@@ -38,6 +42,10 @@ pub struct RawDhcp {
         value_delimiter = ';'
     )]
     pub relay_ranges: Option<Vec<String>>,
+    /// Addresses one MAC may hold at once (offered or leased) under different client
+    /// identifiers (option 61); a further one makes its least recent go (default 3).
+    #[arg(long = "dhcp-addresses-per-mac", env = "GB10_DHCP_ADDRESSES_PER_MAC")]
+    pub addresses_per_mac: Option<usize>,
 }
 
 /// Validated `[dhcp]`.
@@ -51,6 +59,7 @@ pub struct DhcpConfig {
     pub domain: Option<String>,
     /// Pools of relayed subnets.
     pub relay_ranges: Vec<RelayRange>,
+    pub addresses_per_mac: usize,
 }
 
 /// A pool for a subnet behind a DHCP relay.
@@ -70,6 +79,7 @@ impl RawDhcp {
             dns,
             domain,
             relay_ranges,
+            addresses_per_mac,
         } = self;
         let lan = base.lan_ip;
         let range = match range {
@@ -92,6 +102,12 @@ impl RawDhcp {
                 .iter()
                 .map(|r| parse_relay_range(r))
                 .collect::<Result<_, _>>()?,
+            addresses_per_mac: count(
+                "dhcp.addresses_per_mac",
+                addresses_per_mac,
+                DEFAULT_ADDRESSES_PER_MAC,
+                1..=1024,
+            )?,
         })
     }
 }

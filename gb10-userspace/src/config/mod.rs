@@ -3,6 +3,7 @@
 //! in its own module with its raw (as written) and validated types side by side.
 mod admin;
 mod boot;
+mod clients;
 mod dhcp;
 mod guard;
 mod http;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     admin::{AdminConfig, RawAdmin, Secret},
     boot::{BootConfig, RawBoot, UnknownClients},
+    clients::{ClientsConfig, RawClients},
     dhcp::{DhcpConfig, RawDhcp, RelayRange},
     guard::{GuardConfig, GuardMode, RawGuard},
     http::{DEFAULT_HTTP_MAX_CONNECTIONS, HttpConfig, HttpLimits, Mount, RawHttp},
@@ -137,6 +139,9 @@ pub struct RawConfig {
     #[command(flatten)]
     #[serde(default)]
     pub admin: RawAdmin,
+    #[command(flatten)]
+    #[serde(default)]
+    pub clients: RawClients,
 }
 
 /// `[xdp]`: the XDP program on the LAN interface.
@@ -230,6 +235,7 @@ pub struct Config {
     pub guard: GuardConfig,
     pub admin: AdminConfig,
     pub tftp: TftpConfig,
+    pub clients: ClientsConfig,
 }
 
 /// The validated top-level keys every section may depend on (the LAN for DHCP ranges,
@@ -260,6 +266,7 @@ impl TryFrom<RawConfig> for Config {
             guard,
             admin,
             tftp,
+            clients,
         } = raw;
         let lan_iface = lan_iface
             .filter(|s| !s.is_empty())
@@ -306,6 +313,7 @@ impl TryFrom<RawConfig> for Config {
         let guard = guard.validate(&base)?;
         let admin = admin.validate(&base)?;
         let tftp = tftp.validate(&base)?;
+        let clients = clients.validate(&base)?;
         Ok(Config {
             lan_iface,
             lan_ip,
@@ -321,6 +329,7 @@ impl TryFrom<RawConfig> for Config {
             guard,
             admin,
             tftp,
+            clients,
         })
     }
 }

@@ -14,6 +14,14 @@ pub const DEFAULT_TFTP_MAX_SESSIONS: usize = 64;
 pub const DEFAULT_TFTP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default consecutive TFTP timeouts before a client is given up.
 pub const DEFAULT_TFTP_RETRIES: u32 = 5;
+/// Default cap on transfers from one client address: a firmware runs one or two at once
+/// (EDK2's size probe, then the file); eight leaves room for a few machines behind one
+/// relay or NAT, and keeps one address to an eighth of the default 64 slots.
+pub const DEFAULT_TFTP_MAX_PER_CLIENT: usize = 8;
+/// Default timeouts before a transfer whose first packet was never acknowledged ends:
+/// 1 + 2 + 4 s with the default timeout. A client that lost three answers in a row asks
+/// again (its request starts a new transfer); one that never asked holds no slot long.
+pub const DEFAULT_TFTP_FIRST_ACK_RETRIES: u32 = 2;
 
 /// `[tftp]` as written.
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
@@ -29,6 +37,21 @@ pub struct RawTftp {
         env = "GB10_TFTP_MAX_SESSIONS"
     )]
     pub max_sessions: Option<usize>,
+    /// Transfers from one client address at once; more get "busy" (default 8).
+    #[arg(
+        id = "tftp_max_per_client",
+        long = "tftp-max-per-client",
+        env = "GB10_TFTP_MAX_PER_CLIENT"
+    )]
+    pub max_per_client: Option<usize>,
+    /// Timeouts after which a transfer whose first packet (OACK or first DATA) was never
+    /// acknowledged is given up (default 2: about 7 s with the default timeout).
+    #[arg(
+        id = "tftp_first_ack_retries",
+        long = "tftp-first-ack-retries",
+        env = "GB10_TFTP_FIRST_ACK_RETRIES"
+    )]
+    pub first_ack_retries: Option<u32>,
     /// Wait for an ACK before retransmitting, like `1s` or `500ms`, doubled per retry up
     /// to 8x; a client's `timeout` option shortens it (default 1s).
     #[arg(id = "tftp_timeout", long = "tftp-timeout", env = "GB10_TFTP_TIMEOUT")]
@@ -53,8 +76,10 @@ pub struct RawTftp {
 pub struct TftpConfig {
     pub port: u16,
     pub max_sessions: usize,
+    pub max_per_client: usize,
     pub timeout: Duration,
     pub retries: u32,
+    pub first_ack_retries: u32,
     pub single_port: bool,
 }
 
@@ -63,6 +88,8 @@ impl RawTftp {
         let RawTftp {
             port,
             max_sessions,
+            max_per_client,
+            first_ack_retries,
             timeout,
             retries,
             single_port,
@@ -74,6 +101,18 @@ impl RawTftp {
                 max_sessions,
                 DEFAULT_TFTP_MAX_SESSIONS,
                 1..=65536,
+            )?,
+            max_per_client: count(
+                "tftp.max_per_client",
+                max_per_client,
+                DEFAULT_TFTP_MAX_PER_CLIENT,
+                1..=65536,
+            )?,
+            first_ack_retries: count(
+                "tftp.first_ack_retries",
+                first_ack_retries,
+                DEFAULT_TFTP_FIRST_ACK_RETRIES,
+                0..=100,
             )?,
             timeout: duration(
                 "tftp.timeout",

@@ -1,7 +1,10 @@
 //! The lease table: pools and explicit lease states (offered → leased → released /
 //! expired; declined on probation). Pure and in memory; [`super::store`] makes it
 //! durable.
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -119,6 +122,8 @@ pub struct Leases {
     /// releases this one, so a client that moved does not stay the holder of its old
     /// address until that lease would have run out.
     leased: HashMap<ClientId, Ipv4Addr>,
+    /// Addresses with a lease (any state) per MAC, for the per-MAC bound.
+    by_mac: HashMap<Mac, BTreeSet<Ipv4Addr>>,
 }
 
 impl Leases {
@@ -129,6 +134,7 @@ impl Leases {
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
             leased: HashMap::new(),
+            by_mac: HashMap::new(),
         }
     }
 
@@ -219,6 +225,8 @@ impl Leases {
         let (start, end) = (u32::from(p.start), u32::from(p.end));
         let size = end - start + 1;
         let mut candidate = p.cursor.clamp(start, end);
+        // The offer closest to running out, should every address be taken.
+        let mut oldest_offer: Option<(u64, Ipv4Addr)> = None;
         for _ in 0..size {
             let ip = Ipv4Addr::from(candidate);
             let next = if candidate == end {
@@ -230,9 +238,55 @@ impl Leases {
                 self.pools[pool].cursor = next;
                 return Some(ip);
             }
+            if let Some(l) = self.by_ip.get(&ip)
+                && l.state == LeaseState::Offered
+                && !reserved(ip)
+                && oldest_offer.is_none_or(|(e, _)| l.expires < e)
+            {
+                oldest_offer = Some((l.expires, ip));
+            }
             candidate = next;
         }
-        None
+        // Pool exhausted: an offer is a promise, not a lease. Clients that DISCOVER and
+        // never REQUEST (a port rotating made-up MACs) would otherwise keep every address
+        // on offer; the oldest offer goes to the newcomer, whose REQUEST follows in
+        // milliseconds, while the flood's own offers churn among themselves.
+        oldest_offer.map(|(_, ip)| ip)
+    }
+
+    /// Makes room for `client` (of `mac`) to get an address: while `mac` holds `max`
+    /// addresses or more under other client identifiers, its least recent one ends
+    /// (released, in memory; a restart restores a reclaimed lease until the next
+    /// request of that MAC reclaims it again). What ended.
+    pub fn bound_mac(&mut self, mac: Mac, client: &ClientId, max: usize, now: u64) -> Vec<Lease> {
+        let mut ended = Vec::new();
+        loop {
+            let others: Vec<&Lease> = self
+                .by_mac
+                .get(&mac)
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| self.by_ip.get(ip))
+                .filter(|l| l.client != *client && l.active(now) && l.state != LeaseState::Declined)
+                .collect();
+            if others.len() < max {
+                return ended;
+            }
+            // Least recent: the one that runs out first.
+            let Some(oldest) = others
+                .iter()
+                .min_by_key(|l| l.expires)
+                .map(|l| (l.ip, l.client.clone()))
+            else {
+                return ended;
+            };
+            let (ip, holder) = oldest;
+            match self.end(ip, &holder, LeaseState::Released, now) {
+                Some(lease) => ended.push(lease),
+                None => return ended,
+            }
+            self.by_client.remove(&holder);
+        }
     }
 
     /// Holds `ip` for `client` as offered.
@@ -328,7 +382,9 @@ impl Leases {
                 .get(&ip)
                 .is_some_and(|l| l.state == LeaseState::Offered)
         {
-            self.by_ip.remove(&ip);
+            if let Some(old) = self.by_ip.remove(&ip) {
+                self.unindex_mac(old.mac, ip);
+            }
             self.by_client.remove(client);
         }
     }
@@ -346,13 +402,28 @@ impl Leases {
                 .by_ip
                 .get(&old_ip)
                 .is_some_and(|l| l.state == LeaseState::Offered)
+            && let Some(old) = self.by_ip.remove(&old_ip)
         {
-            self.by_ip.remove(&old_ip);
+            self.unindex_mac(old.mac, old_ip);
         }
         if lease.state != LeaseState::Declined {
             self.by_client.insert(lease.client.clone(), lease.ip);
         }
-        self.by_ip.insert(lease.ip, lease);
+        self.by_mac.entry(lease.mac).or_default().insert(lease.ip);
+        if let Some(old) = self.by_ip.insert(lease.ip, lease)
+            && old.mac != self.by_ip[&old.ip].mac
+        {
+            self.unindex_mac(old.mac, old.ip);
+        }
+    }
+
+    fn unindex_mac(&mut self, mac: Mac, ip: Ipv4Addr) {
+        if let Some(ips) = self.by_mac.get_mut(&mac) {
+            ips.remove(&ip);
+            if ips.is_empty() {
+                self.by_mac.remove(&mac);
+            }
+        }
     }
 }
 
@@ -384,13 +455,16 @@ mod tests {
         let b = l.pick(0, &id(2), Some(a), 100, NONE).unwrap();
         assert_ne!(a, b, "an offered address is held");
         l.offer(b, &id(2), MAC, 100);
-        assert_eq!(l.pick(0, &id(3), None, 100, NONE), None, "pool exhausted");
+        // Pool exhausted: the oldest offer yields to a newcomer (offers are promises).
+        assert!(matches!(l.pick(0, &id(3), None, 100, NONE), Some(ip) if ip == a || ip == b));
         assert_eq!(
             l.pick(0, &id(1), None, 101, NONE),
             Some(a),
             "same client, same address"
         );
         l.commit(a, &id(1), MAC, None, 101, 3600);
+        // Only b is on offer now: a newcomer takes it, never a's lease.
+        assert_eq!(l.pick(0, &id(3), None, 102, NONE), Some(b));
         // b's offer runs out: someone else may have it.
         assert_eq!(
             l.pick(0, &id(3), None, 100 + OFFER_HOLD_SECS + 1, NONE),
@@ -451,6 +525,33 @@ mod tests {
         assert!(l.live(b, 8).is_none());
         l.commit(a, &id(2), MAC, None, 8, 10);
         assert!(l.live(a, 17).is_some() && l.live(a, 18).is_none());
+    }
+
+    #[test]
+    fn one_mac_holds_a_bounded_number_and_offers_yield_when_exhausted() {
+        let mut l = leases(10, 20);
+        // One MAC under many client identifiers: at most 3 at once.
+        for n in 0..11 {
+            l.bound_mac(MAC, &id(n), 3, 100 + u64::from(n));
+            let ip = l.pick(0, &id(n), None, 100, NONE).unwrap();
+            l.commit(ip, &id(n), MAC, None, 100 + u64::from(n), 3600);
+        }
+        let held = l.iter().filter(|x| x.active(200) && x.mac == MAC).count();
+        assert_eq!(held, 3);
+        // The pool on offer to others: a newcomer takes the oldest offer.
+        let other = Mac([2, 0, 0, 0, 0, 2]);
+        for n in 20..40 {
+            if let Some(ip) = l.pick(0, &id(n), None, 100 + u64::from(n), NONE) {
+                l.offer(ip, &id(n), other, 100 + u64::from(n));
+            }
+        }
+        let newcomer = l.pick(0, &id(99), None, 150, NONE).unwrap();
+        assert_eq!(l.get(newcomer).unwrap().state, LeaseState::Offered);
+        l.offer(newcomer, &id(99), other, 150);
+        l.commit(newcomer, &id(99), other, None, 150, 3600);
+        // Leases are never taken: only offers yield.
+        let leased = l.iter().filter(|x| x.state == LeaseState::Leased).count();
+        assert_eq!(leased, 3 + 1);
     }
 
     #[test]

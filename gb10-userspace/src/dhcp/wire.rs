@@ -13,6 +13,8 @@ pub const BOOTP_HEADER: usize = 236;
 pub const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// Longest client identifier accepted (Kea's limit; RFC 2132 sets none).
 pub const MAX_CLIENT_ID: usize = 128;
+/// iPXE's encapsulated options.
+const IPXE_ENCAP: u8 = crate::boot::IPXE_ENCAP;
 
 /// Why a datagram was dropped. `label()` names the metric series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +193,14 @@ pub fn canonical(buf: &[u8]) -> Result<Vec<u8>, Malformed> {
         if code == 82 && !relay_info_round_trips(&value) {
             continue;
         }
+        // dhcproto writes an option of unknown code in 255-byte chunks, so an empty one
+        // is never written: an empty 175 (iPXE saying only "I am iPXE") would vanish
+        // from any message re-encoded from this one. It becomes 175 holding one PAD
+        // sub-option, which encodes; what the boot decision reads of 175 (whether it is
+        // there) is the same either way.
+        if code == IPXE_ENCAP && value.is_empty() {
+            value.push(0);
+        }
         out.push(code);
         out.push(value.len() as u8);
         out.extend_from_slice(&value);
@@ -233,6 +243,24 @@ pub(crate) mod tests {
     }
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    /// The fuzzer's first find (issue 16): an empty option 175 vanished when the
+    /// message was re-encoded. It now survives the round trip, and the boot decision
+    /// still sees an iPXE client.
+    #[test]
+    fn empty_option_175_survives_a_round_trip() {
+        use dhcproto::{Encodable as _, Encoder};
+        let buf = request(MAC, &[(53, &[1]), (175, &[])]);
+        let msg = parse(&buf).unwrap();
+        assert!(msg.opts().get(OptionCode::Unknown(IPXE_ENCAP)).is_some());
+        assert!(crate::boot::BootRequest::from_message(&msg).ipxe_options);
+        let mut bytes = Vec::new();
+        msg.encode(&mut Encoder::new(&mut bytes)).unwrap();
+        assert_eq!(parse(&bytes).unwrap(), msg);
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/dhcp_message/ipxe_empty_175");
+        assert_eq!(std::fs::read(corpus).unwrap(), buf, "the corpus entry");
+    }
 
     #[test]
     fn good_request_decodes_with_pxe_options() {

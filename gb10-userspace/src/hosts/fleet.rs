@@ -83,7 +83,7 @@ struct Row {
     stage_since_ms: Option<u64>,
     /// Why it stopped: its newest event, when that is a failure.
     stopped: Option<TimelineEntry>,
-    /// Events in the timeline (at most [`crate::clients::TIMELINE_LIMIT`]).
+    /// Events in the timeline (at most `[clients] timeline`).
     events: usize,
 }
 

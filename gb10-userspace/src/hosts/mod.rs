@@ -9,8 +9,8 @@ pub mod ssh;
 pub mod store;
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -24,7 +24,7 @@ pub use self::{
     store::{Bmc, HostRecord, HostStoreError, Source},
 };
 use crate::{
-    clients::ClientEvent,
+    clients::{ClientEvent, Clients},
     clock::now_ms,
     inventory::{Host, HostIdentity, Inventory},
     live::Live,
@@ -73,9 +73,16 @@ pub struct Registration {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
-/// The registered hosts. Every change is saved and broadcast to dashboard listeners.
+/// The registered hosts. Every state change is saved and broadcast to dashboard
+/// listeners at once; heartbeats only note the time, saved and broadcast once a second
+/// ([`Hosts::save_heartbeats`]), so a heartbeat flood costs no fsync each.
 pub struct Hosts {
     records: Mutex<BTreeMap<Mac, HostRecord>>,
+    /// The MACs of `records`, readable without its lock (the client table asks under
+    /// its own lock which MACs to keep).
+    macs: Arc<RwLock<HashSet<Mac>>>,
+    /// Hosts whose `last_heartbeat` changed since the last save.
+    beats: Mutex<BTreeSet<Mac>>,
     store: Option<Store>,
     changes: broadcast::Sender<HostRecord>,
     timeouts: Timeouts,
@@ -90,8 +97,11 @@ impl Default for Hosts {
 
 impl Hosts {
     fn with(store: Option<Store>, records: Vec<HostRecord>) -> Self {
+        let records: BTreeMap<Mac, HostRecord> = records.into_iter().map(|r| (r.mac, r)).collect();
         Self {
-            records: Mutex::new(records.into_iter().map(|r| (r.mac, r)).collect()),
+            macs: Arc::new(RwLock::new(records.keys().copied().collect())),
+            records: Mutex::new(records),
+            beats: Mutex::default(),
             store,
             changes: broadcast::channel(256).0,
             timeouts: Timeouts::default(),
@@ -107,6 +117,25 @@ impl Hosts {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Mac, HostRecord>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Mirrors the MACs of `records` (the caller holds their lock).
+    fn mirror(&self, records: &BTreeMap<Mac, HostRecord>) {
+        let mut macs = self.macs.write().unwrap_or_else(|p| p.into_inner());
+        if macs.len() != records.len() || !records.keys().all(|m| macs.contains(m)) {
+            *macs = records.keys().copied().collect();
+        }
+    }
+
+    /// Whether a MAC is a registered host (inventory or API), as a function that takes
+    /// no lock but its own: for the client table's keep rule.
+    pub fn registered(&self) -> impl Fn(Mac) -> bool + Send + Sync + 'static {
+        let macs = self.macs.clone();
+        move |mac| {
+            macs.read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&mac)
+        }
     }
 
     /// Saves and announces `record` (the caller holds the lock, so writes are ordered).
@@ -178,6 +207,7 @@ impl Hosts {
                 store::remove(store, mac)?;
             }
         }
+        self.mirror(&records);
         Ok(())
     }
 
@@ -222,6 +252,7 @@ impl Hosts {
         };
         self.commit(&record)?;
         records.insert(mac, record.clone());
+        self.mirror(&records);
         Ok(record)
     }
 
@@ -235,7 +266,9 @@ impl Hosts {
         if let Some(store) = &self.store {
             store::remove(store, mac)?;
         }
-        Ok(records.remove(&mac).expect("checked above"))
+        let record = records.remove(&mac).expect("checked above");
+        self.mirror(&records);
+        Ok(record)
     }
 
     /// Applies `trigger` to `mac`, with `edit` run on the record when it is accepted.
@@ -341,14 +374,47 @@ impl Hosts {
         }
     }
 
+    /// Notes a heartbeat in memory; [`Hosts::save_heartbeats`] saves it.
     fn note_heartbeat(&self, mac: Mac, phase: &str) {
         let mut records = self.lock();
         let Some(record) = records.get_mut(&mac) else {
             return;
         };
         record.last_heartbeat = Some((now_ms(), phase.to_owned()));
-        if let Err(err) = self.commit(record) {
-            warn!(%mac, error = %crate::error_chain(&err), "saving heartbeat failed");
+        self.beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mac);
+    }
+
+    /// Saves and announces the heartbeats noted since the last call.
+    pub fn save_heartbeats(&self) {
+        let beats = std::mem::take(&mut *self.beats.lock().unwrap_or_else(|p| p.into_inner()));
+        let records = self.lock();
+        for mac in beats {
+            if let Some(record) = records.get(&mac)
+                && let Err(err) = self.commit(record)
+            {
+                warn!(%mac, error = %crate::error_chain(&err), "saving heartbeat failed");
+            }
+        }
+    }
+
+    /// Replays what `clients` recorded for each host since it entered its state: after
+    /// the event stream lagged, the transitions it would have made are made now.
+    pub fn rederive(&self, clients: &Clients) {
+        let hosts: Vec<(Mac, u64)> = self
+            .lock()
+            .values()
+            .map(|r| (r.mac, r.machine.since_ms))
+            .collect();
+        for (mac, since_ms) in hosts {
+            let Some(record) = clients.get(mac) else {
+                continue;
+            };
+            for entry in record.timeline.iter().filter(|e| e.at_ms >= since_ms) {
+                self.on_client_event(mac, &entry.event);
+            }
         }
     }
 
@@ -418,6 +484,7 @@ impl Hosts {
 /// and starts the join step of hosts that reached `first_boot`, until `token` fires.
 pub async fn run(
     hosts: Arc<Hosts>,
+    clients: Arc<Clients>,
     mut events: broadcast::Receiver<(Mac, ClientEvent)>,
     mut live: Live,
     joiner: ssh::Joiner,
@@ -426,14 +493,19 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = token.cancelled() => return Ok(()),
+            _ = token.cancelled() => {
+                hosts.save_heartbeats();
+                return Ok(());
+            }
             event = events.recv() => match event {
                 Ok((mac, event)) => {
                     hosts.on_client_event(mac, &event);
                     joiner.maybe_join(mac);
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(missed = n, "host events lagged: some transitions may be missed");
+                    // The client records hold what the stream dropped.
+                    warn!(missed = n, "host events lagged; re-deriving host states from client records");
+                    hosts.rederive(&clients);
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
@@ -443,6 +515,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                hosts.save_heartbeats();
                 for mac in hosts.check_timeouts() {
                     ssh::delete(&joiner.data_path, mac).await;
                 }
@@ -511,6 +584,44 @@ mod tests {
         assert_eq!(r.machine.history.len(), 5);
         let again = Hosts::open(store).unwrap();
         assert_eq!(again.get(MAC), hosts.get(MAC));
+    }
+
+    /// Heartbeats cost no write each; events the stream dropped are re-derived from the
+    /// client records.
+    #[test]
+    fn heartbeats_are_coalesced_and_a_lag_is_re_derived() {
+        let store = Store::in_memory();
+        let hosts = Hosts::open(store.clone()).unwrap();
+        let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
+        let reg = Registration {
+            mac: MAC,
+            identity: HostIdentity {
+                profile: Some("p".into()),
+                ..Default::default()
+            },
+            bmc: None,
+            unknown: BTreeMap::new(),
+        };
+        hosts.register(&inv, reg).unwrap();
+        assert!(hosts.registered()(MAC));
+        hosts.apply(MAC, Trigger::Rebuild, |_| {}).unwrap();
+        for _ in 0..1000 {
+            hosts.on_client_event(MAC, &beat("alive"));
+        }
+        let saved = |s: &Store| Hosts::open(s.clone()).unwrap().get(MAC).unwrap();
+        assert_eq!(
+            saved(&store).last_heartbeat,
+            None,
+            "not saved per heartbeat"
+        );
+        hosts.save_heartbeats();
+        assert_eq!(saved(&store).last_heartbeat.unwrap().1, "alive");
+        // The stream lost the kernel and seed fetches; the client records hold them.
+        let clients = Clients::in_memory();
+        clients.record(MAC, ClientEvent::Kernel { path: "k".into() });
+        clients.record(MAC, ClientEvent::Seed { path: "s".into() });
+        hosts.rederive(&clients);
+        assert_eq!(hosts.get(MAC).unwrap().machine.state, HostState::Installing);
     }
 
     #[test]

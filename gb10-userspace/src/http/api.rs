@@ -18,7 +18,7 @@ use tracing::{info, instrument, warn};
 
 use super::Peer;
 use crate::{
-    clients::{ClientEvent, Clients, Progress},
+    clients::{ClientEvent, Clients, Progress, Recorded},
     config::Secret,
     hosts::{Hosts, Proof},
     mac::Mac,
@@ -191,7 +191,7 @@ fn record(beats: &Beats, mac: Mac, beat: Beat, peer: Peer) -> Response {
     } else {
         info!(%phase, ?proof, text = ?message, "heartbeat");
     }
-    beats.clients.record(
+    let recorded = beats.clients.record(
         mac,
         ClientEvent::Heartbeat {
             phase,
@@ -201,6 +201,14 @@ fn record(beats: &Beats, mac: Mac, beat: Beat, peer: Peer) -> Response {
             progress: written.map(|written| Progress { written, total }),
         },
     );
+    if recorded == Recorded::Refused {
+        return (
+            StatusCode::FORBIDDEN,
+            "heartbeat not kept: the MAC is not an inventory host, holds no lease and was \
+             never seen booting ([clients] strays = 0)\n",
+        )
+            .into_response();
+    }
     let state = beats.clients.state(mac).map(|s| s.label());
     let status = if proof == Proof::Refused {
         StatusCode::FORBIDDEN

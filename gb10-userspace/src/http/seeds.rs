@@ -192,10 +192,14 @@ async fn serve(
                 match row.record {
                     Record::Nothing => {}
                     Record::BootFile if s.seeds.installed(mac) => {
-                        s.events.record(mac, ClientEvent::LocalBoot { path })
+                        s.events.record(mac, ClientEvent::LocalBoot { path });
                     }
-                    Record::BootFile => s.events.record(mac, ClientEvent::BootFile { path }),
-                    Record::Seed => s.events.record(mac, ClientEvent::Seed { path }),
+                    Record::BootFile => {
+                        s.events.record(mac, ClientEvent::BootFile { path });
+                    }
+                    Record::Seed => {
+                        s.events.record(mac, ClientEvent::Seed { path });
+                    }
                 }
             }
             (

@@ -432,6 +432,27 @@ fn wanted(range: Option<&str>, len: u64) -> Wanted {
     }
 }
 
+/// A request path, `Range` and `If-None-Match` as a client sends them, through what runs
+/// before a file is opened (the fuzz target's entry, see [`crate::fuzz`]). Panics on a
+/// broken invariant: a path never leaves its root, a range never leaves the file.
+pub fn exercise_request(path: &str, range: &str, etag: &str, len: u64) {
+    let www = Path::new("/www");
+    let mounts = [("/iso/".to_owned(), PathBuf::from("/mnt/iso"))];
+    if let Ok(Located::File { root, path }) = locate(www, &mounts, path) {
+        assert!(path.starts_with(&root), "{path:?} left {root:?}");
+        assert!(
+            !path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir)),
+            "{path:?}"
+        );
+    }
+    if let Wanted::Part(first, last) = wanted(Some(range), len) {
+        assert!(first <= last && last < len, "{first}-{last} of {len}");
+    }
+    let _ = etag_listed(etag, "\"0-0\"");
+}
+
 /// Whether an `If-None-Match`/`If-Match` list holds `etag` (weak comparison for the former
 /// is what RFC 9110 asks; our tags are strong, so the two coincide).
 fn etag_listed(list: &str, etag: &str) -> bool {

@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -62,6 +65,10 @@ struct Active {
     id: u64,
     request: Vec<u8>,
     inbox: Option<mpsc::Sender<Vec<u8>>>,
+    /// Whether the client acknowledged anything yet.
+    acked: Arc<AtomicBool>,
+    /// Ends the session (to give its slot to a new request).
+    stop: CancellationToken,
 }
 
 type Peers = Arc<Mutex<HashMap<SocketAddrV4, Active>>>;
@@ -140,6 +147,26 @@ struct Start {
     slot: SessionSlot,
 }
 
+/// The oldest session that never saw an ACK, ended to make room: a request nobody
+/// follows up (spoofed, or from a client stuck before its first ACK) then holds a slot
+/// only until a new request needs it, while a transfer under way (acknowledged within
+/// milliseconds of its start) is never ended. Whether one was.
+fn preempt_unacknowledged(peers: &Peers) -> bool {
+    let peers = peers.lock().unwrap_or_else(|p| p.into_inner());
+    let victim = peers
+        .iter()
+        .filter(|(_, a)| !a.acked.load(Ordering::Relaxed) && !a.stop.is_cancelled())
+        .min_by_key(|(_, a)| a.id);
+    match victim {
+        Some((peer, active)) => {
+            info!(%peer, "all TFTP slots taken: a transfer never acknowledged ends for a new request");
+            active.stop.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
 impl Listener {
     /// Routes one packet arriving on the listening port: to a running single-port
     /// session, to the bin (a repeated request), to an error reply, or to a new session.
@@ -206,7 +233,35 @@ impl Listener {
             .await;
             return None;
         }
-        let Some(slot) = ctx.tftp.stats.try_start(ctx.tftp.config.max_sessions) else {
+        let per_client = ctx.tftp.config.max_per_client;
+        let running = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|p| *p.ip() == client)
+            .count();
+        if running >= per_client {
+            let mac = ctx.mac_of(client);
+            warn!(%peer, mac = %or_dash(mac), %file, max = per_client,
+                "too many TFTP sessions from one address; request refused");
+            refuse(
+                ErrorCode::NotDefined,
+                "Server busy, retry later",
+                mac,
+                &file,
+                Failure::Busy,
+            )
+            .await;
+            return None;
+        }
+        let stats = &ctx.tftp.stats;
+        let slot = match stats.try_start(ctx.tftp.config.max_sessions) {
+            Some(slot) => Some(slot),
+            None if preempt_unacknowledged(&self.peers) => Some(stats.start()),
+            None => None,
+        };
+        let Some(slot) = slot else {
             let mac = ctx.mac_of(client);
             warn!(%peer, mac = %or_dash(mac), %file, max = ctx.tftp.config.max_sessions,
                 "too many TFTP sessions; request refused");
@@ -238,12 +293,15 @@ impl Listener {
         } else {
             (None, None)
         };
+        let (acked, stop) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
         peers.lock().unwrap_or_else(|p| p.into_inner()).insert(
             peer,
             Active {
                 id,
                 request: data.to_vec(),
                 inbox: tx,
+                acked: acked.clone(),
+                stop: stop.clone(),
             },
         );
         let guard = PeerGuard {
@@ -277,19 +335,25 @@ impl Listener {
                     }
                 },
             };
-            transfer(&ctx, link, request, peer, mac).await;
+            tokio::select! {
+                _ = transfer(&ctx, link, request, peer, mac, acked) => {}
+                // Preempted before its first ACK: for the client, a transfer that timed out.
+                _ = stop.cancelled() => ctx.failed(*peer.ip(), mac, &name, Failure::Timeout, "timeout"),
+            }
         }
         .instrument(span)
     }
 }
 
-/// Opens the file and sends it. `mac` is the requester's, when known.
+/// Opens the file and sends it. `mac` is the requester's, when known; `acked` turns
+/// true at the client's first ACK.
 async fn transfer(
     ctx: &Ctx,
     mut link: Link,
     request: Request,
     peer: SocketAddrV4,
     mac: Option<Mac>,
+    acked: Arc<AtomicBool>,
 ) {
     let client = *peer.ip();
     let stats = &ctx.tftp.stats;
@@ -298,6 +362,8 @@ async fn transfer(
     if let (Some(port), Some(xdp)) = (xdp_port, &ctx.tftp.xdp) {
         xdp.add_tftp_port(port);
     }
+    // Also when the transfer is ended from outside (dropped mid-way).
+    let _port = PortGuard(ctx, xdp_port);
     let started = Instant::now();
     let opened = open(ctx, &request).await;
     let (file, size, served, named) = match opened {
@@ -315,7 +381,6 @@ async fn transfer(
             info!(error = %err, "request refused");
             ctx.failed(client, mac, &asked, why, reason);
             let _ = link.send(&packet::error(code, message)).await;
-            unregister(ctx, xdp_port);
             return;
         }
     };
@@ -329,8 +394,12 @@ async fn transfer(
     let timing = Timing {
         timeout: ctx.tftp.config.timeout,
         retries: ctx.tftp.config.retries,
+        first_ack_retries: ctx.tftp.config.first_ack_retries,
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        acked,
+        ..Tally::default()
+    };
     let outcome = session::run(
         &mut link,
         Source::new(file, request.mode),
@@ -339,7 +408,6 @@ async fn transfer(
         &mut tally,
     )
     .await;
-    unregister(ctx, xdp_port);
     let elapsed = started.elapsed();
     stats.update(client, |c| {
         c.bytes += tally.bytes;
@@ -358,14 +426,16 @@ async fn transfer(
             // local boot when it sends an installed host to its disk), anything else
             // under the requester's.
             match named.or(mac) {
-                Some(mac) if named.is_some() && ctx.tftp.seeds.installed(mac) => ctx
-                    .tftp
-                    .events
-                    .record(mac, ClientEvent::LocalBoot { path: served }),
-                Some(mac) => ctx
-                    .tftp
-                    .events
-                    .record(mac, ClientEvent::BootFile { path: served }),
+                Some(mac) if named.is_some() && ctx.tftp.seeds.installed(mac) => {
+                    ctx.tftp
+                        .events
+                        .record(mac, ClientEvent::LocalBoot { path: served });
+                }
+                Some(mac) => {
+                    ctx.tftp
+                        .events
+                        .record(mac, ClientEvent::BootFile { path: served });
+                }
                 None => {
                     debug!(%client, "no MAC known for the client; boot-file event not recorded")
                 }
@@ -394,9 +464,14 @@ async fn transfer(
     }
 }
 
-fn unregister(ctx: &Ctx, port: Option<u16>) {
-    if let (Some(port), Some(xdp)) = (port, &ctx.tftp.xdp) {
-        xdp.remove_tftp_port(port);
+/// Takes the transfer's port off the XDP program's list when the transfer ends.
+struct PortGuard<'a>(&'a Ctx, Option<u16>);
+
+impl Drop for PortGuard<'_> {
+    fn drop(&mut self) {
+        if let (Some(port), Some(xdp)) = (self.1, &self.0.tftp.xdp) {
+            xdp.remove_tftp_port(port);
+        }
     }
 }
 

@@ -4,7 +4,10 @@ use std::{
     collections::VecDeque,
     io,
     net::{Ipv4Addr, SocketAddrV4},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -124,11 +127,16 @@ pub struct Timing {
     pub timeout: Duration,
     /// Consecutive timeouts after which the client is given up.
     pub retries: u32,
+    /// As `retries`, before the client acknowledged anything: a request nobody follows
+    /// up (a spoofed or abandoned one) holds its slot only seconds.
+    pub first_ack_retries: u32,
 }
 
-/// What a transfer sent, for the metrics.
-#[derive(Clone, Copy, Debug, Default)]
+/// What a transfer sent, for the metrics, and whether the client acknowledged anything
+/// (read by the listener, which may end a never-acknowledged transfer to make room).
+#[derive(Debug, Default)]
 pub struct Tally {
+    pub acked: Arc<AtomicBool>,
     pub bytes: u64,
     pub retransmits: u64,
     /// Blocks in the file (acknowledged when complete).
@@ -190,6 +198,7 @@ pub async fn run(
     }
     let mut last: Option<u64> = None;
     let mut tries = 0u32;
+    let mut acked_any = false;
     let mut buf = vec![0u8; 2048];
     loop {
         // Until the OACK is acknowledged, no data (RFC 2347).
@@ -224,6 +233,8 @@ pub async fn run(
                 inflight.drain(..=(k - unacked) as usize);
                 unacked = k + 1;
                 tries = 0;
+                acked_any = true;
+                tally.acked.store(true, Ordering::Relaxed);
                 // An ACK inside the window means the rest was lost (RFC 7440): the
                 // next window starts right after it.
                 if unacked < sent
@@ -241,7 +252,12 @@ pub async fn run(
                     ?wait,
                     "no ACK in time; retransmitting"
                 );
-                if tries > timing.retries {
+                let limit = if acked_any {
+                    timing.retries
+                } else {
+                    timing.first_ack_retries.min(timing.retries)
+                };
+                if tries > limit {
                     let _ = link
                         .send(&packet::error(ErrorCode::NotDefined, "Timeout"))
                         .await;

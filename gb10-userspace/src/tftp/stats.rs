@@ -102,6 +102,13 @@ impl Stats {
         self.sessions.load(Ordering::Relaxed)
     }
 
+    /// Takes a place on the session gauge whatever the cap: for a request that replaces
+    /// a session being ended (its place comes back as it ends).
+    pub fn start(&self) -> SessionSlot {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        SessionSlot(self.sessions.clone())
+    }
+
     /// Takes a place on the session gauge when fewer than `max` are taken.
     pub fn try_start(&self, max: usize) -> Option<SessionSlot> {
         self.sessions

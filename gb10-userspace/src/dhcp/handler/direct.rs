@@ -59,7 +59,10 @@ pub fn handle_direct(
             let ip = match fixed {
                 Some(ip) if leases.free_for(ip, &client, ctx.now) => Some(ip),
                 Some(_) => None,
-                None => leases.pick(pool, &client, requested_ip(req), ctx.now, reserved),
+                None => {
+                    leases.bound_mac(mac, &client, ctx.dhcp.addresses_per_mac, ctx.now);
+                    leases.pick(pool, &client, requested_ip(req), ctx.now, reserved)
+                }
             };
             match ip {
                 Some(ip) => {
@@ -101,6 +104,9 @@ pub fn handle_direct(
             };
             if let Err(why) = may_have(wanted, &client, fixed, pool, leases, ctx, reserved) {
                 return nak(req, ctx, why);
+            }
+            if fixed.is_none() {
+                leases.bound_mac(mac, &client, ctx.dhcp.addresses_per_mac, ctx.now);
             }
             let hostname = host.and_then(|h| h.hostname.clone());
             let secs = ctx.dhcp.lease_time.as_secs();

@@ -106,20 +106,32 @@ pub(crate) fn reference(
     }
 }
 
-/// The lab renumbered to a /15 so every benchmark client gets its own address.
+/// The lab for the DHCP ladder: the LAN is 198.18.0.0/16, and perfdhcp speaks as a relay
+/// from 198.19.0.2 on a relayed subnet, 198.19.0.0/16, that the servers reach over the
+/// LAN link. A relay, because perfdhcp is one (it sets giaddr to its own address, and a
+/// giaddr on the LAN's own subnet is refused: a LAN client could otherwise pick the
+/// address its answer goes to); a subnet of its own, so every server hands out the same
+/// relayed pool of 65,000 addresses, enough for every step of the ladder (the fastest
+/// step that fits, 16,000/s for 3 s, takes 48,000).
 fn big_lab(tag: &str) -> Lab {
     let mut lab = Lab::bare(tag);
     lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
     lab.server
-        .ip(&["addr", "add", "198.18.0.1/15", "dev", &lab.server_if]);
-    // perfdhcp talks to the server's unicast address: the client end needs one too.
+        .ip(&["addr", "add", "198.18.0.1/16", "dev", &lab.server_if]);
+    lab.server
+        .ip(&["route", "add", "198.19.0.0/16", "dev", &lab.server_if]);
     lab.client
-        .ip(&["addr", "add", "198.18.0.2/15", "dev", &lab.client_if]);
-    lab.prefix = 15;
+        .ip(&["addr", "add", "198.18.0.2/16", "dev", &lab.client_if]);
+    lab.client
+        .ip(&["addr", "add", &format!("{RELAY}/16"), "dev", &lab.client_if]);
+    lab.prefix = 16;
     lab
 }
 
-const POOL: (&str, &str) = ("198.18.1.0", "198.19.255.250");
+/// perfdhcp's address, its giaddr.
+const RELAY: &str = "198.19.0.2";
+/// The relayed pool every server hands out.
+const POOL: (&str, &str) = ("198.19.0.10", "198.19.255.250");
 
 /// One perfdhcp run at `rate` for `secs` from `clients` simulated clients: (DORA
 /// completed per second, loss share, mean exchange latency in ms).
@@ -135,7 +147,7 @@ fn perfdhcp(lab: &Lab, rate: u32, secs: u32, clients: u32) -> (f64, f64, f64) {
             "perfdhcp",
             "-4",
             "-l",
-            &lab.client_if,
+            RELAY,
             "-x",
             "e",
         ])
@@ -234,7 +246,7 @@ fn dhcp_ladder(
         for &rate in rates {
             // A fresh server (and lease store) per step: every step starts from an empty pool.
             let lab = big_lab("bdhcp");
-            let range = format!("{}-{}", POOL.0, POOL.1);
+            let range = format!("198.19.0.0/16={}-{}", POOL.0, POOL.1);
             let (_daemon, server) = match name {
                 "gb10" => {
                     let (d, pid) = gb10(
@@ -246,6 +258,8 @@ fn dhcp_ladder(
                             "--guard",
                             "off",
                             "--dhcp-range",
+                            "198.18.0.100-198.18.0.200",
+                            "--dhcp-relay-ranges",
                             &range,
                             "--lease-time",
                             "1h",
@@ -307,7 +321,7 @@ fn dnsmasq(lab: &Lab) -> Server {
     .map(|s| s.to_string())
     .chain([
         format!("--interface={}", lab.server_if),
-        format!("--dhcp-range={},{},255.254.0.0,1h", POOL.0, POOL.1),
+        format!("--dhcp-range={},{},255.255.0.0,1h", POOL.0, POOL.1),
         format!(
             "--dhcp-leasefile={}",
             lab.dir.join("dnsmasq.leases").display()
@@ -339,7 +353,7 @@ fn serde_json_like(lab: &Lab) -> String {
   "interfaces-config": {{"interfaces": ["{iface}"], "dhcp-socket-type": "raw"}},
   "lease-database": {{"type": "memfile", "persist": true, "name": "{dir}/kea-leases4.csv", "lfc-interval": 0}},
   "valid-lifetime": 3600,
-  "subnet4": [{{"id": 1, "subnet": "198.18.0.0/15", "pools": [{{"pool": "{start} - {end}"}}]}}],
+  "subnet4": [{{"id": 1, "subnet": "198.19.0.0/16", "pools": [{{"pool": "{start} - {end}"}}]}}],
   "loggers": [{{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{{"output": "{dir}/kea.log"}}]}}]
 }}}}"#,
         iface = lab.server_if,

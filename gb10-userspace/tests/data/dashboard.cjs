@@ -32,6 +32,10 @@ const [url, mac, ns, beatUrl, shot, token] = process.argv.slice(2);
     }, mac, { timeout: 10000 });
     const after = await tile.innerText();
     await page.screenshot({ path: shot, fullPage: true });
+    // The fleet view is one click away.
+    await page.click("#fleetlink");
+    await page.waitForFunction(() => document.title === "gb10-provision fleet", null, { timeout: 10000 })
+      .catch(() => { throw new Error("the fleet link led to " + page.url()); });
     console.log(JSON.stringify({ before, after, loads }));
   } finally {
     await browser.close();

@@ -721,11 +721,11 @@ pub fn run(
         ));
     }
     // The daemon ran with XDP attached: the VM's per-client counters.
-    let metrics = lab.http("/metrics").1;
+    let metrics = lab.http_admin("/metrics").1;
     notes.extend(
         metrics
             .lines()
-            .filter(|l| l.starts_with("gb10_xdp") && l.contains(&mac))
+            .filter(|l| l.starts_with("gb10_client_") && l.contains(&mac))
             .map(|l| format!("metrics: {l}")),
     );
     Ok(Outcome {

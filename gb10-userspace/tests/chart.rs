@@ -365,7 +365,7 @@ fn render_errors_name_the_value_to_set() {
     let Some(tools) = tools("render_errors_name_the_value_to_set") else {
         return;
     };
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--set", "nodeName=n1"], "lanIface is required"),
         (
             &["--set", "lanIface=eth1"],
@@ -401,6 +401,13 @@ fn render_errors_name_the_value_to_set() {
                 "lanIface=eth1,nodeName=n1,extraConfig.http_port=81",
             ],
             "from the value `httpPort`",
+        ),
+        (
+            &[
+                "--set",
+                "lanIface=eth1,nodeName=n1,extraConfig.admin.token_file=/t",
+            ],
+            "from the value `adminTokenSecret`",
         ),
     ];
     for (args, expected) in cases {
@@ -489,6 +496,78 @@ fn chart_pod_shape() {
     assert_eq!(
         pod["nodeSelector"],
         json!({"gb10.example/provisioning-lan": "true"})
+    );
+}
+
+/// `adminTokenSecret`: the Secret's `token` key is mounted read-only (0400) and read as
+/// `[admin] token_file`; the token itself is nowhere in what the chart renders, and the
+/// daemon's `check` accepts the rendered config with a token in that file. Without the
+/// value nothing of it renders (the daemon makes its own token in the state dir).
+#[test]
+fn admin_token_from_a_secret() {
+    let Some(tools) = tools("admin_token_from_a_secret") else {
+        return;
+    };
+    const DIR: &str = "/etc/gb10-provision-admin";
+    let rendered = tools.template(&["-f", VALUES[0], "--set", "adminTokenSecret=gb10-admin"]);
+    let docs = yaml_docs(&rendered);
+    let config = config_toml(&docs);
+    let parsed: toml::Table = toml::from_str(&config).expect("config.toml is TOML");
+    assert_eq!(
+        parsed["admin"]["token_file"].as_str(),
+        Some(format!("{DIR}/token").as_str()),
+        "{config}"
+    );
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "admin-token")
+        .expect("an admin-token volume");
+    assert_eq!(
+        volume["secret"],
+        json!({"secretName": "gb10-admin", "items": [{"key": "token", "path": "token"}],
+               "defaultMode": 0o400})
+    );
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "admin-token")
+        .expect("an admin-token mount");
+    assert_eq!(
+        mount,
+        &json!({"name": "admin-token", "mountPath": DIR, "readOnly": true})
+    );
+    assert!(
+        pod["containers"][0]
+            .get("env")
+            .is_none_or(|env| !env.to_string().contains("TOKEN")),
+        "the token in the environment"
+    );
+    // The daemon reads the file the config names.
+    let scratch = Scratch::new("token");
+    let token_file = scratch.0.join("token");
+    std::fs::write(&token_file, "a-token-from-a-kubernetes-secret\n").expect("token");
+    let local = config.replace(&format!("{DIR}/token"), token_file.to_str().expect("path"));
+    let file = scratch.0.join("config.toml");
+    std::fs::write(&file, &local).expect("writing config.toml");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&file));
+    assert!(out.status.success(), "{local}\n{}", text(&out));
+    // A missing file is the daemon's error, naming the key.
+    std::fs::write(&file, &config).expect("writing config.toml");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&file));
+    assert!(
+        !out.status.success() && text(&out).contains("admin.token_file"),
+        "{}",
+        text(&out)
+    );
+    // Without the value: no [admin] table, no volume, no mount.
+    let plain = tools.template(&["-f", VALUES[0]]);
+    assert!(
+        !plain.contains("admin-token") && !plain.contains("[admin]"),
+        "{plain}"
     );
 }
 

@@ -140,16 +140,7 @@ fn perfdhcp(lab: &Lab, rate: u32, secs: u32, clients: u32) -> (f64, f64, f64) {
         .client
         .cmd("taskset")
         .args([
-            "-c",
-            "1",
-            "timeout",
-            "60",
-            "perfdhcp",
-            "-4",
-            "-l",
-            RELAY,
-            "-x",
-            "e",
+            "-c", "1", "timeout", "60", "perfdhcp", "-4", "-l", RELAY, "-x", "e",
         ])
         .args([
             "-r",

@@ -30,6 +30,9 @@ Where the config file sits in the container; the ConfigMap key is its base name.
 */}}
 {{- define "gb10-provision.configDir" -}}/etc/gb10-provision{{- end }}
 
+{{/* Where the admin token Secret is mounted (adminTokenSecret). */}}
+{{- define "gb10-provision.adminTokenDir" -}}/etc/gb10-provision-admin{{- end }}
+
 {{/*
 Render-time checks with messages that say what to set. The daemon validates the
 rest (address syntax, range inside the subnet, …) in `gb10-provision check`, which
@@ -71,7 +74,8 @@ Which value renders each config key the chart owns; extraConfig may not set them
   "proxy_subnet" "proxySubnet"
   "dhcp.range" "dhcpRange"
   "dhcp.lease_time" "leaseTime"
-  "xdp.mode" "xdp.mode") -}}
+  "xdp.mode" "xdp.mode"
+  "admin.token_file" "adminTokenSecret") -}}
 {{- end }}
 
 {{/*
@@ -123,6 +127,9 @@ Returned as JSON (templates return strings); fromJson gives the map back.
 {{- end -}}
 {{- $_ := set $cfg "dhcp" $dhcp -}}
 {{- $_ := set $cfg "xdp" (dict "mode" $v.xdp.mode) -}}
+{{- if $v.adminTokenSecret -}}
+{{- $_ := set $cfg "admin" (dict "token_file" (printf "%s/token" (include "gb10-provision.adminTokenDir" .))) -}}
+{{- end -}}
 {{- $extra := $v.extraConfig | default dict -}}
 {{- if not (kindIs "map" $extra) -}}
 {{- fail "extraConfig must be a map of config keys and tables (rendered as TOML), not a string" -}}
@@ -215,6 +222,7 @@ The install notes (NOTES.txt is this include, so the chart test can render it of
 {{- define "gb10-provision.notes" -}}
 {{- $addr := include "gb10-provision.lanAddr" . -}}
 {{- $base := printf "http://%s:%d" $addr (int .Values.httpPort) -}}
+{{- $clients := ternary (printf "%s/clients" $base) (printf "http://<address>:%d/clients" (int .Values.httpPort)) (ne $addr "") -}}
 gb10-provision {{ .Chart.AppVersion }} ({{ .Values.mode }} mode) serves interface {{ .Values.lanIface }}
 {{ if .Values.nodeName }}on node {{ .Values.nodeName }}{{ else }}on the nodes labelled {{ toJson .Values.nodeSelector }}{{ end }}.
 
@@ -239,9 +247,15 @@ On the node itself (what the kubelet probes; answers while the LAN has no addres
   liveness:                                  http://127.0.0.1:{{ .Values.healthPort }}/livez
   metrics, no token (Prometheus on the node): http://127.0.0.1:{{ .Values.healthPort }}/metrics
 
+{{ if .Values.adminTokenSecret -}}
+The admin token (every route that names clients or hosts needs it on the LAN) is the key
+`token` of the Secret {{ .Values.adminTokenSecret }} (read once at start), e.g.
+  curl -s -H "Authorization: Bearer $(kubectl -n {{ .Release.Namespace }} get secret {{ .Values.adminTokenSecret }} -o jsonpath='{.data.token}' | base64 -d)" {{ $clients }}
+{{- else -}}
 The admin token (every route that names clients or hosts needs it on the LAN) is made at
 the daemon's first start in {{ .Values.dataPath }}/state/admin-token on the node (0600), e.g.
-  curl -s -H "Authorization: Bearer $(cat {{ .Values.dataPath }}/state/admin-token)" {{ if $addr }}{{ $base }}{{ else }}http://<address>:{{ .Values.httpPort }}{{ end }}/clients
+  curl -s -H "Authorization: Bearer $(cat {{ .Values.dataPath }}/state/admin-token)" {{ $clients }}
+{{- end }}
   curl -s http://127.0.0.1:{{ .Values.healthPort }}/metrics | grep gb10_xdp_attached
 
 Pod status and log:

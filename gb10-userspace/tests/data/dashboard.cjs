@@ -32,11 +32,13 @@ const [url, mac, ns, beatUrl, shot, token] = process.argv.slice(2);
     }, mac, { timeout: 10000 });
     const after = await tile.innerText();
     await page.screenshot({ path: shot, fullPage: true });
+    // Page loads up to here (the tile changed with none); the link below is one more.
+    const seen = { before, after, loads };
     // The fleet view is one click away.
     await page.click("#fleetlink");
     await page.waitForFunction(() => document.title === "gb10-provision fleet", null, { timeout: 10000 })
       .catch(() => { throw new Error("the fleet link led to " + page.url()); });
-    console.log(JSON.stringify({ before, after, loads }));
+    console.log(JSON.stringify(seen));
   } finally {
     await browser.close();
   }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::{
     auth,
     clients::{self, Clients},
-    config::{Config, XdpMode},
+    config::{Config, Mode, XdpMode},
     dhcp::{self, LeaseTable},
     guard::{self, Guard},
     hosts::{self, Hosts, api::Admin, ssh::Joiner},
@@ -54,10 +54,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // seed that does not render for a host is logged (that host's requests get 500).
     let (live, publisher) = live::start(&config.data_path)?;
     check(&live.now());
+    let holders = match config.mode {
+        Mode::Direct => config.dhcp.pool_addresses(),
+        Mode::Proxy => 0,
+    };
     let clients = Arc::new(Clients::open(
         store.clone(),
         config.clients.clone(),
         config.dhcp.lease_time,
+        holders,
     )?);
     let hosts = Arc::new(Hosts::open(store.clone())?);
     hosts.sync_inventory(&live.now().inventory)?;

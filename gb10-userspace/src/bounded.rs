@@ -6,6 +6,11 @@ use std::{
     hash::Hash,
 };
 
+/// Entries an insertion looks at, at most, for one that may go: bounds the cost of an
+/// insertion when the oldest entries must all stay (they move to the back, so successive
+/// insertions look further).
+const INSERT_LOOKS: usize = 64;
+
 /// At most `cap` entries, except those admitted over it because they must be kept.
 #[derive(Debug)]
 pub struct Bounded<K, V> {
@@ -82,7 +87,7 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
             *slot = value;
             return Ok(Vec::new());
         }
-        let evicted = self.make_room(self.cap.saturating_sub(1), keep);
+        let evicted = self.make_room(self.cap.saturating_sub(1), INSERT_LOOKS, keep);
         if self.entries.len() >= self.cap && !must_admit {
             return Err(value);
         }
@@ -94,15 +99,21 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
 
     /// Evicts entries that may go until at most `cap` remain (or none may go); what went.
     pub fn trim(&mut self, keep: impl FnMut(&K, &V) -> bool) -> Vec<(K, V)> {
-        self.make_room(self.cap, keep)
+        self.make_room(self.cap, self.entries.len(), keep)
     }
 
-    /// Looks at entries oldest first, at most once each, evicting those that may go until
-    /// `target` remain. An entry that must stay moves to the back, so the next call finds
-    /// the ones that may go first: kept entries cost a look once, not on every insertion.
-    fn make_room(&mut self, target: usize, mut keep: impl FnMut(&K, &V) -> bool) -> Vec<(K, V)> {
+    /// Looks at up to `looks` entries oldest first, at most once each, evicting those that
+    /// may go until `target` remain. An entry that must stay moves to the back, so the next
+    /// call finds the ones that may go first: kept entries cost a look once, not on every
+    /// insertion, and an insertion into a map full of kept entries costs `looks` at most.
+    fn make_room(
+        &mut self,
+        target: usize,
+        looks: usize,
+        mut keep: impl FnMut(&K, &V) -> bool,
+    ) -> Vec<(K, V)> {
         let mut evicted = Vec::new();
-        for _ in 0..self.entries.len() {
+        for _ in 0..self.entries.len().min(looks) {
             if self.entries.len() <= target {
                 break;
             }
@@ -129,6 +140,42 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A map full of entries that must stay (a pool's lease holders): an insertion looks
+    /// at a bounded number of them, not at all of them (which made every DHCP event
+    /// O(table) once the leases outnumbered the bound).
+    #[test]
+    fn an_insertion_into_a_map_of_kept_entries_looks_at_a_bounded_number() {
+        let mut m = Bounded::new(10_000);
+        for k in 0..10_000u32 {
+            m.insert(k, (), |_, _| true, true).unwrap();
+        }
+        let mut looks = 0;
+        let refused = m.insert(
+            10_000,
+            (),
+            |_, _| {
+                looks += 1;
+                true
+            },
+            false,
+        );
+        assert_eq!(refused, Err(()));
+        assert_eq!(looks, INSERT_LOOKS);
+        // The entries looked at moved to the back: the next insertion looks at others,
+        // and finds the one that may go.
+        let gone = m
+            .insert(10_001, (), |k, _| *k != INSERT_LOOKS as u32 + 5, false)
+            .unwrap();
+        assert_eq!(gone, vec![(INSERT_LOOKS as u32 + 5, ())]);
+        // Nothing over the bound: trim evicts nothing.
+        let mut looks = 0;
+        m.trim(|_, _| {
+            looks += 1;
+            true
+        });
+        assert_eq!(looks, 0, "nothing over the bound");
+    }
 
     #[test]
     fn least_recently_used_goes_and_kept_ones_stay() {

@@ -459,6 +459,7 @@ impl Clients {
             Vec::new(),
             ClientsConfig::default(),
             Duration::from_secs(12 * 3600),
+            0,
         )
     }
 
@@ -467,8 +468,12 @@ impl Clients {
         mut saved: Vec<ClientRecord>,
         limits: ClientsConfig,
         lease_time: Duration,
+        holders: usize,
     ) -> Self {
-        let mut records = Bounded::new(limits.max_records);
+        // Room for `max_records` others beside every client that can hold a lease: a
+        // pool larger than the bound never leaves a new machine's DISCOVER unrecorded
+        // because lease holders (who must stay) fill the table.
+        let mut records = Bounded::new(limits.max_records.saturating_add(holders));
         // Oldest first, so the least recently seen go first once the keep rule is known.
         saved.sort_by_key(|r| r.last_seen_ms);
         for r in saved {
@@ -489,11 +494,14 @@ impl Clients {
         }
     }
 
-    /// Client state backed by `store`, loading what an earlier run saved.
+    /// Client state backed by `store`, loading what an earlier run saved. `holders`: how
+    /// many clients can hold a lease at once (the pools' addresses), kept beside
+    /// `max_records` others.
     pub fn open(
         store: Store,
         limits: ClientsConfig,
         lease_time: Duration,
+        holders: usize,
     ) -> Result<Self, ClientsError> {
         let mut records = Vec::new();
         let txn = store.db().begin_read()?;
@@ -514,7 +522,13 @@ impl Clients {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(Self::with(Some(store), records, limits, lease_time))
+        Ok(Self::with(
+            Some(store),
+            records,
+            limits,
+            lease_time,
+            holders,
+        ))
     }
 
     /// Sets which MACs are hosts, and forgets what an earlier run kept beyond the bound.
@@ -1124,7 +1138,7 @@ mod tests {
             ..ClientsConfig::default()
         };
         let store = Store::in_memory();
-        let c = Clients::open(store.clone(), limits.clone(), Duration::from_secs(3600)).unwrap();
+        let c = Clients::open(store.clone(), limits.clone(), Duration::from_secs(3600), 0).unwrap();
         const HOST: Mac = Mac([2, 0, 0, 0, 0, 9]);
         c.keep_with(Box::new(|m| m == HOST));
         c.record(HOST, ClientEvent::Discover { arch: None });
@@ -1144,7 +1158,7 @@ mod tests {
         assert!(c.get(HOST).is_some() && c.get(MAC).is_some());
         assert!(c.get(mac(999)).is_some() && c.get(mac(0)).is_none());
         // A host's heartbeat is a record even when nothing else was seen of it.
-        let again = Clients::open(store, limits, Duration::from_secs(3600)).unwrap();
+        let again = Clients::open(store, limits, Duration::from_secs(3600), 0).unwrap();
         assert_eq!(again.all().len(), 16, "strays are never saved");
         assert!(again.get(HOST).is_some() && again.get(MAC).is_some());
         // With strays refused, an unknown MAC's heartbeat leaves nothing behind.
@@ -1155,6 +1169,7 @@ mod tests {
                 ..ClientsConfig::default()
             },
             Duration::from_secs(3600),
+            0,
         )
         .unwrap();
         none.keep_with(Box::new(|_| false));
@@ -1170,6 +1185,7 @@ mod tests {
                 s.clone(),
                 ClientsConfig::default(),
                 Duration::from_secs(3600),
+                0,
             )
             .unwrap()
         };

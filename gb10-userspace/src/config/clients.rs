@@ -25,7 +25,8 @@ pub struct RawClients {
     /// counters (default 4096). Past it, the least recently seen client that is neither
     /// an inventory host, a host registered through the API, nor holding a live lease is
     /// forgotten to make room; those are always kept, beyond the bound if need be (their
-    /// number is bounded by the inventory and the pools).
+    /// number is bounded by the inventory and the pools, and the table has room for the
+    /// pools' addresses on top of this bound).
     #[arg(
         id = "clients_max_records",
         long = "clients-max-records",

@@ -62,6 +62,20 @@ pub struct DhcpConfig {
     pub addresses_per_mac: usize,
 }
 
+impl DhcpConfig {
+    /// Addresses in the LAN pool and every relay pool: how many clients can hold a lease
+    /// at once (in direct mode).
+    pub fn pool_addresses(&self) -> usize {
+        let size = |(start, end): (Ipv4Addr, Ipv4Addr)| {
+            (u32::from(end).saturating_sub(u32::from(start)) as usize).saturating_add(1)
+        };
+        self.relay_ranges
+            .iter()
+            .map(|r| size(r.range))
+            .fold(size(self.range), usize::saturating_add)
+    }
+}
+
 /// A pool for a subnet behind a DHCP relay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayRange {

@@ -242,9 +242,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it), without a `..`: paths under it
+/// are bind-mounted into containers at the same path, where `xtask/..` would not
+/// resolve (the container has no `xtask` directory).
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
 /// Runs a command from the workspace root, failing with its name when it fails.

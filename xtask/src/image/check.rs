@@ -138,13 +138,32 @@ impl Runtime {
         })
     }
 
+    /// `podman run --rm`, no network, read-only root: the options before the image.
+    fn run_cmd(&self) -> Command {
+        let mut cmd = self.podman.cmd();
+        cmd.args(["run", "--rm", "--network", "none", "--read-only"]);
+        cmd
+    }
+
+    /// `podman run --rm` of the image, no network, read-only root, with `mounts`
+    /// (path, writable) bound at the same paths inside; the caller adds the daemon's
+    /// arguments.
+    pub fn command(&self, mounts: &[(&Path, bool)]) -> anyhow::Result<Command> {
+        let mut cmd = self.run_cmd();
+        for (path, writable) in mounts {
+            let path = path.to_str().context("path")?;
+            let mode = if *writable { "rw" } else { "ro" };
+            cmd.arg("--volume").arg(format!("{path}:{path}:{mode}"));
+        }
+        cmd.arg(reference());
+        Ok(cmd)
+    }
+
     /// `podman run --rm IMAGE` with `args` before the image and `cmd` after it; its
     /// output, or Err with it when it failed.
     fn run_image(&self, args: &[&str], cmd: &[&str]) -> Result<String, String> {
         let out = self
-            .podman
-            .cmd()
-            .args(["run", "--rm", "--network", "none", "--read-only"])
+            .run_cmd()
             .args(args)
             .arg(reference())
             .args(cmd)

@@ -71,6 +71,12 @@ enum Task {
         /// The image's architecture (default: this machine's).
         #[arg(long, value_enum)]
         arch: Option<e2e::assets::Arch>,
+        /// A check image instead of the release artifact: the debug daemon `cargo build`
+        /// makes of this tree (the tests' binary; this machine's architecture), tagged
+        /// `<version>-check` in target/image/gb10-provision-<version>-check-<arch>.tar.
+        /// For CI's `cargo xtask test`; never to ship.
+        #[arg(long)]
+        debug: bool,
         /// Then run it as the chart does and check it (root): see xtask/src/image/check.rs.
         #[arg(long)]
         check: bool,
@@ -209,8 +215,18 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             lab::run(once)
         }
-        Task::Image { arch, check, boot } => {
-            let image = image::build(arch.unwrap_or_else(e2e::assets::Arch::host))?;
+        Task::Image {
+            arch,
+            debug,
+            check,
+            boot,
+        } => {
+            let build = if debug {
+                image::Build::Check
+            } else {
+                image::Build::Release
+            };
+            let image = image::build(arch.unwrap_or_else(e2e::assets::Arch::host), build)?;
             if check {
                 image::check::run(&image, boot.as_deref())?;
             }
@@ -343,11 +359,14 @@ fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
         // of its 45), and nothing else in CI builds release.
         if all {
             let host = e2e::assets::Arch::host();
-            image::check::run(&image::build(host)?, Some(IMAGE_BOOT))?;
+            image::check::run(
+                &image::build(host, image::Build::Release)?,
+                Some(IMAGE_BOOT),
+            )?;
             let arm64 = e2e::assets::Arch::Arm64;
             // No firmware boot: under qemu-user the daemon refuses to serve files (no
             // openat2 in Debian 12's qemu 7.2), which the check shows instead.
-            image::check::run(&image::build(arm64)?, None)?;
+            image::check::run(&image::build(arm64, image::Build::Release)?, None)?;
         }
     }
     // The closing line, last: cargo's own final `test result` belongs to whichever binary

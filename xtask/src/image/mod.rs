@@ -91,6 +91,13 @@ pub fn dir(arch: Arch) -> PathBuf {
 /// Builds the image for `arch` holding the `build` daemon and writes its archive; prints
 /// its contents and size.
 pub fn build(arch: Arch, build: Build) -> anyhow::Result<Image> {
+    if build == Build::Check && arch != Arch::host() {
+        bail!(
+            "a check image holds this machine's debug daemon ({}); an {} image is built for release",
+            Arch::host().debian(),
+            arch.debian()
+        );
+    }
     crate::setup::image(arch != Arch::host())?;
     let dir = dir(arch);
     let base = rootfs::base(arch, &dir)?;
@@ -182,13 +189,6 @@ pub fn build(arch: Arch, build: Build) -> anyhow::Result<Image> {
 /// as the image's). Its debug info (most of its 200-odd MB) is stripped into a copy:
 /// the code the check runs is the tests' code, the image stays near the release size.
 fn check_daemon(arch: Arch) -> anyhow::Result<PathBuf> {
-    if arch != Arch::host() {
-        bail!(
-            "a check image holds this machine's debug daemon ({}); an {} image is built for release",
-            Arch::host().debian(),
-            arch.debian()
-        );
-    }
     eprintln!("image: the debug daemon of this tree (cargo build), for a check image");
     let debug = crate::e2e::lab::build_daemon(false)?;
     let bin = dir(arch).join("gb10-provision-check");

@@ -592,7 +592,7 @@ pub fn run(
     let mac = lab::mac_for(s, Stack::Gb10);
     let data = lab.dir.join("data");
     let (tftp, www) = (data.join("tftp"), data.join("www"));
-    lab::populate(assets, bin, &data, &lab::Progress::Quiet).map_err(setup)?;
+    lab::populate(assets, Command::new(bin), &data, &lab::Progress::Quiet).map_err(setup)?;
     let a = s.arch.debian();
     for root in [&tftp, &www] {
         link(&installer.kernel, &root.join(a).join("installer/vmlinuz")).map_err(setup)?;

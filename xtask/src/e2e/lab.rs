@@ -31,9 +31,10 @@ pub enum Stack {
     Gb10,
     /// The reference: dnsmasq (DHCP, TFTP) + nginx with static scripts.
     Reference,
-    /// gb10-provision's container image of this architecture, run by podman from the
-    /// chart's pod spec (`cargo xtask image --check`).
-    Image(Arch),
+    /// gb10-provision's container image of this architecture (the release artifact or a
+    /// check image), run by podman from the chart's pod spec (`cargo xtask image
+    /// --check`).
+    Image(Arch, crate::image::Build),
 }
 
 /// What serves the VM when it is gb10-provision: the process, or the chart's pod.
@@ -141,7 +142,7 @@ pub fn mac_for(s: &Scenario, stack: Stack) -> String {
     let stack = match stack {
         Stack::Gb10 => 0,
         Stack::Reference => 1,
-        Stack::Image(_) => 2,
+        Stack::Image(..) => 2,
     };
     format!("52:54:00:e2:{stack:02x}:{:02x}", n + 1)
 }
@@ -160,13 +161,16 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// initramfs, kernels and initrds under `<arch>/` in both roots, boot loaders at their
 /// top. Then one e2e-only change: UEFI HTTP boot fetches GRUB over HTTP and Debian's
 /// signed network GRUB has no http module, so www/ gets a GRUB built with it.
+///
+/// `gb10` is the command that runs gb10-provision: the built binary, or the image's
+/// own (`podman run` with these paths mounted) when the container serves.
 pub fn populate(
     assets: &Assets,
-    bin: &Path,
+    mut gb10: Command,
     data: &Path,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let out = Command::new(bin)
+    let out = gb10
         .arg("assets")
         .arg(&assets.amd64.debs)
         .arg(&assets.arm64.debs)
@@ -194,6 +198,25 @@ pub fn populate(
     copy(&assets.amd64.grub_http, &data.join("www/grubx64.efi"))?;
     copy(&assets.arm64.grub_http, &data.join("www/grubaa64.efi"))?;
     Ok(())
+}
+
+/// `gb10-provision` run from `arch`'s image (no network, read-only root), with the
+/// packages and initrds `assets` reads mounted read-only and `data` writable, each at
+/// its own path so the arguments name them as on this machine.
+fn assets_in_image(
+    arch: Arch,
+    build: crate::image::Build,
+    assets: &Assets,
+    data: &Path,
+) -> anyhow::Result<Command> {
+    fs::create_dir_all(data)?;
+    let mut mounts = Vec::new();
+    for a in [&assets.amd64, &assets.arm64] {
+        mounts.push((a.debs.as_path(), false));
+        mounts.push((a.initrd.as_path(), false));
+    }
+    mounts.push((data, true));
+    crate::image::check::Runtime::open(arch, build)?.command(&mounts)
 }
 
 fn console(arch: Arch) -> &'static str {
@@ -564,7 +587,13 @@ pub fn boot(
     let mac = mac_for(s, stack);
     let data = lab.dir.join("data");
     let (tftp, www) = (data.join("tftp"), data.join("www"));
-    populate(assets, bin, &data, progress).map_err(|e| fail("setup", format!("{e:#}")))?;
+    let gb10 = match stack {
+        // The operator of the image lays out assets with the image's binary.
+        Stack::Image(arch, build) => assets_in_image(arch, build, assets, &data),
+        Stack::Gb10 | Stack::Reference => Ok(Command::new(bin)),
+    };
+    gb10.and_then(|gb10| populate(assets, gb10, &data, progress))
+        .map_err(|e| fail("setup", format!("{e:#}")))?;
     fs::write(
         data.join("inventory.toml"),
         inventory(s, &mac, lab.server_ip),
@@ -580,10 +609,10 @@ pub fn boot(
                 |e| fail("setup", format!("gb10-provision: {e}")),
             )?))
         }
-        Stack::Image(arch) => {
+        Stack::Image(arch, build) => {
             let (values, set) = chart_values(s);
             Some(Server::Pod(
-                crate::image::check::serve_bridge(arch, &lab, values, &set)
+                crate::image::check::serve_bridge(arch, build, &lab, values, &set)
                     .map_err(|e| fail("setup", format!("gb10-provision's pod: {e:#}")))?,
             ))
         }
@@ -591,7 +620,7 @@ pub fn boot(
     };
     let access_log = lab.dir.join("nginx-access.log");
     let _nginx = match stack {
-        Stack::Gb10 | Stack::Image(_) => None,
+        Stack::Gb10 | Stack::Image(..) => None,
         Stack::Reference => {
             let conf = reference_files(s, &lab, &mac, &www, &tftp)
                 .map_err(|e| fail("setup", format!("{e:#}")))?;

@@ -19,15 +19,19 @@ pub const CI: &[&str] = &[
     "ovmf-ipxe-proxy",
 ];
 
-/// Boots scenario `name` once, served by the `arch` image's pod (loaded by the image
-/// check), and prints its stages.
-pub fn boot_in_container(arch: assets::Arch, name: &str) -> anyhow::Result<()> {
+/// Boots scenario `name` once, served by the pod of `arch`'s `build` image (loaded by
+/// the image check), and prints its stages.
+pub fn boot_in_container(
+    arch: assets::Arch,
+    build: crate::image::Build,
+    name: &str,
+) -> anyhow::Result<()> {
     crate::setup::e2e()?;
     let s = scenario::find(name).ok_or_else(|| anyhow::anyhow!("no scenario `{name}`"))?;
     let assets = assets::Assets::prepare()?;
     println!(
         "e2e in the {} container: {} — {}",
-        arch.debian(),
+        build.label(arch),
         s.name,
         s.about
     );
@@ -37,14 +41,14 @@ pub fn boot_in_container(arch: assets::Arch, name: &str) -> anyhow::Result<()> {
         &assets,
         &bin,
         s,
-        lab::Stack::Image(arch),
+        lab::Stack::Image(arch, build),
         &mut lab::Progress::Lines,
         |_, _| {},
     ) {
         Ok(o) => {
             println!(
                 "e2e in the {} container: {} heartbeat after {:.1} s",
-                arch.debian(),
+                build.label(arch),
                 s.name,
                 o.heartbeat.as_secs_f64()
             );
@@ -55,7 +59,7 @@ pub fn boot_in_container(arch: assets::Arch, name: &str) -> anyhow::Result<()> {
             bail!(
                 "{} failed in the {} container at {}",
                 s.name,
-                arch.debian(),
+                build.label(arch),
                 f.stage
             )
         }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail, ensure};
 use gb10_lab::{Bridge, Lab, Metrics, Netns, wait_until};
 use serde_json::{Value, json};
 
-use super::{Image, Podman, dir, podman::checked, reference};
+use super::{Build, Image, Podman, dir, podman::checked, reference};
 use crate::{e2e::assets::Arch, root};
 
 /// The capabilities the chart adds (and the bits /proc/PID/status shows for them).
@@ -31,50 +31,64 @@ const CHART_CAPS: [(&str, u32); 4] = [
 pub struct Runtime {
     podman: Podman,
     pub arch: Arch,
+    /// Which image of `arch` was loaded (the release artifact or a check image).
+    pub build: Build,
 }
 
 impl Runtime {
-    /// The storage `load` filled for `arch`.
-    pub fn open(arch: Arch) -> anyhow::Result<Self> {
+    /// The storage `load` filled for `arch`, holding its `build` image.
+    pub fn open(arch: Arch, build: Build) -> anyhow::Result<Self> {
         Ok(Self {
             podman: Podman::new(&dir(arch).join("podman-run"))?,
             arch,
+            build,
         })
+    }
+
+    /// The loaded image's name.
+    fn reference(&self) -> String {
+        reference(self.build)
+    }
+
+    /// How output names the image.
+    fn label(&self) -> String {
+        self.build.label(self.arch)
     }
 
     /// A fresh storage with `image`'s archive loaded by `podman load`, as a user
     /// without registry access loads it.
     pub fn load(image: &Image) -> anyhow::Result<Self> {
         let run_dir = dir(image.arch).join("podman-run");
-        let stale = Self::open(image.arch)?;
+        let stale = Self::open(image.arch, image.build)?;
         // Whatever a killed earlier run left: its pods, then the storage itself.
         let _ = stale.podman.run(&["pod", "rm", "--all", "--force"]);
         let _ = stale.podman.run(&["system", "reset", "--force"]);
         let _ = std::fs::remove_dir_all(&run_dir);
-        let rt = Self::open(image.arch)?;
+        let rt = Self::open(image.arch, image.build)?;
         let loaded =
             rt.podman
                 .run(&["load", "--input", image.archive.to_str().context("path")?])?;
         ensure!(
-            loaded.contains(&reference()),
+            loaded.contains(&rt.reference()),
             "podman load did not name {}: {loaded}",
-            reference()
+            rt.reference()
         );
         let platform = rt.podman.run(&[
             "image",
             "inspect",
             "--format",
             "{{.Os}}/{{.Architecture}}",
-            &reference(),
+            &rt.reference(),
         ])?;
         ensure!(
             platform.trim() == format!("linux/{}", image.arch.debian()),
             "the loaded image is {platform}"
         );
         println!(
-            "image check: podman load {} -> {} ({})",
+            "image check [{}]: podman load {} -> {} ({})",
+            rt.label(),
             image.archive.display(),
-            reference(),
+            rt.reference(),
             platform.trim()
         );
         Ok(rt)
@@ -138,15 +152,34 @@ impl Runtime {
         })
     }
 
+    /// `podman run --rm`, no network, read-only root: the options before the image.
+    fn run_cmd(&self) -> Command {
+        let mut cmd = self.podman.cmd();
+        cmd.args(["run", "--rm", "--network", "none", "--read-only"]);
+        cmd
+    }
+
+    /// `podman run --rm` of the image, no network, read-only root, with `mounts`
+    /// (path, writable) bound at the same paths inside; the caller adds the daemon's
+    /// arguments.
+    pub fn command(&self, mounts: &[(&Path, bool)]) -> anyhow::Result<Command> {
+        let mut cmd = self.run_cmd();
+        for (path, writable) in mounts {
+            let path = path.to_str().context("path")?;
+            let mode = if *writable { "rw" } else { "ro" };
+            cmd.arg("--volume").arg(format!("{path}:{path}:{mode}"));
+        }
+        cmd.arg(self.reference());
+        Ok(cmd)
+    }
+
     /// `podman run --rm IMAGE` with `args` before the image and `cmd` after it; its
     /// output, or Err with it when it failed.
     fn run_image(&self, args: &[&str], cmd: &[&str]) -> Result<String, String> {
         let out = self
-            .podman
-            .cmd()
-            .args(["run", "--rm", "--network", "none", "--read-only"])
+            .run_cmd()
             .args(args)
-            .arg(reference())
+            .arg(self.reference())
             .args(cmd)
             .output()
             .map_err(|e| e.to_string())?;
@@ -356,9 +389,11 @@ fn wait_ready(
     }
 }
 
-/// The chart rendered for a lab: the CI values file, with only what the lab decides
-/// (its interface, data directory) and `extra` set on top.
+/// The chart rendered for a lab to run `rt`'s image: the CI values file, with only what
+/// the lab decides (its interface, data directory), a check image's tag, and `extra`
+/// set on top.
 fn lab_docs(
+    rt: &Runtime,
     values: &str,
     iface: &str,
     data: &Path,
@@ -374,6 +409,9 @@ fn lab_docs(
         // `runtime_default_seccomp` shows it). `extra` may set it back.
         ("seccompProfile", "Unconfined".to_owned()),
     ];
+    if rt.build != Build::Release {
+        set.push(("image.tag", rt.build.tag()));
+    }
     set.extend(extra.iter().cloned());
     let docs = render(values, &set)?;
     // The chart pulls the image this check loaded.
@@ -384,9 +422,9 @@ fn lab_docs(
         .unwrap_or_default()
         .to_owned();
     ensure!(
-        format!("docker.io/library/{image}") == reference(),
+        format!("docker.io/library/{image}") == rt.reference(),
         "the chart runs {image}, the image is {}",
-        reference()
+        rt.reference()
     );
     pod_docs(&docs)
 }
@@ -428,6 +466,7 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
     let native = rt.arch == Arch::host();
     let extra = emulated_xdp(rt.arch);
     let mut docs = lab_docs(
+        rt,
         "ci/direct-values.yaml",
         &lab.server_if,
         &data,
@@ -447,7 +486,7 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
     let ready = wait_ready(&lab.server, &pod, &probe, Duration::from_secs(60))?;
     println!(
         "image check [{}] direct: ready after {:.1} s (GET {}:{}{} = 200)",
-        rt.arch.debian(),
+        rt.label(),
         ready.as_secs_f64(),
         probe.0,
         probe.1,
@@ -467,7 +506,7 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
     );
     println!(
         "image check [{}] direct: CapEff=CapPrm=CapBnd={want:016x}, read-only root",
-        rt.arch.debian()
+        rt.label()
     );
 
     let metrics = |path: &str| Metrics(get(&lab.server, &probe.0, probe.1, path).1);
@@ -486,7 +525,7 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
     let mac = gb10_lab::format_mac(&lab.client_mac());
     println!(
         "image check [{}] direct: dhclient {mac} bound to {lease}",
-        rt.arch.debian()
+        rt.label()
     );
     let m = metrics("/metrics");
     let dhcp = m.value(
@@ -528,12 +567,12 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
             .unwrap_or_default();
         println!(
             "image check [{}] direct: static file over HTTP {code} under qemu-user: {why}",
-            rt.arch.debian()
+            rt.label()
         );
     }
     println!(
         "image check [{}] direct: gb10_xdp_attached {attached}, gb10_client_packets_total{{mac=\"{mac}\",kind=\"dhcp\"}} {dhcp}, HTTP :{port}/healthz 200 from {lease}",
-        rt.arch.debian()
+        rt.label()
     );
     if !native && attached != 1.0 {
         let why = pod
@@ -544,7 +583,7 @@ fn direct(rt: &Runtime) -> anyhow::Result<()> {
             .to_owned();
         println!(
             "image check [{}] direct: XDP not attached under qemu-user: {why}",
-            rt.arch.debian()
+            rt.label()
         );
     }
     Ok(())
@@ -558,7 +597,7 @@ fn each_capability(rt: &Runtime) -> anyhow::Result<()> {
     for (missing, _) in CHART_CAPS {
         let lab = Lab::bare("imgcap");
         let data = lab.dir.join("data");
-        let mut docs = lab_docs("ci/direct-values.yaml", &lab.server_if, &data, &[])?;
+        let mut docs = lab_docs(rt, "ci/direct-values.yaml", &lab.server_if, &data, &[])?;
         let probe = readiness(&mut docs)?;
         let add = &mut container(&mut docs)["securityContext"]["capabilities"]["add"];
         let kept: Vec<Value> = add
@@ -594,7 +633,7 @@ fn each_capability(rt: &Runtime) -> anyhow::Result<()> {
             );
             println!(
                 "image check [{}] without {missing}: no lease; readiness {} (it does not cover the listeners); {why}",
-                rt.arch.debian(),
+                rt.label(),
                 if ready.is_ok() { "200" } else { "not 200" }
             );
             continue;
@@ -615,7 +654,7 @@ fn each_capability(rt: &Runtime) -> anyhow::Result<()> {
             .trim();
         println!(
             "image check [{}] without {missing}: exited {}: {why}",
-            rt.arch.debian(),
+            rt.label(),
             code.unwrap_or(-1)
         );
     }
@@ -630,7 +669,7 @@ fn runtime_default_seccomp(rt: &Runtime) -> anyhow::Result<()> {
     let lab = Lab::bare("imgsec");
     let data = lab.dir.join("data");
     let set = [("seccompProfile", "RuntimeDefault".to_owned())];
-    let docs = lab_docs("ci/direct-values.yaml", &lab.server_if, &data, &set)?;
+    let docs = lab_docs(rt, "ci/direct-values.yaml", &lab.server_if, &data, &set)?;
     let (code, log) = rt
         .play(&lab.server.name, &docs)?
         .exit(Duration::from_secs(30));
@@ -645,7 +684,7 @@ fn runtime_default_seccomp(rt: &Runtime) -> anyhow::Result<()> {
     );
     println!(
         "image check [{}] seccompProfile RuntimeDefault (podman 4.3's profile): exited {}: {why}",
-        rt.arch.debian(),
+        rt.label(),
         code.unwrap_or(-1)
     );
     Ok(())
@@ -663,7 +702,7 @@ fn proxy(rt: &Runtime) -> anyhow::Result<()> {
         ("proxySubnet", "198.18.0.0/24".to_owned()),
     ];
     lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
-    let mut docs = lab_docs("ci/proxy-values.yaml", &lab.server_if, &data, &extra)?;
+    let mut docs = lab_docs(rt, "ci/proxy-values.yaml", &lab.server_if, &data, &extra)?;
     let probe = readiness(&mut docs)?;
     let port = container(&mut docs)["ports"][0]["containerPort"]
         .as_u64()
@@ -680,7 +719,7 @@ fn proxy(rt: &Runtime) -> anyhow::Result<()> {
     );
     println!(
         "image check [{}] proxy: before the site's lease {} = 503 ({})",
-        rt.arch.debian(),
+        rt.label(),
         probe.2,
         body.trim()
     );
@@ -701,7 +740,7 @@ fn proxy(rt: &Runtime) -> anyhow::Result<()> {
     }
     println!(
         "image check [{}] proxy: ready once {} has {}; gb10_xdp_attached {attached}; HTTP :{port}/healthz 200",
-        rt.arch.debian(),
+        rt.label(),
         lab.server_if,
         lab.server_ip
     );
@@ -751,7 +790,7 @@ fn contents(rt: &Runtime) -> anyhow::Result<()> {
     }
     println!(
         "image check [{}] contents: {}; ssh-keygen made an ed25519 key, ssh -G parsed; no /bin/sh, bash, apt-get or dpkg",
-        rt.arch.debian(),
+        rt.label(),
         version.lines().next().unwrap_or_default().trim()
     );
     Ok(())
@@ -810,15 +849,15 @@ fn ctr_import(image: &Image) -> anyhow::Result<()> {
     let list = ctr(&["images", "list"])?;
     let line = list
         .lines()
-        .find(|l| l.starts_with(&format!("{} ", reference())))
-        .with_context(|| format!("{} not imported:\n{list}", reference()))?;
+        .find(|l| l.starts_with(&format!("{} ", reference(image.build))))
+        .with_context(|| format!("{} not imported:\n{list}", reference(image.build)))?;
     ensure!(
         line.contains(&platform),
         "imported for another platform: {line}"
     );
     println!(
         "image check [{}] containerd {}: ctr images import -> {}",
-        image.arch.debian(),
+        image.build.label(image.arch),
         ctr(&["version"])?
             .lines()
             .find_map(|l| l.trim().strip_prefix("Version:"))
@@ -833,16 +872,17 @@ fn ctr_import(image: &Image) -> anyhow::Result<()> {
 /// values on top of the CI values file (`values`).
 pub fn serve_bridge(
     arch: Arch,
+    build: Build,
     lab: &Bridge,
     values: &str,
     extra: &[(&str, String)],
 ) -> anyhow::Result<Pod> {
-    let rt = Runtime::open(arch)?;
+    let rt = Runtime::open(arch, build)?;
     let data = lab.dir.join("data");
     let mut set = vec![("lanIp", format!("{}/{}", lab.server_ip, lab.prefix))];
     set.extend(extra.iter().cloned());
     set.extend(emulated_xdp(arch));
-    let mut docs = lab_docs(values, &lab.iface, &data, &set)?;
+    let mut docs = lab_docs(&rt, values, &lab.iface, &data, &set)?;
     let probe = readiness(&mut docs)?;
     let pod = rt.play(&lab.ns.name, &docs)?;
     wait_ready(&lab.ns, &pod, &probe, Duration::from_secs(60))?;
@@ -866,15 +906,21 @@ pub fn run(image: &Image, boot: Option<&str>) -> anyhow::Result<()> {
     } else {
         println!(
             "image check [{}]: capability drops checked on the native image only (they are the kernel's, not the architecture's)",
-            rt.arch.debian()
+            rt.label()
         );
     }
     if let Some(name) = boot {
-        crate::e2e::boot_in_container(rt.arch, name)?;
+        crate::e2e::boot_in_container(rt.arch, rt.build, name)?;
     }
+    let what = match rt.build {
+        Build::Release => "the release artifact",
+        Build::Check => {
+            "the debug daemon of this tree, not the release artifact, which `cargo xtask test --all` checks"
+        }
+    };
     println!(
-        "image check [{}]: passed in {:.1} min",
-        rt.arch.debian(),
+        "image check [{}]: passed in {:.1} min: {what}",
+        rt.label(),
         start.elapsed().as_secs_f64() / 60.0
     );
     Ok(())

@@ -1,7 +1,8 @@
 //! `cargo xtask image`: the container image, offline, from Debian packages: the daemon
-//! built by Debian's Rust toolchain (natively or cross for arm64), a root filesystem of
-//! exactly the files it needs, and the `Containerfile` built by podman into an archive
-//! that `podman load` and `k3s ctr images import` accept.
+//! built by Debian's Rust toolchain (natively or cross for arm64; or, for CI's check
+//! image, the tests' debug build), a root filesystem of exactly the files it needs, and
+//! the `Containerfile` built by podman into an archive that `podman load` and `k3s ctr
+//! images import` accept.
 pub mod check;
 mod podman;
 mod rootfs;
@@ -17,19 +18,48 @@ use anyhow::{Context as _, bail};
 pub use self::podman::Podman;
 use crate::{e2e::assets::Arch, exec, root};
 
-/// The name the chart pulls (`image.repository:appVersion`), fully qualified as
-/// containerd and podman both spell an unqualified Docker name, so an imported image
-/// matches the chart's `gb10-provision:<version>` with no registry in between.
-pub fn reference() -> String {
-    format!(
-        "docker.io/library/gb10-provision:{}",
-        env!("CARGO_PKG_VERSION")
-    )
+/// Which daemon an image holds, and so its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// The release artifact: the daemon built for release by Debian's rustc, tagged
+    /// `<version>` as the chart pulls it.
+    Release,
+    /// A check image, for CI: the debug daemon `cargo build` made of this tree (the
+    /// binary the tests and the e2e boots ran), of this machine's architecture, tagged
+    /// `<version>-check` so that it is never taken for the release artifact.
+    Check,
+}
+
+impl Build {
+    /// The image's tag.
+    pub fn tag(self) -> String {
+        match self {
+            Self::Release => env!("CARGO_PKG_VERSION").to_owned(),
+            Self::Check => format!("{}-check", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// How output names an image of `arch`: a check image always says it is one.
+    pub fn label(self, arch: Arch) -> String {
+        match self {
+            Self::Release => arch.debian().to_owned(),
+            Self::Check => format!("{} check image", arch.debian()),
+        }
+    }
+}
+
+/// The name the chart pulls (`image.repository:appVersion`; a check image's tag is set
+/// by `image.tag`), fully qualified as containerd and podman both spell an unqualified
+/// Docker name, so an imported image matches the chart's `gb10-provision:<tag>` with no
+/// registry in between.
+pub fn reference(build: Build) -> String {
+    format!("docker.io/library/gb10-provision:{}", build.tag())
 }
 
 /// A built image.
 pub struct Image {
     pub arch: Arch,
+    pub build: Build,
     /// The docker-archive tarball.
     pub archive: PathBuf,
 }
@@ -58,17 +88,32 @@ pub fn dir(arch: Arch) -> PathBuf {
     root().join("target/image").join(arch.debian())
 }
 
-/// Builds the image for `arch` and writes its archive; prints its contents and size.
-pub fn build(arch: Arch) -> anyhow::Result<Image> {
+/// Builds the image for `arch` holding the `build` daemon and writes its archive; prints
+/// its contents and size.
+pub fn build(arch: Arch, build: Build) -> anyhow::Result<Image> {
+    if build == Build::Check && arch != Arch::host() {
+        bail!(
+            "a check image holds this machine's debug daemon ({}); an {} image is built for release",
+            Arch::host().debian(),
+            arch.debian()
+        );
+    }
     crate::setup::image(arch != Arch::host())?;
     let dir = dir(arch);
     let base = rootfs::base(arch, &dir)?;
-    let daemon = build_daemon(arch)?;
+    let (daemon, origin) = match build {
+        Build::Release => (build_daemon(arch)?, "built by cargo xtask image"),
+        Build::Check => (
+            check_daemon(arch)?,
+            "debug build (cargo build), debug info stripped",
+        ),
+    };
     let rootfs_dir = dir.join("rootfs");
-    let entries = rootfs::assemble(arch, &base, &daemon, &rootfs_dir)?;
+    let entries = rootfs::assemble(arch, &base, &daemon, origin, &rootfs_dir)?;
 
     let podman = Podman::new(&root().join("target/image/podman-build"))?;
-    let tag = format!("{}-{}", reference(), arch.debian());
+    let reference = reference(build);
+    let tag = format!("{reference}-{}", arch.debian());
     podman.run(&[
         "build",
         "--quiet",
@@ -82,10 +127,10 @@ pub fn build(arch: Arch) -> anyhow::Result<Image> {
     ])?;
     // The archive names the image as the chart does; the per-arch tag only keeps two
     // architectures apart in the build storage.
-    podman.run(&["tag", &tag, &reference()])?;
+    podman.run(&["tag", &tag, &reference])?;
     let archive = root().join(format!(
         "target/image/gb10-provision-{}-{}.tar",
-        env!("CARGO_PKG_VERSION"),
+        build.tag(),
         arch.debian()
     ));
     let _ = fs::remove_file(&archive);
@@ -96,9 +141,9 @@ pub fn build(arch: Arch) -> anyhow::Result<Image> {
         "docker-archive",
         "--output",
         archive.to_str().context("path")?,
-        &reference(),
+        &reference,
     ])?;
-    podman.run(&["untag", &reference(), &reference()])?;
+    podman.run(&["untag", &reference, &reference])?;
 
     let inspect = podman.run(&[
         "image",
@@ -107,7 +152,10 @@ pub fn build(arch: Arch) -> anyhow::Result<Image> {
         "{{.Os}}/{{.Architecture}} {{.Size}}",
         &tag,
     ])?;
-    let manifest = dir.join("contents.txt");
+    let manifest = dir.join(match build {
+        Build::Release => "contents.txt",
+        Build::Check => "contents-check.txt",
+    });
     let total: u64 = entries.iter().map(|e| e.size).sum();
     let mut text = String::new();
     for e in &entries {
@@ -116,16 +164,43 @@ pub fn build(arch: Arch) -> anyhow::Result<Image> {
     text.push_str(&format!("{total:>10}  total, {} files\n", entries.len()));
     fs::write(&manifest, &text)?;
     print!("{text}");
+    let what = match build {
+        Build::Release => "image",
+        Build::Check => "check image (the debug daemon of this tree, NOT the release artifact)",
+    };
     println!(
-        "image: {} ({}; {} bytes unpacked) in {} ({} bytes); contents in {}",
-        reference(),
+        "{what}: {reference} ({}; {} bytes unpacked) in {} ({} bytes); contents in {}",
         inspect.trim(),
         total,
         archive.display(),
         fs::metadata(&archive)?.len(),
         manifest.display()
     );
-    Ok(Image { arch, archive })
+    Ok(Image {
+        arch,
+        build,
+        archive,
+    })
+}
+
+/// The daemon of a check image: the debug build `cargo build` makes of this tree (a
+/// no-op after `cargo test` and the e2e boots, which run the same binary), built by
+/// rustup's toolchain for this machine only, against this machine's glibc (Debian 12,
+/// as the image's). Its debug info (most of its 200-odd MB) is stripped into a copy:
+/// the code the check runs is the tests' code, the image stays near the release size.
+fn check_daemon(arch: Arch) -> anyhow::Result<PathBuf> {
+    eprintln!("image: the debug daemon of this tree (cargo build), for a check image");
+    let debug = crate::e2e::lab::build_daemon(false)?;
+    let bin = dir(arch).join("gb10-provision-check");
+    exec(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&debug)
+            .arg(&bin),
+    )
+    .context("objcopy (binutils; cargo xtask setup installs it)")?;
+    check_arch(&bin, arch)?;
+    Ok(bin)
 }
 
 /// Builds the daemon for `arch` with Debian's rustc-web (1.96), the toolchain whose

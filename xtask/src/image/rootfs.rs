@@ -257,8 +257,15 @@ fn put(
 
 /// Assembles the image's root filesystem in `out` (replaced): the daemon, the programs
 /// above, every library they load (transitively), the written files and the Debian
-/// copyright file of each package a file came from. Returns what is in it.
-pub fn assemble(arch: Arch, base: &Path, daemon: &Path, out: &Path) -> anyhow::Result<Vec<Entry>> {
+/// copyright file of each package a file came from (`daemon_origin` says where the
+/// daemon came from). Returns what is in it.
+pub fn assemble(
+    arch: Arch,
+    base: &Path,
+    daemon: &Path,
+    daemon_origin: &str,
+    out: &Path,
+) -> anyhow::Result<Vec<Entry>> {
     let owners = owners(base)?;
     let _ = fs::remove_dir_all(out);
     fs::create_dir_all(out)?;
@@ -271,13 +278,7 @@ pub fn assemble(arch: Arch, base: &Path, daemon: &Path, out: &Path) -> anyhow::R
         "usr/lib".to_owned(),
     ];
 
-    put(
-        out,
-        &mut entries,
-        DAEMON_PATH,
-        daemon,
-        "built by cargo xtask image".into(),
-    )?;
+    put(out, &mut entries, DAEMON_PATH, daemon, daemon_origin.into())?;
     // Every ELF file to scan: (path in the image, file on disk).
     let mut todo: Vec<(String, PathBuf)> = vec![(DAEMON_PATH.into(), daemon.to_owned())];
     let mut seen = BTreeSet::new();

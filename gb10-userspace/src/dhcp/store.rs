@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::{
+    handler::CLIENT_ID_MAX,
     leases::{ClientId, Lease, LeaseState},
     log,
 };
@@ -71,7 +72,7 @@ pub enum BadRecord {
 pub fn encode(lease: &Lease) -> Vec<u8> {
     let host = lease.hostname.as_deref().unwrap_or("").as_bytes();
     let host = &host[..host.len().min(255)];
-    let cid = &lease.client.0[..lease.client.0.len().min(255)];
+    let cid = &lease.client.0[..lease.client.0.len().min(CLIENT_ID_MAX)];
     let mut v = Vec::with_capacity(18 + cid.len() + host.len() + 4);
     v.push(VERSION);
     v.push(match lease.state {
@@ -134,7 +135,9 @@ pub fn decode(key: u32, raw: &[u8]) -> Result<Lease, BadRecord> {
     let own = [&[1u8][..], &mac].concat();
     if version == 1 && !client.0.is_empty() && client.0 != own {
         // Version 1 keyed on option 61 alone; the key is now chaddr, then option 61.
-        client = ClientId([&own[..], &[0xff], &client.0].concat());
+        // Cut as a live request's id is, so the record encodes back to itself.
+        let room = CLIENT_ID_MAX - own.len() - 1;
+        client = ClientId([&own[..], &[0xff], &client.0[..client.0.len().min(room)]].concat());
     }
     let n = usize::from(take(&mut rest, 1)?[0]);
     let host = String::from_utf8(take(&mut rest, n)?).map_err(|_| BadRecord::Corrupt)?;
@@ -681,6 +684,27 @@ mod tests {
             expires: 1_000 + u64::from(n),
             hostname: n.is_multiple_of(2).then(|| format!("h{n}")),
         }
+    }
+
+    #[test]
+    fn the_longest_client_id_round_trips() {
+        use dhcproto::v4::{DhcpOption, Message};
+        // A 16-byte chaddr and a 255-byte option 61: cut where the store cuts it.
+        let mut m = Message::default();
+        m.set_chaddr(&[7u8; 16]);
+        m.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(vec![9; 255]));
+        let client = super::super::handler::client_id(&m);
+        assert_eq!(client.0.len(), CLIENT_ID_MAX);
+        let lease = Lease {
+            ip: Ipv4Addr::new(198, 18, 0, 9),
+            client,
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            state: LeaseState::Leased,
+            expires: 10,
+            hostname: None,
+        };
+        assert_eq!(decode(u32::from(lease.ip), &encode(&lease)), Ok(lease));
     }
 
     #[test]

@@ -144,6 +144,9 @@ impl Outcome {
     }
 }
 
+/// The longest client id the lease store keeps (its length is one byte).
+pub const CLIENT_ID_MAX: usize = 255;
+
 /// The identity leases are keyed by: htype + chaddr, followed by option 61 when the
 /// client sent one that says more than its chaddr. Option 61 alone would let any client
 /// that repeats another's identifier (it is broadcast in every DISCOVER) take that
@@ -157,8 +160,9 @@ pub fn client_id(req: &Message) -> ClientId {
         && *given != id
     {
         id.push(0xff);
-        // The store keeps 255 bytes of a client id.
-        id.extend_from_slice(&given[..given.len().min(255 - 8)]);
+        // The store keeps 255 bytes of a client id (chaddr can be 16 bytes long).
+        let room = CLIENT_ID_MAX.saturating_sub(id.len());
+        id.extend_from_slice(&given[..given.len().min(room)]);
     }
     ClientId(id)
 }

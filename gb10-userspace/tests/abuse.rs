@@ -319,26 +319,13 @@ fn hostile_heartbeats_leave_memory_and_store_bounded() {
 
 /// (status, body) of `curl` against the admin listener, inside the server namespace.
 fn admin(lab: &Lab, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut cmd = lab.server.cmd("curl");
-    cmd.args([
-        "-sS",
-        "-m",
-        "30",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
+    gb10_lab::request(
+        &lab.server,
         method,
-    ]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    cmd.arg(format!("http://127.0.0.1:9190{path}"));
-    let out = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+        &format!("http://127.0.0.1:9190{path}"),
+        token,
+        None,
+    )
 }
 
 /// A heartbeat flood for one registered host while another walks through its rebuild

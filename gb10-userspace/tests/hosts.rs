@@ -23,29 +23,13 @@ fn admin(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut cmd = lab.server.cmd("curl");
-    cmd.args([
-        "-sS",
-        "-m",
-        "30",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
+    gb10_lab::request(
+        &lab.server,
         method,
-    ]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
-    }
-    cmd.arg(format!("http://{ADMIN}{path}"));
-    let out = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+        &format!("http://{ADMIN}{path}"),
+        token,
+        body,
+    )
 }
 
 fn json(text: &str) -> serde_json::Value {

@@ -941,6 +941,39 @@ pub fn install_token(seed: &str) -> Option<String> {
         .find(|t| t.len() == 64)
 }
 
+/// `curl -X method url` from `ns`, with the bearer `token` and a JSON `body` when given:
+/// (status, body), 0 when unanswered. For the admin API.
+pub fn request(
+    ns: &Netns,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut cmd = ns.cmd("curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "30",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// Polls `check` every 50 ms until it holds or `timeout` passes; how long it took.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

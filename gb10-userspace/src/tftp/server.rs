@@ -233,7 +233,7 @@ impl Listener {
             .await;
             return None;
         }
-        let per_client = ctx.tftp.config.max_per_client;
+        let (per_client, max) = (ctx.tftp.config.max_per_client, ctx.tftp.config.max_sessions);
         let running = self
             .peers
             .lock()
@@ -241,39 +241,34 @@ impl Listener {
             .keys()
             .filter(|p| *p.ip() == client)
             .count();
-        if running >= per_client {
-            let mac = ctx.mac_of(client);
-            warn!(%peer, mac = %or_dash(mac), %file, max = per_client,
-                "too many TFTP sessions from one address; request refused");
-            refuse(
-                ErrorCode::NotDefined,
-                "Server busy, retry later",
-                mac,
-                &file,
-                Failure::Busy,
-            )
-            .await;
-            return None;
-        }
         let stats = &ctx.tftp.stats;
-        let slot = match stats.try_start(ctx.tftp.config.max_sessions) {
-            Some(slot) => Some(slot),
-            None if preempt_unacknowledged(&self.peers) => Some(stats.start()),
-            None => None,
+        let slot = if running >= per_client {
+            Err((
+                "too many TFTP sessions from one address; request refused",
+                per_client,
+            ))
+        } else {
+            match stats.try_start(max) {
+                Some(slot) => Ok(slot),
+                None if preempt_unacknowledged(&self.peers) => Ok(stats.start()),
+                None => Err(("too many TFTP sessions; request refused", max)),
+            }
         };
-        let Some(slot) = slot else {
-            let mac = ctx.mac_of(client);
-            warn!(%peer, mac = %or_dash(mac), %file, max = ctx.tftp.config.max_sessions,
-                "too many TFTP sessions; request refused");
-            refuse(
-                ErrorCode::NotDefined,
-                "Server busy, retry later",
-                mac,
-                &file,
-                Failure::Busy,
-            )
-            .await;
-            return None;
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err((why, max)) => {
+                let mac = ctx.mac_of(client);
+                warn!(%peer, mac = %or_dash(mac), %file, max, "{why}");
+                refuse(
+                    ErrorCode::NotDefined,
+                    "Server busy, retry later",
+                    mac,
+                    &file,
+                    Failure::Busy,
+                )
+                .await;
+                return None;
+            }
         };
         Some(Start { request, slot })
     }

@@ -445,18 +445,7 @@ mod tests {
         let hosts = Hosts::open(Store::in_memory()).unwrap();
         let inv = Inventory::parse(Path::new("inventory.toml"), "[profiles.p]\n").unwrap();
         hosts
-            .register(
-                &inv,
-                Registration {
-                    mac: MAC,
-                    identity: HostIdentity {
-                        profile: Some("p".into()),
-                        ..Default::default()
-                    },
-                    bmc: None,
-                    unknown: BTreeMap::new(),
-                },
-            )
+            .register(&inv, Registration::with_profile(MAC, "p"))
             .unwrap();
         hosts
     }

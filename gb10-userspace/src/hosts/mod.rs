@@ -73,6 +73,22 @@ pub struct Registration {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
+#[cfg(test)]
+impl Registration {
+    /// A host of `profile` and nothing else.
+    pub(crate) fn with_profile(mac: Mac, profile: &str) -> Self {
+        Self {
+            mac,
+            identity: HostIdentity {
+                profile: Some(profile.into()),
+                ..Default::default()
+            },
+            bmc: None,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
 /// The registered hosts. Every state change is saved and broadcast to dashboard
 /// listeners at once; heartbeats only note the time, saved and broadcast once a second
 /// ([`Hosts::save_heartbeats`]), so a heartbeat flood costs no fsync each.
@@ -551,15 +567,7 @@ mod tests {
         let store = Store::in_memory();
         let hosts = Hosts::open(store.clone()).unwrap();
         let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
-        let reg = Registration {
-            mac: MAC,
-            identity: HostIdentity {
-                profile: Some("p".into()),
-                ..Default::default()
-            },
-            bmc: None,
-            unknown: BTreeMap::new(),
-        };
+        let reg = Registration::with_profile(MAC, "p");
         hosts.register(&inv, reg.clone()).unwrap();
         assert!(matches!(
             hosts.register(&inv, reg),
@@ -593,15 +601,7 @@ mod tests {
         let store = Store::in_memory();
         let hosts = Hosts::open(store.clone()).unwrap();
         let inv = inventory("[profiles.p]\nkernel = \"k\"\n");
-        let reg = Registration {
-            mac: MAC,
-            identity: HostIdentity {
-                profile: Some("p".into()),
-                ..Default::default()
-            },
-            bmc: None,
-            unknown: BTreeMap::new(),
-        };
+        let reg = Registration::with_profile(MAC, "p");
         hosts.register(&inv, reg).unwrap();
         assert!(hosts.registered()(MAC));
         hosts.apply(MAC, Trigger::Rebuild, |_| {}).unwrap();

@@ -66,6 +66,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )?);
     let hosts = Arc::new(Hosts::open(store.clone())?);
     hosts.sync_inventory(&live.now().inventory)?;
+    let bmc = hosts::bmc_tls::BmcSettings {
+        credentials_dir: config.admin.credentials_dir.clone(),
+        ca_file: config.admin.bmc_ca_file.clone(),
+    };
+    hosts::redfish::warn_untrusted(&live.now().inventory, &bmc);
     // Inventory and API hosts are never forgotten to make room (nor leaseholders).
     clients.keep_with(Box::new(hosts.registered()));
     let xdp = attach_xdp(&config)?.map(Arc::new);
@@ -149,7 +154,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         live: live.clone(),
         token: Some(admin_token.clone()),
         data_path: config.data_path.clone(),
-        credentials_dir: config.admin.credentials_dir.clone(),
+        bmc: bmc.clone(),
     };
     let health = Health {
         lan_iface: config.lan_iface.clone(),
@@ -235,7 +240,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             live: live.clone(),
             data_path: config.data_path.clone(),
         };
-        move |token| async move { hosts::run(hosts, clients, events, live, joiner, token).await }
+        move |token| async move { hosts::run(hosts, clients, events, live, joiner, bmc, token).await }
     });
     services.spawn({
         let clients = clients.clone();

@@ -364,18 +364,8 @@ fn check_vars(vars: &BTreeMap<String, toml::Value>) -> Result<(), String> {
         return Err("join_port must be a port number as a string, like \"22\"".into());
     }
     if let Some(bmc) = vars.get("bmc") {
-        let credentials = bmc.get("credentials").and_then(|c| c.as_str());
-        if !credentials.is_some_and(plain_file_name) {
-            return Err(
-                "bmc.credentials must be a file name under credentials_dir: letters, digits, \
-                 `-`, `_`, `.`"
-                    .into(),
-            );
-        }
-        let url = bmc.get("url").and_then(|u| u.as_str()).unwrap_or("");
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err("bmc.url must be an http:// or https:// URL".into());
-        }
+        let bmc: crate::hosts::Bmc = bmc.clone().try_into().map_err(|e| format!("bmc: {e}"))?;
+        crate::hosts::redfish::check_bmc(&bmc).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

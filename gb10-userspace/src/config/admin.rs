@@ -30,6 +30,12 @@ pub struct RawAdmin {
     /// (default data_path/secrets).
     #[arg(long = "admin-credentials-dir", env = "GB10_ADMIN_CREDENTIALS_DIR")]
     pub credentials_dir: Option<PathBuf>,
+    /// A PEM bundle of the CA(s) that sign https BMCs' certificates, for BMCs without a
+    /// `bmc.ca_file` of their own (read and checked at start, re-read at each rebuild).
+    /// Unset: an https BMC needs its own `ca_file` or, warned at each use,
+    /// `insecure_skip_verify`.
+    #[arg(long = "admin-bmc-ca-file", env = "GB10_ADMIN_BMC_CA_FILE")]
+    pub bmc_ca_file: Option<PathBuf>,
 }
 
 /// A secret value: printed as `***` by Debug and Display, so it never reaches a log line.
@@ -75,6 +81,7 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     pub listen: Option<SocketAddr>,
     pub credentials_dir: PathBuf,
+    pub bmc_ca_file: Option<PathBuf>,
 }
 
 impl RawAdmin {
@@ -84,6 +91,7 @@ impl RawAdmin {
             token_file,
             listen,
             credentials_dir,
+            bmc_ca_file,
         } = self;
         let token = match (token, token_file) {
             (Some(_), Some(path)) => {
@@ -111,10 +119,20 @@ impl RawAdmin {
         {
             return Err(invalid("admin.token", "***", "use at least 16 characters"));
         }
+        if let Some(path) = &bmc_ca_file {
+            crate::hosts::bmc_tls::load_roots(path).map_err(|e| {
+                invalid(
+                    "admin.bmc_ca_file",
+                    &path.display().to_string(),
+                    crate::error_chain(&e),
+                )
+            })?;
+        }
         Ok(AdminConfig {
             token,
             listen,
             credentials_dir: credentials_dir.unwrap_or_else(|| base.data_path.join("secrets")),
+            bmc_ca_file,
         })
     }
 }

@@ -240,5 +240,34 @@ fn secrets_print_as_stars_and_admin_is_validated() {
         ..Default::default()
     }));
     assert!(missing.unwrap_err().to_string().contains("cannot be read"));
+    // The default BMC CA bundle is read and checked at load, naming the key.
+    let ca = dir.join("bmc-ca.pem");
+    std::fs::write(&ca, include_str!("../../tests/data/bmc-ca.pem")).unwrap();
+    let with_ca = Config::try_from(raw(RawAdmin {
+        bmc_ca_file: Some(ca.clone()),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(with_ca.admin.bmc_ca_file, Some(ca.clone()));
+    for text in ["", "not a certificate\n"] {
+        std::fs::write(&ca, text).unwrap();
+        let err = Config::try_from(raw(RawAdmin {
+            bmc_ca_file: Some(ca.clone()),
+            ..Default::default()
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("admin.bmc_ca_file") && err.contains("no certificate"),
+            "{err}"
+        );
+    }
+    let err = Config::try_from(raw(RawAdmin {
+        bmc_ca_file: Some(dir.join("nope.pem")),
+        ..Default::default()
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("admin.bmc_ca_file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,7 @@ use axum::{
 };
 use tracing::{info, warn};
 
-use super::{Hosts, HostsError, Registration, Trigger, redfish, ssh};
+use super::{Hosts, HostsError, Registration, Trigger, bmc_tls::BmcSettings, redfish, ssh};
 use crate::{config::Secret, live::Live, mac::Mac};
 
 /// What the admin routes use.
@@ -30,8 +30,8 @@ pub struct Admin {
     pub token: Option<Secret>,
     /// Where rebuild keys are kept.
     pub data_path: PathBuf,
-    /// BMC credential files.
-    pub credentials_dir: PathBuf,
+    /// BMC credential and CA files.
+    pub bmc: BmcSettings,
 }
 
 /// The admin router: the hosts API, the fleet view, the dashboard's event stream (all
@@ -58,7 +58,7 @@ impl IntoResponse for HostsError {
             Self::Exists { .. } | Self::FromInventory { .. } | Self::Refused { .. } => {
                 StatusCode::CONFLICT
             }
-            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } | Self::BmcTrust(_) => StatusCode::BAD_REQUEST,
             Self::Store(_) | Self::Keys { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -107,6 +107,9 @@ async fn register(
     if snapshot.inventory.host(reg.mac).is_some() {
         return Err(HostsError::FromInventory { mac: reg.mac });
     }
+    if let Some(bmc) = &reg.bmc {
+        redfish::check_trust(bmc, &admin.bmc)?;
+    }
     let record = admin.hosts.register(&snapshot.inventory, reg)?;
     info!(mac = %record.mac, "host registered");
     Ok((StatusCode::CREATED, Json(record)))
@@ -149,7 +152,7 @@ async fn rebuild(
         info!(%mac, "rebuild: pxe_ready (no BMC: power-cycle the machine by hand)");
         return Ok(Json(record).into_response());
     };
-    match redfish::rebuild(mac, bmc, &admin.credentials_dir).await {
+    match redfish::rebuild(mac, bmc, &admin.bmc).await {
         Ok(()) => Ok(Json(admin.hosts.get(mac).unwrap_or(record)).into_response()),
         Err(err) => {
             let reason = format!("rebuild: {}", crate::error_chain(&err));

@@ -1,5 +1,6 @@
 //! Host life cycle: registered hosts, their state machine fed by client events, rebuild over Redfish, the ephemeral-key join, the API and the live dashboard.
 pub mod api;
+pub mod bmc_tls;
 pub mod dashboard;
 pub mod fleet;
 pub mod install;
@@ -55,6 +56,8 @@ pub enum HostsError {
         #[source]
         source: ssh::SshError,
     },
+    #[error(transparent)]
+    BmcTrust(#[from] bmc_tls::TrustError),
     #[error(transparent)]
     Store(#[from] HostStoreError),
 }
@@ -504,6 +507,7 @@ pub async fn run(
     mut events: broadcast::Receiver<(Mac, ClientEvent)>,
     mut live: Live,
     joiner: ssh::Joiner,
+    bmc: bmc_tls::BmcSettings,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -529,6 +533,7 @@ pub async fn run(
                 if let Err(err) = hosts.sync_inventory(&snapshot.inventory) {
                     warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed");
                 }
+                redfish::warn_untrusted(&snapshot.inventory, &bmc);
             }
             _ = tick.tick() => {
                 hosts.save_heartbeats();

@@ -1,15 +1,23 @@
 //! A small Redfish client for rebuilds: a one-time PXE boot override, read back, then a
-//! reset. Vendor differences live in [`Quirks`], and nowhere else.
-use std::{path::Path, time::Duration};
+//! reset, over HTTPS verified against the BMC's CA (see [`super::bmc_tls`]) or, warned,
+//! plain HTTP. Vendor differences live in [`Quirks`], and nowhere else.
+use std::time::Duration;
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, StatusCode, header};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper::{Method, Request, StatusCode, Uri, header};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
-use super::{Bmc, HostsError};
+use super::{
+    Bmc, HostsError,
+    bmc_tls::{self, BmcSettings, Trust, TrustError},
+};
 use crate::mac::Mac;
 
 /// Each Redfish request gets this long.
@@ -33,6 +41,17 @@ pub enum RedfishError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    #[error(
+        "BMC {url}: TLS handshake failed, refused before any credentials were sent (is the \
+         certificate signed by the configured CA, for this host name or IP address?)"
+    )]
+    Tls {
+        url: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("BMC {url}: no answer in {} s", REQUEST_TIMEOUT.as_secs())]
     Timeout { url: String },
     #[error("BMC refused {what}: HTTP {status}")]
@@ -105,34 +124,100 @@ impl Quirks {
     }
 }
 
-/// Checks a BMC entry as registered: an http(s) URL and a plain credentials name.
+/// Checks the shape of a BMC entry, as registered or loaded: an http(s) URL of a host
+/// alone, plain file names, TLS settings only for https and not both. Reads no file:
+/// [`check_trust`] does.
 pub fn check_bmc(bmc: &Bmc) -> Result<(), HostsError> {
-    if !(bmc.url.starts_with("http://") || bmc.url.starts_with("https://")) {
-        return Err(HostsError::Invalid {
-            field: "bmc.url",
-            reason: "write an http:// or https:// URL".into(),
-        });
+    let Bmc {
+        url,
+        credentials,
+        system,
+        ca_file,
+        insecure_skip_verify,
+    } = bmc;
+    let invalid = |field, reason: &str| HostsError::Invalid {
+        field,
+        reason: reason.into(),
+    };
+    let uri = url.parse::<Uri>().ok();
+    let https = match uri.as_ref().and_then(Uri::scheme_str) {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(invalid("bmc.url", "write an http:// or https:// URL")),
+    };
+    // The host verified is the URL's: no user part to confuse it, and no path, query or
+    // fragment for the Redfish paths to be appended to.
+    let authority = uri.as_ref().and_then(Uri::authority);
+    if authority.is_none_or(|a| a.as_str().contains('@') || a.host().is_empty())
+        || !url
+            .trim_end_matches('/')
+            .ends_with(authority.map_or("", |a| a.as_str()))
+    {
+        return Err(invalid(
+            "bmc.url",
+            "scheme and host (and port) only, like https://198.18.1.2",
+        ));
     }
-    if bmc.url.starts_with("https://") {
-        // TODO(issue 10): TLS to BMCs (rustls); only plain HTTP is wired up so far.
-        return Err(HostsError::Invalid {
-            field: "bmc.url",
-            reason: "https BMCs are not supported yet".into(),
-        });
+    if !crate::inventory::plain_file_name(credentials) {
+        return Err(invalid(
+            "bmc.credentials",
+            "a file name under credentials_dir: letters, digits, `-`, `_`, `.`",
+        ));
     }
-    if !crate::inventory::plain_file_name(&bmc.credentials) {
-        return Err(HostsError::Invalid {
-            field: "bmc.credentials",
-            reason: "a file name under credentials_dir: letters, digits, `-`, `_`, `.`".into(),
-        });
+    if let Some(name) = ca_file {
+        if !crate::inventory::plain_file_name(name) {
+            return Err(invalid(
+                "bmc.ca_file",
+                "a file name under credentials_dir: letters, digits, `-`, `_`, `.`",
+            ));
+        }
+        if !https {
+            return Err(invalid("bmc.ca_file", "only for an https:// URL"));
+        }
+        if *insecure_skip_verify {
+            return Err(invalid(
+                "bmc.insecure_skip_verify",
+                "not with `ca_file`: verify against the CA, or skip verification, not both",
+            ));
+        }
     }
-    if let Some(system) = &bmc.system {
-        redfish_path(system).map_err(|_| HostsError::Invalid {
-            field: "bmc.system",
-            reason: "a path under /redfish/ on the BMC".into(),
-        })?;
+    if *insecure_skip_verify && !https {
+        return Err(invalid(
+            "bmc.insecure_skip_verify",
+            "only for an https:// URL",
+        ));
+    }
+    if let Some(system) = system {
+        redfish_path(system)
+            .map_err(|_| invalid("bmc.system", "a path under /redfish/ on the BMC"))?;
     }
     Ok(())
+}
+
+/// Checks a BMC as it is registered: its shape ([`check_bmc`]), then, for https, that
+/// it can be verified: its CA file (its own or the default) exists and holds
+/// certificates, or it skips verification on purpose.
+pub fn check_trust(bmc: &Bmc, settings: &BmcSettings) -> Result<(), HostsError> {
+    check_bmc(bmc)?;
+    Trust::of(bmc, settings)?;
+    Ok(())
+}
+
+/// Logs, naming host and fix, each inventory BMC that a rebuild would refuse for its
+/// trust (an inventory reload never stops the daemon; the rebuild fails the same way).
+pub fn warn_untrusted(inv: &crate::inventory::Inventory, settings: &BmcSettings) {
+    for host in &inv.hosts {
+        let Some(bmc) = host
+            .vars
+            .get("bmc")
+            .and_then(|v| v.clone().try_into::<Bmc>().ok())
+        else {
+            continue;
+        };
+        if let Err(err) = Trust::of(&bmc, settings) {
+            warn!(mac = %host.mac, error = %crate::error_chain(&err), "inventory BMC cannot be verified: its rebuild will fail");
+        }
+    }
 }
 
 /// `path` when it stays on the BMC's origin under `/redfish/`: an `@odata.id` from a
@@ -180,7 +265,7 @@ fn basic_auth(user: &str, password: &str) -> String {
 struct Session {
     base: String,
     auth: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Session {
@@ -204,13 +289,18 @@ impl Session {
             .map_err(|_| RedfishError::NoSystem)?;
         let exchange = async {
             let resp =
-                self.client
-                    .request(req)
-                    .await
-                    .map_err(|source| RedfishError::Unreachable {
-                        url: url.clone(),
-                        source,
-                    })?;
+                self.client.request(req).await.map_err(|source| {
+                    match bmc_tls::tls_cause(&source) {
+                        Some(tls) => RedfishError::Tls {
+                            url: self.base.clone(),
+                            source: tls.clone(),
+                        },
+                        None => RedfishError::Unreachable {
+                            url: url.clone(),
+                            source,
+                        },
+                    }
+                })?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -233,9 +323,38 @@ impl Session {
     }
 }
 
+/// The HTTP client of a session: TLS as `trust` says, https only for an https BMC (its
+/// URL is fixed and paths are checked, so nothing downgrades it), warned when the
+/// credentials are at risk. One warning per session: per rebuild.
+fn client(
+    bmc: &Bmc,
+    trust: &Trust,
+) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, RedfishError> {
+    let builder =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(trust.client_config()?);
+    let connector = match trust {
+        Trust::Pinned { path, .. } => {
+            info!(bmc = %bmc.url, ca_file = %path.display(), "BMC over https, certificate verified against the CA file");
+            builder.https_only()
+        }
+        Trust::Insecure => {
+            warn!(bmc = %bmc.url, "BMC over https WITHOUT certificate verification (insecure_skip_verify): whoever answers at its address gets its credentials; set `ca_file` instead");
+            builder.https_only()
+        }
+        Trust::Plain => {
+            warn!(bmc = %bmc.url, "BMC over plain http: its credentials cross the network in clear; use an https URL with its CA file");
+            builder.https_or_http()
+        }
+    };
+    Ok(Client::builder(TokioExecutor::new()).build(connector.enable_http1().build()))
+}
+
 /// Sets a one-time PXE boot (UEFI) on `bmc`'s system, reads it back, and resets it.
 #[instrument(skip_all, fields(mac = %mac, bmc = %bmc.url))]
-pub async fn rebuild(mac: Mac, bmc: &Bmc, credentials_dir: &Path) -> Result<(), RedfishError> {
+pub async fn rebuild(mac: Mac, bmc: &Bmc, settings: &BmcSettings) -> Result<(), RedfishError> {
+    let trust = Trust::of(bmc, settings)?;
+    let client = client(bmc, &trust)?;
+    let credentials_dir = &settings.credentials_dir;
     let name = &bmc.credentials;
     // Checked at load and registration already; never a path out of credentials_dir.
     if !crate::inventory::plain_file_name(name) {
@@ -254,7 +373,7 @@ pub async fn rebuild(mac: Mac, bmc: &Bmc, credentials_dir: &Path) -> Result<(), 
     let session = Session {
         base: bmc.url.trim_end_matches('/').to_owned(),
         auth: basic_auth(user, password),
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client,
     };
     let system = match &bmc.system {
         Some(s) => redfish_path(s)?.to_owned(),
@@ -358,6 +477,55 @@ mod tests {
                 matches!(redfish_path(bad), Err(RedfishError::ForeignPath { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    /// What a registration or an inventory may hold for a BMC: the URL is a scheme and
+    /// a host (the name its certificate is checked for), file names stay in
+    /// credentials_dir, and the TLS settings apply to https alone, one or the other.
+    #[test]
+    fn bmc_shapes() {
+        let bmc = |url: &str, ca: Option<&str>, insecure: bool| Bmc {
+            url: url.into(),
+            credentials: "bmc1".into(),
+            system: None,
+            ca_file: ca.map(str::to_owned),
+            insecure_skip_verify: insecure,
+        };
+        for ok in [
+            bmc("http://198.18.0.2:8000", None, false),
+            bmc("https://198.18.0.2", None, false),
+            bmc("https://bmc-7.lab/", Some("bmc7-ca.pem"), false),
+            bmc("https://[fd00::2]:443", None, true),
+        ] {
+            check_bmc(&ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for (bad, field) in [
+            (bmc("ftp://198.18.0.2", None, false), "bmc.url"),
+            (bmc("198.18.0.2", None, false), "bmc.url"),
+            (bmc("https://user@198.18.0.2", None, false), "bmc.url"),
+            (bmc("https://198.18.0.2/redfish", None, false), "bmc.url"),
+            (bmc("https://198.18.0.2?x=1", None, false), "bmc.url"),
+            (
+                bmc("https://198.18.0.2", Some("../ca.pem"), false),
+                "bmc.ca_file",
+            ),
+            (bmc("https://198.18.0.2", Some(".ca"), false), "bmc.ca_file"),
+            (
+                bmc("http://198.18.0.2", Some("ca.pem"), false),
+                "bmc.ca_file",
+            ),
+            (
+                bmc("http://198.18.0.2", None, true),
+                "bmc.insecure_skip_verify",
+            ),
+            (
+                bmc("https://198.18.0.2", Some("ca.pem"), true),
+                "bmc.insecure_skip_verify",
+            ),
+        ] {
+            let err = check_bmc(&bad).expect_err(&bad.url).to_string();
+            assert!(err.contains(field), "{bad:?}: {err}");
         }
     }
 

@@ -51,13 +51,23 @@ pub enum Source {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bmc {
-    /// Redfish base, like `http://198.18.1.2:8000`.
+    /// Redfish base, like `https://198.18.1.2` (its certificate must name that host or
+    /// IP address) or, warned at each use, `http://198.18.1.2:8000`.
     pub url: String,
     /// A file name under `[admin] credentials_dir` holding `user:password`.
     pub credentials: String,
     /// The system's Redfish path; the first member of `/redfish/v1/Systems` when unset.
     #[serde(default)]
     pub system: Option<String>,
+    /// For an https URL: a PEM bundle of the CA(s) that sign this BMC's certificate (its
+    /// own self-signed certificate will do), a file name under `credentials_dir`; when
+    /// unset, `[admin] bmc_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// For an https URL: skip certificate verification (whoever answers at the address
+    /// gets the credentials); warned at each use. Only when no CA can be had.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// Everything known about one host.

@@ -438,42 +438,66 @@ fn install_secrets_go_once_to_their_owner() {
     }
 }
 
-/// Starts sushy-tools' emulator with its fake driver in the client namespace.
+/// Starts sushy-tools' emulator with its fake driver in the client namespace, on plain
+/// http (port 8000).
 fn sushy(lab: &Lab) -> gb10_lab::Guard {
-    let log = std::fs::File::create(lab.dir.join("sushy.log")).unwrap();
-    let child: Child = lab
-        .client
-        .cmd("sushy-emulator")
-        .args(["--fake", "-i", lab.client_ip, "-p", "8000"])
+    sushy_serving(lab, None, "sushy.log")
+}
+
+/// The emulator's base URL: https on 8443, else http on 8000.
+fn bmc_base(lab: &Lab, tls: bool) -> String {
+    if tls {
+        format!("https://{}:8443", lab.client_ip)
+    } else {
+        format!("http://{}:8000", lab.client_ip)
+    }
+}
+
+/// Starts the emulator (https with `tls`'s certificate and key), logging to `log` in
+/// the lab directory; waits until it answers.
+fn sushy_serving(lab: &Lab, tls: Option<&Pem>, log: &str) -> gb10_lab::Guard {
+    let log = lab.dir.join(log);
+    let file = std::fs::File::create(&log).unwrap();
+    let base = bmc_base(lab, tls.is_some());
+    let port = base.rsplit(':').next().unwrap();
+    let mut cmd = lab.client.cmd("sushy-emulator");
+    cmd.args(["--fake", "-i", lab.client_ip, "-p", port]);
+    if let Some(pem) = tls {
+        cmd.arg("--ssl-certificate")
+            .arg(&pem.cert)
+            .arg("--ssl-key")
+            .arg(&pem.key);
+    }
+    let child: Child = cmd
         .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
         .spawn()
         .expect("sushy-emulator");
     let guard = gb10_lab::Guard(child);
     let up = wait_until(Duration::from_secs(30), || {
-        redfish(lab, "/redfish/v1/Systems").is_some()
+        redfish_at(lab, &base, "/redfish/v1/Systems").is_some()
     });
     assert!(
         up.is_some(),
         "sushy-emulator did not start:\n{}",
-        std::fs::read_to_string(lab.dir.join("sushy.log")).unwrap_or_default()
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     guard
 }
 
 /// GET from the emulator, from its own namespace.
 fn redfish(lab: &Lab, path: &str) -> Option<serde_json::Value> {
+    redfish_at(lab, &bmc_base(lab, false), path)
+}
+
+/// GET `path` under `base` from the emulator's namespace. `-k`: this is the test
+/// looking at the emulator's state, not the trust under test.
+fn redfish_at(lab: &Lab, base: &str, path: &str) -> Option<serde_json::Value> {
     let out = lab
         .client
         .cmd("curl")
-        .args([
-            "-sS",
-            "-f",
-            "-m",
-            "5",
-            &format!("http://{}:8000{path}", lab.client_ip),
-        ])
+        .args(["-sS", "-f", "-k", "-m", "5", &format!("{base}{path}")])
         .output()
         .ok()?;
     out.status
@@ -604,6 +628,245 @@ fn rebuild_over_redfish_with_sushy() {
     assert!(reason.contains("refused the boot override"), "{reason}");
     assert_no_canary("a rebuild response", &body);
 
+    daemon.stop();
+    let log = daemon.log();
+    assert_no_canary("the daemon log", &log);
+    // Each rebuild over plain http (three above) warns that the credentials go in clear.
+    assert_eq!(
+        warnings(&log, "BMC over plain http"),
+        3,
+        "one warning per use:\n{log}"
+    );
+}
+
+/// Log lines holding `what`.
+fn warnings(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+/// A certificate and its key, PEM files made by openssl.
+struct Pem {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+/// A throwaway CA in `dir` (P-256, valid two days).
+fn openssl_ca(dir: &Path, name: &str) -> Pem {
+    let pem = Pem {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&pem.key)
+        .arg("-out")
+        .arg(&pem.cert));
+    pem
+}
+
+/// A server certificate for the IP address `ip` signed by `ca`, as a BMC holds.
+fn openssl_server(dir: &Path, name: &str, ca: &Pem, ip: &str) -> Pem {
+    let pem = Pem {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let (csr, ext) = (
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    write_file(
+        &ext,
+        &format!(
+            "subjectAltName=IP:{ip}\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&pem.key)
+        .arg("-out")
+        .arg(&csr));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca.cert)
+        .arg("-CAkey")
+        .arg(&ca.key)
+        .args(["-set_serial", "1", "-extfile"])
+        .arg(&ext)
+        .arg("-out")
+        .arg(&pem.cert));
+    pem
+}
+
+/// Requests the emulator logged (werkzeug's access lines) in `log`.
+fn requests(lab: &Lab, log: &str) -> usize {
+    warnings(
+        &std::fs::read_to_string(lab.dir.join(log)).unwrap_or_default(),
+        " HTTP/1.1\"",
+    )
+}
+
+/// HTTPS BMCs as the operator registers them and as an attacker meets them. An https
+/// BMC with no CA anywhere is refused at registration naming the fix. With its CA file
+/// pinned the rebuild sets the override and resets the system. `insecure_skip_verify`
+/// works and is warned at each use, naming the BMC. Impostors at the BMC's address
+/// (a certificate from another CA; the right CA's certificate for another BMC's
+/// address) get no request at all, so never the credentials: the host fails naming the
+/// BMC and the TLS failure, and the daemon serves on.
+#[test]
+fn rebuild_over_https_pins_the_bmc_ca() {
+    const TEST: &str = "hosts::redfish_tls";
+    if !require_root(TEST)
+        || !require_tool(TEST, "curl", "curl")
+        || !require_tool(TEST, "sushy-emulator", "pip:sushy-tools")
+        || !require_tool(TEST, "openssl", "openssl")
+    {
+        return;
+    }
+    let lab = Lab::new("hrft");
+    let pki = lab.dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = openssl_ca(&pki, "site-ca");
+    let mut daemon = start(&lab, "", &[]);
+    std::fs::copy(&ca.cert, lab.dir.join("data/secrets/bmc-ca.pem")).unwrap();
+    let base = bmc_base(&lab, true);
+    let register = |mac: &str, tls: &str| {
+        let reg =
+            format!(r#"{{"mac":"{mac}","bmc":{{"url":"{base}","credentials":"bmc1"{tls}}}}}"#);
+        admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg))
+    };
+    let rebuild = |mac: &str| {
+        let path = format!("/api/hosts/{mac}/rebuild");
+        admin(&lab, "POST", &path, Some(CANARY_TOKEN), None)
+    };
+    const PINNED: &str = r#","ca_file":"bmc-ca.pem""#;
+    const INSECURE: &str = r#","insecure_skip_verify":true"#;
+
+    // The operator forgot the CA: refused, naming each way to fix it; nothing stored.
+    let (code, body) = register("02:00:00:aa:00:11", "");
+    assert_eq!(code, 400, "{body}");
+    for fix in ["bmc.ca_file", "[admin] bmc_ca_file", "insecure_skip_verify"] {
+        assert!(body.contains(fix), "{fix}: {body}");
+    }
+    let (code, _) = admin(
+        &lab,
+        "GET",
+        "/api/hosts/02:00:00:aa:00:11",
+        Some(CANARY_TOKEN),
+        None,
+    );
+    assert_eq!(code, 404);
+    let (code, body) = register("02:00:00:aa:00:11", r#","ca_file":"no-such-ca.pem""#);
+    assert!(
+        code == 400 && body.contains("no-such-ca.pem"),
+        "{code} {body}"
+    );
+
+    // The genuine BMC: its certificate from the pinned CA, for its IP address.
+    let genuine = openssl_server(&pki, "bmc", &ca, lab.client_ip);
+    let bmc = sushy_serving(&lab, Some(&genuine), "sushy-tls.log");
+    let system = redfish_at(&lab, &base, "/redfish/v1/Systems").unwrap()["Members"][0]["@odata.id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, body) = register(HOST_MAC, PINNED);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = rebuild(HOST_MAC);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["state"], "pxe_ready");
+    let after = redfish_at(&lab, &base, &system).unwrap();
+    assert_eq!(
+        after["Boot"]["BootSourceOverrideTarget"], "Pxe",
+        "{after:#}"
+    );
+    assert_eq!(after["Boot"]["BootSourceOverrideMode"], "UEFI", "{after:#}");
+    let sushy_log = std::fs::read_to_string(lab.dir.join("sushy-tls.log")).unwrap();
+    assert!(
+        sushy_log.contains(&format!(
+            "\"POST {system}/Actions/ComputerSystem.Reset HTTP/1.1\" 204"
+        )),
+        "no reset reached the BMC:\n{sushy_log}"
+    );
+
+    // Verification skipped on purpose: works, and each use says so, naming the BMC.
+    for mac in ["02:00:00:aa:00:12", "02:00:00:aa:00:13"] {
+        let (code, body) = register(mac, INSECURE);
+        assert_eq!(code, 201, "{body}");
+        let (code, body) = rebuild(mac);
+        assert_eq!(code, 200, "{body}");
+    }
+    let log = daemon.log();
+    let skipped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WITHOUT certificate verification"))
+        .collect();
+    assert_eq!(skipped.len(), 2, "one warning per use:\n{log}");
+    assert!(skipped.iter().all(|l| l.contains(&base)), "{skipped:#?}");
+    drop(bmc);
+
+    // Impostors at the BMC's address.
+    let other_ca = openssl_ca(&pki, "impostor-ca");
+    for (tag, mac, cert, cause) in [
+        (
+            "other-ca",
+            "02:00:00:aa:00:14",
+            openssl_server(&pki, "impostor", &other_ca, lab.client_ip),
+            "UnknownIssuer",
+        ),
+        (
+            "other-bmc",
+            "02:00:00:aa:00:15",
+            openssl_server(&pki, "bmc-77", &ca, "198.18.0.77"),
+            "not valid for name",
+        ),
+    ] {
+        let (code, body) = register(mac, PINNED);
+        assert_eq!(code, 201, "{body}");
+        let log = format!("sushy-{tag}.log");
+        let impostor = sushy_serving(&lab, Some(&cert), &log);
+        let seen = requests(&lab, &log);
+        // The counter counts: the start-up probe above is a logged request.
+        assert!(seen > 0, "{tag}: no access line in the emulator's log");
+        let (code, body) = rebuild(mac);
+        assert_eq!(code, 502, "{tag}: {body}");
+        let rec = json(&body);
+        assert_eq!(rec["state"], "failed", "{tag}: {rec:#}");
+        let reason = rec["reason"].as_str().unwrap();
+        for want in ["TLS handshake failed", base.as_str(), cause] {
+            assert!(reason.contains(want), "{tag}: {want}: {reason}");
+        }
+        assert_eq!(
+            requests(&lab, &log),
+            seen,
+            "{tag}: a request reached the impostor:\n{}",
+            std::fs::read_to_string(lab.dir.join(&log)).unwrap_or_default()
+        );
+        drop(impostor);
+    }
+    let (code, body) = admin(&lab, "GET", "/api/hosts", Some(CANARY_TOKEN), None);
+    assert_eq!(code, 200, "the daemon stopped serving: {body}");
     daemon.stop();
     assert_no_canary("the daemon log", &daemon.log());
 }

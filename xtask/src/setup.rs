@@ -40,6 +40,8 @@ const LAB_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "chromium",
+    // The hosts tests' throwaway BMC CA and certificates (Redfish over HTTPS).
+    "openssl",
     // `assets` tests: ISOs in the Ubuntu layout.
     "xorriso",
 ];

@@ -197,22 +197,23 @@ impl ServerCertVerifier for SkipVerify {
 }
 
 /// The TLS error in `err`'s chain, if the failure was the TLS handshake (a certificate
-/// refused, most often). io::Error hides its inner error from `source()`, so it is
-/// opened by hand.
+/// refused, most often). An io::Error hides its inner error from `source()` (and
+/// hyper-rustls wraps tokio-rustls' io::Error in another), so those are opened by hand.
 pub fn tls_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut next = Some(err);
-    while let Some(e) = next {
+    // Bounded: error chains are short; a cycle would be a bug elsewhere, not a hang here.
+    for _ in 0..16 {
+        let e = next?;
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(tls) = e
+        next = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(tls);
-        }
-        next = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -302,8 +303,10 @@ mod tests {
 
     #[test]
     fn a_tls_error_is_found_inside_io_errors() {
-        let io = std::io::Error::other(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer,
+        // As hyper-rustls hands it over: tokio-rustls' io::Error inside another.
+        let io = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         ));
         assert!(matches!(
             tls_cause(&io),

@@ -66,6 +66,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )?);
     let hosts = Arc::new(Hosts::open(store.clone())?);
     hosts.sync_inventory(&live.now().inventory)?;
+    // Keys and known_hosts of hosts that are gone (deleted or dropped from the file
+    // while we were down, or a crash between a record and its files) go now.
+    hosts::ssh::prune(&config.data_path, &hosts.registered()).await;
     let bmc = hosts::bmc_tls::BmcSettings {
         credentials_dir: config.admin.credentials_dir.clone(),
         ca_file: config.admin.bmc_ca_file.clone(),

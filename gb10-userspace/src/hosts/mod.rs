@@ -191,9 +191,10 @@ impl Hosts {
     }
 
     /// The file is the declarative source: each inventory host gets a record (source
-    /// `inventory`) that follows the file; a host gone from the file is forgotten. API
-    /// hosts are left alone, unless the file now declares the same MAC: the file wins.
-    pub fn sync_inventory(&self, inv: &Inventory) -> Result<(), HostStoreError> {
+    /// `inventory`) that follows the file; a host gone from the file is forgotten (its
+    /// MAC returned: its keys must go too). API hosts are left alone, unless the file
+    /// now declares the same MAC: the file wins.
+    pub fn sync_inventory(&self, inv: &Inventory) -> Result<Vec<Mac>, HostStoreError> {
         let mut records = self.lock();
         for h in &inv.hosts {
             let existing = records.get(&h.mac);
@@ -220,14 +221,14 @@ impl Hosts {
             .filter(|r| r.source == Source::Inventory && inv.host(r.mac).is_none())
             .map(|r| r.mac)
             .collect();
-        for mac in gone {
+        for &mac in &gone {
             records.remove(&mac);
             if let Some(store) = &self.store {
                 store::remove(store, mac)?;
             }
         }
         self.mirror(&records);
-        Ok(())
+        Ok(gone)
     }
 
     /// Registers a host through the API.
@@ -530,8 +531,13 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             snapshot = live.changed() => {
-                if let Err(err) = hosts.sync_inventory(&snapshot.inventory) {
-                    warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed");
+                match hosts.sync_inventory(&snapshot.inventory) {
+                    Ok(gone) => {
+                        for mac in gone {
+                            ssh::delete(&joiner.data_path, mac).await;
+                        }
+                    }
+                    Err(err) => warn!(error = %crate::error_chain(&err), "syncing hosts from the inventory failed"),
                 }
                 redfish::warn_untrusted(&snapshot.inventory, &bmc);
             }
@@ -654,7 +660,7 @@ mod tests {
             host.vars["ssh_authorized_keys"],
             toml::Value::Array(vec![toml::Value::String("ssh-ed25519 A c".into())])
         );
-        hosts.sync_inventory(&inventory("")).unwrap();
+        assert_eq!(hosts.sync_inventory(&inventory("")).unwrap(), [MAC]);
         assert!(hosts.get(MAC).is_none());
     }
 }

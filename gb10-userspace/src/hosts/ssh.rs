@@ -114,6 +114,34 @@ pub async fn delete(data_path: &Path, mac: Mac) {
     let _ = tokio::fs::remove_file(known_hosts_path(data_path, mac)).await;
 }
 
+/// Deletes the files in the key directory that belong to no host `registered` (keys and
+/// known_hosts of hosts gone while the daemon was down), and host key files left
+/// half-made (ssh-keygen's output is read back and removed at once). Returns how many.
+pub async fn prune(data_path: &Path, registered: &dyn Fn(Mac) -> bool) -> usize {
+    let dir = key_dir(data_path);
+    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+        return 0;
+    };
+    let mut removed = 0;
+    // Bounded: one entry per host and kind, at most this many looked at.
+    for _ in 0..100_000 {
+        let Ok(Some(entry)) = entries.next_entry().await else {
+            break;
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (stem, kind) = name.split_once('.').unwrap_or((&name, ""));
+        let owner = stem.replace('-', ":").parse::<Mac>().ok();
+        let stale = kind.starts_with("hostkey-") || owner.is_some_and(|mac| !registered(mac));
+        if stale && tokio::fs::remove_file(entry.path()).await.is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        info!(removed, dir = %dir.display(), "removed keys and known_hosts of hosts that are gone");
+    }
+    removed
+}
+
 /// A fresh ed25519 SSH host key for an install of `mac`: (private half in OpenSSH
 /// format, public line). Made by ssh-keygen in the key directory and read back; no file
 /// of it is left.
@@ -353,5 +381,59 @@ impl Target {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEPT: Mac = Mac([2, 0, 0, 0, 0, 1]);
+    const GONE: Mac = Mac([2, 0, 0, 0, 0, 2]);
+
+    /// Every file of `mac` in the key directory.
+    fn files_of(data: &Path, mac: Mac) -> Vec<String> {
+        let stem = mac.to_string().replace(':', "-");
+        let mut names: Vec<String> = std::fs::read_dir(key_dir(data))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&stem))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A host's private key, public key and known_hosts go together: when it is deleted
+    /// or times out ([`delete`]), when a new install replaces them ([`generate`]), and at
+    /// start when the host is gone from the records ([`prune`]), with half-made host key
+    /// files.
+    #[tokio::test]
+    async fn keys_and_known_hosts_go_with_their_host() {
+        let data = std::env::temp_dir().join(format!("gb10-ssh-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        for mac in [KEPT, GONE] {
+            generate(&data, mac).await.unwrap();
+            std::fs::write(known_hosts_path(&data, mac), "gb10-x ssh-ed25519 AAAA\n").unwrap();
+            assert_eq!(files_of(&data, mac).len(), 3, "{:?}", files_of(&data, mac));
+        }
+        // A new install: the old known_hosts goes with the old key, a new key is made.
+        let old = read(key_path(&data, KEPT).with_extension("pub"))
+            .await
+            .unwrap();
+        let new = generate(&data, KEPT).await.unwrap();
+        assert_ne!(old.trim(), new);
+        assert!(!known_hosts_path(&data, KEPT).exists());
+        let stray = key_dir(&data).join("02-00-00-00-00-01.hostkey-abcdef");
+        std::fs::write(&stray, "half-made").unwrap();
+        assert_eq!(prune(&data, &|mac| mac == KEPT).await, 4);
+        assert!(files_of(&data, GONE).is_empty());
+        assert_eq!(
+            files_of(&data, KEPT),
+            ["02-00-00-00-00-01", "02-00-00-00-00-01.pub"]
+        );
+        delete(&data, KEPT).await;
+        assert!(files_of(&data, KEPT).is_empty());
+        assert_eq!(prune(&data, &|_| true).await, 0);
+        let _ = std::fs::remove_dir_all(&data);
     }
 }

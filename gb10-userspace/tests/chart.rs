@@ -571,6 +571,84 @@ fn admin_token_from_a_secret() {
     );
 }
 
+/// `bmcCaConfigMap`: the ConfigMap's `ca.crt` is mounted read-only and read as
+/// `[admin] bmc_ca_file`, beside the admin token when both are set; the daemon's `check`
+/// accepts the rendered config with a CA bundle there and names the key when the file
+/// holds none. Without the value nothing of it renders.
+#[test]
+fn bmc_ca_file_from_a_config_map() {
+    let Some(tools) = tools("bmc_ca_file_from_a_config_map") else {
+        return;
+    };
+    const DIR: &str = "/etc/gb10-provision-bmc-ca";
+    let rendered = tools.template(&[
+        "-f",
+        VALUES[0],
+        "--set",
+        "bmcCaConfigMap=site-bmc-ca",
+        "--set",
+        "adminTokenSecret=gb10-admin",
+    ]);
+    let docs = yaml_docs(&rendered);
+    let config = config_toml(&docs);
+    let parsed: toml::Table = toml::from_str(&config).expect("config.toml is TOML");
+    assert_eq!(
+        parsed["admin"]["bmc_ca_file"].as_str(),
+        Some(format!("{DIR}/ca.crt").as_str()),
+        "{config}"
+    );
+    assert!(parsed["admin"].get("token_file").is_some(), "{config}");
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "bmc-ca")
+        .expect("a bmc-ca volume");
+    assert_eq!(
+        volume["configMap"],
+        json!({"name": "site-bmc-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
+    );
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "bmc-ca")
+        .expect("a bmc-ca mount");
+    assert_eq!(
+        mount,
+        &json!({"name": "bmc-ca", "mountPath": DIR, "readOnly": true})
+    );
+    // The daemon reads and checks the files the config names.
+    let scratch = Scratch::new("bmc-ca");
+    let (token, ca) = (scratch.0.join("token"), scratch.0.join("ca.crt"));
+    std::fs::write(&token, "a-token-from-a-kubernetes-secret\n").expect("token");
+    std::fs::write(&ca, include_str!("data/bmc-ca.pem")).expect("ca");
+    let local = config
+        .replace(&format!("{DIR}/ca.crt"), ca.to_str().expect("path"))
+        .replace(
+            "/etc/gb10-provision-admin/token",
+            token.to_str().expect("path"),
+        );
+    let file = scratch.0.join("config.toml");
+    std::fs::write(&file, &local).expect("writing config.toml");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&file));
+    assert!(out.status.success(), "{local}\n{}", text(&out));
+    std::fs::write(&ca, "not a certificate\n").expect("ca");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&file));
+    assert!(
+        !out.status.success() && text(&out).contains("admin.bmc_ca_file"),
+        "{}",
+        text(&out)
+    );
+    // Without the value nothing of it renders.
+    let plain = tools.template(&["-f", VALUES[0]]);
+    assert!(
+        !plain.contains("bmc-ca") && !plain.contains("bmc_ca_file"),
+        "{plain}"
+    );
+}
+
 #[test]
 fn config_change_rolls_the_pod() {
     let Some(tools) = tools("config_change_rolls_the_pod") else {

@@ -33,6 +33,9 @@ Where the config file sits in the container; the ConfigMap key is its base name.
 {{/* Where the admin token Secret is mounted (adminTokenSecret). */}}
 {{- define "gb10-provision.adminTokenDir" -}}/etc/gb10-provision-admin{{- end }}
 
+{{/* Where the BMC CA bundle ConfigMap is mounted (bmcCaConfigMap). */}}
+{{- define "gb10-provision.bmcCaDir" -}}/etc/gb10-provision-bmc-ca{{- end }}
+
 {{/*
 Render-time checks with messages that say what to set. The daemon validates the
 rest (address syntax, range inside the subnet, …) in `gb10-provision check`, which
@@ -75,7 +78,8 @@ Which value renders each config key the chart owns; extraConfig may not set them
   "dhcp.range" "dhcpRange"
   "dhcp.lease_time" "leaseTime"
   "xdp.mode" "xdp.mode"
-  "admin.token_file" "adminTokenSecret") -}}
+  "admin.token_file" "adminTokenSecret"
+  "admin.bmc_ca_file" "bmcCaConfigMap") -}}
 {{- end }}
 
 {{/*
@@ -127,8 +131,15 @@ Returned as JSON (templates return strings); fromJson gives the map back.
 {{- end -}}
 {{- $_ := set $cfg "dhcp" $dhcp -}}
 {{- $_ := set $cfg "xdp" (dict "mode" $v.xdp.mode) -}}
+{{- $admin := dict -}}
 {{- if $v.adminTokenSecret -}}
-{{- $_ := set $cfg "admin" (dict "token_file" (printf "%s/token" (include "gb10-provision.adminTokenDir" .))) -}}
+{{- $_ := set $admin "token_file" (printf "%s/token" (include "gb10-provision.adminTokenDir" .)) -}}
+{{- end -}}
+{{- if $v.bmcCaConfigMap -}}
+{{- $_ := set $admin "bmc_ca_file" (printf "%s/ca.crt" (include "gb10-provision.bmcCaDir" .)) -}}
+{{- end -}}
+{{- if $admin -}}
+{{- $_ := set $cfg "admin" $admin -}}
 {{- end -}}
 {{- $extra := $v.extraConfig | default dict -}}
 {{- if not (kindIs "map" $extra) -}}

@@ -499,6 +499,23 @@ fn chart_pod_shape() {
     );
 }
 
+/// The DaemonSet's volume named `name` and the container's mount of it.
+#[track_caller]
+fn volume_and_mount<'a>(docs: &'a [Value], name: &str) -> (&'a Value, &'a Value) {
+    let pod = &find(docs, "DaemonSet")["spec"]["template"]["spec"];
+    let named = |list: &'a Value, what: &str| {
+        list.as_array()
+            .unwrap_or_else(|| panic!("no {what}"))
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in the {what}"))
+    };
+    (
+        named(&pod["volumes"], "volumes"),
+        named(&pod["containers"][0]["volumeMounts"], "mounts"),
+    )
+}
+
 /// `adminTokenSecret`: the Secret's `token` key is mounted read-only (0400) and read as
 /// `[admin] token_file`; the token itself is nowhere in what the chart renders, and the
 /// daemon's `check` accepts the rendered config with a token in that file. Without the
@@ -518,28 +535,17 @@ fn admin_token_from_a_secret() {
         Some(format!("{DIR}/token").as_str()),
         "{config}"
     );
-    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
-    let volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "admin-token")
-        .expect("an admin-token volume");
+    let (volume, mount) = volume_and_mount(&docs, "admin-token");
     assert_eq!(
         volume["secret"],
         json!({"secretName": "gb10-admin", "items": [{"key": "token", "path": "token"}],
                "defaultMode": 0o400})
     );
-    let mount = pod["containers"][0]["volumeMounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .find(|m| m["name"] == "admin-token")
-        .expect("an admin-token mount");
     assert_eq!(
         mount,
         &json!({"name": "admin-token", "mountPath": DIR, "readOnly": true})
     );
+    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
     assert!(
         pod["containers"][0]
             .get("env")
@@ -598,23 +604,11 @@ fn bmc_ca_file_from_a_config_map() {
         "{config}"
     );
     assert!(parsed["admin"].get("token_file").is_some(), "{config}");
-    let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
-    let volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "bmc-ca")
-        .expect("a bmc-ca volume");
+    let (volume, mount) = volume_and_mount(&docs, "bmc-ca");
     assert_eq!(
         volume["configMap"],
         json!({"name": "site-bmc-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
     );
-    let mount = pod["containers"][0]["volumeMounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .find(|m| m["name"] == "bmc-ca")
-        .expect("a bmc-ca mount");
     assert_eq!(
         mount,
         &json!({"name": "bmc-ca", "mountPath": DIR, "readOnly": true})

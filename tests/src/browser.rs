@@ -1,8 +1,9 @@
 //! Headless Chromium driven by playwright-core (Node) for the page tests: the scripts
-//! live in `gb10-userspace/tests/data/` and share `browser.cjs` to launch it.
+//! live in `gb10-userspace/tests/data/` and share `browser.cjs` to launch it (the
+//! e2e boots' fleet watcher, `cargo xtask e2e`, uses them too).
 use std::{
     path::Path,
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
 };
 
 use crate::{Netns, require_tool, skip};
@@ -38,6 +39,21 @@ pub fn run_script(
     script: &Path,
     args: &[String],
 ) -> Output {
+    spawn_script(ns, npm_root, dir, timeout_s, script, args)
+        .wait_with_output()
+        .expect("running node")
+}
+
+/// As [`run_script`], without waiting: the script runs beside the caller (stdout and
+/// stderr piped), e.g. watching a page while a VM boots.
+pub fn spawn_script(
+    ns: &Netns,
+    npm_root: &str,
+    dir: &Path,
+    timeout_s: u32,
+    script: &Path,
+    args: &[String],
+) -> Child {
     let profile = dir.join("chromium-profile");
     std::fs::create_dir_all(&profile).expect("chromium profile directory");
     ns.cmd("timeout")
@@ -48,6 +64,9 @@ pub fn run_script(
         .env("NODE_PATH", npm_root)
         .env("HOME", dir)
         .env("XDG_CONFIG_HOME", &profile)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running node")
 }

@@ -16,6 +16,13 @@ const SHOTS: [&str; 3] = [
     "fleet-progress.png",
 ];
 
+/// Root, and the clients both tests run (a visible skip otherwise).
+fn can_run(test: &str) -> bool {
+    require_root(test)
+        && require_tool(test, "curl", "curl")
+        && require_tool(test, "dhclient", "isc-dhcp-client")
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -26,11 +33,7 @@ fn json(text: &str) -> serde_json::Value {
 #[test]
 fn fleet_view_says_why_a_real_client_stopped() {
     const T: &str = "fleet::why";
-    if !require_root(T)
-        || !require_tool(T, "curl", "curl")
-        || !require_tool(T, "dhclient", "isc-dhcp-client")
-        || !require_tool(T, "tftp", "tftp-hpa")
-    {
+    if !can_run(T) || !require_tool(T, "tftp", "tftp-hpa") {
         return;
     }
     let Some(npm_root) = gb10_lab::browser::playwright(T) else {
@@ -74,7 +77,9 @@ fn fleet_view_says_why_a_real_client_stopped() {
         gb10_lab::HTTP_PORT.to_string(),
         artifacts.display().to_string(),
     ];
-    let out = gb10_lab::browser::run_script(&lab.server, &npm_root, &lab.dir, 150, &script, &args);
+    let out = gb10_lab::browser::node(&lab.server, &npm_root, &lab.dir, 150, &script, &args)
+        .output()
+        .expect("running node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -171,10 +176,7 @@ fn fleet_view_says_why_a_real_client_stopped() {
 #[test]
 fn fleet_rows_say_counters_are_unavailable_without_xdp() {
     const T: &str = "fleet::no_xdp";
-    if !require_root(T)
-        || !require_tool(T, "curl", "curl")
-        || !require_tool(T, "dhclient", "isc-dhcp-client")
-    {
+    if !can_run(T) {
         return;
     }
     let lab = Lab::bare("fleetnx");
@@ -210,22 +212,18 @@ fn fleet_rows_say_counters_are_unavailable_without_xdp() {
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .arg(format!("http://{ADMIN}/api/clients/events"))
         .stdout(std::process::Stdio::piped())
+        // Ended by `-m 5` (curl says so, exit 28): the stream never ends by itself.
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("curl");
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let beat = lab
-        .client
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "--data"])
-        .arg(format!("mac={mac}&phase=booted"))
-        .arg(format!(
-            "http://{}:{}/heartbeat",
-            lab.server_ip,
-            gb10_lab::HTTP_PORT
-        ))
-        .output()
-        .expect("curl");
-    let code = String::from_utf8_lossy(&beat.stdout).into_owned();
+    let (code, _) = gb10_lab::request(
+        &lab.client,
+        "POST",
+        &format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
+        None,
+        Some(&format!(r#"{{"mac":"{mac}","phase":"booted"}}"#)),
+    );
     let out = stream.wait_with_output().expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -3,7 +3,7 @@
 //! e2e boots' fleet watcher, `cargo xtask e2e`, uses them too).
 use std::{
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
 use crate::{Netns, require_tool, skip};
@@ -29,35 +29,22 @@ pub fn playwright(test: &str) -> Option<String> {
     Some(root)
 }
 
-/// Runs the Node `script` with `args` inside `ns`, killed after `timeout_s` seconds;
-/// HOME and Chromium's profile live under `dir`, so nothing is left outside the lab.
-pub fn run_script(
+/// The command that runs the Node `script` with `args` inside `ns`, killed after
+/// `timeout_s` seconds; HOME and Chromium's profile live under `dir`, so nothing is left
+/// outside the lab. Run it (`output()`), or `spawn()` it (stdout and stderr piped) to
+/// watch a page while something else happens, e.g. a VM boots.
+pub fn node(
     ns: &Netns,
     npm_root: &str,
     dir: &Path,
     timeout_s: u32,
     script: &Path,
     args: &[String],
-) -> Output {
-    spawn_script(ns, npm_root, dir, timeout_s, script, args)
-        .wait_with_output()
-        .expect("running node")
-}
-
-/// As [`run_script`], without waiting: the script runs beside the caller (stdout and
-/// stderr piped), e.g. watching a page while a VM boots.
-pub fn spawn_script(
-    ns: &Netns,
-    npm_root: &str,
-    dir: &Path,
-    timeout_s: u32,
-    script: &Path,
-    args: &[String],
-) -> Child {
+) -> Command {
     let profile = dir.join("chromium-profile");
     std::fs::create_dir_all(&profile).expect("chromium profile directory");
-    ns.cmd("timeout")
-        .arg(timeout_s.to_string())
+    let mut cmd = ns.cmd("timeout");
+    cmd.arg(timeout_s.to_string())
         .arg("node")
         .arg(script)
         .args(args)
@@ -66,7 +53,6 @@ pub fn spawn_script(
         .env("XDG_CONFIG_HOME", &profile)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running node")
+        .stderr(Stdio::piped());
+    cmd
 }

@@ -109,8 +109,9 @@ impl Watcher {
             (READY_TIMEOUT + deadline).as_secs().to_string(),
         ];
         let script = root().join("gb10-userspace/tests/data/fleet-boot.cjs");
-        let child =
-            gb10_lab::browser::spawn_script(&lab.ns, &npm_root, &lab.dir, secs, &script, &args);
+        let child = gb10_lab::browser::node(&lab.ns, &npm_root, &lab.dir, secs, &script, &args)
+            .spawn()
+            .context("running node")?;
         let mut w = Self {
             child: Some(child),
             expect,

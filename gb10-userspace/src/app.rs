@@ -154,6 +154,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         hosts: hosts.clone(),
         clients: clients.clone(),
         leases: leases.clone(),
+        counters: Arc::new(hosts::counters::XdpCounters::new(xdp.clone())),
         live: live.clone(),
         token: Some(admin_token.clone()),
         data_path: config.data_path.clone(),
@@ -257,6 +258,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(())
     });
     let result = services.join().await;
+    // The admin routes' counters reader holds the XDP program too.
+    drop(admin);
     drop(clients);
     drop(hosts);
     match xdp.map(Arc::try_unwrap) {

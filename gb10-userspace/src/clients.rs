@@ -199,6 +199,13 @@ pub struct Progress {
     pub total: Option<u64>,
 }
 
+/// An install's progress at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressMark {
+    pub at_ms: u64,
+    pub written: u64,
+}
+
 /// Where a client is in its onboarding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -296,6 +303,10 @@ pub struct ClientRecord {
     /// one entry for the whole run, updated in place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TimelineEntry>,
+    /// Where that install's progress started (its first progress beat): how fast it
+    /// writes, over the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_start: Option<ProgressMark>,
     /// Until when (Unix ms) the last lease DHCP gave it runs: while it does, the record
     /// is never forgotten to make room. Only that: who holds an address now is the
     /// lease table's to say (a release or a move ends a lease before this time).
@@ -342,6 +353,7 @@ impl ClientRecord {
             state: ClientState::Discovered,
             reported_ip: None,
             progress: None,
+            progress_start: None,
             leased_until_ms: None,
             first_seen_ms: at_ms,
             last_seen_ms: at_ms,
@@ -376,11 +388,30 @@ impl ClientRecord {
             } if *proof != Proof::Refused => self.reported_ip = Some(*ip),
             _ => {}
         }
-        let progress = matches!(
-            &event,
-            ClientEvent::Heartbeat { progress: Some(_), proof, .. } if *proof != Proof::Refused
-        );
-        if progress {
+        let beat = match &event {
+            ClientEvent::Heartbeat {
+                progress: Some(p),
+                proof,
+                ..
+            } if *proof != Proof::Refused => Some(*p),
+            _ => None,
+        };
+        let progress = beat.is_some();
+        if let Some(p) = beat {
+            // A run starts at its first beat, and again when the count goes back (the
+            // installer started over).
+            let before = match self.progress.as_ref().map(|e| &e.event) {
+                Some(ClientEvent::Heartbeat {
+                    progress: Some(b), ..
+                }) => Some(b.written),
+                _ => None,
+            };
+            if self.progress_start.is_none() || before.is_none_or(|b| p.written < b) {
+                self.progress_start = Some(ProgressMark {
+                    at_ms,
+                    written: p.written,
+                });
+            }
             self.progress = Some(TimelineEntry {
                 at_ms,
                 event: event.clone(),
@@ -390,6 +421,7 @@ impl ClientRecord {
             if *proof != Proof::Refused && phase != "installing")
         {
             self.progress = None;
+            self.progress_start = None;
         }
         push(&mut self.timeline, at_ms, event, progress, timeline)
     }
@@ -896,6 +928,15 @@ mod tests {
             panic!("{:?}", r.progress);
         };
         assert_eq!(p.written, 300);
+        // The run's start: its first beat, kept while later ones replace the entry.
+        assert_eq!(r.progress_start.map(|s| s.written), Some(100));
+        c.record(MAC, beat(Proof::Verified, Some(50)));
+        let r = c.get(MAC).unwrap();
+        assert_eq!(
+            r.progress_start.map(|s| s.written),
+            Some(50),
+            "an installer that starts over starts a new run"
+        );
         // Someone else's beats, without the token: in the timeline, nothing moves.
         for phase in ["failed", "installed", "onboarded"] {
             let mut e = heartbeat(phase);
@@ -915,7 +956,7 @@ mod tests {
         c.record(MAC, installed);
         let r = c.get(MAC).unwrap();
         assert_eq!(r.state, ClientState::Installed);
-        assert!(r.progress.is_none());
+        assert!(r.progress.is_none() && r.progress_start.is_none());
     }
 
     #[test]
@@ -1045,6 +1086,7 @@ mod tests {
             state: ClientState::Discovered,
             reported_ip: None,
             progress: None,
+            progress_start: None,
             leased_until_ms: None,
             first_seen_ms: 1,
             last_seen_ms: 1,

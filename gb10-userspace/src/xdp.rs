@@ -157,13 +157,7 @@ impl LanXdp {
             guard_mode: self.guard_mode,
             ..Snapshot::default()
         };
-        for (key, per_cpu) in self.clients.iter().flatten() {
-            let mut total = ClientCounters::default();
-            for c in per_cpu.iter() {
-                total.merge(c);
-            }
-            snap.clients.push((key, total));
-        }
+        snap.clients = self.clients();
         for g in Global::ALL {
             if let Ok(per_cpu) = self.globals.get(&(g as u32), 0) {
                 snap.globals[g as usize] = per_cpu.iter().sum();
@@ -194,6 +188,26 @@ impl LanXdp {
             }
         }
         snap
+    }
+
+    /// Every client's counters, summed over CPUs: one walk of the map (a lookup per
+    /// entry, up to [`gb10_common::CLIENTS_MAX`]). Entries an LRU evicts mid-walk are
+    /// skipped.
+    pub fn clients(&self) -> Vec<(MacKey, ClientCounters)> {
+        self.clients
+            .iter()
+            .flatten()
+            .map(|(key, per_cpu)| (key, sum(&per_cpu)))
+            .collect()
+    }
+
+    /// One client's counters, summed over CPUs; `None` when the program has none for it
+    /// (never seen, or evicted by the LRU).
+    pub fn client(&self, mac: [u8; 6]) -> Option<ClientCounters> {
+        self.clients
+            .get(&MacKey::new(mac), 0)
+            .ok()
+            .map(|per_cpu| sum(&per_cpu))
     }
 
     /// Foreign DHCP servers seen so far.
@@ -311,6 +325,14 @@ fn detach(ebpf: &mut Ebpf, links: GuardLinks) {
     }
 }
 
+fn sum(per_cpu: &[ClientCounters]) -> ClientCounters {
+    let mut total = ClientCounters::default();
+    for c in per_cpu {
+        total.merge(c);
+    }
+    total
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -379,15 +401,20 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     )
 }
 
-/// Seconds since the Unix epoch at which a `bpf_ktime_get_ns` timestamp was taken.
-pub fn ktime_to_unix(ktime_ns: u64) -> f64 {
+/// `bpf_ktime_get_ns` now: CLOCK_MONOTONIC in nanoseconds.
+pub fn ktime_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now_mono = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Seconds since the Unix epoch at which a `bpf_ktime_get_ns` timestamp was taken.
+pub fn ktime_to_unix(ktime_ns: u64) -> f64 {
+    let now_mono = ktime_now_ns() as f64 / 1e9;
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

@@ -1119,7 +1119,9 @@ fn dashboard_tile_updates_live_in_chromium() {
         shot.display().to_string(),
         CANARY_TOKEN.to_owned(),
     ];
-    let out = gb10_lab::browser::run_script(&lab.server, &npm_root, &lab.dir, 90, &script, &args);
+    let out = gb10_lab::browser::node(&lab.server, &npm_root, &lab.dir, 90, &script, &args)
+        .output()
+        .expect("running node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1,8 +1,9 @@
 //! Headless Chromium driven by playwright-core (Node) for the page tests: the scripts
-//! live in `gb10-userspace/tests/data/` and share `browser.cjs` to launch it.
+//! live in `gb10-userspace/tests/data/` and share `browser.cjs` to launch it (the
+//! e2e boots' fleet watcher, `cargo xtask e2e`, uses them too).
 use std::{
     path::Path,
-    process::{Command, Output},
+    process::{Command, Stdio},
 };
 
 use crate::{Netns, require_tool, skip};
@@ -28,26 +29,30 @@ pub fn playwright(test: &str) -> Option<String> {
     Some(root)
 }
 
-/// Runs the Node `script` with `args` inside `ns`, killed after `timeout_s` seconds;
-/// HOME and Chromium's profile live under `dir`, so nothing is left outside the lab.
-pub fn run_script(
+/// The command that runs the Node `script` with `args` inside `ns`, killed after
+/// `timeout_s` seconds; HOME and Chromium's profile live under `dir`, so nothing is left
+/// outside the lab. Run it (`output()`), or `spawn()` it (stdout and stderr piped) to
+/// watch a page while something else happens, e.g. a VM boots.
+pub fn node(
     ns: &Netns,
     npm_root: &str,
     dir: &Path,
     timeout_s: u32,
     script: &Path,
     args: &[String],
-) -> Output {
+) -> Command {
     let profile = dir.join("chromium-profile");
     std::fs::create_dir_all(&profile).expect("chromium profile directory");
-    ns.cmd("timeout")
-        .arg(timeout_s.to_string())
+    let mut cmd = ns.cmd("timeout");
+    cmd.arg(timeout_s.to_string())
         .arg("node")
         .arg(script)
         .args(args)
         .env("NODE_PATH", npm_root)
         .env("HOME", dir)
         .env("XDG_CONFIG_HOME", &profile)
-        .output()
-        .expect("running node")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
 }

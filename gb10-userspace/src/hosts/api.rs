@@ -24,6 +24,8 @@ pub struct Admin {
     pub clients: Arc<crate::clients::Clients>,
     /// Who holds which address now (the fleet view's `lease_ip`).
     pub leases: crate::dhcp::LeaseTable,
+    /// The XDP program's per-client counters (the fleet view's `xdp`).
+    pub counters: Arc<super::counters::XdpCounters>,
     /// The inventory, which registrations must not shadow.
     pub live: Live,
     /// The bearer token every admin route needs; none refuses them all.

@@ -1,8 +1,9 @@
 //! The admin API's view of every machine: `GET /api/clients` (one summary row per client
 //! seen and per inventory host), `GET /api/clients/{mac}` (with the timeline) and
-//! `GET /api/clients/events` (every client event live, as Server-Sent Events; `?mac=`
-//! for one client), and `GET /fleet`, the page that shows them live and says why a
-//! machine stopped. Read-only, like `GET /api/hosts`.
+//! `GET /api/clients/events` (every client event live, and every [`TICK`] the XDP
+//! counters of the clients that sent frames since, as Server-Sent Events; `?mac=` for
+//! one client), and `GET /fleet`, the page that shows them live and says why a machine
+//! stopped. Read-only, like `GET /api/hosts`.
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -17,11 +18,14 @@ use axum::{
 };
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast::error::RecvError};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, broadcast::error::RecvError},
+    time::{Interval, MissedTickBehavior},
+};
 
-use super::api::Admin;
+use super::{api::Admin, counters::Counters};
 use crate::{
-    clients::{ClientEvent, ClientRecord, ClientState, Stage, TimelineEntry},
+    clients::{ClientEvent, ClientRecord, ClientState, ProgressMark, Stage, TimelineEntry},
     inventory::Inventory,
     mac::Mac,
 };
@@ -30,6 +34,14 @@ use crate::{
 /// lock, a lookup and a JSON line; without a cap, anyone who reaches `/admin` on the LAN
 /// could multiply the cost of a DHCP storm by opening streams.
 const STREAMS_MAX: usize = 32;
+
+/// How often a stream sends the counters that moved. Ticks of every stream share one
+/// walk of the map per [`super::counters::MAX_AGE`].
+const TICK: Duration = Duration::from_secs(2);
+
+/// Counters rows in one tick at most: a flood of new MACs sends the rest on the next
+/// ticks, oldest change first, rather than one huge message.
+const TICK_ROWS_MAX: usize = 2048;
 
 /// The data routes, merged into the admin router behind the token.
 pub fn routes(admin: Admin) -> Router {
@@ -85,6 +97,42 @@ struct Row {
     stopped: Option<TimelineEntry>,
     /// Events in the timeline (at most `[clients] timeline`).
     events: usize,
+    /// What the XDP program counted from this MAC; `None` when XDP is not attached (no
+    /// counters exist, which is not the same as zero).
+    xdp: Option<Counters>,
+    /// The image install under way, while the client is `installing` and its installer
+    /// reports progress.
+    progress: Option<InstallProgress>,
+}
+
+/// An image install's latest progress beat, and where the run started (how fast it
+/// writes follows from the two).
+#[derive(Debug, Serialize)]
+struct InstallProgress {
+    /// Bytes streamed to the disk so far, of `total` when known.
+    written: u64,
+    total: Option<u64>,
+    at_ms: u64,
+    start: Option<ProgressMark>,
+}
+
+fn install_progress(record: &ClientRecord) -> Option<InstallProgress> {
+    if record.state != ClientState::Installing {
+        return None;
+    }
+    let entry = record.progress.as_ref()?;
+    let ClientEvent::Heartbeat {
+        progress: Some(p), ..
+    } = &entry.event
+    else {
+        return None;
+    };
+    Some(InstallProgress {
+        written: p.written,
+        total: p.total,
+        at_ms: entry.at_ms,
+        start: record.progress_start,
+    })
 }
 
 fn row(
@@ -93,6 +141,7 @@ fn row(
     mac: Mac,
     record: Option<&ClientRecord>,
     lease_ip: Option<std::net::Ipv4Addr>,
+    xdp: Option<Counters>,
 ) -> Row {
     let host = inv.host(mac);
     let registered = admin.hosts.get(mac);
@@ -117,6 +166,8 @@ fn row(
         stage_since_ms: stage.map(|(_, since)| since),
         stopped: record.and_then(|r| r.stopped().cloned()),
         events: record.map_or(0, |r| r.timeline.len()),
+        xdp,
+        progress: record.and_then(install_progress),
     }
 }
 
@@ -130,6 +181,9 @@ async fn list(State(admin): State<Admin>) -> Response {
         .map(|r| (r.mac, r))
         .collect();
     let leased = admin.leases.live_by_mac(crate::clock::now_secs());
+    // One walk of the XDP map for the whole list (shared with other readers), not a
+    // lookup per row.
+    let walk = admin.counters.walk().await;
     let mut macs: Vec<Mac> = records.keys().copied().collect();
     macs.extend(inv.hosts.iter().map(|h| h.mac));
     macs.extend(admin.hosts.list().iter().map(|h| h.mac));
@@ -137,7 +191,17 @@ async fn list(State(admin): State<Admin>) -> Response {
     macs.dedup();
     let rows: Vec<Row> = macs
         .into_iter()
-        .map(|m| row(&admin, inv, m, records.get(&m), leased.get(&m).copied()))
+        .map(|m| {
+            let xdp = walk.as_ref().map(|w| w.get(m));
+            row(
+                &admin,
+                inv,
+                m,
+                records.get(&m),
+                leased.get(&m).copied(),
+                xdp,
+            )
+        })
         .collect();
     Json(rows).into_response()
 }
@@ -157,7 +221,15 @@ async fn one(State(admin): State<Admin>, Path(mac): Path<String>) -> Response {
     let snapshot = admin.live.now();
     let record = admin.clients.get(mac);
     let leased = admin.leases.live_of(mac, crate::clock::now_secs());
-    let r = row(&admin, &snapshot.inventory, mac, record.as_ref(), leased);
+    let xdp = admin.counters.one(mac);
+    let r = row(
+        &admin,
+        &snapshot.inventory,
+        mac,
+        record.as_ref(),
+        leased,
+        xdp,
+    );
     if record.is_none() && !r.known {
         return (
             StatusCode::NOT_FOUND,
@@ -184,12 +256,16 @@ struct Streamed<'a> {
     state: Option<ClientState>,
     hostname: Option<String>,
     at_ms: u64,
+    /// Whether XDP counts frames (its counters come in `counters` messages).
+    xdp_attached: bool,
     #[serde(flatten)]
     event: &'a ClientEvent,
 }
 
-/// Every client event as an `event: client` SSE message; `resync` when this listener
-/// fell behind and missed some (the reader reloads what it shows).
+/// Every client event as an `event: client` SSE message; every [`TICK`], an `event:
+/// counters` message with the XDP counters of the shown clients that sent frames since
+/// the last one (none without XDP); `resync` when this listener fell behind and missed
+/// some events (the reader reloads what it shows).
 async fn events(
     State(admin): State<Admin>,
     axum::Extension(slots): axum::Extension<Arc<Semaphore>>,
@@ -212,47 +288,122 @@ async fn events(
     // Subscribed before the response starts: a reader that fetches a snapshot after the
     // headers arrive misses nothing.
     let rx = admin.clients.subscribe();
-    Sse::new(stream(admin, rx, only, slot))
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let state = Streaming {
+        admin,
+        rx,
+        only,
+        tick,
+        counters_after: None,
+        _slot: slot,
+    };
+    Sse::new(stream(state))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-fn stream(
+/// One open event stream.
+struct Streaming {
     admin: Admin,
     rx: tokio::sync::broadcast::Receiver<(Mac, ClientEvent)>,
     only: Option<Mac>,
-    // Held as long as the stream lives.
-    slot: OwnedSemaphorePermit,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold((admin, rx, slot), move |(admin, mut rx, slot)| async move {
-        let event = loop {
-            match rx.recv().await {
-                Ok((mac, _)) if only.is_some_and(|m| m != mac) => continue,
-                Ok((mac, event)) => {
-                    let streamed = Streamed {
-                        mac,
-                        state: admin.clients.state(mac),
-                        hostname: admin
-                            .live
-                            .now()
-                            .inventory
-                            .host(mac)
-                            .and_then(|h| h.hostname.clone()),
-                        at_ms: crate::clock::now_ms(),
-                        event: &event,
-                    };
-                    break Event::default()
-                        .event("client")
-                        .data(serde_json::to_string(&streamed).unwrap_or_default());
-                }
-                Err(RecvError::Lagged(n)) => {
-                    break Event::default()
-                        .event("resync")
-                        .data(format!("{{\"missed\":{n}}}"));
-                }
-                Err(RecvError::Closed) => return None,
+    tick: Interval,
+    /// Counters of frames at or after this `bpf_ktime_get_ns` go in the next tick;
+    /// `None` before the first (which sends every shown client's).
+    counters_after: Option<u64>,
+    /// Held as long as the stream lives.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The counters of clients the view shows, as a tick carries them.
+#[derive(Serialize)]
+struct CountersRow {
+    mac: Mac,
+    #[serde(flatten)]
+    counters: Counters,
+}
+
+impl Streaming {
+    fn client(&self, mac: Mac, event: &ClientEvent) -> Event {
+        let streamed = Streamed {
+            mac,
+            state: self.admin.clients.state(mac),
+            hostname: self
+                .admin
+                .live
+                .now()
+                .inventory
+                .host(mac)
+                .and_then(|h| h.hostname.clone()),
+            at_ms: crate::clock::now_ms(),
+            xdp_attached: self.admin.counters.attached(),
+            event,
+        };
+        Event::default()
+            .event("client")
+            .data(serde_json::to_string(&streamed).unwrap_or_default())
+    }
+
+    /// The counters that moved since the last tick, of clients the view shows (a client
+    /// record or an inventory host: not every MAC a flood made up); `None` when there
+    /// are none (or no XDP).
+    async fn counters(&mut self) -> Option<Event> {
+        let walk = self.admin.counters.walk().await?;
+        let snapshot = self.admin.live.now();
+        let shown = |mac: Mac| match self.only {
+            Some(m) => m == mac,
+            None => {
+                self.admin.clients.state(mac).is_some() || snapshot.inventory.host(mac).is_some()
             }
         };
-        Some((Ok(event), (admin, rx, slot)))
+        let changed = walk.changed(self.counters_after);
+        let mut rows = Vec::new();
+        let mut last_ns = None;
+        for (mac, counters, seen) in changed {
+            if rows.len() == TICK_ROWS_MAX {
+                break;
+            }
+            if shown(mac) {
+                rows.push(CountersRow { mac, counters });
+                last_ns = Some(seen);
+            }
+        }
+        // Cut short: the next tick goes on from the last row sent (it is sent again).
+        self.counters_after = Some(if rows.len() == TICK_ROWS_MAX {
+            last_ns.unwrap_or(walk.started_ns)
+        } else {
+            walk.started_ns
+        });
+        if rows.is_empty() {
+            return None;
+        }
+        let body = serde_json::json!({ "at_ms": crate::clock::now_ms(), "clients": rows });
+        Some(Event::default().event("counters").data(body.to_string()))
+    }
+}
+
+fn stream(state: Streaming) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(state, |mut st| async move {
+        let event = loop {
+            tokio::select! {
+                got = st.rx.recv() => match got {
+                    Ok((mac, _)) if st.only.is_some_and(|m| m != mac) => continue,
+                    Ok((mac, event)) => break st.client(mac, &event),
+                    Err(RecvError::Lagged(n)) => {
+                        break Event::default()
+                            .event("resync")
+                            .data(format!("{{\"missed\":{n}}}"));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = st.tick.tick() => {
+                    if let Some(event) = st.counters().await {
+                        break event;
+                    }
+                }
+            }
+        };
+        Some((Ok(event), st))
     })
 }

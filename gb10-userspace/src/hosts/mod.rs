@@ -1,6 +1,7 @@
 //! Host life cycle: registered hosts, their state machine fed by client events, rebuild over Redfish, the ephemeral-key join, the API and the live dashboard.
 pub mod api;
 pub mod bmc_tls;
+pub mod counters;
 pub mod dashboard;
 pub mod fleet;
 pub mod install;

@@ -2,7 +2,9 @@
 // page, then have a real client (tftp-hpa, curl in the client namespace) ask for a boot
 // file that is not there, one that is, and a kernel that is not there; each time wait for
 // the client's row to change by the event stream, with no reload. Then open the
-// client's timeline with the keyboard. Every /api request must carry the token.
+// client's timeline with the keyboard. The row's XDP counters must come (non-zero: XDP
+// is attached, as by default), and an install's progress heartbeats must show a bar, a
+// percentage and MB/s. Every /api request must carry the token.
 // argv: url mac token client-ns server-ip http-port shot-dir.
 const { launch } = require("./browser.cjs");
 const { execFileSync } = require("child_process");
@@ -72,11 +74,16 @@ function client(args) {
     await waitRow(n + 1, "return el.querySelector('.why').textContent.includes('/amd64/vmlinuz')");
     const httpWhy = await why();
 
+    // The XDP program counted this client's frames: the counters tick brings them.
+    await page.waitForFunction((sel) => Number(document.querySelector(sel).dataset.frames || 0) > 0, row, { timeout: 10000 });
+    const xdpCell = await page.locator(`${row} .xdp`).innerText();
+
     // The timeline by keyboard: focus the MAC, Enter, read, Escape.
     await page.focus(`${row} button.mac`);
     await page.keyboard.press("Enter");
     await page.waitForFunction(() => document.getElementById("dtimeline").children.length >= 5, null, { timeout: 10000 });
     const timeline = await page.locator("#dtimeline").innerText();
+    const detailXdp = await page.locator("#dxdp").innerText();
     await page.screenshot({ path: shots + "/fleet-detail.png", fullPage: false });
     await page.keyboard.press("Escape");
     const detailHidden = await page.locator("#detail").isHidden();
@@ -85,8 +92,26 @@ function client(args) {
     // The "only stopped" filter keeps the stopped client.
     await page.check("#fstopped");
     const shownStopped = await page.locator(row).isVisible();
+    await page.uncheck("#fstopped");
+
+    // An image install reports progress (as install.sh does: bytes of the total): a bar,
+    // a percentage and MB/s in the row, live.
+    const beat = (written) => client(["curl", "-sS", "-m", "5", "-o", "/dev/null",
+      "--data-urlencode", `mac=${mac}`, "--data-urlencode", "phase=installing",
+      "--data-urlencode", `written=${written}`, "--data-urlencode", "total=40000000",
+      `http://${server}:${port}/heartbeat`]);
+    n = await pushed();
+    beat(10000000);
+    await waitRow(n + 1, "return el.dataset.progress === '25'");
+    await new Promise((r) => setTimeout(r, 1500));
+    n = await pushed();
+    beat(30000000);
+    await waitRow(n + 1, "return el.dataset.progress === '75'");
+    const progress = await page.locator(`${row} .prog`).innerText();
+    const bar = await page.locator(`${row} .prog progress`).evaluate((b) => b.value);
+    await page.screenshot({ path: shots + "/fleet-progress.png", fullPage: false });
     console.log(JSON.stringify({ before, stored: stored === token, tftpWhy, forward, httpWhy, timeline,
-      detailHidden, focusBack, shownStopped, bare, loads }));
+      detailHidden, focusBack, shownStopped, xdpCell, detailXdp, progress, bar, bare, loads }));
   } finally {
     await browser.close();
   }

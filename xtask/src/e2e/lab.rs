@@ -13,8 +13,9 @@ use gb10_lab::{Bridge, Guard, HTTP_PORT};
 
 use super::{
     assets::{Arch, Assets},
+    fleet::{Seen, Watcher},
     report::{Failure, last_lines, tail},
-    scenario::{Chain, Dhcp, Firmware, Scenario},
+    scenario::{Chain, Dhcp, Firmware, Fleet, Scenario},
 };
 use crate::{cargo, exec, root};
 
@@ -104,8 +105,12 @@ impl Stage {
 }
 
 pub struct Outcome {
+    /// VM start to heartbeat (or, when the scenario makes it stop, to the fleet view
+    /// saying why).
     pub heartbeat: Duration,
     pub stages: Vec<(Stage, Duration)>,
+    /// What the fleet view showed, when the scenario watches it.
+    pub fleet: Option<Seen>,
 }
 
 /// Builds the daemon (without the eBPF object when AYA_BUILD_SKIP is set); its path.
@@ -599,6 +604,12 @@ pub fn boot(
         inventory(s, &mac, lab.server_ip),
     )
     .map_err(|e| fail("setup", e.to_string()))?;
+    // The fleet view is watched where gb10-provision serves as a process.
+    let fleet = s.fleet.filter(|_| stack == Stack::Gb10);
+    if let Some(Fleet::Missing(path)) = fleet {
+        fs::remove_file(data.join(path))
+            .map_err(|e| fail("setup", format!("removing {path}: {e}")))?;
+    }
 
     let daemon = match stack {
         Stack::Gb10 => {
@@ -673,6 +684,20 @@ pub fn boot(
         );
         (dnsmasq, site)
     });
+    // Opened before the VM starts, so the page sees every step.
+    let mut watcher = match fleet {
+        Some(expect) => Some(
+            Watcher::start(&lab, s, &mac, expect, BOOT_TIMEOUT)
+                .map_err(|e| fail("fleet view", format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    if let (Some(w), Progress::Lines) = (&watcher, &progress) {
+        println!(
+            "  fleet view live in headless Chromium after {:.1} s",
+            w.ready.as_secs_f64()
+        );
+    }
     let tap = lab.add_tap();
     let serial = lab.dir.join("serial.log");
     let mut cmd = qemu(s, &lab, &tap, &mac, &serial, &VmOptions::default())
@@ -753,11 +778,26 @@ pub fn boot(
                 show(stage, at, progress);
             }
         }
-        if reached == Stage::Heartbeat {
+        // A scenario made to stop ends when the page says why (or its watcher fails).
+        let stopped =
+            matches!(fleet, Some(Fleet::Missing(_))) && watcher.as_mut().is_some_and(Watcher::done);
+        if reached == Stage::Heartbeat || stopped {
+            let seen = match watcher.take().map(Watcher::finish) {
+                Some(Ok(seen)) => Some(seen),
+                Some(Err(e)) => break format!("{e:#}"),
+                None => None,
+            };
+            if stopped && !client.contains("\"event\":\"failure\"") {
+                break "the page said why it stopped, the client record has no failure".into();
+            }
+            if let (Some(seen), Progress::Lines) = (&seen, &progress) {
+                println!("  [{:6.1} s] {}", at.as_secs_f64(), seen.summary());
+            }
             after(&lab, &mac);
             return Ok(Outcome {
                 heartbeat: at,
                 stages,
+                fleet: seen,
             });
         }
         if let Ok(Some(status)) = vm.0.try_wait() {

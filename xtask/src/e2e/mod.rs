@@ -1,5 +1,6 @@
 //! `cargo xtask e2e`: real firmware in QEMU network-boots through gb10-provision.
 pub mod assets;
+pub mod fleet;
 pub mod install;
 pub mod lab;
 pub mod report;
@@ -9,10 +10,13 @@ use anyhow::bail;
 
 use self::scenario::{SCENARIOS, Scenario};
 
-/// The scenarios `cargo xtask test` runs (CI): UEFI iPXE, shim + GRUB with Secure
-/// Boot, the arm64 GB10 path over PXE and over UEFI HTTP boot, and proxy DHCP.
+/// The scenarios `cargo xtask test` runs (CI): UEFI iPXE (with the fleet view watched
+/// live in Chromium, and once with its kernel removed, where the view must say why it
+/// stopped), shim + GRUB with Secure Boot, the arm64 GB10 path over PXE and over UEFI
+/// HTTP boot, and proxy DHCP.
 pub const CI: &[&str] = &[
     "ovmf-ipxe",
+    "ovmf-ipxe-missing-kernel",
     "ovmf-shim-grub-sb",
     "aavmf-shim-grub",
     "aavmf-httpboot",
@@ -137,9 +141,16 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
             .map(|r| format!("   reference (dnsmasq + nginx): {}", fmt(r)))
             .unwrap_or_default();
         println!("  {:<20} gb10-provision: {}{refs}", s.name, fmt(ours));
-        if let Err(f) = ours {
-            failed += 1;
-            eprintln!("{f}");
+        match ours {
+            Ok(o) => {
+                if let Some(seen) = &o.fleet {
+                    println!("  {:<20}   {}", "", seen.summary());
+                }
+            }
+            Err(f) => {
+                failed += 1;
+                eprintln!("{f}");
+            }
         }
     }
     if !installs.is_empty() {

@@ -61,6 +61,17 @@ pub struct Install {
     pub format: Format,
 }
 
+/// The fleet view watched in headless Chromium during the boot (gb10-provision serving;
+/// see `fleet.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fleet {
+    /// The VM's row walks the stages live to its heartbeat.
+    Live,
+    /// This file (under data_path) is removed before the boot: the boot stops there and
+    /// the row's "why it stopped" names it.
+    Missing(&'static str),
+}
+
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
@@ -70,6 +81,8 @@ pub struct Scenario {
     pub dhcp: Dhcp,
     /// An image install, from an empty disk with the network first in the boot order.
     pub install: Option<Install>,
+    /// The fleet view watched while it boots.
+    pub fleet: Option<Fleet>,
 }
 
 pub static SCENARIOS: &[Scenario] = &[
@@ -81,6 +94,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::IpxeScript,
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "ovmf-ipxe",
@@ -90,6 +104,18 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::Ipxe("ipxe.efi"),
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: Some(Fleet::Live),
+    },
+    Scenario {
+        name: "ovmf-ipxe-missing-kernel",
+        about: "as ovmf-ipxe with the kernel removed from www/: iPXE's fetch of it fails, and \
+                the fleet view says why the machine stopped, naming the file",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::Ipxe("ipxe.efi"),
+        dhcp: Dhcp::Direct,
+        install: None,
+        fleet: Some(Fleet::Missing("www/amd64/vmlinuz")),
     },
     Scenario {
         name: "ovmf-snponly",
@@ -99,6 +125,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::Ipxe("snponly.efi"),
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "ovmf-shim-grub",
@@ -108,6 +135,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::ShimGrub,
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "ovmf-shim-grub-sb",
@@ -117,6 +145,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::ShimGrub,
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "ovmf-httpboot",
@@ -126,6 +155,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::HttpBoot("ipxe.efi"),
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "aavmf-shim-grub",
@@ -135,6 +165,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::ShimGrub,
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "aavmf-httpboot",
@@ -144,6 +175,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::HttpBoot("shimaa64.efi"),
         dhcp: Dhcp::Direct,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "ovmf-ipxe-proxy",
@@ -154,6 +186,7 @@ pub static SCENARIOS: &[Scenario] = &[
         chain: Chain::Ipxe("ipxe.efi"),
         dhcp: Dhcp::Proxy,
         install: None,
+        fleet: None,
     },
     Scenario {
         name: "ovmf-image-install",
@@ -168,6 +201,7 @@ pub static SCENARIOS: &[Scenario] = &[
             case: Case::Onboard,
             format: Format::Zstd,
         }),
+        fleet: None,
     },
     Scenario {
         name: "aavmf-image-install",
@@ -181,6 +215,7 @@ pub static SCENARIOS: &[Scenario] = &[
             case: Case::Onboard,
             format: Format::Zstd,
         }),
+        fleet: None,
     },
     Scenario {
         name: "ovmf-image-bad-checksum",
@@ -194,6 +229,7 @@ pub static SCENARIOS: &[Scenario] = &[
             case: Case::WrongChecksum,
             format: Format::Zstd,
         }),
+        fleet: None,
     },
     Scenario {
         name: "ovmf-image-truncated",
@@ -207,6 +243,7 @@ pub static SCENARIOS: &[Scenario] = &[
             case: Case::Truncated,
             format: Format::Gzip,
         }),
+        fleet: None,
     },
 ];
 

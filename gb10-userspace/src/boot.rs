@@ -388,8 +388,7 @@ pub fn send_to_disk(
     boot: &BootConfig,
     installed: impl FnOnce() -> bool,
 ) -> bool {
-    if boot.installed != InstalledBoot::NoBootFile || decision.boot_file.is_none() || !installed()
-    {
+    if boot.installed != InstalledBoot::NoBootFile || decision.boot_file.is_none() || !installed() {
         return false;
     }
     decision.boot_file = None;

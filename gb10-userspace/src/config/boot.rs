@@ -33,9 +33,9 @@ pub struct RawBoot {
     /// Clients not in the inventory: `serve` (default profile) or `ignore` (no answer).
     #[arg(long = "boot-unknown-clients", env = "GB10_BOOT_UNKNOWN_CLIENTS")]
     pub unknown_clients: Option<UnknownClients>,
-    /// How an installed host's network boot goes to its disk: `loader` (default; the
-    /// boot loader is served and its script sends it on) or `no_boot_file` (DHCP offers
-    /// no boot file, so the firmware goes on to its next boot option at once).
+    /// How an installed host's network boot goes to its disk: `no_boot_file` (default;
+    /// DHCP offers no boot file, so the firmware goes on to its next boot option at once)
+    /// or `loader` (the boot loader is served and its script sends it on).
     #[arg(long = "boot-installed", env = "GB10_BOOT_INSTALLED")]
     pub installed: Option<InstalledBoot>,
 }
@@ -45,17 +45,18 @@ pub struct RawBoot {
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum InstalledBoot {
-    /// Serve the boot loader as usual; the script or config it fetches sends the host to
-    /// its disk (iPXE `exit 1` / `sanboot`, GRUB's local entry). Works whatever the
-    /// firmware does after a failed network boot, and shows as `local_boot` when the
-    /// loader fetches its script.
-    #[default]
-    Loader,
     /// Offer the address with no boot file (proxy mode: no proxy offer at all): the
     /// firmware's network boot fails at once and it tries its next boot option, the
-    /// disk. Quicker, with no boot-loader quirks; needs firmware that moves on after a
-    /// failed network boot (EDK2 and iPXE do; some BIOS PXE ROMs halt instead).
+    /// disk. No boot loader runs, so none of their exit quirks apply (Debian's
+    /// `ipxe.efi` hangs OVMF on `exit`, a boot loop). Needs firmware that moves on after
+    /// a failed network boot, as EDK2 does.
+    #[default]
     NoBootFile,
+    /// Serve the boot loader as usual; the script or config it fetches sends the host to
+    /// its disk (GRUB's local entry; iPXE `exit 1` on UEFI, `sanboot` on BIOS). For
+    /// firmware that halts after a failed network boot; recorded as `local_boot` when
+    /// the loader fetches its script.
+    Loader,
 }
 
 /// What happens to clients whose MAC is not in the inventory.
@@ -92,7 +93,7 @@ impl Default for BootConfig {
             http_arm64: "shimaa64.efi".into(),
             ipxe_script: "http://{server}:{http_port}/boot.ipxe".into(),
             unknown_clients: UnknownClients::Serve,
-            installed: InstalledBoot::Loader,
+            installed: InstalledBoot::NoBootFile,
         }
     }
 }

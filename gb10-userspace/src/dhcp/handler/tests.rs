@@ -487,9 +487,9 @@ fn discover_failures_say_why_for_the_fleet_view() {
     );
 }
 
-/// `[boot] installed = "no_boot_file"`: an installed host's firmware gets its address and
-/// no boot file (direct) or no proxy offer at all (proxy), with `local_boot` on record;
-/// the default (`loader`) and a host not installed still get the boot file.
+/// `[boot] installed = "no_boot_file"` (the default): an installed host's firmware gets
+/// its address and no boot file (direct) or no proxy offer at all (proxy), with
+/// `local_boot` on record; `loader` and a host not installed still get the boot file.
 #[test]
 fn installed_hosts_get_no_boot_file_when_configured() {
     use crate::{clients::ClientEvent, config::InstalledBoot};
@@ -528,10 +528,13 @@ fn installed_hosts_get_no_boot_file_when_configured() {
             handle_proxy(&pxe, &ctx, src, false),
         )
     };
-    // The default: the boot loader is served (its script sends the host on), and the
-    // life cycle is not even asked.
-    let loader = BootConfig::default();
-    assert_eq!(loader.installed, InstalledBoot::Loader);
+    // `loader`: the boot loader is served (its script sends the host on), and the life
+    // cycle is not even asked.
+    assert_eq!(BootConfig::default().installed, InstalledBoot::NoBootFile);
+    let loader = BootConfig {
+        installed: InstalledBoot::Loader,
+        ..BootConfig::default()
+    };
     let (o, p) = direct(&loader, &installed_mac);
     assert_eq!(o.reply.unwrap().0.fname(), Some(&b"ipxe.efi"[..]));
     assert!(p.reply.is_some());

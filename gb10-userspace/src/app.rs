@@ -132,6 +132,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             stats: dhcp_stats.clone(),
             lan_addr: lan_addr.clone(),
             neighbours,
+            local_disk: seeds.local_disk(),
         };
         move |token| async move { dhcp::run(dhcp, token).await }
     });

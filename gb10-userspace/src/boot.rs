@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use crate::{
-    config::{BootConfig, UnknownClients},
+    config::{BootConfig, InstalledBoot, UnknownClients},
     inventory::Inventory,
     mac::Mac,
 };
@@ -377,6 +377,30 @@ pub fn decide(
     }
     decision.why = why;
     decision
+}
+
+/// With `[boot] installed = "no_boot_file"`, takes the boot file away from an installed
+/// host's network boot so the firmware goes on to its disk; whether it did. `installed`
+/// is only asked when it matters (a boot file to withhold, the setting on): it looks at
+/// the host life cycle.
+pub fn send_to_disk(
+    decision: &mut BootDecision,
+    boot: &BootConfig,
+    installed: impl FnOnce() -> bool,
+) -> bool {
+    if boot.installed != InstalledBoot::NoBootFile || decision.boot_file.is_none() || !installed() {
+        return false;
+    }
+    decision.boot_file = None;
+    decision.next_server = None;
+    decision.vendor_class = None;
+    decision.ipxe_no_proxy_wait = false;
+    decision.why.push(
+        "the host is installed and [boot] installed = \"no_boot_file\": no boot file, so the \
+         firmware goes on to its next boot option (the disk)"
+            .into(),
+    );
+    true
 }
 
 /// Fills `{server}`, `{http_port}` and `{mac}` in a configured file name or URL.

@@ -33,6 +33,30 @@ pub struct RawBoot {
     /// Clients not in the inventory: `serve` (default profile) or `ignore` (no answer).
     #[arg(long = "boot-unknown-clients", env = "GB10_BOOT_UNKNOWN_CLIENTS")]
     pub unknown_clients: Option<UnknownClients>,
+    /// How an installed host's network boot goes to its disk: `no_boot_file` (default;
+    /// DHCP offers no boot file, so the firmware goes on to its next boot option at once)
+    /// or `loader` (the boot loader is served and its script sends it on).
+    #[arg(long = "boot-installed", env = "GB10_BOOT_INSTALLED")]
+    pub installed: Option<InstalledBoot>,
+}
+
+/// How a network boot of an installed host is sent to its disk (no second install).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum InstalledBoot {
+    /// Offer the address with no boot file (proxy mode: no proxy offer at all): the
+    /// firmware's network boot fails at once and it tries its next boot option, the
+    /// disk. No boot loader runs, so none of their exit quirks apply (Debian's
+    /// `ipxe.efi` hangs OVMF on `exit`, a boot loop). Needs firmware that moves on after
+    /// a failed network boot, as EDK2 does.
+    #[default]
+    NoBootFile,
+    /// Serve the boot loader as usual; the script or config it fetches sends the host to
+    /// its disk (GRUB's local entry; iPXE `exit 1` on UEFI, `sanboot` on BIOS). For
+    /// firmware that halts after a failed network boot; recorded as `local_boot` when
+    /// the loader fetches its script.
+    Loader,
 }
 
 /// What happens to clients whose MAC is not in the inventory.
@@ -56,6 +80,7 @@ pub struct BootConfig {
     pub http_arm64: String,
     pub ipxe_script: String,
     pub unknown_clients: UnknownClients,
+    pub installed: InstalledBoot,
 }
 
 impl Default for BootConfig {
@@ -68,6 +93,7 @@ impl Default for BootConfig {
             http_arm64: "shimaa64.efi".into(),
             ipxe_script: "http://{server}:{http_port}/boot.ipxe".into(),
             unknown_clients: UnknownClients::Serve,
+            installed: InstalledBoot::NoBootFile,
         }
     }
 }
@@ -82,6 +108,7 @@ impl RawBoot {
             http_arm64,
             ipxe_script,
             unknown_clients,
+            installed,
         } = self;
         let d = BootConfig::default();
         let pick = |key: &'static str, v: Option<String>, default: String| match v {
@@ -102,6 +129,7 @@ impl RawBoot {
             http_arm64: pick("boot.http_arm64", http_arm64, d.http_arm64)?,
             ipxe_script: pick("boot.ipxe_script", ipxe_script, d.ipxe_script)?,
             unknown_clients: unknown_clients.unwrap_or_default(),
+            installed: installed.unwrap_or_default(),
         })
     }
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     admin::{AdminConfig, RawAdmin, Secret},
-    boot::{BootConfig, RawBoot, UnknownClients},
+    boot::{BootConfig, InstalledBoot, RawBoot, UnknownClients},
     clients::{ClientsConfig, RawClients},
     dhcp::{DhcpConfig, RawDhcp, RelayRange},
     guard::{GuardConfig, GuardMode, RawGuard},

@@ -53,6 +53,7 @@ pub fn exercise(data: &[u8]) {
         },
         now: 1_000_000,
         neighbour: &|_| None,
+        installed: &|_| false,
     };
     let mut leases = Leases::new(vec![Pool::new(
         "198.18.0.0/24".parse().expect("subnet"),

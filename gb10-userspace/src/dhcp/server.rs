@@ -29,6 +29,7 @@ use crate::{
     lan::{self, LanAddr},
     live::Live,
     mac::Mac,
+    seeds::LocalDisk,
     store::Store,
 };
 
@@ -46,6 +47,9 @@ pub struct Dhcp {
     pub lan_addr: LanAddr,
     /// The kernel's neighbour table, to tell a RELEASE from its holder.
     pub neighbours: Neighbours,
+    /// Whether a host is installed (`[boot] installed = "no_boot_file"` withholds its
+    /// boot file).
+    pub local_disk: LocalDisk,
 }
 
 /// Why the DHCP service could not serve.
@@ -236,6 +240,7 @@ impl Server {
             },
             now: clock::now_secs(),
             neighbour: &|ip| self.dhcp.neighbours.lookup(ip),
+            installed: &|mac| self.dhcp.local_disk.installed(mac),
         };
         let src = match src {
             SocketAddr::V4(v4) => v4,

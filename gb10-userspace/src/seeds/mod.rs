@@ -46,6 +46,26 @@ pub enum SeedError {
     Install(#[source] HostsError),
 }
 
+/// Whether a network boot goes to the disk. The one answer seeds (boot scripts) and
+/// DHCP (`[boot] installed = "no_boot_file"`) give. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalDisk {
+    hosts: Arc<Hosts>,
+    clients: Arc<Clients>,
+}
+
+impl LocalDisk {
+    /// Whether a network boot of `mac` goes to its disk: the host life cycle decides
+    /// for a registered host (a rebuild clears it), the client's own state otherwise.
+    pub fn installed(&self, mac: Mac) -> bool {
+        self.hosts.boots_local(mac).unwrap_or_else(|| {
+            self.clients
+                .state(mac)
+                .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded))
+        })
+    }
+}
+
 /// Renders seeds for clients. Cheap to clone.
 #[derive(Clone)]
 pub struct Seeds {
@@ -99,14 +119,17 @@ impl Seeds {
         table::rows_at(path).find(|r| r.serves(kind))
     }
 
-    /// Whether a network boot of `mac` goes to its disk: the host life cycle decides
-    /// for a registered host (a rebuild clears it), the client's own state otherwise.
+    /// Whether a network boot of `mac` goes to its disk (see [`LocalDisk`]).
     pub fn installed(&self, mac: Mac) -> bool {
-        self.hosts.boots_local(mac).unwrap_or_else(|| {
-            self.clients
-                .state(mac)
-                .is_some_and(|s| matches!(s, ClientState::Installed | ClientState::Onboarded))
-        })
+        self.local_disk().installed(mac)
+    }
+
+    /// The installed-or-not answer alone, for DHCP.
+    pub fn local_disk(&self) -> LocalDisk {
+        LocalDisk {
+            hosts: self.hosts.clone(),
+            clients: self.clients.clone(),
+        }
     }
 
     /// Renders `template` for `mac` (`None`: the global scripts) with the current

@@ -98,6 +98,8 @@ pub struct ArchAssets {
     pub initrd: PathBuf,
     /// A network GRUB with the http module, for UEFI HTTP boot (see [`build_http_grub`]).
     pub grub_http: PathBuf,
+    /// The packages unpacked (signed shim and GRUB for the marker image's ESP).
+    pub tree: PathBuf,
 }
 
 pub struct Assets {
@@ -179,6 +181,7 @@ fn prepare_arch(base: &Path, arch: Arch) -> anyhow::Result<ArchAssets> {
         debs,
         initrd,
         grub_http,
+        tree,
     })
 }
 

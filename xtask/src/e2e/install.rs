@@ -21,7 +21,7 @@ use super::{
     assets::{Arch, Assets},
     lab::{self, Stack},
     report::{Failure, last_lines, tail},
-    scenario::{Case, Format, Install, Scenario},
+    scenario::{Case, Chain, Format, Install, Scenario},
 };
 use crate::images::{self, installer::Installer, os_image::OsImage};
 
@@ -57,7 +57,7 @@ impl Stage {
             Self::ImageWritten => "image written and verified",
             Self::Installed => "installed reported; rebooting",
             Self::Reboot => "reboot: firmware network-boots again, sent to disk",
-            Self::DiskBoot => "disk boot: installed kernel running",
+            Self::DiskBoot => "disk boot: the installed kernel (or the marker image's GRUB) runs",
             Self::CloudInit => "cloud-init fetched its NoCloud seed",
             Self::Onboarded => "heartbeat: client onboarded",
             Self::Failed => "installer reported failed",
@@ -96,14 +96,24 @@ fn budget(s: &Scenario) -> Duration {
     }
 }
 
-/// Builds (or finds cached) what install scenarios need for `arch`.
-pub fn prepare(arch: Arch) -> anyhow::Result<(Installer, OsImage)> {
+/// Builds (or finds cached) what install scenarios need for `arch`: the install
+/// environment, and the OS image for a scenario that onboards, else the marker image
+/// (what boots from the disk is all that differs, see [`images::marker`]).
+pub fn prepare(arch: Arch, case: Case, assets: &Assets) -> anyhow::Result<(Installer, OsImage)> {
     crate::setup::images()?;
     let source = images::Source::default();
-    Ok((
-        images::installer::build(arch, &source)?,
-        images::os_image::build(arch, &source)?,
-    ))
+    let installer = images::installer::build(arch, &source)?;
+    let image = match case {
+        Case::Onboard => images::os_image::build(arch, &source)?,
+        Case::WrongChecksum | Case::Truncated | Case::LocalBoot => {
+            let tree = match arch {
+                Arch::Amd64 => &assets.amd64.tree,
+                Arch::Arm64 => &assets.arm64.tree,
+            };
+            images::marker::build(arch, tree)?
+        }
+    };
+    Ok((installer, image))
 }
 
 /// Hard-links `from` to `to` (same filesystem), else copies.
@@ -265,6 +275,10 @@ fn qemu(
     if let Some(bytes) = saved {
         fs::write(&vars, bytes)?;
     }
+    // A machine set up to network-boot over PXE on IPv4, as a provisioning LAN's are:
+    // with IPv6 PXE on, a network boot that gets no boot file waits a minute for a
+    // DHCPv6 server the lab does not have before the firmware reaches the disk.
+    cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
     cmd.stdin(Stdio::null());
     Ok(cmd)
 }
@@ -297,9 +311,6 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
-
-/// The admin token of the scenario's daemon: a rebuild is a state-changing call.
-const ADMIN_TOKEN: &str = "e2e-admin-token-not-secret";
 
 /// One scenario's lab: the daemon, the VM's disk and NIC, what a failure report needs.
 struct Rig<'a> {
@@ -334,15 +345,20 @@ impl Rig<'_> {
             dhcp_tftp: last_lines(&log, 40, |l| {
                 l.contains(mac.as_str()) || l.contains("WARN") || l.contains("ERROR")
             }),
-            client: self.lab.http(&format!("/clients/{mac}")).1,
+            client: self.lab.http_admin(&format!("/clients/{mac}")).1,
             serial_tail,
         })
     }
 
     /// The host record from the admin API (on the LAN listener: no admin address).
     fn host(&self) -> Value {
-        serde_json::from_str(&self.lab.http(&format!("/admin/api/hosts/{}", self.mac)).1)
-            .unwrap_or(Value::Null)
+        serde_json::from_str(
+            &self
+                .lab
+                .http_admin(&format!("/admin/api/hosts/{}", self.mac))
+                .1,
+        )
+        .unwrap_or(Value::Null)
     }
 
     /// Starts the VM (`round` 1: a new machine; later: a power cycle of the same one)
@@ -391,17 +407,16 @@ impl Rig<'_> {
             }
         );
         let mut last_progress = String::new();
-        let success = install.case == Case::Onboard;
-        let goal = if success {
-            Stage::Onboarded
-        } else {
-            Stage::Failed
+        let (success, goal) = match install.case {
+            Case::Onboard => (true, Stage::Onboarded),
+            Case::LocalBoot => (true, Stage::DiskBoot),
+            Case::WrongChecksum | Case::Truncated => (false, Stage::Failed),
         };
         let mac = &self.mac;
         let why = loop {
             std::thread::sleep(Duration::from_millis(500));
             let at = start.elapsed();
-            let client = self.lab.http(&format!("/clients/{mac}")).1;
+            let client = self.lab.http_admin(&format!("/clients/{mac}")).1;
             let events: Vec<Value> = timeline(&client)
                 .into_iter()
                 .filter(|e| at_ms(e) >= since_ms)
@@ -464,9 +479,10 @@ impl Rig<'_> {
                 (
                     Stage::DiskBoot,
                     installed_at.is_some()
-                        && serial_text
-                            .lines()
-                            .any(|l| l.contains("Linux version") && l.contains("cloud-")),
+                        && serial_text.lines().any(|l| {
+                            (l.contains("Linux version") && l.contains("cloud-"))
+                                || l.contains(images::marker::BOOTED)
+                        }),
                 ),
                 (
                     Stage::CloudInit,
@@ -510,7 +526,7 @@ impl Rig<'_> {
                     let expect = match install.case {
                         Case::WrongChecksum => "sha256 mismatch",
                         Case::Truncated => "download truncated",
-                        Case::Onboard => "",
+                        Case::Onboard | Case::LocalBoot => "",
                     };
                     if !reason.contains(expect) {
                         break format!("failed for another reason than `{expect}`: {reason}");
@@ -527,8 +543,29 @@ impl Rig<'_> {
                         .filter(|e| field(e, "event") == "local_boot")
                         .map(|e| field(e, "path").to_owned())
                         .collect::<Vec<_>>();
+                    // Firmware retries its DHCP: one `local_boot` per DISCOVER.
+                    let local = {
+                        let mut l = local;
+                        l.dedup();
+                        l
+                    };
                     if local.is_empty() {
-                        break "onboarded without a recorded local_boot".into();
+                        break "booted from disk without a recorded local_boot".into();
+                    }
+                    if install.case == Case::LocalBoot {
+                        // The marker disk's GRUB prints the config the installer left
+                        // for cloud-init: the write reached the disk that booted.
+                        let Some(seed) = serial_text
+                            .lines()
+                            .find(|l| l.contains("seedfrom:"))
+                            .map(str::trim)
+                        else {
+                            break "the disk booted without the installer's cloud-init config"
+                                .into();
+                        };
+                        notes.push(format!(
+                            "the disk's GRUB printed the installer's cloud-init config: {seed}"
+                        ));
                     }
                     notes.push(format!(
                         "no second install: after `installed` the firmware network-booted and was sent to its disk (local_boot: {})",
@@ -587,7 +624,7 @@ pub fn run(
 ) -> Result<Outcome, Box<Failure>> {
     let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
     let setup = |e: anyhow::Error| fail("setup", format!("{e:#}"));
-    let (installer, image) = prepare(s.arch).map_err(setup)?;
+    let (installer, image) = prepare(s.arch, install.case, assets).map_err(setup)?;
     let lab = Bridge::new("e2e");
     let mac = lab::mac_for(s, Stack::Gb10);
     let data = lab.dir.join("data");
@@ -633,16 +670,18 @@ pub fn run(
     )
     .map_err(|e| setup(e.into()))?;
 
-    // The daemon as users run it: XDP attached, guard enforcing. The admin token: a
-    // rebuild is a state-changing call, refused without one.
-    let mut args = vec![
-        "--dhcp-range",
-        "198.18.0.100-198.18.0.200",
-        "--admin-token",
-        ADMIN_TOKEN,
-    ];
+    // The daemon as users run it: XDP attached, guard enforcing, and its own admin token
+    // (generated in its state dir): a rebuild is a state-changing call, refused without it.
+    let mut args = vec!["--dhcp-range", "198.18.0.100-198.18.0.200"];
+    if let Some(setting) = install.to_disk {
+        args.extend(["--boot-installed", setting]);
+    }
     if s.arch == Arch::Amd64 {
-        args.extend(["--boot-uefi-x86", "shimx64.efi"]);
+        let efi = match s.chain {
+            Chain::Ipxe(file) => file,
+            _ => "shimx64.efi",
+        };
+        args.extend(["--boot-uefi-x86", efi]);
     }
     let daemon = lab
         .start_daemon(bin.to_str().unwrap_or_default(), &args)
@@ -667,25 +706,32 @@ pub fn run(
     let stages = first.stages;
     let mut notes = first.notes;
     drop(cutter);
-    if install.case == Case::Onboard {
+    if matches!(install.case, Case::Onboard | Case::LocalBoot) {
         let host_fail =
             |why: String| rig.failure(Stage::Onboarded, why, start.elapsed(), &first.serial);
-        let host = rig
-            .wait_host("ready", Duration::from_secs(180))
-            .map_err(host_fail)?;
+        let host = if install.case == Case::Onboard {
+            let host = rig
+                .wait_host("ready", Duration::from_secs(180))
+                .map_err(host_fail)?;
+            notes.push(format!(
+                "host ready: the join step logged in over SSH to the installed VM, pinned to the install's host key (instance {})",
+                host["install"]["instance_id"].as_str().unwrap_or_default()
+            ));
+            host
+        } else {
+            // The marker image runs no cloud-init: no onboarding, no join.
+            rig.host()
+        };
         let id1 = host["install"]["instance_id"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        notes.push(format!(
-            "host ready: the join step logged in over SSH to the installed VM, pinned to the install's host key (instance {id1})"
-        ));
         // Rebuild without a BMC: the API marks it, an operator power-cycles the machine.
         let since = now_ms();
         let (code, body) = curl_post(
             &lab,
             &format!("/admin/api/hosts/{mac}/rebuild"),
-            ADMIN_TOKEN,
+            &gb10_lab::admin_token(&lab.dir),
         );
         if code != 200 {
             return Err(host_fail(format!("rebuild: HTTP {code}: {body}")));

@@ -45,6 +45,9 @@ pub enum Case {
     WrongChecksum,
     /// The download is cut halfway: `failed` naming the truncation, disk wiped.
     Truncated,
+    /// The marker image installed; the reboot network-boots, is sent to the disk, and
+    /// the disk's own shim and GRUB print the marker line (no second install).
+    LocalBoot,
 }
 
 /// The image's format on the wire.
@@ -59,6 +62,10 @@ pub enum Format {
 pub struct Install {
     pub case: Case,
     pub format: Format,
+    /// The daemon's `[boot] installed` when the scenario is about another setting than
+    /// the default (`no_boot_file`): how the network boot after the install is sent to
+    /// the disk.
+    pub to_disk: Option<&'static str>,
 }
 
 /// The fleet view watched in headless Chromium during the boot (gb10-provision serving;
@@ -200,6 +207,7 @@ pub static SCENARIOS: &[Scenario] = &[
         install: Some(Install {
             case: Case::Onboard,
             format: Format::Zstd,
+            to_disk: None,
         }),
         fleet: None,
     },
@@ -214,13 +222,14 @@ pub static SCENARIOS: &[Scenario] = &[
         install: Some(Install {
             case: Case::Onboard,
             format: Format::Zstd,
+            to_disk: None,
         }),
         fleet: None,
     },
     Scenario {
         name: "ovmf-image-bad-checksum",
-        about: "image install with a wrong sha256 (zstd image): streamed in full, then failed \
-                with the mismatch, disk wiped, never installed",
+        about: "image install with a wrong sha256 (zstd marker image): streamed in full, then \
+                failed with the mismatch, disk wiped, never installed",
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: true },
         chain: Chain::ShimGrub,
@@ -228,13 +237,14 @@ pub static SCENARIOS: &[Scenario] = &[
         install: Some(Install {
             case: Case::WrongChecksum,
             format: Format::Zstd,
+            to_disk: None,
         }),
         fleet: None,
     },
     Scenario {
         name: "ovmf-image-truncated",
-        about: "image install whose download is cut short on the wire (gzip image): failed \
-                naming the truncation, disk wiped, never installed",
+        about: "image install whose download is cut short on the wire (gzip marker image): \
+                failed naming the truncation, disk wiped, never installed",
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: true },
         chain: Chain::ShimGrub,
@@ -242,6 +252,53 @@ pub static SCENARIOS: &[Scenario] = &[
         install: Some(Install {
             case: Case::Truncated,
             format: Format::Gzip,
+            to_disk: None,
+        }),
+    },
+    Scenario {
+        name: "ovmf-ipxe-local",
+        about: "installed host, iPXE chain, network first: PXE -> ipxe.efi -> install environment \
+                -> marker image to disk -> reboot -> DHCP offers no boot file (the default \
+                [boot] installed = no_boot_file) -> OVMF's next boot option: the disk's signed \
+                shim -> GRUB -> marker line",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::Ipxe("ipxe.efi"),
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::LocalBoot,
+            format: Format::Zstd,
+            to_disk: None,
+        }),
+    },
+    Scenario {
+        name: "ovmf-sb-local-grub",
+        about: "installed host, Secure Boot, [boot] installed = loader (the boot loader sends it \
+                on): PXE -> shim -> GRUB -> install environment -> marker image to disk -> reboot \
+                -> shim -> network GRUB's local entry -> the disk's /boot/grub/grub.cfg -> marker",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: true },
+        chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::LocalBoot,
+            format: Format::Gzip,
+            to_disk: Some("loader"),
+        }),
+    },
+    Scenario {
+        name: "aavmf-local",
+        about: "arm64 (the GB10 path), installed host: PXE -> shimaa64 -> GRUB -> arm64 install \
+                environment -> marker image to disk -> reboot -> DHCP offers no boot file -> \
+                AAVMF boots the disk: shimaa64 -> GRUB -> marker line",
+        arch: Arch::Arm64,
+        firmware: Firmware::Aavmf,
+        chain: Chain::ShimGrub,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::LocalBoot,
+            format: Format::Zstd,
+            to_disk: None,
         }),
         fleet: None,
     },

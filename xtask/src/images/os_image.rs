@@ -240,6 +240,59 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
             bail!("/{f} missing in the image tree (kernel postinst did not run?)");
         }
     }
+    assemble(
+        &Disk {
+            arch,
+            efi_tree: &tree,
+            root_tree: &tree,
+            root_uuid: &root_uuid,
+            esp_id: &esp_id,
+            room_mib: 32,
+        },
+        &dir,
+        &image,
+    )?;
+    std::fs::remove_dir_all(&tree)?;
+    std::fs::write(&stamp, recipe)?;
+    println!(
+        "images: {} OS image built in {:.0} s: raw {:.0} MiB, gzip {:.0} MiB, zstd {:.0} MiB ({})",
+        arch.debian(),
+        started.elapsed().as_secs_f64(),
+        mib(&image.raw),
+        mib(&image.gzip),
+        mib(&image.zstd),
+        dir.display()
+    );
+    Ok(image)
+}
+
+/// What [`assemble`] puts on a disk.
+pub struct Disk<'a> {
+    pub arch: Arch,
+    /// The tree holding Debian's signed shim and GRUB (`usr/lib/shim`, `usr/lib/grub`).
+    pub efi_tree: &'a Path,
+    /// The root filesystem's contents.
+    pub root_tree: &'a Path,
+    pub root_uuid: &'a str,
+    /// The ESP's FAT volume id (8 hex digits).
+    pub esp_id: &'a str,
+    /// Free room in the root filesystem beyond its contents and a twentieth.
+    pub room_mib: u64,
+}
+
+/// Writes `image`: a GPT disk with an ESP (signed shim as the removable-media loader,
+/// signed GRUB beside it, a grub.cfg that hands over to the root's `/boot/grub/grub.cfg`)
+/// and an ext4 root made of `disk.root_tree`; then its gzip and zstd copies and their
+/// SHA256SUMS. `dir` holds the intermediate files.
+pub fn assemble(disk: &Disk<'_>, dir: &Path, image: &OsImage) -> anyhow::Result<()> {
+    let Disk {
+        arch,
+        efi_tree,
+        root_tree,
+        root_uuid,
+        esp_id,
+        room_mib,
+    } = *disk;
     let (suffix, loader) = efi(arch);
     let grub_dir = match arch {
         Arch::Amd64 => "x86_64-efi-signed",
@@ -247,15 +300,15 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     };
     let esp_files = [
         (
-            tree.join(format!("usr/lib/shim/shim{suffix}.efi.signed")),
+            efi_tree.join(format!("usr/lib/shim/shim{suffix}.efi.signed")),
             format!("EFI/BOOT/{loader}"),
         ),
         (
-            tree.join(format!("usr/lib/shim/mm{suffix}.efi.signed")),
+            efi_tree.join(format!("usr/lib/shim/mm{suffix}.efi.signed")),
             format!("EFI/BOOT/mm{suffix}.efi"),
         ),
         (
-            tree.join(format!("usr/lib/grub/{grub_dir}/grub{suffix}.efi.signed")),
+            efi_tree.join(format!("usr/lib/grub/{grub_dir}/grub{suffix}.efi.signed")),
             format!("EFI/BOOT/grub{suffix}.efi"),
         ),
     ];
@@ -274,7 +327,7 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     let _ = std::fs::remove_file(&esp);
     exec(
         Command::new("mkfs.vfat")
-            .args(["-C", "-n", "ESP", "-i", &esp_id])
+            .args(["-C", "-n", "ESP", "-i", esp_id])
             .arg(&esp)
             .arg((esp_mib * 1024).to_string()),
     )
@@ -287,6 +340,10 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     mtools(&["mmd", "::/EFI", "::/EFI/BOOT", "::/EFI/debian"])?;
     for (from, to) in &esp_files {
         if !from.exists() {
+            // MokManager is for enrolling keys by hand; a disk boots without it.
+            if to.starts_with("EFI/BOOT/mm") {
+                continue;
+            }
             bail!("{} missing in the image tree", from.display());
         }
         mtools(&["mcopy", &from.to_string_lossy(), &format!("::/{to}")])?;
@@ -296,12 +353,12 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     }
     // Root: the tree plus a twentieth and 32 MiB of room (small, so it writes fast);
     // cloud-init's growpart and resize_rootfs take it to the whole disk on first boot.
-    let used = du_mib(&tree)?;
+    let used = du_mib(root_tree)?;
     println!(
         "images: the root tree holds {used} MiB; largest: {}",
-        largest_dirs(&tree)?
+        largest_dirs(root_tree)?
     );
-    let root_mib = used + used / 20 + 32;
+    let root_mib = used + used / 20 + room_mib;
     let root = dir.join("root.img");
     let _ = std::fs::remove_file(&root);
     exec(
@@ -313,9 +370,9 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     // GRUB 2.06 cannot read ext4 with orphan_file or metadata_csum_seed.
     exec(
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "root", "-U", &root_uuid, "-m", "1"])
+            .args(["-q", "-F", "-L", "root", "-U", root_uuid, "-m", "1"])
             .args(["-O", "^orphan_file,^metadata_csum_seed", "-d"])
-            .arg(&tree)
+            .arg(root_tree)
             .arg(&root),
     )
     .context("mkfs.ext4 -d (e2fsprogs)")?;
@@ -355,7 +412,6 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     }
     std::fs::remove_file(&esp)?;
     std::fs::remove_file(&root)?;
-    std::fs::remove_dir_all(&tree)?;
     println!("images: compressing (gzip, zstd)");
     compress(raw, &image.gzip, "gzip -n -1 -c")?;
     compress(raw, &image.zstd, "zstd -q -T0 -3 -c")?;
@@ -368,17 +424,7 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
         ));
     }
     std::fs::write(dir.join("SHA256SUMS"), sums)?;
-    std::fs::write(&stamp, recipe)?;
-    println!(
-        "images: {} OS image built in {:.0} s: raw {:.0} MiB, gzip {:.0} MiB, zstd {:.0} MiB ({})",
-        arch.debian(),
-        started.elapsed().as_secs_f64(),
-        mib(&image.raw),
-        mib(&image.gzip),
-        mib(&image.zstd),
-        dir.display()
-    );
-    Ok(image)
+    Ok(())
 }
 
 fn compress(from: &Path, to: &Path, cmd: &str) -> anyhow::Result<()> {
@@ -392,7 +438,7 @@ fn compress(from: &Path, to: &Path, cmd: &str) -> anyhow::Result<()> {
     )
 }
 
-fn uuid() -> anyhow::Result<String> {
+pub(super) fn uuid() -> anyhow::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
         .trim()
         .to_owned())

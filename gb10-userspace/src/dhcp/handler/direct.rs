@@ -31,13 +31,14 @@ pub fn handle_direct(
     let client = client_id(req);
     let mac = mac_of(req);
     let boot_req = BootRequest::from_message(req);
-    let decision = boot::decide(&boot_req, ctx.inventory, ctx.boot, ctx.server);
+    let mut decision = boot::decide(&boot_req, ctx.inventory, ctx.boot, ctx.server);
     if decision.action == Action::Ignore {
         return Outcome::silent(Silent::Ignored);
     }
     let Some(pool) = leases.pool_for(req.giaddr()) else {
         return Outcome::silent(Silent::NoPool);
     };
+    let to_disk = boot::send_to_disk(&mut decision, ctx.boot, || (ctx.installed)(mac));
     let host = ctx.inventory.host(mac);
     // A fixed address counts only on the subnet the request came from.
     let fixed = host
@@ -51,8 +52,13 @@ pub fn handle_direct(
                 arch: boot_req.arch,
             });
             // Firmware that names its architecture and gets no boot file stops here: the
-            // decision's reason is what the fleet view shows.
-            if boot_req.arch.is_some() && decision.boot_file.is_none() {
+            // decision's reason is what the fleet view shows. An installed host sent to
+            // its disk this way is on its way, not stopped.
+            if to_disk {
+                events.push(ClientEvent::LocalBoot {
+                    path: "dhcp: no boot file".into(),
+                });
+            } else if boot_req.arch.is_some() && decision.boot_file.is_none() {
                 let why = decision.why.last().map_or("no boot file", String::as_str);
                 events.push(ClientEvent::failure(Stage::Dhcp, why, "no_boot_file"));
             }

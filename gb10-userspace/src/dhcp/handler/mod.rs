@@ -43,6 +43,9 @@ pub struct Ctx<'a> {
     /// The kernel's neighbour entry for an address on the LAN (read for a RELEASE only:
     /// the holder's own address must not be answered for by another Ethernet address).
     pub neighbour: &'a dyn Fn(Ipv4Addr) -> Option<Mac>,
+    /// Whether `mac` is an installed host whose network boot goes to its disk (asked
+    /// only with `[boot] installed = "no_boot_file"`).
+    pub installed: &'a dyn Fn(Mac) -> bool,
 }
 
 /// Where a reply goes (RFC 2131 §4.1).
@@ -82,6 +85,9 @@ pub enum Silent {
     NotPxe,
     /// Proxy mode: a REQUEST meant for the site's DHCP server.
     NotForUs,
+    /// Proxy mode: an installed host with `[boot] installed = "no_boot_file"` (no boot
+    /// file to offer, so no proxy offer: its firmware goes on to its disk).
+    LocalBoot,
 }
 
 impl Silent {
@@ -96,10 +102,11 @@ impl Silent {
             Self::Unsupported => "unsupported_type",
             Self::NotPxe => "not_pxe",
             Self::NotForUs => "not_for_us",
+            Self::LocalBoot => "local_boot",
         }
     }
 
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "other_server",
         "ignored",
         "no_pool",
@@ -109,6 +116,7 @@ impl Silent {
         "unsupported_type",
         "not_pxe",
         "not_for_us",
+        "local_boot",
     ];
 }
 

@@ -28,9 +28,26 @@ pub fn handle_proxy(req: &Message, ctx: &Ctx<'_>, src: SocketAddrV4, on_pxe_port
     if boot_req.pxe_class().is_none() {
         return Outcome::silent(Silent::NotPxe);
     }
-    let decision = boot::decide(&boot_req, ctx.inventory, ctx.boot, ctx.server);
+    let mut decision = boot::decide(&boot_req, ctx.inventory, ctx.boot, ctx.server);
     if decision.action == Action::Ignore {
         return Outcome::silent(Silent::Ignored);
+    }
+    let mac = mac_of(req);
+    if boot::send_to_disk(&mut decision, ctx.boot, || (ctx.installed)(mac)) {
+        // A proxy offer without a boot file is no offer: say nothing, and the firmware
+        // (which has its address from the site's server) goes on to its disk.
+        let mut out = Outcome::silent(Silent::LocalBoot);
+        if ty == MessageType::Discover && !on_pxe_port {
+            out.events = vec![
+                ClientEvent::Discover {
+                    arch: boot_req.arch,
+                },
+                ClientEvent::LocalBoot {
+                    path: "dhcp: no proxy offer".into(),
+                },
+            ];
+        }
+        return out;
     }
     let (reply_ty, dest) = match (ty, on_pxe_port) {
         (MessageType::Discover, false) => (

@@ -82,6 +82,7 @@ fn run_seen(
         },
         now,
         neighbour,
+        installed: &|_| false,
     };
     handle_direct(m, &ctx, src, leases)
 }
@@ -383,6 +384,7 @@ fn proxy_answers_pxe_clients_only_and_never_an_address() {
         },
         now: 0,
         neighbour: &|_| None,
+        installed: &|_| false,
     };
     let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT);
     let plain = msg(&[(53, &[1])], [0; 4], [0; 4]);
@@ -483,4 +485,88 @@ fn discover_failures_say_why_for_the_fleet_view() {
             (Stage::Dhcp, "pool_exhausted".into())
         ]
     );
+}
+
+/// `[boot] installed = "no_boot_file"` (the default): an installed host's firmware gets
+/// its address and no boot file (direct) or no proxy offer at all (proxy), with
+/// `local_boot` on record; `loader` and a host not installed still get the boot file.
+#[test]
+fn installed_hosts_get_no_boot_file_when_configured() {
+    use crate::{clients::ClientEvent, config::InstalledBoot};
+    let d = dhcp();
+    let inv = Inventory::default();
+    let pxe = msg(
+        &[
+            (53, &[1]),
+            (93, &[0, 7]),
+            (60, b"PXEClient:Arch:00007:UNDI:003000"),
+        ],
+        [0; 4],
+        [0; 4],
+    );
+    let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT);
+    let asked = std::cell::Cell::new(0);
+    let installed_mac = |mac: Mac| {
+        asked.set(asked.get() + 1);
+        mac == Mac(MAC)
+    };
+    let direct = |b: &BootConfig, installed: &dyn Fn(Mac) -> bool| {
+        let ctx = Ctx {
+            dhcp: &d,
+            boot: b,
+            inventory: &inv,
+            server: ServerAddr {
+                ip: SERVER,
+                http_port: 80,
+            },
+            now: 1000,
+            neighbour: &|_| None,
+            installed,
+        };
+        (
+            handle_direct(&pxe, &ctx, src, &mut table()),
+            handle_proxy(&pxe, &ctx, src, false),
+        )
+    };
+    // `loader`: the boot loader is served (its script sends the host on), and the life
+    // cycle is not even asked.
+    assert_eq!(BootConfig::default().installed, InstalledBoot::NoBootFile);
+    let loader = BootConfig {
+        installed: InstalledBoot::Loader,
+        ..BootConfig::default()
+    };
+    let (o, p) = direct(&loader, &installed_mac);
+    assert_eq!(o.reply.unwrap().0.fname(), Some(&b"ipxe.efi"[..]));
+    assert!(p.reply.is_some());
+    assert_eq!(asked.get(), 0);
+
+    let withhold = BootConfig {
+        installed: InstalledBoot::NoBootFile,
+        ..BootConfig::default()
+    };
+    let (o, p) = direct(&withhold, &installed_mac);
+    let (offer, _) = o.reply.unwrap();
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(198, 18, 0, 100));
+    assert_eq!(offer.fname(), None);
+    assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+    assert_eq!(offer.siaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(
+        o.events,
+        vec![
+            ClientEvent::Discover { arch: Some(7) },
+            ClientEvent::LocalBoot {
+                path: "dhcp: no boot file".into()
+            }
+        ],
+        "local boot, not a no_boot_file failure"
+    );
+    assert_eq!(p.silent, Some(Silent::LocalBoot));
+    assert!(p.reply.is_none());
+    assert!(matches!(p.events[1], ClientEvent::LocalBoot { .. }));
+
+    // A host that is not installed gets its boot file with the setting on.
+    let (o, p) = direct(&withhold, &|_| false);
+    assert_eq!(o.reply.unwrap().0.fname(), Some(&b"ipxe.efi"[..]));
+    assert!(p.reply.is_some());
 }

@@ -254,6 +254,7 @@ pub static SCENARIOS: &[Scenario] = &[
             format: Format::Gzip,
             to_disk: None,
         }),
+        fleet: None,
     },
     Scenario {
         name: "ovmf-ipxe-local",
@@ -270,6 +271,7 @@ pub static SCENARIOS: &[Scenario] = &[
             format: Format::Zstd,
             to_disk: None,
         }),
+        fleet: None,
     },
     Scenario {
         name: "ovmf-sb-local-grub",
@@ -285,6 +287,7 @@ pub static SCENARIOS: &[Scenario] = &[
             format: Format::Gzip,
             to_disk: Some("loader"),
         }),
+        fleet: None,
     },
     Scenario {
         name: "aavmf-local",

@@ -613,14 +613,16 @@ impl Rig<'_> {
     }
 }
 
-/// Runs install scenario `s` once: install to `onboarded`; for a successful install then
-/// a rebuild without a BMC (the API, a power cycle by hand) to `onboarded` again with a
-/// new instance id, on the same VM and disk.
+/// Runs install scenario `s` once: install to `onboarded` (or the marker's disk boot);
+/// for a successful install, with `rebuild`, then a rebuild without a BMC (the API, a
+/// power cycle by hand) to the same goal again with a new instance id, on the same VM
+/// and disk.
 pub fn run(
     assets: &Assets,
     bin: &Path,
     s: &'static Scenario,
     install: Install,
+    rebuild: bool,
 ) -> Result<Outcome, Box<Failure>> {
     let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
     let setup = |e: anyhow::Error| fail("setup", format!("{e:#}"));
@@ -706,7 +708,7 @@ pub fn run(
     let stages = first.stages;
     let mut notes = first.notes;
     drop(cutter);
-    if matches!(install.case, Case::Onboard | Case::LocalBoot) {
+    if rebuild && matches!(install.case, Case::Onboard | Case::LocalBoot) {
         let host_fail =
             |why: String| rig.failure(Stage::Onboarded, why, start.elapsed(), &first.serial);
         let host = if install.case == Case::Onboard {

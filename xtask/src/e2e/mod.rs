@@ -102,7 +102,10 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
     for s in &chosen {
         println!("e2e: {} — {}", s.name, s.about);
         if let Some(install) = s.install {
-            installs.push((*s, install::run(&assets, &bin, s, install)));
+            // CI's set stops at the first boot from disk; named runs and --all go on to
+            // the rebuild and the second install.
+            let rebuild = all || !names.is_empty();
+            installs.push((*s, install::run(&assets, &bin, s, install, rebuild)));
             continue;
         }
         let ours = lab::boot(

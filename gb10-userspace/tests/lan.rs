@@ -44,7 +44,7 @@ fn direct_mode_asserts_the_address_and_brings_the_link_up() {
     lab.server
         .ip(&["addr", "add", "198.18.0.77/24", "dev", &lab.server_if]);
     lab.server.ip(&["link", "set", &lab.server_if, "down"]);
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     let a = addrs(&lab);
     assert!(a.contains("198.18.0.1/24"), "asserted: {a}");
     assert!(
@@ -58,7 +58,7 @@ fn direct_mode_asserts_the_address_and_brings_the_link_up() {
     );
     // Asserting is idempotent: a second daemon start adds nothing.
     drop(daemon);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     assert_eq!(addrs(&lab).matches("198.18.0.1/24").count(), 1);
 }
 
@@ -69,7 +69,7 @@ fn an_address_change_moves_every_listener_within_two_seconds() {
     }
     let lab = Lab::new("lchg");
     gb10_lab::write_file(&lab.dir.join("data/tftp/hello.txt"), "hello over tftp\n");
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     assert!(
         listeners(&lab, daemon.pid())
             .iter()
@@ -148,7 +148,7 @@ fn a_recreated_interface_is_served_again_without_restart() {
         return;
     }
     let lab = Lab::new("lrec");
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     let pid = daemon.pid();
     lab.server.ip(&["link", "del", &lab.server_if]);
     assert!(
@@ -196,7 +196,7 @@ fn proxy_mode_waits_for_a_real_lease_and_serves_on_it() {
     }
     let lab = Lab::new("lprx");
     lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
-    let mut daemon = lab.spawn_daemon(BIN, &["--xdp", "off", "--mode", "proxy"]);
+    let mut daemon = lab.spawn_daemon(BIN, &["--mode", "proxy"]);
     assert!(
         wait_until(Duration::from_secs(10), || local_health(&lab).0 == 503).is_some(),
         "proxy mode without an address must say not-ready\n{}",
@@ -235,7 +235,7 @@ fn no_socket_on_a_wildcard_address_without_the_lan_device() {
         return;
     }
     let lab = Lab::new("lwld");
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     let l = listeners(&lab, daemon.pid());
     assert!(!l.is_empty(), "no listeners found for pid {}", daemon.pid());
     for addr in &l {
@@ -261,8 +261,6 @@ fn a_missing_interface_is_fatal_and_named() {
         "serve",
         "--lan-iface",
         "nosuch0",
-        "--xdp",
-        "off",
         "--data-path",
     ])
     .arg(lab.dir.join("data"));

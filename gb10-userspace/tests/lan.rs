@@ -150,6 +150,11 @@ fn a_recreated_interface_is_served_again_without_restart() {
     let lab = Lab::new("lrec");
     let daemon = lab.start_daemon(BIN, &[]);
     let pid = daemon.pid();
+    assert!(
+        Lab::xdp_attached(&lab.server, &lab.server_if),
+        "XDP not attached at start\n{}",
+        daemon.log()
+    );
     lab.server.ip(&["link", "del", &lab.server_if]);
     assert!(
         wait_until(Duration::from_secs(3), || local_health(&lab).0 == 503).is_some(),
@@ -159,6 +164,13 @@ fn a_recreated_interface_is_served_again_without_restart() {
         local_health(&lab).1.contains("does not exist"),
         "{}",
         local_health(&lab).1
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            lab.metrics().value("gb10_xdp_attached", &[]) == 0.0
+        })
+        .is_some(),
+        "/metrics still says XDP is attached to an interface that is gone"
     );
     run(Command::new("ip").args([
         "link",
@@ -183,6 +195,20 @@ fn a_recreated_interface_is_served_again_without_restart() {
         addrs(&lab).contains("198.18.0.1/24"),
         "re-asserted on the new interface"
     );
+    // The XDP program comes back with the interface (the kernel detached it with the
+    // old one): a recreated LAN is not left without its guard, and /metrics says so.
+    assert!(
+        wait_until(Duration::from_secs(3), || Lab::xdp_attached(
+            &lab.server,
+            &lab.server_if
+        ))
+        .is_some(),
+        "XDP not attached to the recreated interface\n{}",
+        daemon.log()
+    );
+    let m = lab.metrics();
+    assert_eq!(m.value("gb10_xdp_attached", &[]), 1.0, "{}", m.0);
+    assert_eq!(m.value("gb10_dhcp_identity_check", &[]), 1.0, "{}", m.0);
 }
 
 #[test]
@@ -257,13 +283,8 @@ fn a_missing_interface_is_fatal_and_named() {
     }
     let lab = Lab::new("lmis");
     let mut cmd = lab.server.cmd(BIN);
-    cmd.args([
-        "serve",
-        "--lan-iface",
-        "nosuch0",
-        "--data-path",
-    ])
-    .arg(lab.dir.join("data"));
+    cmd.args(["serve", "--lan-iface", "nosuch0", "--data-path"])
+        .arg(lab.dir.join("data"));
     let out = cmd.output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

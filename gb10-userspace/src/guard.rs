@@ -1,6 +1,7 @@
 //! The guard's life in userspace: attaches it to every interface but the LAN (or the
-//! configured ones) as interfaces come and go, gives inventory hosts their allowance,
-//! and reports each foreign DHCP server once.
+//! configured ones) as interfaces come and go, puts the LAN program back on a recreated
+//! LAN interface, gives inventory hosts their allowance, and reports each foreign DHCP
+//! server once.
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
@@ -14,7 +15,7 @@ use crate::{
     live::Live,
     mac::Mac,
     netlink,
-    xdp::LanXdp,
+    xdp::{LanChange, LanXdp},
 };
 
 /// What the guard's userspace side uses.
@@ -33,6 +34,7 @@ pub struct Guard {
 pub async fn run(mut guard: Guard, token: CancellationToken) -> anyhow::Result<()> {
     let (handle, mut events) = netlink::subscribe(&[MulticastGroup::Link])?;
     let mut failed = HashSet::new();
+    let mut lan_failed = None;
     let mut servers = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut since_links = Duration::MAX;
@@ -51,12 +53,15 @@ pub async fn run(mut guard: Guard, token: CancellationToken) -> anyhow::Result<(
             snapshot = guard.live.changed() => guard.set_allowances(&snapshot.inventory.hosts),
             _ = tick.tick() => since_links = since_links.saturating_add(Duration::from_millis(250)),
         }
-        if guard.xdp.guard_mode() != GuardMode::Off
-            && (links_changed || since_links >= Duration::from_secs(5))
-        {
+        if links_changed || since_links >= Duration::from_secs(5) {
             since_links = Duration::ZERO;
             match netlink::links(&handle).await {
-                Ok(links) => guard.reconcile(&mut failed, &links),
+                Ok(links) => {
+                    guard.follow_lan(&mut lan_failed, &links);
+                    if guard.xdp.guard_mode() != GuardMode::Off {
+                        guard.reconcile(&mut failed, &links);
+                    }
+                }
                 Err(err) => warn!(%err, "listing interfaces for the guard failed"),
             }
         }
@@ -65,6 +70,31 @@ pub async fn run(mut guard: Guard, token: CancellationToken) -> anyhow::Result<(
 }
 
 impl Guard {
+    /// Keeps the LAN program on the LAN interface as it is deleted and recreated;
+    /// `failed` holds the index whose attach failed, so that it is logged once.
+    fn follow_lan(&self, failed: &mut Option<u32>, links: &[netlink::Link]) {
+        let index = links
+            .iter()
+            .find(|l| l.name == self.lan_iface)
+            .map(|l| l.index);
+        let iface = &self.lan_iface;
+        match self.xdp.follow_lan(index) {
+            Ok(LanChange::Same) => {}
+            Ok(LanChange::Gone) => {
+                warn!(%iface, "LAN interface gone, the XDP program with it (gb10_xdp_attached 0)");
+            }
+            Ok(LanChange::Attached) => {
+                info!(%iface, "XDP program attached to the recreated LAN interface");
+                *failed = None;
+            }
+            Err(err) => {
+                if failed.replace(index.unwrap_or(0)) != index {
+                    warn!(%iface, error = %crate::error_chain(&err), "XDP program not attached to the recreated LAN interface (gb10_xdp_attached 0)");
+                }
+            }
+        }
+    }
+
     /// Attaches to the interfaces that must be guarded, detaches from those gone;
     /// `failed` holds (name, ifindex) pairs whose attach failed, so each is logged once.
     fn reconcile(&self, failed: &mut HashSet<(String, u32)>, links: &[netlink::Link]) {

@@ -341,7 +341,10 @@ impl Sources {
 
 /// The XDP section: attachment, DHCP identity, global and per-client counters.
 pub fn write_xdp(w: &mut Writer, snapshot: Option<&Snapshot>) {
-    w.single(&XDP_ATTACHED, u8::from(snapshot.is_some()));
+    w.single(
+        &XDP_ATTACHED,
+        u8::from(snapshot.is_some_and(|s| s.lan_attached)),
+    );
     write_identity(w, snapshot);
     let Some(s) = snapshot else { return };
     w.family(&XDP_FRAMES);
@@ -547,7 +550,7 @@ pub const CLIENT_IDENTITY_MISMATCH: Family = family(
 
 /// Whether the identity check runs, what it found in all and per Ethernet source.
 pub fn write_identity(w: &mut Writer, snapshot: Option<&Snapshot>) {
-    let on = snapshot.is_some_and(|s| crate::xdp::checks_identity(s.guard_mode));
+    let on = snapshot.is_some_and(|s| s.lan_attached && crate::xdp::checks_identity(s.guard_mode));
     w.single(&DHCP_IDENTITY_CHECK, u8::from(on));
     let Some(s) = snapshot else { return };
     w.single(
@@ -575,6 +578,7 @@ mod identity_tests {
     fn identity_check_and_mismatches() {
         let mut snap = Snapshot {
             guard_mode: GuardMode::Monitor,
+            lan_attached: true,
             ..Snapshot::default()
         };
         let forger = ClientCounters {
@@ -608,6 +612,13 @@ mod identity_tests {
             None,
             Some(Snapshot {
                 guard_mode: GuardMode::Off,
+                lan_attached: true,
+                ..Snapshot::default()
+            }),
+            // The LAN interface gone, and the program with it.
+            Some(Snapshot {
+                guard_mode: GuardMode::Enforce,
+                lan_attached: false,
                 ..Snapshot::default()
             }),
         ] {
@@ -626,7 +637,10 @@ mod tests {
 
     #[test]
     fn renders_clients_and_escapes() {
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            lan_attached: true,
+            ..Snapshot::default()
+        };
         let mut c = ClientCounters::default();
         c.packets[Kind::Dhcp as usize] = 3;
         c.malformed = 2;

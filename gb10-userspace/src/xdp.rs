@@ -69,10 +69,29 @@ struct GuardLinks {
     tc: SchedClassifierLinkId,
 }
 
+/// The LAN program's link and the index of the interface it is on.
+struct LanLink {
+    ifindex: u32,
+    link: XdpLinkId,
+}
+
+/// What [`LanXdp::follow_lan`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LanChange {
+    /// Nothing: the program is on the interface, or the interface is still gone.
+    Same,
+    /// The interface is gone and the program with it.
+    Gone,
+    /// The program is attached again, to the interface recreated under the LAN's name.
+    Attached,
+}
+
 /// The LAN program attached, the guard programs loaded, handles on the maps.
 pub struct LanXdp {
     iface: String,
     guard_mode: GuardMode,
+    /// `None` while the LAN interface is gone (the kernel detaches XDP with it).
+    lan: Mutex<Option<LanLink>>,
     clients: PerCpuHashMap<MapData, MacKey, ClientCounters>,
     globals: PerCpuArray<MapData, u64>,
     servers: HashMap<MapData, ServerKey, ServerSeen>,
@@ -97,6 +116,8 @@ pub struct Snapshot {
     /// attached there now.
     pub guard: Vec<(String, GuardCounters, bool)>,
     pub guard_mode: GuardMode,
+    /// Whether the LAN program is on the LAN interface (not while the interface is gone).
+    pub lan_attached: bool,
 }
 
 impl LanXdp {
@@ -109,12 +130,10 @@ impl LanXdp {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| XdpError::Load(Box::new(e)))?;
         let lan: &mut Xdp = program(&mut ebpf, LAN_PROGRAM)?;
         lan.load().map_err(verify(LAN_PROGRAM))?;
-        lan.attach(iface, XdpMode::default())
-            .map_err(|e| XdpError::Attach {
-                name: LAN_PROGRAM,
-                iface: iface.to_owned(),
-                source: Box::new(e),
-            })?;
+        let link = lan
+            .attach(iface, XdpMode::default())
+            .map_err(lan_attach_err(iface))?;
+        let lan = ifindex(iface).map(|ifindex| LanLink { ifindex, link });
         if guard.mode != GuardMode::Off {
             let guard_in: &mut Xdp = program(&mut ebpf, GUARD_IN_PROGRAM)?;
             guard_in.load().map_err(verify(GUARD_IN_PROGRAM))?;
@@ -131,6 +150,7 @@ impl LanXdp {
         Ok(Self {
             iface: iface.to_owned(),
             guard_mode: guard.mode,
+            lan: Mutex::new(lan),
             clients: take(&mut ebpf, CLIENTS_MAP, PerCpuHashMap::try_from)?,
             globals: take(&mut ebpf, GLOBAL_MAP, PerCpuArray::try_from)?,
             servers: take(&mut ebpf, SERVERS_MAP, HashMap::try_from)?,
@@ -151,10 +171,44 @@ impl LanXdp {
         self.guard_mode
     }
 
+    /// Whether the LAN program is on the LAN interface now.
+    pub fn lan_attached(&self) -> bool {
+        lock(&self.lan).is_some()
+    }
+
+    /// Keeps the LAN program on the LAN interface, whose index is `ifindex` now (`None`:
+    /// it does not exist). The kernel detaches XDP from an interface it deletes; the
+    /// interface recreated under the same name gets the program again, with the same maps.
+    pub fn follow_lan(&self, ifindex: Option<u32>) -> Result<LanChange, XdpError> {
+        let mut lan = lock(&self.lan);
+        if lan.as_ref().map(|l| l.ifindex) == ifindex {
+            return Ok(LanChange::Same);
+        }
+        let mut ebpf = lock(&self.ebpf);
+        let program: &mut Xdp = program(&mut ebpf, LAN_PROGRAM)?;
+        let had = lan.take().map(|old| {
+            // An error means the link went with its interface.
+            let _ = program.detach(old.link);
+        });
+        let Some(ifindex) = ifindex else {
+            return Ok(if had.is_some() {
+                LanChange::Gone
+            } else {
+                LanChange::Same
+            });
+        };
+        let link = program
+            .attach(&self.iface, XdpMode::default())
+            .map_err(lan_attach_err(&self.iface))?;
+        *lan = Some(LanLink { ifindex, link });
+        Ok(LanChange::Attached)
+    }
+
     /// Reads every counter. Entries an LRU evicts mid-walk are skipped.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot {
             guard_mode: self.guard_mode,
+            lan_attached: self.lan_attached(),
             ..Snapshot::default()
         };
         snap.clients = self.clients();
@@ -313,6 +367,22 @@ impl LanXdp {
 /// drops). Without it any LAN client can ask for leases in another's name.
 pub fn checks_identity(mode: GuardMode) -> bool {
     mode != GuardMode::Off
+}
+
+fn lan_attach_err(iface: &str) -> impl FnOnce(aya::programs::ProgramError) -> XdpError + '_ {
+    move |e| XdpError::Attach {
+        name: LAN_PROGRAM,
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// The index of interface `name`, if it exists.
+fn ifindex(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// Detaches both links; errors mean the interface (and its links) are gone already.

@@ -52,6 +52,7 @@ fn start(tag: &str) -> (Lab, gb10_lab::Daemon) {
     let daemon = lab.start_daemon(
         BIN,
         &[
+            // Not the default on purpose: the daemon's own checks, without XDP's (see top).
             "--xdp",
             "off",
             "--dhcp-range",

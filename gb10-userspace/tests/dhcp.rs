@@ -1,6 +1,7 @@
 //! The DHCP responder against real clients in network namespaces: udhcpc (busybox),
 //! dhclient (isc-dhcp-client) and dhcpcd get, renew and release leases in direct mode;
-//! a fixed host gets its address; malformed datagrams are counted and dropped.
+//! a fixed host gets its address; malformed datagrams are counted and dropped. The daemon
+//! runs with its defaults (XDP attached, guard enforce) unless a test says why not.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -14,8 +15,6 @@ const RANGE: (&str, &str) = ("198.18.0.100", "198.18.0.150");
 
 fn direct_args() -> Vec<&'static str> {
     vec![
-        "--xdp",
-        "off",
         "--dhcp-range",
         "198.18.0.100-198.18.0.150",
         "--lease-time",
@@ -350,7 +349,21 @@ fn malformed_datagrams_are_counted_and_the_next_client_is_served() {
             payload,
         ));
     }
-    for (_, reason) in &cases {
+    // With XDP attached (the default) the program drops what it can judge from the frame
+    // (too short for a DHCP message, no magic cookie); the daemon counts the rest.
+    let xdp_drops = ["too_short", "bad_cookie"];
+    assert_eq!(
+        wait_metric(
+            &lab,
+            "gb10_xdp_malformed_dropped_total",
+            &[],
+            xdp_drops.len() as f64
+        ),
+        xdp_drops.len() as f64,
+        "{}",
+        metrics(&lab).0
+    );
+    for (_, reason) in cases.iter().filter(|(_, r)| !xdp_drops.contains(r)) {
         let want = cases.iter().filter(|(_, r)| r == reason).count() as f64;
         assert_eq!(
             wait_metric(
@@ -614,6 +627,13 @@ fn proxy_mode_beside_dnsmasq() {
         std::net::UdpSocket::from(s)
     });
     let mac = [0x52, 0x54, 0, 0xaa, 0xbb, 0x07];
+    // A real client sends its DHCP frames from its own MAC: the XDP identity check (on by
+    // default) drops a chaddr that is not the frame's source.
+    let as_client = |m: [u8; 6]| {
+        lab.client
+            .ip(&["link", "set", &br, "address", &format_mac(&m)])
+    };
+    as_client(mac);
     let discover = pxe_request(mac, MessageType::Discover, std::net::Ipv4Addr::UNSPECIFIED);
     sock.send_to(&discover, "255.255.255.255:67")
         .expect("send DISCOVER");
@@ -669,6 +689,7 @@ fn proxy_mode_beside_dnsmasq() {
     // REQUEST. The first offer counts as unanswered for that MAC; the client above
     // followed its offer up, so it has none.
     let deaf = [0x52, 0x54, 0, 0xaa, 0xbb, 0x08];
+    as_client(deaf);
     for _ in 0..2 {
         let d = pxe_request(deaf, MessageType::Discover, std::net::Ipv4Addr::UNSPECIFIED);
         sock.send_to(&d, "255.255.255.255:67")
@@ -717,8 +738,6 @@ const RELAY_IP: &str = "198.19.0.2";
 
 fn big_args() -> Vec<&'static str> {
     vec![
-        "--xdp",
-        "off",
         "--dhcp-range",
         "198.18.1.0-198.18.63.250",
         "--dhcp-relay-ranges",
@@ -746,6 +765,30 @@ fn perfdhcp(lab: &Lab, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Where the kernels dropped packets: the server's LAN veth and UDP counters, and UDP's
+/// on the client side (perfdhcp's own receive buffer).
+fn drop_counters(lab: &Lab) -> String {
+    let out = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let link = out(gb10_lab::run(lab.server.cmd("ip").args([
+        "-s",
+        "-s",
+        "link",
+        "show",
+        "dev",
+        &lab.server_if,
+    ])));
+    let udp = |ns: &gb10_lab::Netns| {
+        out(gb10_lab::run(
+            ns.cmd("grep").args(["^Udp:", "/proc/net/snmp"]),
+        ))
+    };
+    format!(
+        "server {link}server {}client {}",
+        udp(&lab.server),
+        udp(&lab.client)
+    )
+}
+
 #[test]
 fn perfdhcp_1000_per_second_for_10_s_without_loss() {
     if !require_root("perfdhcp_1000_per_second_for_10_s_without_loss")
@@ -755,6 +798,7 @@ fn perfdhcp_1000_per_second_for_10_s_without_loss() {
     }
     let lab = big_lab("dhr");
     let daemon = start(&lab, &big_args());
+    let overflowed_before = udp_counters(&lab.client)["RcvbufErrors"];
     let (ok, out) = perfdhcp(
         &lab,
         &[
@@ -763,28 +807,71 @@ fn perfdhcp_1000_per_second_for_10_s_without_loss() {
         ],
     );
     println!("{out}");
-    assert!(
-        ok,
-        "perfdhcp reported drops or errors:\n{out}\n{}",
-        daemon.log()
-    );
     let stat = |key: &str| -> Vec<f64> {
         out.lines()
             .filter_map(|l| l.trim().strip_prefix(key))
             .filter_map(|v| v.trim().parse().ok())
             .collect()
     };
-    assert_eq!(stat("drops:"), vec![0.0, 0.0], "{out}");
+    let (sent, drops) = (stat("sent packets:"), stat("drops:").iter().sum::<f64>());
+    // What XDP refused (the guard's rate limits) and the kernels' counters, to tell
+    // whose loss a drop is.
+    let m = metrics(&lab);
+    let refused = [
+        "gb10_xdp_rate_limited_total",
+        "gb10_xdp_malformed_dropped_total",
+    ]
+    .map(|name| format!("{name} {}", m.value(name, &[])));
+    let context = format!(
+        "{out}\n{refused:?}\n{}\n{}",
+        drop_counters(&lab),
+        daemon.log()
+    );
+    assert!(ok || drops > 0.0, "perfdhcp failed:\n{context}");
+    // The daemon's side: every request perfdhcp sent reached its socket (nothing
+    // dropped by XDP, the veth or a full buffer) and was answered.
+    let server = udp_counters(&lab.server);
+    assert_eq!(server["RcvbufErrors"] + server["InErrors"], 0, "{context}");
+    assert!(
+        server["InDatagrams"] as f64 >= sent.iter().sum::<f64>(),
+        "requests lost on the way to the daemon:\n{context}"
+    );
+    assert!(
+        server["OutDatagrams"] >= server["InDatagrams"],
+        "requests left unanswered:\n{context}"
+    );
+    // perfdhcp's side: on a machine shared with builds it can fall behind reading its
+    // replies, and the kernel drops them at its full receive buffer. Those are its own
+    // losses, counted apart; any other drop is the test's failure.
+    let overflowed = udp_counters(&lab.client)["RcvbufErrors"] - overflowed_before;
+    assert!(
+        drops <= overflowed as f64,
+        "{drops} drops, only {overflowed} of them at perfdhcp's own receive buffer:\n{context}"
+    );
+    if drops > 0.0 {
+        println!("perfdhcp lost {drops} replies at its own full receive buffer (a loaded machine)");
+    }
     // perfdhcp paces itself; on a machine shared with builds it may fall short of the
-    // rate it was asked for, so the floor here is half of it, and every exchange it did
-    // start must have completed.
-    let sent = stat("sent packets:");
-    assert_eq!(sent, stat("received packets:"), "{out}");
+    // rate it was asked for, so the floor here is half of it.
     assert!(
         sent[0] >= 5_000.0,
         "only {} exchanges started:\n{out}",
         sent[0]
     );
+}
+
+/// The UDP counters of a namespace (`/proc/net/snmp`), by name.
+fn udp_counters(ns: &gb10_lab::Netns) -> std::collections::HashMap<String, u64> {
+    let out = gb10_lab::run(ns.cmd("grep").args(["^Udp:", "/proc/net/snmp"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().map(|l| l.split_whitespace().skip(1));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no UDP counters: {text}");
+    };
+    names
+        .zip(values)
+        .map(|(n, v)| (n.to_owned(), v.parse().unwrap_or(0)))
+        .collect()
 }
 
 #[test]
@@ -1206,7 +1293,11 @@ fn perfdhcp_max_rate() {
         return;
     }
     let lab = big_lab("dhz");
-    let _daemon = start(&lab, &big_args());
+    // The daemon's rate, not the guard's: perfdhcp is one relay on purpose faster than
+    // the global cap on unknown clients (2,500/s), so that cap is lifted; XDP stays.
+    let mut args = big_args();
+    args.extend(["--guard-global-rate", "0"]);
+    let _daemon = start(&lab, &args);
     let (_, out) = perfdhcp(&lab, &["-p", "10", "-R", "16000", "-W", "2000000"]);
     println!("{out}");
 }

@@ -60,7 +60,7 @@ fn wait_state(lab: &Lab, mac: &str, want: &str) -> serde_json::Value {
 }
 
 /// Writes the config (the token in a file as the chart mounts it, credentials directory,
-/// `inventory`) and starts the daemon with it, XDP and guard off, `extra` flags after.
+/// `inventory`) and starts the daemon with it (and its defaults), `extra` flags after.
 fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
     let data = lab.dir.join("data");
     std::fs::create_dir_all(data.join("secrets")).unwrap();
@@ -80,7 +80,7 @@ fn start(lab: &Lab, inventory: &str, extra: &[&str]) -> gb10_lab::Daemon {
         ),
     );
     let config = config.display().to_string();
-    let mut args = vec!["--config", &config, "--xdp", "off", "--guard", "off"];
+    let mut args = vec!["--config", &config];
     args.extend_from_slice(extra);
     lab.start_daemon(BIN, &args)
 }
@@ -1158,17 +1158,7 @@ fn admin_on_the_lan_listener_when_no_admin_address() {
         return;
     }
     let lab = Lab::new("hlan");
-    let mut daemon = lab.start_daemon(
-        BIN,
-        &[
-            "--xdp",
-            "off",
-            "--guard",
-            "off",
-            "--admin-token",
-            CANARY_TOKEN,
-        ],
-    );
+    let mut daemon = lab.start_daemon(BIN, &["--admin-token", CANARY_TOKEN]);
     let (code, body) = lab.http("/admin/api/hosts");
     assert_eq!(code, 401, "{body}");
     let url = format!(

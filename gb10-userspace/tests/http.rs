@@ -411,7 +411,7 @@ fn static_files_listing_ranges_conditionals_and_no_escape() {
     std::os::unix::fs::symlink("hello.txt", www.join("alias.txt")).unwrap();
 
     let mount = format!("/repos/={}", repos.display());
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off", "--http-mount", &mount]);
+    let _daemon = lab.start_daemon(BIN, &["--http-mount", &mount]);
 
     // Listing.
     let (code, body, ctype) = curl(&lab, &[], "/");
@@ -609,7 +609,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     );
     assert_ne!(inv, SAMPLE);
     std::fs::write(data.join("inventory.toml"), &inv).unwrap();
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
 
     // spark-1 (198.18.0.2) gets its autoinstall seed, naming the address it used.
     let (code, body, _) = curl(&lab, &[], "/cloud-init/02:00:00:00:01:01/user-data");
@@ -790,7 +790,7 @@ fn heartbeats_move_client_state_and_survive_restart() {
     lab.client
         .ip(&["link", "set", "dev", &lab.client_if, "address", mac]);
     let token = lab.token_file();
-    let args = ["--xdp", "off", "--admin-token-file", &token];
+    let args = ["--admin-token-file", &token];
     let mut daemon = lab.start_daemon(BIN, &args);
 
     // Fetching the profile's kernel, the boot script and the seed are events too.
@@ -892,7 +892,7 @@ fn connections_beyond_the_limit_wait_their_turn() {
     let www = lab.dir.join("data/www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hello.txt"), "hello, gb10\n").unwrap();
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off", "--http-max-connections", "2"]);
+    let _daemon = lab.start_daemon(BIN, &["--http-max-connections", "2"]);
     assert_eq!(
         curl(&lab, &[], "/hello.txt").0,
         200,

@@ -44,7 +44,7 @@ fn direct_mode_asserts_the_address_and_brings_the_link_up() {
     lab.server
         .ip(&["addr", "add", "198.18.0.77/24", "dev", &lab.server_if]);
     lab.server.ip(&["link", "set", &lab.server_if, "down"]);
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     let a = addrs(&lab);
     assert!(a.contains("198.18.0.1/24"), "asserted: {a}");
     assert!(
@@ -58,7 +58,7 @@ fn direct_mode_asserts_the_address_and_brings_the_link_up() {
     );
     // Asserting is idempotent: a second daemon start adds nothing.
     drop(daemon);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     assert_eq!(addrs(&lab).matches("198.18.0.1/24").count(), 1);
 }
 
@@ -69,7 +69,7 @@ fn an_address_change_moves_every_listener_within_two_seconds() {
     }
     let lab = Lab::new("lchg");
     gb10_lab::write_file(&lab.dir.join("data/tftp/hello.txt"), "hello over tftp\n");
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     assert!(
         listeners(&lab, daemon.pid())
             .iter()
@@ -148,8 +148,13 @@ fn a_recreated_interface_is_served_again_without_restart() {
         return;
     }
     let lab = Lab::new("lrec");
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     let pid = daemon.pid();
+    assert!(
+        Lab::xdp_attached(&lab.server, &lab.server_if),
+        "XDP not attached at start\n{}",
+        daemon.log()
+    );
     lab.server.ip(&["link", "del", &lab.server_if]);
     assert!(
         wait_until(Duration::from_secs(3), || local_health(&lab).0 == 503).is_some(),
@@ -159,6 +164,13 @@ fn a_recreated_interface_is_served_again_without_restart() {
         local_health(&lab).1.contains("does not exist"),
         "{}",
         local_health(&lab).1
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            lab.metrics().value("gb10_xdp_attached", &[]) == 0.0
+        })
+        .is_some(),
+        "/metrics still says XDP is attached to an interface that is gone"
     );
     run(Command::new("ip").args([
         "link",
@@ -183,6 +195,20 @@ fn a_recreated_interface_is_served_again_without_restart() {
         addrs(&lab).contains("198.18.0.1/24"),
         "re-asserted on the new interface"
     );
+    // The XDP program comes back with the interface (the kernel detached it with the
+    // old one): a recreated LAN is not left without its guard, and /metrics says so.
+    assert!(
+        wait_until(Duration::from_secs(3), || Lab::xdp_attached(
+            &lab.server,
+            &lab.server_if
+        ))
+        .is_some(),
+        "XDP not attached to the recreated interface\n{}",
+        daemon.log()
+    );
+    let m = lab.metrics();
+    assert_eq!(m.value("gb10_xdp_attached", &[]), 1.0, "{}", m.0);
+    assert_eq!(m.value("gb10_dhcp_identity_check", &[]), 1.0, "{}", m.0);
 }
 
 #[test]
@@ -196,7 +222,7 @@ fn proxy_mode_waits_for_a_real_lease_and_serves_on_it() {
     }
     let lab = Lab::new("lprx");
     lab.server.ip(&["addr", "flush", "dev", &lab.server_if]);
-    let mut daemon = lab.spawn_daemon(BIN, &["--xdp", "off", "--mode", "proxy"]);
+    let mut daemon = lab.spawn_daemon(BIN, &["--mode", "proxy"]);
     assert!(
         wait_until(Duration::from_secs(10), || local_health(&lab).0 == 503).is_some(),
         "proxy mode without an address must say not-ready\n{}",
@@ -235,7 +261,7 @@ fn no_socket_on_a_wildcard_address_without_the_lan_device() {
         return;
     }
     let lab = Lab::new("lwld");
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     let l = listeners(&lab, daemon.pid());
     assert!(!l.is_empty(), "no listeners found for pid {}", daemon.pid());
     for addr in &l {
@@ -257,15 +283,8 @@ fn a_missing_interface_is_fatal_and_named() {
     }
     let lab = Lab::new("lmis");
     let mut cmd = lab.server.cmd(BIN);
-    cmd.args([
-        "serve",
-        "--lan-iface",
-        "nosuch0",
-        "--xdp",
-        "off",
-        "--data-path",
-    ])
-    .arg(lab.dir.join("data"));
+    cmd.args(["serve", "--lan-iface", "nosuch0", "--data-path"])
+        .arg(lab.dir.join("data"));
     let out = cmd.output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

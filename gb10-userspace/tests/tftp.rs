@@ -1,7 +1,8 @@
 //! TFTP against real clients (tftp-hpa, atftp, curl) and hand-made packets, in a netns
 //! lab: byte-identical transfers, options, loss/delay/duplication (a userspace netem:
 //! the lab kernel has no sch_netem),
-//! timeouts, confinement to the root.
+//! timeouts, confinement to the root. The daemon runs with its defaults (XDP attached,
+//! guard enforce), as users run it.
 mod tftp_support;
 
 use std::{net::UdpSocket, time::Duration};
@@ -22,7 +23,7 @@ fn real_clients_fetch_byte_identical() {
     let big = put_random(&lab, "boot/thirty.bin", 30 << 20, 2);
     let text = b"line one\nline two\r\nbare cr\rend\n".repeat(200);
     put(&lab, "notes.txt", &text);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     let mut expected = 0.0;
     for (name, data) in [("boot/one.bin", &small), ("boot/thirty.bin", &big)] {
         for fetch in [
@@ -75,7 +76,7 @@ fn loss_and_delay_still_complete() {
     }
     let lab = Lab::new("tftp-loss");
     let data = put_random(&lab, "lossy.bin", 24 << 10, 3);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     // 20 % loss and 200 ms delay each way: DATA and ACKs alike.
     let bad = Impairment {
         loss: 0.2,
@@ -117,7 +118,7 @@ fn duplicated_acks_do_not_duplicate_data() {
     let lab = Lab::new("tftp-dup");
     let size = 1 << 20;
     let data = put_random(&lab, "dup.bin", size, 4);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     // Only the client's packets (RRQ, ACKs) are duplicated.
     let dup = Impairment {
         duplicate: 0.2,
@@ -174,8 +175,6 @@ fn abandoned_and_aborted_sessions_end() {
     let _daemon = lab.start_daemon(
         BIN,
         &[
-            "--xdp",
-            "off",
             "--tftp-timeout",
             "200ms",
             "--tftp-retries",
@@ -256,7 +255,7 @@ fn option_edge_cases() {
     }
     let lab = Lab::new("tftp-opts");
     put_random(&lab, "f.bin", 5000, 6);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     // (options, expected first reply): refused options give no OACK, data at once.
     let data1 = b"\0\x03\0\x01".to_vec();
     type Case = (Vec<(&'static str, &'static str)>, Vec<u8>);
@@ -317,7 +316,7 @@ fn confined_to_the_root() {
     link(std::path::Path::new("../../secret.txt"), "rel");
     link(&lab.dir, "dirlink");
     link(std::path::Path::new("sub/ok.txt"), "inside");
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     let watch = OpenWatch::new(&lab.dir);
 
     let vectors: Vec<Vec<u8>> = vec![
@@ -397,7 +396,7 @@ fn single_port_mode() {
     }
     let lab = Lab::new("tftp-single");
     let data = put_random(&lab, "one.bin", 1 << 20, 7);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off", "--tftp-single-port"]);
+    let _daemon = lab.start_daemon(BIN, &["--tftp-single-port"]);
     for fetch in [Fetch::Curl(&["--tftp-blksize", "1468"]), Fetch::TftpHpa] {
         assert_same(&fetch.get(&lab, "one.bin"), &data, &format!("{fetch:?}"));
     }
@@ -420,7 +419,7 @@ fn edk2_probe_then_windowed_fetch() {
     }
     let lab = Lab::new("tftp-edk2");
     let data = put_random(&lab, "efi/shimx64.efi", 300_001, 8);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     let got = lab.client.enter(|| {
         let s: UdpSocket = client_socket();
         s.send_to(&rrq(b"efi/shimx64.efi", &[("tsize", "0")]), SERVER)
@@ -443,10 +442,11 @@ fn xdp_counts_transfer_acks_as_tftp() {
     }
     let lab = Lab::new("tftp-xdp");
     let data = put_random(&lab, "one.bin", 1 << 20, 9);
-    let _daemon = lab.start_daemon(BIN, &["--xdp", "auto"]);
+    let _daemon = lab.start_daemon(BIN, &[]);
     if lab.metrics().value("gb10_xdp_attached", &[]) != 1.0 {
-        eprintln!(
-            "SKIP xdp_counts_transfer_acks_as_tftp: XDP not attached (AYA_BUILD_SKIP build?)"
+        gb10_lab::skip(
+            "xdp_counts_transfer_acks_as_tftp",
+            "XDP not attached (AYA_BUILD_SKIP build?)",
         );
         return;
     }
@@ -477,7 +477,7 @@ fn grub_configs_are_rendered_over_tftp() {
         &lab.dir.join("data/inventory.toml"),
         include_str!("data/inventory.toml"),
     );
-    let daemon = lab.start_daemon(BIN, &["--xdp", "off"]);
+    let daemon = lab.start_daemon(BIN, &[]);
     // Debian's network GRUB asks for these with a leading slash under its prefix.
     for path in ["/grub/grub.cfg", "/grub/hosts/02:00:00:00:01:02.cfg"] {
         // Sent verbatim, as GRUB does (tftp-hpa's client would read `host:file` in it).

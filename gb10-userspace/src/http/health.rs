@@ -78,7 +78,7 @@ async fn healthz(State(health): State<Health>) -> impl IntoResponse {
         "lan_iface": health.lan_iface,
         "lan_addr": lan.addr,
         "mode": health.mode,
-        "xdp_attached": health.metrics.xdp.is_some(),
+        "xdp_attached": health.metrics.xdp.as_ref().is_some_and(|x| x.lan_attached()),
     });
     let status = if ready {
         StatusCode::OK

@@ -341,8 +341,21 @@ fn stale_lease_owner() {
         "the old holder's seed went to the new one:\n{body}"
     );
     assert!(!body.contains("victim-secret"), "{body}");
-    let (code, body) = lab.get_via("oth", &format!("/cloud-init/{OTHER}/user-data"));
-    assert_eq!(code, 200, "its own seed:\n{body}");
+    // Its own seed. Seen twice in about 55 runs: this second connection from the reused
+    // address got no answer within curl's 10 s while the daemon had rendered and
+    // recorded the seed (its log shows the host moving to `installing`): the address
+    // moved between two Ethernet addresses on one bridge a moment before, so the stall is
+    // most likely the server's neighbour entry, not the seed route. cloud-init retries a
+    // seed; so does this, once, and says so.
+    let path = format!("/cloud-init/{OTHER}/user-data");
+    let (mut code, mut body) = lab.get_via("oth", &path);
+    if code == 0 {
+        println!(
+            "stale_lease_owner: the first GET of its own seed got no answer in 10 s; retrying once"
+        );
+        (code, body) = lab.get_via("oth", &path);
+    }
+    assert_eq!(code, 200, "its own seed:\n{body}\n{}", daemon.log());
     other.stop();
 }
 

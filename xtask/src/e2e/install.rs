@@ -538,17 +538,13 @@ impl Rig<'_> {
                         Err(e) => break format!("{e:#}"),
                     }
                 } else {
-                    let local = events
+                    let mut local = events
                         .iter()
                         .filter(|e| field(e, "event") == "local_boot")
                         .map(|e| field(e, "path").to_owned())
                         .collect::<Vec<_>>();
                     // Firmware retries its DHCP: one `local_boot` per DISCOVER.
-                    let local = {
-                        let mut l = local;
-                        l.dedup();
-                        l
-                    };
+                    local.dedup();
                     if local.is_empty() {
                         break "booted from disk without a recorded local_boot".into();
                     }

@@ -47,11 +47,7 @@ fn grub_cfg() -> String {
 pub fn build(arch: Arch, efi_tree: &Path) -> anyhow::Result<OsImage> {
     let dir = super::dir().join(arch.debian()).join("marker");
     let name = format!("marker-{}", arch.debian());
-    let image = OsImage {
-        raw: dir.join(format!("{name}.raw")),
-        gzip: dir.join(format!("{name}.raw.gz")),
-        zstd: dir.join(format!("{name}.raw.zst")),
-    };
+    let image = OsImage::in_dir(&dir, &name);
     let stamp = dir.join(".stamp");
     if fresh(&stamp, RECIPE) && image.zstd.exists() && image.gzip.exists() {
         return Ok(image);
@@ -70,14 +66,12 @@ pub fn build(arch: Arch, efi_tree: &Path) -> anyhow::Result<OsImage> {
     )?;
     std::fs::write(tree.join("filler.bin"), filler)?;
     let root_uuid = os_image::uuid()?;
-    let esp_id = root_uuid.replace('-', "")[..8].to_ascii_uppercase();
     os_image::assemble(
         &Disk {
             arch,
             efi_tree,
             root_tree: &tree,
             root_uuid: &root_uuid,
-            esp_id: &esp_id,
             room_mib: 2,
         },
         &dir,

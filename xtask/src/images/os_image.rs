@@ -107,6 +107,15 @@ pub struct OsImage {
 }
 
 impl OsImage {
+    /// The raw image `dir/name.raw` and its compressed copies beside it.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self {
+            raw: dir.join(format!("{name}.raw")),
+            gzip: dir.join(format!("{name}.raw.gz")),
+            zstd: dir.join(format!("{name}.raw.zst")),
+        }
+    }
+
     /// The sha256 recorded for `file` at build time.
     pub fn sha256(&self, file: &Path) -> anyhow::Result<String> {
         let sums = std::fs::read_to_string(file.with_file_name("SHA256SUMS"))?;
@@ -127,11 +136,7 @@ impl OsImage {
 pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     let dir = super::dir().join(arch.debian()).join("os");
     let name = format!("debian-{}-{}", super::SUITE, arch.debian());
-    let image = OsImage {
-        raw: dir.join(format!("{name}.raw")),
-        gzip: dir.join(format!("{name}.raw.gz")),
-        zstd: dir.join(format!("{name}.raw.zst")),
-    };
+    let image = OsImage::in_dir(&dir, &name);
     let pkgs = packages(arch);
     let recipe = format!("v{RECIPE_VERSION}\n{}\n", pkgs.join("\n"));
     let stamp = dir.join(".stamp");
@@ -149,7 +154,7 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
     );
     let root_uuid = uuid()?;
     // FAT volume ids print as XXXX-XXXX in fstab and GRUB.
-    let esp_id = root_uuid.replace('-', "")[..8].to_ascii_uppercase();
+    let esp_id = esp_id(&root_uuid);
     let esp_uuid = format!("{}-{}", &esp_id[..4], &esp_id[4..]);
     let fstab = format!(
         "UUID={root_uuid} / ext4 errors=remount-ro 0 1\nUUID={esp_uuid} /boot/efi vfat umask=0077,nofail 0 2\n"
@@ -246,7 +251,6 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
             efi_tree: &tree,
             root_tree: &tree,
             root_uuid: &root_uuid,
-            esp_id: &esp_id,
             room_mib: 32,
         },
         &dir,
@@ -273,9 +277,8 @@ pub struct Disk<'a> {
     pub efi_tree: &'a Path,
     /// The root filesystem's contents.
     pub root_tree: &'a Path,
+    /// The root filesystem's UUID; the ESP's volume id is made from it ([`esp_id`]).
     pub root_uuid: &'a str,
-    /// The ESP's FAT volume id (8 hex digits).
-    pub esp_id: &'a str,
     /// Free room in the root filesystem beyond its contents and a twentieth.
     pub room_mib: u64,
 }
@@ -290,9 +293,9 @@ pub fn assemble(disk: &Disk<'_>, dir: &Path, image: &OsImage) -> anyhow::Result<
         efi_tree,
         root_tree,
         root_uuid,
-        esp_id,
         room_mib,
     } = *disk;
+    let esp_id = esp_id(root_uuid);
     let (suffix, loader) = efi(arch);
     let grub_dir = match arch {
         Arch::Amd64 => "x86_64-efi-signed",
@@ -327,7 +330,7 @@ pub fn assemble(disk: &Disk<'_>, dir: &Path, image: &OsImage) -> anyhow::Result<
     let _ = std::fs::remove_file(&esp);
     exec(
         Command::new("mkfs.vfat")
-            .args(["-C", "-n", "ESP", "-i", esp_id])
+            .args(["-C", "-n", "ESP", "-i", &esp_id])
             .arg(&esp)
             .arg((esp_mib * 1024).to_string()),
     )
@@ -436,6 +439,12 @@ fn compress(from: &Path, to: &Path, cmd: &str) -> anyhow::Result<()> {
             .arg(from)
             .arg(to),
     )
+}
+
+/// The ESP's FAT volume id (8 hex digits) for a disk whose root is `root_uuid`: one
+/// value for mkfs.vfat and the fstab.
+fn esp_id(root_uuid: &str) -> String {
+    root_uuid.replace('-', "")[..8].to_ascii_uppercase()
 }
 
 pub(super) fn uuid() -> anyhow::Result<String> {

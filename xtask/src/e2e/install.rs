@@ -373,26 +373,29 @@ impl Rig<'_> {
         let s = self.s;
         let serial = self.lab.dir.join(format!("serial{round}.log"));
         let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
-        let mut cmd = qemu(
-            s,
-            self.lab,
-            &self.tap,
-            &self.mac,
-            &self.disk,
-            &serial,
-            round > 1,
-        )
-        .map_err(|e| fail("setup", format!("{e:#}")))?;
-        let qemu_log = fs::File::create(self.lab.dir.join("qemu.log"))
-            .map_err(|e| fail("setup", format!("{e}")))?;
-        cmd.stdout(qemu_log.try_clone().expect("fd"))
-            .stderr(qemu_log);
-        let vm = Guard(
-            cmd.spawn()
-                .map_err(|e| fail("setup", format!("qemu: {e}")))?,
-        );
-        let mut vm = Some(vm);
-        let round_start = start.elapsed();
+        let spawn_vm = || -> Result<Guard, Box<Failure>> {
+            let mut cmd = qemu(
+                s,
+                self.lab,
+                &self.tap,
+                &self.mac,
+                &self.disk,
+                &serial,
+                round > 1,
+            )
+            .map_err(|e| fail("setup", format!("{e:#}")))?;
+            let qemu_log = fs::File::create(self.lab.dir.join("qemu.log"))
+                .map_err(|e| fail("setup", format!("{e}")))?;
+            cmd.stdout(qemu_log.try_clone().expect("fd"))
+                .stderr(qemu_log);
+            Ok(Guard(
+                cmd.spawn()
+                    .map_err(|e| fail("setup", format!("qemu: {e}")))?,
+            ))
+        };
+        let mut vm = Some(spawn_vm()?);
+        let mut restarted = false;
+        let mut round_start = start.elapsed();
         let mut reached = Stage::Started;
         let mut stages = vec![(Stage::Started, round_start)];
         let mut notes = Vec::new();
@@ -579,6 +582,25 @@ impl Rig<'_> {
             }
             if success && state == "failed" {
                 break "the installer reported failed".into();
+            }
+            if !restarted
+                && lab::firmware_stalled(
+                    s,
+                    reached == Stage::Started,
+                    at.saturating_sub(round_start),
+                    &serial_text,
+                )
+            {
+                // As in lab::boot: a firmware hang before any network step is started
+                // again once (the disk is untouched: nothing was fetched yet).
+                restarted = true;
+                drop(vm.take());
+                println!("  [{:7.1} s] {}", at.as_secs_f64(), lab::STALLED);
+                let _ = fs::remove_file(&serial);
+                vm = Some(spawn_vm()?);
+                round_start = start.elapsed();
+                notes.push(format!("round {round}: {}", lab::STALLED));
+                continue;
             }
             if let Some(v) = vm.as_mut()
                 && let Ok(Some(status)) = v.0.try_wait()

@@ -149,6 +149,13 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
         println!("  {:<20} gb10-provision: {}{refs}", s.name, fmt(ours));
         match ours {
             Ok(o) => {
+                if o.restarted {
+                    println!(
+                        "  {:<20}   the firmware stalled before its first boot option; \
+                         the VM was started again once (times from the second start)",
+                        ""
+                    );
+                }
                 if let Some(seen) = &o.fleet {
                     println!("  {:<20}   {}", "", seen.summary());
                 }

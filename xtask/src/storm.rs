@@ -38,6 +38,16 @@ pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
         storm::RELAY,
         loadavg()
     );
+    println!(
+        "{}",
+        crate::bench::settings(&[
+            RELAY_LIFT[0],
+            RELAY_LIFT[1],
+            RELAY_LIFT[2],
+            RELAY_LIFT[3],
+            "--tftp-max-sessions 2N (min 64)"
+        ])
+    );
     let mut rows = Vec::new();
     let mut grub_cfg: Option<Vec<u8>> = None;
     for &n in sizes {
@@ -131,6 +141,17 @@ fn print_row(row: &Row) {
     );
 }
 
+/// Behind a relay, every TFTP request arrives from the relay's MAC, on which the guard
+/// keys its per-client bucket (20/s, burst 60): the relay, one load generator speaking
+/// for N machines, gets the global budget for unknown clients instead (which stays on,
+/// as does the rest of the guard).
+const RELAY_LIFT: [&str; 4] = [
+    "--guard-client-rate",
+    "2500",
+    "--guard-client-burst",
+    "5000",
+];
+
 /// One storm of `n` machines against `stack`, in a lab of its own. gb10-provision's
 /// `grub/grub.cfg` (rendered per request) is captured on its first run and served as a
 /// file by the reference, so both answer the same bytes.
@@ -153,9 +174,8 @@ fn one(
             // for dnsmasq: transfers at once raised to 2N (the default, 64, answers the
             // 65th request with TFTP ERROR "busy", and EDK2 takes an ERROR as a failed
             // boot; a machine briefly holds two, its aborted size probe, whose ERROR
-            // the daemon has not read yet, and its read); and, behind a relay, every TFTP request arrives from the relay's
-            // MAC, on which the guard keys its per-client bucket (20/s, burst 60): the
-            // relay gets the global budget instead.
+            // the daemon has not read yet, and its read); and the relay's lift
+            // ([`RELAY_LIFT`]).
             let sessions = (2 * n).max(64).to_string();
             let (d, pid) = gb10(
                 &lab,
@@ -165,10 +185,10 @@ fn one(
                     &range,
                     "--tftp-max-sessions",
                     &sessions,
-                    "--guard-client-rate",
-                    "2500",
-                    "--guard-client-burst",
-                    "5000",
+                    RELAY_LIFT[0],
+                    RELAY_LIFT[1],
+                    RELAY_LIFT[2],
+                    RELAY_LIFT[3],
                 ],
             );
             daemon = Some(d);
@@ -234,7 +254,7 @@ fn one(
         Some(_) => {
             let m = lab.metrics();
             format!(
-                "daemon: {} TFTP transfers complete, {} DHCP ACKs sent, {} requests rate-limited by XDP",
+                "daemon: {} TFTP transfers complete, {} DHCP ACKs sent, {} requests rate-limited by XDP; {}",
                 m.0.lines()
                     .filter(|l| l.starts_with("gb10_tftp_transfers_total"))
                     .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
@@ -245,7 +265,8 @@ fn one(
                     )
                     .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
                     .sum::<f64>(),
-                m.value("gb10_xdp_rate_limited_total", &[])
+                m.value("gb10_xdp_rate_limited_total", &[]),
+                crate::bench::xdp_seen(&lab)
             )
         }
         None => reference_check(&lab.dir),

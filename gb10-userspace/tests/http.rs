@@ -520,6 +520,39 @@ fn static_files_listing_ranges_conditionals_and_no_escape() {
         "If-Range mismatch sends it all"
     );
 
+    // Small files' bytes are kept between requests: a change in place is served at
+    // once (the kept bytes are checked against the open file each time), a file renamed
+    // over or removed within a second.
+    std::fs::create_dir_all(www.join("site")).unwrap();
+    let changing = www.join("site/changing.cfg");
+    std::fs::write(&changing, "#!ipxe\nchain one\n").unwrap();
+    let (code, body, _) = curl(&lab, &[], "/site/changing.cfg");
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, b"#!ipxe\nchain one\n".as_slice())
+    );
+    // Another size and later times (file times move in clock ticks of a few ms).
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&changing, "#!ipxe\nchain two!\n").unwrap();
+    let (code, body, _) = curl(&lab, &[], "/site/changing.cfg");
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, b"#!ipxe\nchain two!\n".as_slice())
+    );
+    let fresh = www.join("site/changing.cfg.new");
+    std::fs::write(&fresh, "#!ipxe\nchain three\n").unwrap();
+    std::fs::rename(&fresh, &changing).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, body, _) = curl(&lab, &[], "/site/changing.cfg");
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, b"#!ipxe\nchain three\n".as_slice())
+    );
+    std::fs::remove_file(&changing).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, _, _) = curl(&lab, &[], "/site/changing.cfg");
+    assert_eq!(code, 404, "a removed file is gone within a second");
+
     // Content types.
     let (_, _, ctype) = curl(&lab, &[], "/grubx64.efi");
     assert_eq!(ctype, "application/efi");
@@ -670,7 +703,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     );
 
     // iPXE scripts: entry and per host.
-    let (code, body, _) = curl(&lab, &[], "/boot.ipxe");
+    let (code, body, _) = curl(&lab, &[], "/site/changing.cfg");
     assert_eq!(code, 200);
     assert!(body.starts_with(b"#!ipxe\n"));
     let (_, body, _) = curl(&lab, &[], "/ipxe/02:00:00:00:01:01");

@@ -51,10 +51,11 @@ const LISTING_LIMIT: usize = 10_000;
 
 /// Where a request path points: a root directory and the path below it.
 #[derive(Debug, PartialEq, Eq)]
-enum Located {
+enum Located<'a> {
     File {
-        root: PathBuf,
-        path: PathBuf,
+        root: &'a Path,
+        /// Its `/`-separated segments, none empty, `.` or `..` (`""`: the root itself).
+        rel: String,
     },
     /// A mount prefix asked without its trailing slash: redirect there.
     Redirect(String),
@@ -70,7 +71,11 @@ enum Refused {
 /// Maps the raw (still percent-encoded) request path onto a file under a root. The path
 /// is decoded exactly once; whatever is left that looks like an escape (`%2e` from
 /// `%252e`) is then only a file name, which never exists.
-fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located, Refused> {
+fn locate<'a>(
+    www: &'a Path,
+    mounts: &'a [(String, PathBuf)],
+    raw: &str,
+) -> Result<Located<'a>, Refused> {
     let decoded = percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| Refused::BadPath)?;
@@ -81,7 +86,7 @@ fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located
         .iter()
         .find(|(prefix, _)| decoded.starts_with(prefix.as_str()))
     {
-        Some((prefix, dir)) => (dir.clone(), &decoded[prefix.len()..]),
+        Some((prefix, dir)) => (dir.as_path(), &decoded[prefix.len()..]),
         None => {
             if let Some((prefix, _)) = mounts
                 .iter()
@@ -89,17 +94,20 @@ fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located
             {
                 return Ok(Located::Redirect(prefix.clone()));
             }
-            (www.to_owned(), &decoded[1..])
+            (www, &decoded[1..])
         }
     };
-    let mut path = root.clone();
+    let mut rel = String::with_capacity(rest.len());
     for seg in rest.split('/').filter(|s| !s.is_empty()) {
         if seg == "." || seg == ".." {
             return Err(Refused::BadPath);
         }
-        path.push(seg);
+        if !rel.is_empty() {
+            rel.push('/');
+        }
+        rel.push_str(seg);
     }
-    Ok(Located::File { root, path })
+    Ok(Located::File { root, rel })
 }
 
 /// The size of the file a GET of `url_path` (e.g. an inventory's `image`) would send
@@ -107,7 +115,7 @@ fn locate(www: &Path, mounts: &[(String, PathBuf)], raw: &str) -> Result<Located
 pub fn local_size(www: &Path, mounts: &[(String, PathBuf)], url_path: &str) -> Option<u64> {
     let raw = format!("/{}", url_path.trim_start_matches('/'));
     match locate(www, mounts, &raw).ok()? {
-        Located::File { path, .. } => std::fs::metadata(path)
+        Located::File { root, rel } => std::fs::metadata(root.join(rel))
             .ok()
             .filter(|m| m.is_file())
             .map(|m| m.len()),
@@ -116,7 +124,7 @@ pub fn local_size(www: &Path, mounts: &[(String, PathBuf)], url_path: &str) -> O
 }
 
 /// The fallback handler: every GET/HEAD no other route took.
-pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Response {
+pub async fn serve(State(files): State<Arc<Files>>, peer: Peer, req: Request) -> Response {
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
         return (
@@ -126,8 +134,8 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
             .into_response();
     }
     let raw = req.uri().path().to_owned();
-    let (root, path) = match locate(&files.www, &files.mounts, &raw) {
-        Ok(Located::File { root, path }) => (root, path),
+    let (root, rel) = match locate(&files.www, &files.mounts, &raw) {
+        Ok(Located::File { root, rel }) => (root, rel),
         Ok(Located::Redirect(to)) => return redirect(&to),
         Err(Refused::BadPath) => {
             warn!(path = %raw, peer = ?peer.0, mac = %or_dash(who(&files, peer)), "refused request path");
@@ -138,14 +146,8 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
     // small read of files in the page cache take microseconds, while trips through the
     // blocking pool (find, open, read) were most of what a small boot script cost, in
     // thread switches.
-    let rel = path
-        .strip_prefix(&root)
-        .ok()
-        .and_then(Path::to_str)
-        .unwrap_or_default()
-        .to_owned();
-    let (file, meta, small) = match find(&root, &rel, method == Method::GET) {
-        Lookup::Found(file, meta, small) => (file, meta, small),
+    let (meta, content) = match find(root, &rel, method == Method::GET) {
+        Lookup::Found(meta, content) => (meta, content),
         Lookup::Missing => return failed(&files, peer, &raw, StatusCode::NOT_FOUND),
         Lookup::Refused(OpenError::Outside) => {
             warn!(path = %raw, peer = ?peer.0, mac = %or_dash(who(&files, peer)), "resolves out of the root (symlink)");
@@ -165,19 +167,23 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
             // One leading slash: `//host/dir` would redirect to another site.
             return redirect(&format!("/{}/", raw.trim_start_matches('/')));
         }
-        let index = format!("{rel}/index.html");
-        if let Lookup::Found(file, index_meta, small) = find(&root, &index, method == Method::GET)
+        let index = if rel.is_empty() {
+            "index.html".to_owned()
+        } else {
+            format!("{rel}/index.html")
+        };
+        if let Lookup::Found(index_meta, content) = find(root, &index, method == Method::GET)
             && index_meta.is_file()
         {
-            let index = path.join("index.html");
-            return file_response(&method, headers, &index, &index_meta, file, small).await;
+            let index = root.join(index);
+            return file_response(&method, headers, &index, &index_meta, content).await;
         }
-        return listing(&method, &raw, root, rel).await;
+        return listing(&method, &raw, root.to_owned(), rel).await;
     }
     if !meta.is_file() {
         return failed(&files, peer, &raw, StatusCode::NOT_FOUND);
     }
-    let response = file_response(&method, headers, &path, &meta, file, small).await;
+    let response = file_response(&method, headers, Path::new(&rel), &meta, content).await;
     if method == Method::GET && response.status().is_success() {
         note_fetch(&files, peer, &raw, headers);
     }
@@ -186,31 +192,70 @@ pub async fn serve(State(files): State<Files>, peer: Peer, req: Request) -> Resp
 
 /// What a request path found beneath its root.
 enum Lookup {
-    /// Open, with its metadata, and its bytes when it is a small file and a body is
-    /// wanted.
-    Found(std::fs::File, std::fs::Metadata, Option<axum::body::Bytes>),
+    /// Its metadata, as of now, and its content.
+    Found(std::fs::Metadata, Content),
     Missing,
     Refused(OpenError),
 }
 
-/// Opens `rel` (`""`: the root itself) beneath `root` through [`crate::confine`].
+/// What a found file's body is sent from.
+enum Content {
+    /// A small file's bytes, read whole.
+    Whole(axum::body::Bytes),
+    /// The open file (a large one, a directory, or a small one whose body is not wanted).
+    Open(std::fs::File),
+}
+
+/// Opens `rel` (`""`: the root itself) beneath `root` through [`crate::confine`]; a
+/// small file found lately on this thread is answered from what was kept of it.
 fn find(root: &Path, rel: &str, want_body: bool) -> Lookup {
-    // A root that does not exist (yet) serves nothing.
-    let Some(root) = open_root(root) else {
-        return Lookup::Missing;
-    };
-    let file = match root.open_beneath(if rel.is_empty() { "." } else { rel }) {
-        Ok(file) => file,
-        Err(OpenError::NotFound) => return Lookup::Missing,
-        Err(err) => return Lookup::Refused(err),
-    };
-    let Ok(meta) = file.metadata() else {
-        return Lookup::Missing;
-    };
-    let small = (want_body && meta.is_file() && meta.len() <= SMALL_FILE)
-        .then(|| read_whole(&file, meta.len() as usize))
-        .flatten();
-    Lookup::Found(file, meta, small)
+    let now = std::time::Instant::now();
+    ROOTS.with_borrow_mut(|roots| {
+        roots.retain(|open| now.duration_since(open.opened) < ROOT_REUSE);
+        let at = match roots.iter().position(|open| open.path == root) {
+            Some(at) => at,
+            None => {
+                // A root that does not exist (yet) serves nothing.
+                let Ok(dir) = Root::open(root) else {
+                    return Lookup::Missing;
+                };
+                roots.push(OpenRoot {
+                    path: root.to_owned(),
+                    opened: now,
+                    root: dir,
+                    kept: Vec::new(),
+                    kept_bytes: 0,
+                });
+                roots.len() - 1
+            }
+        };
+        let open = &mut roots[at];
+        if let Some(found) = open.reuse(rel) {
+            return found;
+        }
+        let file = match open
+            .root
+            .open_beneath(if rel.is_empty() { "." } else { rel })
+        {
+            Ok(file) => file,
+            Err(OpenError::NotFound) => return Lookup::Missing,
+            Err(err) => return Lookup::Refused(err),
+        };
+        let Ok(meta) = file.metadata() else {
+            return Lookup::Missing;
+        };
+        if want_body
+            && meta.is_file()
+            && meta.len() <= SMALL_FILE
+            && let Some(bytes) = read_whole(&file, meta.len() as usize)
+        {
+            // The stamp is the one from before the read: a change during the read
+            // shows at the next look.
+            open.keep(rel, file, Stamp::of(&meta), bytes.clone());
+            return Lookup::Found(meta, Content::Whole(bytes));
+        }
+        Lookup::Found(meta, Content::Open(file))
+    })
 }
 
 /// The file's `len` bytes in as few reads as it takes (one, for a file in the page
@@ -228,29 +273,91 @@ fn read_whole(file: &std::fs::File, len: usize) -> Option<axum::body::Bytes> {
     Some(axum::body::Bytes::from(bytes))
 }
 
-/// How long an open root directory is reused before it is opened again by path: a
-/// root replaced (renamed over) is served within this.
+/// How long an open root directory, and what was kept of the small files found beneath
+/// it, is reused before it is opened again by path: a root or a small file replaced
+/// (renamed over, removed) is served within this. A file changed in place is seen at
+/// once (see [`Stamp`]), or within this when the change keeps its size and falls in the
+/// same file-time tick (a few ms) as the read that was kept.
 const ROOT_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Small files kept per root and thread, and their bytes together: a LAN client asking
+/// for many different files fills it, then the rest are opened as before.
+const KEEP_FILES: usize = 64;
+const KEEP_BYTES: usize = 1 << 20;
+
 thread_local! {
-    /// Roots opened lately on this thread, by path: opening the root and checking it is
-    /// a directory were three of a small file's ten system calls.
-    static ROOTS: std::cell::RefCell<Vec<(PathBuf, std::time::Instant, Arc<Root>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// Roots opened lately on this thread, with the small files found beneath them:
+    /// opening the root and checking it is a directory were three of a small file's ten
+    /// system calls, and the open, read and close of the file three of the rest.
+    static ROOTS: std::cell::RefCell<Vec<OpenRoot>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The root at `path`, open.
-fn open_root(path: &Path) -> Option<Arc<Root>> {
-    let now = std::time::Instant::now();
-    ROOTS.with_borrow_mut(|roots| {
-        roots.retain(|(_, opened, _)| now.duration_since(*opened) < ROOT_REUSE);
-        if let Some((_, _, root)) = roots.iter().find(|(p, _, _)| p == path) {
-            return Some(root.clone());
+/// A root directory, open, and the small files kept from beneath it.
+struct OpenRoot {
+    path: PathBuf,
+    opened: std::time::Instant,
+    root: Root,
+    /// By path relative to the root, as the request named them.
+    kept: Vec<(Box<str>, Kept)>,
+    kept_bytes: usize,
+}
+
+/// A small file's bytes, with the file held open to see whether it changed since.
+struct Kept {
+    file: std::fs::File,
+    stamp: Stamp,
+    bytes: axum::body::Bytes,
+}
+
+/// What changes when a file's content does: its identity, size, and modification and
+/// change times to the nanosecond (a write bumps both).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
         }
-        let root = Arc::new(Root::open(path).ok()?);
-        roots.push((path.to_owned(), now, root.clone()));
-        Some(root)
-    })
+    }
+}
+
+impl OpenRoot {
+    /// The kept bytes of `rel`, when its file has not changed since they were read (one
+    /// fstat instead of an open, a stat, a read and a close).
+    fn reuse(&mut self, rel: &str) -> Option<Lookup> {
+        let at = self.kept.iter().position(|(name, _)| **name == *rel)?;
+        let kept = &self.kept[at].1;
+        match kept.file.metadata() {
+            Ok(meta) if Stamp::of(&meta) == kept.stamp => {
+                Some(Lookup::Found(meta, Content::Whole(kept.bytes.clone())))
+            }
+            _ => {
+                let (_, gone) = self.kept.swap_remove(at);
+                self.kept_bytes -= gone.bytes.len();
+                None
+            }
+        }
+    }
+
+    /// Keeps a small file's bytes, while there is room.
+    fn keep(&mut self, rel: &str, file: std::fs::File, stamp: Stamp, bytes: axum::body::Bytes) {
+        if self.kept.len() < KEEP_FILES && self.kept_bytes + bytes.len() <= KEEP_BYTES {
+            self.kept_bytes += bytes.len();
+            self.kept.push((rel.into(), Kept { file, stamp, bytes }));
+        }
+    }
 }
 
 /// Tells the client record that a boot file or kernel was fetched, when the requester is
@@ -345,11 +452,19 @@ fn redirect(to: &str) -> Response {
 
 /// The Content-Type for a file name.
 pub fn content_type(path: &Path) -> &'static str {
+    // Lowercased on the stack: every name below is shorter than the buffer.
+    let mut lower = [0u8; 8];
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    match ext.as_deref() {
+        .filter(|e| e.len() <= lower.len())
+        .and_then(|e| {
+            let lower = &mut lower[..e.len()];
+            lower.copy_from_slice(e.as_bytes());
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).ok()
+        });
+    match ext {
         // UEFI HTTP boot wants its loader as application/efi (FIRMWARE.md).
         Some("efi") => "application/efi",
         Some("html" | "htm") => "text/html; charset=utf-8",
@@ -438,12 +553,17 @@ fn wanted(range: Option<&str>, len: u64) -> Wanted {
 pub fn exercise_request(path: &str, range: &str, etag: &str, len: u64) {
     let www = Path::new("/www");
     let mounts = [("/iso/".to_owned(), PathBuf::from("/mnt/iso"))];
-    if let Ok(Located::File { root, path }) = locate(www, &mounts, path) {
-        assert!(path.starts_with(&root), "{path:?} left {root:?}");
+    if let Ok(Located::File { root, rel }) = locate(www, &mounts, path) {
+        let path = root.join(&rel);
         assert!(
-            !path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir)),
+            path.starts_with(root) && !rel.starts_with('/'),
+            "{path:?} left {root:?}"
+        );
+        assert!(
+            !path.components().any(|c| matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )),
             "{path:?}"
         );
     }
@@ -504,9 +624,7 @@ async fn file_response(
     headers: &HeaderMap,
     path: &Path,
     meta: &std::fs::Metadata,
-    file: std::fs::File,
-    // The whole file, when it was small enough to be read already.
-    small: Option<axum::body::Bytes>,
+    content: Content,
 ) -> Response {
     let len = meta.len();
     let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
@@ -519,14 +637,16 @@ async fn file_response(
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
 
-    let validators = [
-        (header::ETAG, etag.clone()),
-        (header::LAST_MODIFIED, last_modified.clone()),
-    ];
+    let validators = || {
+        [
+            (header::ETAG, etag.clone()),
+            (header::LAST_MODIFIED, last_modified.clone()),
+        ]
+    };
     if let Some(list) = header_str(header::IF_MATCH)
         && !etag_listed(list, &etag)
     {
-        return (StatusCode::PRECONDITION_FAILED, validators, Body::empty()).into_response();
+        return (StatusCode::PRECONDITION_FAILED, validators(), Body::empty()).into_response();
     }
     let not_modified = match header_str(header::IF_NONE_MATCH) {
         Some(list) => etag_listed(list, &etag),
@@ -539,7 +659,7 @@ async fn file_response(
             }),
     };
     if not_modified {
-        return (StatusCode::NOT_MODIFIED, validators, Body::empty()).into_response();
+        return (StatusCode::NOT_MODIFIED, validators(), Body::empty()).into_response();
     }
     // If-Range: the range only applies to the representation the client already has.
     let range_applies =
@@ -568,25 +688,33 @@ async fn file_response(
         }
     };
     let mut sendable = None;
-    let body = if *method == Method::HEAD || count == 0 {
-        Body::empty()
-    } else if let Some(whole) = small {
+    let body = match content {
+        _ if *method == Method::HEAD || count == 0 => Body::empty(),
         // `start + count <= len == whole.len()`: `wanted` keeps ranges inside the file.
-        Body::from(whole.slice(start as usize..(start + count) as usize))
-    } else {
-        let range = FileRange {
-            file: Arc::new(file),
-            start,
-            count,
-        };
-        sendable = Some(range.clone());
-        Body::from_stream(range.chunks())
+        Content::Whole(whole) => Body::from(whole.slice(start as usize..(start + count) as usize)),
+        Content::Open(file) => {
+            let range = FileRange {
+                file: Arc::new(file),
+                start,
+                count,
+            };
+            sendable = Some(range.clone());
+            Body::from_stream(range.chunks())
+        }
     };
-    let mut response = (status, validators, body).into_response();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
     if let Some(range) = sendable {
         response.extensions_mut().insert(range);
     }
     let h = response.headers_mut();
+    h.reserve(6);
+    // The strings move into the headers (no copies): both came from ASCII formatting.
+    for (name, value) in [(header::ETAG, etag), (header::LAST_MODIFIED, last_modified)] {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            h.insert(name, value);
+        }
+    }
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
@@ -706,9 +834,10 @@ async fn listing(method: &Method, raw: &str, root: PathBuf, rel: String) -> Resp
 mod tests {
     use super::*;
 
-    fn loc(raw: &str) -> Result<Located, Refused> {
-        let mounts = vec![("/repos/".to_owned(), PathBuf::from("/srv/repos"))];
-        locate(Path::new("/www"), &mounts, raw)
+    fn loc(raw: &str) -> Result<Located<'static>, Refused> {
+        static MOUNTS: std::sync::LazyLock<Vec<(String, PathBuf)>> =
+            std::sync::LazyLock::new(|| vec![("/repos/".to_owned(), PathBuf::from("/srv/repos"))]);
+        locate(Path::new("/www"), &MOUNTS, raw)
     }
 
     #[test]
@@ -731,8 +860,8 @@ mod tests {
         assert_eq!(
             loc("/%252e%252e/x"),
             Ok(Located::File {
-                root: "/www".into(),
-                path: "/www/%2e%2e/x".into()
+                root: Path::new("/www"),
+                rel: "%2e%2e/x".into()
             })
         );
     }
@@ -742,16 +871,16 @@ mod tests {
         assert_eq!(
             loc("/repos/a%20b.deb"),
             Ok(Located::File {
-                root: "/srv/repos".into(),
-                path: "/srv/repos/a b.deb".into()
+                root: Path::new("/srv/repos"),
+                rel: "a b.deb".into()
             })
         );
         assert_eq!(loc("/repos"), Ok(Located::Redirect("/repos/".into())));
         assert_eq!(
             loc("/x//y"),
             Ok(Located::File {
-                root: "/www".into(),
-                path: "/www/x/y".into()
+                root: Path::new("/www"),
+                rel: "x/y".into()
             })
         );
     }

@@ -619,6 +619,38 @@ impl FileRange {
     }
 }
 
+/// `"<mtime secs>-<len>"` in hex, without the formatting machinery (it was a tenth of
+/// a small file's response).
+fn etag_of(secs: u64, len: u64) -> String {
+    fn hex(out: &mut String, mut n: u64) {
+        let mut digits = [0u8; 16];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b"0123456789abcdef"[(n & 15) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    }
+    let mut etag = String::with_capacity(36);
+    etag.push('"');
+    hex(&mut etag, secs);
+    etag.push('-');
+    hex(&mut etag, len);
+    etag.push('"');
+    etag
+}
+
+thread_local! {
+    /// The last `Last-Modified` value formatted on this thread, by its second: the same
+    /// file asked again is not formatted again.
+    static LAST_MODIFIED: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((0, String::new())) };
+}
+
 async fn file_response(
     method: &Method,
     headers: &HeaderMap,
@@ -629,8 +661,16 @@ async fn file_response(
     let len = meta.len();
     let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
     let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let etag = format!("\"{secs:x}-{len:x}\"");
-    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let etag = etag_of(secs, len);
+    let last_modified = LAST_MODIFIED.with_borrow_mut(|memo| {
+        if memo.0 != secs || memo.1.is_empty() {
+            *memo = (
+                secs,
+                httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+            );
+        }
+        memo.1.clone()
+    });
     let header_str = |name| {
         headers
             .get(name)
@@ -907,6 +947,9 @@ mod tests {
 
     #[test]
     fn etags_and_types() {
+        assert_eq!(etag_of(0, 0), "\"0-0\"");
+        assert_eq!(etag_of(0x6b0d_9249, 1024), "\"6b0d9249-400\"");
+        assert_eq!(etag_of(u64::MAX, 15), format!("\"{:x}-f\"", u64::MAX));
         assert!(etag_listed("\"a\", \"b\"", "\"b\""));
         assert!(etag_listed("*", "\"b\""));
         assert!(etag_listed("W/\"b\"", "\"b\""));

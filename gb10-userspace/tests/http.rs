@@ -703,7 +703,7 @@ fn seeds_owner_check_missing_variable_and_reload() {
     );
 
     // iPXE scripts: entry and per host.
-    let (code, body, _) = curl(&lab, &[], "/site/changing.cfg");
+    let (code, body, _) = curl(&lab, &[], "/boot.ipxe");
     assert_eq!(code, 200);
     assert!(body.starts_with(b"#!ipxe\n"));
     let (_, body, _) = curl(&lab, &[], "/ipxe/02:00:00:00:01:01");

@@ -98,8 +98,13 @@ pub(crate) fn settings(lifted: &[&str]) -> String {
 pub(crate) fn xdp_seen(lab: &Lab) -> String {
     let m = lab.metrics();
     let frames = m.value("gb10_xdp_frames_total", &[("kind", "all")]);
+    // What the guard refused: a lift too small would show here as a cap on the figures.
+    let limited = m.value("gb10_xdp_rate_limited_total", &[]);
     if m.value("gb10_xdp_attached", &[]) == 1.0 {
-        format!("XDP attached (gb10_xdp_attached 1), {frames:.0} frames seen by it")
+        format!(
+            "XDP attached (gb10_xdp_attached 1), {frames:.0} frames seen by it, \
+             {limited:.0} requests rate-limited"
+        )
     } else {
         "XDP NOT attached (gb10_xdp_attached 0): not the default path, figures not comparable"
             .to_owned()

@@ -256,7 +256,7 @@ impl ClientState {
             ClientEvent::Seed { .. } => Self::Installing,
             // The disk boots: what it reports next says how far it got.
             ClientEvent::LocalBoot { .. } => return current,
-            ClientEvent::Heartbeat { proof, .. } if *proof == Proof::Refused => {
+            ClientEvent::Heartbeat { proof, .. } if !proof.moves() => {
                 return current;
             }
             ClientEvent::Heartbeat { phase, .. } => {
@@ -385,7 +385,7 @@ impl ClientRecord {
                 ip: Some(ip),
                 proof,
                 ..
-            } if *proof != Proof::Refused => self.reported_ip = Some(*ip),
+            } if proof.moves() => self.reported_ip = Some(*ip),
             _ => {}
         }
         let beat = match &event {
@@ -393,7 +393,7 @@ impl ClientRecord {
                 progress: Some(p),
                 proof,
                 ..
-            } if *proof != Proof::Refused => Some(*p),
+            } if proof.moves() => Some(*p),
             _ => None,
         };
         let progress = beat.is_some();
@@ -418,7 +418,7 @@ impl ClientRecord {
                 repeats: 0,
             });
         } else if matches!(&event, ClientEvent::Heartbeat { phase, proof, .. }
-            if *proof != Proof::Refused && phase != "installing")
+            if proof.moves() && phase != "installing")
         {
             self.progress = None;
             self.progress_start = None;

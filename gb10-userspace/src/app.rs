@@ -193,8 +193,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             fallback_ip: config.lan_ip.addr(),
             live: live.clone(),
         },
-        clients: clients.clone(),
-        hosts: hosts.clone(),
+        beats: http::Beats {
+            clients: clients.clone(),
+            hosts: hosts.clone(),
+            identity: identity.clone(),
+            owner_check: config.http.seed_owner_check,
+        },
         explain: Explain {
             config: config.clone(),
             live: live.clone(),

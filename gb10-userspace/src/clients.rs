@@ -154,6 +154,12 @@ impl ClientEvent {
         matches!(self, Self::Failure { .. })
     }
 
+    /// A heartbeat that moved nothing (a refused or a stranger's): kept in the timeline
+    /// for the operator, never the client's stage, nor what hides why it stopped.
+    fn moved_nothing(&self) -> bool {
+        matches!(self, Self::Heartbeat { proof, .. } if !proof.moves())
+    }
+
     /// The same failure (what, where, why), whatever the count.
     fn same_failure(&self, other: &Self) -> bool {
         match (self, other) {
@@ -256,7 +262,7 @@ impl ClientState {
             ClientEvent::Seed { .. } => Self::Installing,
             // The disk boots: what it reports next says how far it got.
             ClientEvent::LocalBoot { .. } => return current,
-            ClientEvent::Heartbeat { proof, .. } if *proof == Proof::Refused => {
+            ClientEvent::Heartbeat { proof, .. } if !proof.moves() => {
                 return current;
             }
             ClientEvent::Heartbeat { phase, .. } => {
@@ -322,7 +328,11 @@ impl ClientRecord {
     /// The stage of its last step forward (failures skipped), and since when it has been
     /// in it: the first of the newest run of steps in that stage.
     pub fn stage(&self) -> Option<(Stage, u64)> {
-        let mut steps = self.timeline.iter().rev().filter(|e| !e.event.is_failure());
+        let mut steps = self
+            .timeline
+            .iter()
+            .rev()
+            .filter(|e| !e.event.is_failure() && !e.event.moved_nothing());
         let last = steps.next()?;
         let stage = last.event.stage();
         let since = steps
@@ -336,7 +346,11 @@ impl ClientRecord {
     /// Why it stopped: its newest event when that is a failure (nothing went forward
     /// since). A retrying firmware's repeated failure folds last, so it stays the answer.
     pub fn stopped(&self) -> Option<&TimelineEntry> {
-        self.timeline.back().filter(|e| e.event.is_failure())
+        self.timeline
+            .iter()
+            .rev()
+            .find(|e| !e.event.moved_nothing())
+            .filter(|e| e.event.is_failure())
     }
 
     /// The architecture its firmware sent (option 93) in its newest DISCOVER that had one.
@@ -385,7 +399,7 @@ impl ClientRecord {
                 ip: Some(ip),
                 proof,
                 ..
-            } if *proof != Proof::Refused => self.reported_ip = Some(*ip),
+            } if proof.moves() => self.reported_ip = Some(*ip),
             _ => {}
         }
         let beat = match &event {
@@ -393,7 +407,7 @@ impl ClientRecord {
                 progress: Some(p),
                 proof,
                 ..
-            } if *proof != Proof::Refused => Some(*p),
+            } if proof.moves() => Some(*p),
             _ => None,
         };
         let progress = beat.is_some();
@@ -418,7 +432,7 @@ impl ClientRecord {
                 repeats: 0,
             });
         } else if matches!(&event, ClientEvent::Heartbeat { phase, proof, .. }
-            if *proof != Proof::Refused && phase != "installing")
+            if proof.moves() && phase != "installing")
         {
             self.progress = None;
             self.progress_start = None;
@@ -1107,6 +1121,14 @@ mod tests {
         assert_eq!(r.stage(), Some((Stage::Dhcp, 1)));
         assert_eq!(r.stopped().map(|e| e.at_ms), Some(3));
         assert_eq!(r.arch(), Some(11));
+        // A stranger's heartbeat after it neither moves the stage nor hides the reason.
+        let mut stranger = heartbeat("onboarded");
+        if let ClientEvent::Heartbeat { proof, .. } = &mut stranger {
+            *proof = Proof::Stranger;
+        }
+        r.timeline.push_back(entry(4, stranger));
+        assert_eq!(r.stage(), Some((Stage::Dhcp, 1)));
+        assert_eq!(r.stopped().map(|e| e.at_ms), Some(3));
         r.timeline.extend([
             entry(
                 4,

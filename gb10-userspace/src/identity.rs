@@ -133,6 +133,14 @@ impl Identity {
         Ok(())
     }
 
+    /// Whether a request from `peer` speaks for `mac`, so its anonymous heartbeats may
+    /// move `mac`'s client state: `peer`'s holder is `mac` (its neighbour entry agreeing
+    /// on the LAN's link), or nobody holds `peer` and its neighbour entry names `mac` (a
+    /// proxy-DHCP or static address: its Ethernet address is `mac`).
+    pub fn speaks_for(&self, mac: Mac, peer: Option<Ipv4Addr>) -> bool {
+        peer.and_then(|ip| self.who_or_neighbour(ip)) == Some(mac)
+    }
+
     /// Where `mac` is reached: its fixed IP, its live lease, or what its heartbeat said.
     pub fn address(&self, mac: Mac) -> Option<Ipv4Addr> {
         let fixed = self.live.now().inventory.host(mac).and_then(|h| h.ip);
@@ -241,6 +249,30 @@ mod tests {
         assert_eq!(f.id.who(ip("198.18.0.10").unwrap()), Some(mac(A)));
         assert_eq!(f.id.who(ip("198.18.0.11").unwrap()), Some(mac(B)));
         assert_eq!(f.id.address(mac(B)), ip("198.18.0.11"));
+    }
+
+    /// Whose heartbeats an address sends: its holder's (ARP agreeing), else, when nobody
+    /// holds it, the MAC its neighbour entry names; never another MAC.
+    #[test]
+    fn an_address_speaks_for_its_holder_or_its_neighbour_only() {
+        let f = fixture("");
+        lease(&f, "198.18.0.11", mac(B), 3600);
+        neighbour(&f, "198.18.0.11", B);
+        assert!(f.id.speaks_for(mac(B), ip("198.18.0.11")));
+        assert!(!f.id.speaks_for(mac(A), ip("198.18.0.11")));
+        // A static address nobody leased (proxy DHCP gives ours none): its ARP entry.
+        neighbour(&f, "198.18.0.20", A);
+        assert!(f.id.speaks_for(mac(A), ip("198.18.0.20")));
+        assert!(!f.id.speaks_for(mac(B), ip("198.18.0.20")));
+        // Unknown address, no address.
+        assert!(!f.id.speaks_for(mac(A), ip("198.18.0.30")));
+        assert!(!f.id.speaks_for(mac(A), None));
+        // A takes B's leased address (its own Ethernet address in ARP): it speaks for
+        // itself there, not for B.
+        lease(&f, "198.18.0.12", mac(B), 3600);
+        neighbour(&f, "198.18.0.12", A);
+        assert!(!f.id.speaks_for(mac(B), ip("198.18.0.12")));
+        assert!(f.id.speaks_for(mac(A), ip("198.18.0.12")));
     }
 
     /// A lease taken in B's name by a client whose Ethernet address is C: the neighbour

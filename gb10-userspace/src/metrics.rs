@@ -138,6 +138,11 @@ pub const HEARTBEATS_UNPROVEN: Family = family(
     "counter",
     "Heartbeats for a host with an install that lacked its token: recorded, moved nothing.",
 );
+pub const HEARTBEATS_STRANGER: Family = family(
+    "gb10_heartbeats_stranger_total",
+    "counter",
+    "Heartbeats without a token from an address that is not the MAC's: recorded, moved nothing.",
+);
 
 pub const XDP_RATE_LIMITED: Family = family(
     "gb10_xdp_rate_limited_total",
@@ -329,6 +334,10 @@ impl Sources {
         w.single(
             &HEARTBEATS_UNPROVEN,
             installs.unproven_heartbeats.load(relaxed),
+        );
+        w.single(
+            &HEARTBEATS_STRANGER,
+            installs.stranger_heartbeats.load(relaxed),
         );
         write_dhcp(
             &mut w,

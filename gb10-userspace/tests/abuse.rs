@@ -441,10 +441,21 @@ fn heartbeat_flood_loses_no_host_transition() {
         .map(|t| t["to"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(path, ["pxe_ready", "pxe_booted", "installing", "installed"]);
+    // The flood came from A's address: B's client timeline keeps it as a stranger's,
+    // and it never counts as B's own heartbeat.
     let b = state(B);
+    assert!(b["last_heartbeat"].is_null(), "{b:#}");
+    let (code, body) = gb10_lab::request(
+        &lab.client,
+        "GET",
+        &format!("http://{SERVER}/clients/{B}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(code, 200, "{body:.300}");
     assert!(
-        b["last_heartbeat"][1] == "alive",
-        "the flooded host's heartbeat is not recorded: {b:#}"
+        body.contains(r#""proof":"stranger""#),
+        "the flood is not in B's timeline: {body:.600}"
     );
 }
 

@@ -27,6 +27,8 @@ const VICTIM: &str = "02:00:00:00:0a:01";
 const VICTIM_MAC: [u8; 6] = [2, 0, 0, 0, 0x0a, 1];
 /// A second inventory host: the attacker's own machine in the stale-lease attack.
 const OTHER: &str = "02:00:00:00:0a:02";
+/// A client the inventory does not name: its state comes from its own heartbeats.
+const UNKNOWN: &str = "02:00:00:00:0a:03";
 /// What only the victim's seed holds.
 const SECRET: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVictimOnly victim-secret";
 /// The pool: one address, so who holds it is never in doubt.
@@ -434,11 +436,10 @@ fn strangers_read_no_clients() {
         return;
     }
     let (lab, _daemon) = start("atkt");
-    // A client the daemon knows: a heartbeat in the victim's name.
-    lab.client.post_json(
-        &format!("http://{}:{}/heartbeat", lab.server_ip, gb10_lab::HTTP_PORT),
-        &format!(r#"{{"mac":"{VICTIM}","phase":"alive"}}"#),
-    );
+    // A client the daemon knows: a heartbeat in the victim's name (a stranger's: kept in
+    // its timeline, moves nothing).
+    let (code, body) = beat_via(&lab, lab.client_ip, VICTIM, "alive");
+    assert_eq!(code, 403, "{body}");
     let routes = [
         "/clients".to_owned(),
         format!("/clients/{VICTIM}"),
@@ -580,4 +581,108 @@ fn forged_relay_on_the_lan() {
         m.0,
         daemon.log()
     );
+}
+
+/// POSTs a heartbeat `phase` in `mac`'s name (no token) through `via` (an interface
+/// or address of the client namespace): the HTTP status and body.
+fn beat_via(lab: &Lab, via: &str, mac: &str, phase: &str) -> (u16, String) {
+    let out = lab
+        .client
+        .cmd("curl")
+        .args(["-sS", "-m", "5", "--interface", via, "-o", "-"])
+        .args([
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .arg("--data")
+        .arg(format!(r#"{{"mac":"{mac}","phase":"{phase}"}}"#))
+        .arg(format!(
+            "http://{}:{}/heartbeat",
+            lab.server_ip,
+            gb10_lab::HTTP_PORT
+        ))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A client's record (with the admin token), as JSON.
+fn client(lab: &Lab, mac: &str) -> serde_json::Value {
+    let (code, body) = lab.http_admin(&format!("/clients/{mac}"));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// An unknown client (not in the inventory) leases with its own udhcpc and reports
+/// `installed` from its address: with `[boot] installed = "no_boot_file"` (the default)
+/// its next network boot is sent to its disk. A stranger on the LAN (its own address, no
+/// token) then posts heartbeats in its name: `installing` (its next boot would install
+/// again and wipe the disk), `failed`, `onboarded`; and `alive` for an inventory host
+/// with no install yet. Each is answered 403, kept in the victim's timeline as the
+/// stranger's, and moves nothing.
+#[test]
+fn stranger_heartbeats_move_nothing() {
+    let name = "attacks::stranger_heartbeats_move_nothing";
+    if !require_root(name)
+        || !require_tool(name, "curl", "curl")
+        || !require_tool(name, "udhcpc", "udhcpc")
+    {
+        return;
+    }
+    let (lab, daemon) = start("atkh");
+    lab.macvlan("unk", UNKNOWN, None);
+    let unknown = Udhcpc::start(&lab, "unk");
+    let ip = unknown.bound();
+    let (code, body) = beat_via(&lab, "unk", UNKNOWN, "installed");
+    assert_eq!(code, 200, "its own heartbeat, from {ip}: {body}");
+    assert_eq!(client(&lab, UNKNOWN)["state"], "installed");
+
+    for phase in ["installing", "failed", "onboarded"] {
+        let (code, body) = beat_via(&lab, lab.client_ip, UNKNOWN, phase);
+        assert_eq!(
+            code,
+            403,
+            "a stranger's `{phase}`: {body}\n{}",
+            daemon.log()
+        );
+        assert!(body.contains("stranger"), "{body}");
+    }
+    let record = client(&lab, UNKNOWN);
+    assert_eq!(record["state"], "installed", "{record:#}");
+    let strangers = record["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["proof"] == "stranger")
+        .count();
+    assert_eq!(
+        strangers, 3,
+        "the stranger's heartbeats in the timeline: {record:#}"
+    );
+
+    // An inventory host before its first install: nothing to prove, so only its own
+    // address speaks for it.
+    let (code, body) = beat_via(&lab, lab.client_ip, OTHER, "alive");
+    assert_eq!(code, 403, "{body}");
+    let (code, host) = lab.http_admin(&format!("/admin/api/hosts/{OTHER}"));
+    assert_eq!(code, 200, "{host}");
+    let host: serde_json::Value = serde_json::from_str(&host).unwrap();
+    assert!(host["last_heartbeat"].is_null(), "{host:#}");
+
+    let m = lab.metrics();
+    assert_eq!(
+        m.value("gb10_heartbeats_stranger_total", &[]),
+        4.0,
+        "{}",
+        m.0
+    );
+    // The client itself still moves its own state.
+    let (code, body) = beat_via(&lab, "unk", UNKNOWN, "onboarded");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(client(&lab, UNKNOWN)["state"], "onboarded");
+    unknown.stop();
 }

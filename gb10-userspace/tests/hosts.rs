@@ -1101,6 +1101,15 @@ fn dashboard_tile_updates_live_in_chromium() {
         return;
     };
     let lab = Lab::new("hdash");
+    // The heartbeat has no install token to carry (the host was never installed): only
+    // the host's own address speaks for it, so the client end takes the host's MAC.
+    for args in [
+        &["link", "set", "dev", &lab.client_if, "down"][..],
+        &["link", "set", "dev", &lab.client_if, "address", HOST_MAC],
+        &["link", "set", "dev", &lab.client_if, "up"],
+    ] {
+        lab.client.ip(args);
+    }
     let mut daemon = start(&lab, "", &[]);
     let reg = format!(r#"{{"mac":"{HOST_MAC}"}}"#);
     let (code, body) = admin(&lab, "POST", "/api/hosts", Some(CANARY_TOKEN), Some(&reg));

@@ -42,8 +42,9 @@ pub struct RawHttp {
     )]
     #[serde(default, with = "mount_table")]
     pub mounts: Option<Vec<Mount>>,
-    /// Serve a host's seed only to the host's fixed IP or DHCP lease (default true). Turn
-    /// off only in labs where clients reach the server through NAT or static addresses.
+    /// Serve a host's seed only to the host's fixed IP or DHCP lease, and let a heartbeat
+    /// without an install token move only the state of the MAC whose address sent it
+    /// (default true). Turn off only in labs where clients reach the server through NAT.
     #[arg(long = "seed-owner-check", env = "GB10_HTTP_SEED_OWNER_CHECK")]
     pub seed_owner_check: Option<bool>,
     /// Open HTTP connections served at once on the LAN (default 1024); beyond it new

@@ -170,6 +170,19 @@ pub enum Proof {
     /// The host has an install and the token is missing or wrong: recorded in the
     /// client's timeline, moves nothing.
     Refused,
+    /// Anonymous, from an address that is not the MAC's (see
+    /// [`crate::identity::Identity::speaks_for`]): recorded in that client's timeline,
+    /// moves nothing. Else a stranger could mark an unknown client installed (DHCP then
+    /// withholds its boot file) or installing again (its next boot wipes its disk).
+    Stranger,
+}
+
+impl Proof {
+    /// Whether the heartbeat may move the client's state (and note a host's last
+    /// heartbeat): anonymous from the MAC's own address, or with its install's token.
+    pub fn moves(self) -> bool {
+        matches!(self, Self::Anonymous | Self::Verified)
+    }
 }
 
 /// Counters for `/metrics`.
@@ -179,6 +192,8 @@ pub struct InstallStats {
     pub alarms: AtomicU64,
     /// Heartbeats for a host with an install, without its token.
     pub unproven_heartbeats: AtomicU64,
+    /// Anonymous heartbeats from an address that is not the MAC's.
+    pub stranger_heartbeats: AtomicU64,
 }
 
 /// Starts an install of `mac`: a fresh SSH host key and join key (ssh-keygen, under

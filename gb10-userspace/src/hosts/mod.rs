@@ -344,8 +344,8 @@ impl Hosts {
     /// Moves a host along on what DHCP, TFTP and HTTP saw. Events that do not apply in
     /// the current state are normal (a retried fetch, a DHCP renewal) and ignored.
     /// Heartbeats move a host only when they carry its install's token: an anonymous
-    /// one is noted for the dashboard when the host has no install, a refused one not
-    /// at all.
+    /// one from the host's own address is noted for the dashboard when the host has no
+    /// install, a refused or a stranger's one not at all.
     pub fn on_client_event(&self, mac: Mac, event: &ClientEvent) {
         let trigger = match event {
             ClientEvent::Discover { .. } | ClientEvent::Leased { .. } => Trigger::Dhcp,
@@ -361,7 +361,7 @@ impl Hosts {
                 proof,
                 ..
             } => {
-                if *proof != Proof::Refused {
+                if proof.moves() {
                     self.note_heartbeat(mac, phase);
                 }
                 if *proof != Proof::Verified {

@@ -1,6 +1,7 @@
 //! Client onboarding API: `POST /heartbeat` (JSON or form), and, with the admin token,
 //! `GET /clients` and `GET /clients/{mac}`. A heartbeat for a host with an install moves
-//! it only with the install's token (`token`); installers add their progress (`written`,
+//! it only with the install's token (`token`); one without an install to prove moves
+//! only the client whose address sent it; installers add their progress (`written`,
 //! `total`).
 use std::{net::Ipv4Addr, sync::Arc};
 
@@ -21,6 +22,7 @@ use crate::{
     clients::{ClientEvent, Clients, Progress, Recorded},
     config::Secret,
     hosts::{Hosts, Proof},
+    identity::Identity,
     mac::Mac,
 };
 
@@ -34,19 +36,23 @@ const TOKEN_MAX: usize = 128;
 
 /// What the heartbeat routes use.
 #[derive(Clone)]
-struct Beats {
-    clients: Arc<Clients>,
-    hosts: Arc<Hosts>,
+pub struct Beats {
+    /// Where heartbeats are recorded; `/clients` reads them.
+    pub clients: Arc<Clients>,
+    /// Whose installs heartbeats prove themselves to.
+    pub hosts: Arc<Hosts>,
+    /// Whether the sender's address speaks for the MAC of an anonymous heartbeat.
+    pub identity: Identity,
+    /// `[http] seed_owner_check`: off, any address speaks for any MAC.
+    pub owner_check: bool,
 }
 
 /// The routes; the client records (MACs, addresses, timelines) only with `token`.
-pub fn routes(clients: Arc<Clients>, hosts: Arc<Hosts>, token: Option<Secret>) -> Router {
+pub fn routes(beats: Beats, token: Option<Secret>) -> Router {
+    let clients = beats.clients.clone();
     let beats = Router::new()
         .route("/heartbeat", post(heartbeat))
-        .with_state(Beats {
-            clients: clients.clone(),
-            hosts,
-        });
+        .with_state(beats);
     Router::new()
         .route("/clients", get(list))
         .route("/clients/{mac}", get(one))
@@ -184,7 +190,15 @@ fn record(beats: &Beats, mac: Mac, beat: Beat, peer: Peer) -> Response {
         written,
         total,
     } = beat;
-    let proof = beats.hosts.prove(mac, token.as_deref(), &phase);
+    let mut proof = beats.hosts.prove(mac, token.as_deref(), &phase);
+    if proof == Proof::Anonymous && beats.owner_check && !beats.identity.speaks_for(mac, peer.0) {
+        proof = Proof::Stranger;
+        beats
+            .hosts
+            .install_stats()
+            .stranger_heartbeats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // Not `message`: that is the field tracing keeps the line's own text in.
     if written.is_some() {
         tracing::debug!(%phase, ?proof, written, total, "progress heartbeat");
@@ -210,7 +224,7 @@ fn record(beats: &Beats, mac: Mac, beat: Beat, peer: Peer) -> Response {
             .into_response();
     }
     let state = beats.clients.state(mac).map(|s| s.label());
-    let status = if proof == Proof::Refused {
+    let status = if !proof.moves() {
         StatusCode::FORBIDDEN
     } else {
         StatusCode::OK

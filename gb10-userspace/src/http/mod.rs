@@ -26,15 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use self::{
+    api::Beats,
     explain::Explain,
     health::{Health, run as run_health},
     seeds::SeedRoutes,
     static_files::{Files, local_size},
 };
 use crate::{
-    clients::Clients,
     config::{HttpLimits, Secret},
-    hosts::{Hosts, api::Admin},
+    hosts::api::Admin,
     lan::{self, LanAddr},
 };
 
@@ -43,9 +43,7 @@ pub struct Routes {
     pub files: Files,
     pub seeds: SeedRoutes,
     /// Heartbeats and the client records.
-    pub clients: Arc<Clients>,
-    /// Whose installs heartbeats prove themselves to.
-    pub hosts: Arc<Hosts>,
+    pub beats: Beats,
     pub explain: Explain,
     pub health: Health,
     /// The hosts API and dashboard under `/admin`, when they have no listener of their own.
@@ -59,8 +57,7 @@ pub fn router(routes: Routes) -> Router {
     let Routes {
         files,
         seeds,
-        clients,
-        hosts,
+        beats,
         explain,
         health,
         admin,
@@ -70,7 +67,7 @@ pub fn router(routes: Routes) -> Router {
         .merge(health.lan_routes(token.clone()))
         .merge(explain.routes(token.clone()))
         .merge(seeds::routes(seeds))
-        .merge(api::routes(clients, hosts, token))
+        .merge(api::routes(beats, token))
         // The handler itself, not a router around it: a second routing step (and its
         // URL-parameter bookkeeping) per static file was a tenth of a small file's cost.
         .fallback_service(axum::handler::Handler::with_state(

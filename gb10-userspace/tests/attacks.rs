@@ -586,28 +586,11 @@ fn forged_relay_on_the_lan() {
 /// POSTs a heartbeat `phase` in `mac`'s name (no token) through `via` (an interface
 /// or address of the client namespace): the HTTP status and body.
 fn beat_via(lab: &Lab, via: &str, mac: &str, phase: &str) -> (u16, String) {
-    let out = lab
-        .client
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "--interface", via, "-o", "-"])
-        .args([
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-        ])
-        .arg("--data")
-        .arg(format!(r#"{{"mac":"{mac}","phase":"{phase}"}}"#))
-        .arg(format!(
-            "http://{}:{}/heartbeat",
-            lab.server_ip,
-            gb10_lab::HTTP_PORT
-        ))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    lab.post_via(
+        via,
+        "/heartbeat",
+        &format!(r#"{{"mac":"{mac}","phase":"{phase}"}}"#),
+    )
 }
 
 /// A client's record (with the admin token), as JSON.

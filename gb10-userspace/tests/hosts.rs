@@ -97,26 +97,8 @@ fn beat_from(lab: &Lab, ip: &str, mac: &str, phase: &str, token: Option<&str>) -
     let token = token
         .map(|t| format!(r#","token":"{t}""#))
         .unwrap_or_default();
-    let out = lab
-        .client
-        .cmd("curl")
-        .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
-        .args(["--interface", ip, "-H", "Content-Type: application/json"])
-        .arg("--data")
-        .arg(format!(
-            r#"{{"mac":"{mac}","phase":"{phase}","ip":"{ip}"{token}}}"#
-        ))
-        .arg(format!(
-            "http://{}:{}/heartbeat",
-            lab.server_ip,
-            gb10_lab::HTTP_PORT
-        ))
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    let json = format!(r#"{{"mac":"{mac}","phase":"{phase}","ip":"{ip}"{token}}}"#);
+    lab.post_via(ip, "/heartbeat", &json).0
 }
 
 /// The install token a seed carries.

@@ -452,11 +452,23 @@ impl Lab {
     /// GET `path` from the client namespace through `via` (an interface name or a
     /// source address there), as a second machine on the LAN would: (status, body).
     pub fn get_via(&self, via: &str, path: &str) -> (u16, String) {
+        self.curl_via(via, path, &[])
+    }
+
+    /// POSTs `json` to `path` from the client namespace through `via`, as
+    /// [`Lab::get_via`] GETs: (status, body).
+    pub fn post_via(&self, via: &str, path: &str, json: &str) -> (u16, String) {
+        let headers = ["-H", "Content-Type: application/json", "--data", json];
+        self.curl_via(via, path, &headers)
+    }
+
+    fn curl_via(&self, via: &str, path: &str, extra: &[&str]) -> (u16, String) {
         let out = self
             .client
             .cmd("curl")
             .args(["-sS", "-m", "10", "--interface", via, "-o", "-"])
             .args(["-w", "\n%{http_code}"])
+            .args(extra)
             .arg(format!("http://{}:{HTTP_PORT}{path}", self.server_ip))
             .output()
             .expect("curl");

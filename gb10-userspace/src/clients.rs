@@ -107,6 +107,12 @@ pub const FAILURE_WHAT_MAX: usize = 160;
 /// asking for made-up paths from a client's address cannot push its real events out.
 pub const FAILURES_KEPT: usize = 24;
 
+/// Heartbeats that moved nothing (a stranger's, or without the install's token) kept per
+/// client: past it the oldest of them goes. Anyone on the LAN can post them in any
+/// client's name, each a different phase, so they get a share of the timeline of their
+/// own instead of pushing the client's real events out.
+pub const UNPROVEN_KEPT: usize = 8;
+
 /// A failure equal to one of this many newest entries folds into it (counted, moved
 /// last): a firmware retrying DHCP → TFTP adds one failure, not one per round.
 const FOLD_WINDOW: usize = 16;
@@ -815,7 +821,8 @@ impl Clients {
 /// (counted, moved last), failures beyond [`FAILURES_KEPT`] drop the oldest failure, a
 /// `progress` beat replaces the progress beat before it (an install that reports every
 /// few seconds for an hour does not push the rest of its history out), a heartbeat equal
-/// to the last entry only counts a repeat, and past `limit` entries the oldest goes.
+/// to the last entry only counts a repeat, heartbeats that moved nothing beyond
+/// [`UNPROVEN_KEPT`] drop the oldest of them, and past `limit` entries the oldest goes.
 /// Returns the event as kept.
 fn push(
     timeline: &mut VecDeque<TimelineEntry>,
@@ -859,6 +866,12 @@ fn push(
         {
             timeline.remove(oldest);
         }
+    }
+    if event.moved_nothing()
+        && timeline.iter().filter(|e| e.event.moved_nothing()).count() >= UNPROVEN_KEPT
+        && let Some(oldest) = timeline.iter().position(|e| e.event.moved_nothing())
+    {
+        timeline.remove(oldest);
     }
     while timeline.len() >= limit.max(1) {
         timeline.pop_front();
@@ -1020,6 +1033,39 @@ mod tests {
         }
         assert_eq!(c.events(MAC).len(), limit);
         assert!(c.get(MAC).unwrap().holds_lease(clock::now_ms()));
+    }
+
+    #[test]
+    fn unproven_heartbeats_keep_a_share_of_their_own() {
+        let c = Clients::in_memory();
+        c.record(
+            MAC,
+            ClientEvent::Leased {
+                ip: Ipv4Addr::new(198, 18, 0, 100),
+            },
+        );
+        c.record(MAC, heartbeat("installed"));
+        let limit = ClientsConfig::default().timeline;
+        for i in 0..limit + 10 {
+            let mut beat = heartbeat(&format!("p{i}"));
+            if let ClientEvent::Heartbeat { proof, .. } = &mut beat {
+                *proof = if i % 2 == 0 {
+                    Proof::Stranger
+                } else {
+                    Proof::Refused
+                };
+            }
+            c.record(MAC, beat);
+        }
+        let events = c.events(MAC);
+        assert_eq!(events.len(), 2 + UNPROVEN_KEPT, "{events:?}");
+        assert!(matches!(events[0], ClientEvent::Leased { .. }));
+        assert!(matches!(&events[1], ClientEvent::Heartbeat { phase, .. } if phase == "installed"));
+        // The newest are kept.
+        assert!(
+            matches!(&events[2 + UNPROVEN_KEPT - 1], ClientEvent::Heartbeat { phase, .. } if *phase == format!("p{}", limit + 9))
+        );
+        assert_eq!(c.state(MAC), Some(ClientState::Installed));
     }
 
     fn failure(what: &str) -> ClientEvent {

@@ -606,7 +606,9 @@ fn client(lab: &Lab, mac: &str) -> serde_json::Value {
 /// token) then posts heartbeats in its name: `installing` (its next boot would install
 /// again and wipe the disk), `failed`, `onboarded`; and `alive` for an inventory host
 /// with no install yet. Each is answered 403, kept in the victim's timeline as the
-/// stranger's, and moves nothing.
+/// stranger's, and moves nothing. Then it posts more heartbeats in the victim's name, each
+/// a different phase, than the timeline holds: the victim's own history (its lease, its
+/// `installed`) stays, and the stranger's entries stay a handful.
 #[test]
 fn stranger_heartbeats_move_nothing() {
     let name = "attacks::stranger_heartbeats_move_nothing";
@@ -647,6 +649,31 @@ fn stranger_heartbeats_move_nothing() {
         "the stranger's heartbeats in the timeline: {record:#}"
     );
 
+    // Pushing the victim's history out: more distinct heartbeats than the timeline holds
+    // (its default, 100), none of them a repeat of the last.
+    for i in 0..120 {
+        let (code, body) = beat_via(&lab, lab.client_ip, UNKNOWN, &format!("p{i}"));
+        assert_eq!(code, 403, "{body}");
+    }
+    let record = client(&lab, UNKNOWN);
+    let timeline = record["timeline"].as_array().unwrap();
+    assert!(
+        timeline.iter().any(|e| e["event"] == "leased"),
+        "the victim's lease pushed out of its timeline: {record:#}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["phase"] == "installed" && e["proof"] == "anonymous"),
+        "the victim's own `installed` pushed out of its timeline: {record:#}"
+    );
+    let strangers = timeline.iter().filter(|e| e["proof"] == "stranger").count();
+    assert!(
+        (1..=8).contains(&strangers),
+        "{strangers} stranger entries kept: {record:#}"
+    );
+    assert_eq!(record["state"], "installed", "{record:#}");
+
     // An inventory host before its first install: nothing to prove, so only its own
     // address speaks for it.
     let (code, body) = beat_via(&lab, lab.client_ip, OTHER, "alive");
@@ -659,7 +686,7 @@ fn stranger_heartbeats_move_nothing() {
     let m = lab.metrics();
     assert_eq!(
         m.value("gb10_heartbeats_stranger_total", &[]),
-        4.0,
+        124.0,
         "{}",
         m.0
     );

@@ -394,7 +394,7 @@ impl Rig<'_> {
             ))
         };
         let mut vm = Some(spawn_vm()?);
-        let mut restarted = false;
+        let mut stall = lab::StallWatch::default();
         let mut round_start = start.elapsed();
         let mut reached = Stage::Started;
         let mut stages = vec![(Stage::Started, round_start)];
@@ -583,20 +583,15 @@ impl Rig<'_> {
             if success && state == "failed" {
                 break "the installer reported failed".into();
             }
-            if !restarted
-                && lab::firmware_stalled(
-                    s,
-                    reached == Stage::Started,
-                    at.saturating_sub(round_start),
-                    &serial_text,
-                )
-            {
-                // As in lab::boot: a firmware hang before any network step is started
-                // again once (the disk is untouched: nothing was fetched yet).
-                restarted = true;
+            if stall.restart_now(
+                s,
+                reached == Stage::Started,
+                at.saturating_sub(round_start),
+                &serial_text,
+                &serial,
+                Some(at),
+            ) {
                 drop(vm.take());
-                println!("  [{:7.1} s] {}", at.as_secs_f64(), lab::STALLED);
-                let _ = fs::remove_file(&serial);
                 vm = Some(spawn_vm()?);
                 round_start = start.elapsed();
                 notes.push(format!("round {round}: {}", lab::STALLED));

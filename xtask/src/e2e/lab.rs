@@ -579,11 +579,47 @@ const FIRMWARE_STALL: Duration = Duration::from_secs(60);
 
 /// A UEFI VM that printed no `>>Start PXE`/`>>Start HTTP Boot` line and sent nothing the
 /// servers saw in `FIRMWARE_STALL`: the firmware hung before any network step.
-pub fn firmware_stalled(s: &Scenario, nothing_yet: bool, at: Duration, serial: &str) -> bool {
+fn firmware_stalled(s: &Scenario, nothing_yet: bool, at: Duration, serial: &str) -> bool {
     s.firmware != Firmware::SeaBios
         && nothing_yet
         && at > FIRMWARE_STALL
         && !serial.contains(">>Start")
+}
+
+/// Watches one VM's boot for a firmware stall and allows one restart. Seen once in CI
+/// (AAVMF under TCG on a loaded 2-core machine): the firmware printed its banner and
+/// nothing after it for 150 s, so no frame ever reached the LAN. Nothing of ours ran
+/// yet (the disk is untouched), so the VM is started again once, and says so.
+#[derive(Default)]
+pub struct StallWatch {
+    /// The VM was started again.
+    pub restarted: bool,
+}
+
+impl StallWatch {
+    /// Whether the VM must be started again now: its firmware stalled (`nothing_yet`
+    /// reached, `since_start` after power-on, `serial_text` from `serial`) and it was not
+    /// restarted before. Prints the reason at `at` and clears `serial` for the new start;
+    /// the caller kills the VM and starts it again.
+    pub fn restart_now(
+        &mut self,
+        s: &Scenario,
+        nothing_yet: bool,
+        since_start: Duration,
+        serial_text: &str,
+        serial: &Path,
+        at: Option<Duration>,
+    ) -> bool {
+        if self.restarted || !firmware_stalled(s, nothing_yet, since_start, serial_text) {
+            return false;
+        }
+        self.restarted = true;
+        if let Some(at) = at {
+            println!("  [{:7.1} s] {STALLED}", at.as_secs_f64());
+        }
+        let _ = fs::remove_file(serial);
+        true
+    }
 }
 
 fn pflash(code: &Path, vars: &Path) -> Vec<String> {
@@ -734,7 +770,7 @@ pub fn boot(
     };
     let mut start = Instant::now();
     let mut vm = spawn_vm()?;
-    let mut restarted = false;
+    let mut stall = StallWatch::default();
 
     let mut reached = Stage::Started;
     let mut stages = vec![(Stage::Started, Duration::ZERO)];
@@ -822,22 +858,22 @@ pub fn boot(
                 heartbeat: at,
                 stages,
                 fleet: seen,
-                restarted,
+                restarted: stall.restarted,
             });
         }
         if let Ok(Some(status)) = vm.0.try_wait() {
             break format!("QEMU exited ({status}) before the heartbeat");
         }
-        if !restarted && firmware_stalled(s, reached == Stage::Started, at, &serial_text) {
-            // Seen once in CI (AAVMF under TCG on a loaded 2-core machine): the firmware
-            // printed its banner and nothing after it for 150 s, so no frame ever reached
-            // the LAN. Nothing of ours ran yet; the VM is started again once, and says so.
-            restarted = true;
+        let shown = matches!(progress, Progress::Lines).then_some(at);
+        if stall.restart_now(
+            s,
+            reached == Stage::Started,
+            at,
+            &serial_text,
+            &serial,
+            shown,
+        ) {
             drop(vm);
-            if let Progress::Lines = progress {
-                println!("  [{:6.1} s] {STALLED}", at.as_secs_f64());
-            }
-            let _ = fs::remove_file(&serial);
             vm = spawn_vm()?;
             start = Instant::now();
             stages = vec![(Stage::Started, Duration::ZERO)];

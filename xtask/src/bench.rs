@@ -60,6 +60,52 @@ pub fn flood() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `net.core.rmem_default` (and `rmem_max`, if below it) raised for a benchmark run,
+/// restored when dropped. The kernel keeps one value for every network namespace (a
+/// namespace's own copy is read-only), so the servers and the load generator all get
+/// it: sockets that do not size their buffer themselves (dnsmasq's, Kea's, perfdhcp's)
+/// take it; ours asks for its own either way.
+pub(crate) struct ReceiveBuffers {
+    saved: Vec<(&'static str, String)>,
+}
+
+const RMEM: [&str; 2] = [
+    "/proc/sys/net/core/rmem_max",
+    "/proc/sys/net/core/rmem_default",
+];
+
+impl ReceiveBuffers {
+    pub(crate) fn raise(bytes: u64) -> anyhow::Result<Self> {
+        let mut saved = Vec::new();
+        for path in RMEM {
+            let old = std::fs::read_to_string(path)
+                .with_context(|| path.to_owned())?
+                .trim()
+                .to_owned();
+            let keep_max =
+                path.ends_with("rmem_max") && old.parse::<u64>().is_ok_and(|o| o >= bytes);
+            if !keep_max {
+                std::fs::write(path, bytes.to_string())
+                    .with_context(|| format!("writing {path}"))?;
+                saved.push((path, old));
+            }
+        }
+        println!("receive buffers: net.core.rmem_default = {bytes} for this run (restored after)");
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for ReceiveBuffers {
+    fn drop(&mut self) {
+        // rmem_default first: it may not exceed the old rmem_max.
+        for (path, old) in self.saved.iter().rev() {
+            if let Err(err) = std::fs::write(path, old) {
+                eprintln!("restoring {path} to {old}: {err}");
+            }
+        }
+    }
+}
+
 /// A server under test, started in the lab's server namespace pinned to core 0.
 pub(crate) struct Server {
     pub(crate) name: &'static str,

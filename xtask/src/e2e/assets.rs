@@ -130,6 +130,8 @@ fn packages(arch: Arch) -> anyhow::Result<Vec<String>> {
     ];
     if arch == Arch::Amd64 {
         list.push("ipxe".into());
+        // GRUB's BIOS (i386-pc) code for the marker image's BIOS boot.
+        list.push("grub-pc-bin".into());
     }
     Ok(list)
 }

@@ -484,7 +484,9 @@ impl Rig<'_> {
                     installed_at.is_some()
                         && serial_text.lines().any(|l| {
                             (l.contains("Linux version") && l.contains("cloud-"))
-                                || l.contains(images::marker::BOOTED)
+                                // Its last line: the config it prints is complete
+                                // (a BIOS GRUB's serial output can trail the first).
+                                || l.contains(images::marker::END)
                         }),
                 ),
                 (

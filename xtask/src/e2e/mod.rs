@@ -13,9 +13,11 @@ use self::scenario::{SCENARIOS, Scenario};
 /// The scenarios `cargo xtask test` runs (CI): UEFI iPXE (with the fleet view watched
 /// live in Chromium, and once with its kernel removed, where the view must say why it
 /// stopped), shim + GRUB with Secure Boot, the arm64 GB10 path over PXE and over UEFI
-/// HTTP boot, proxy DHCP, and one image install from an empty disk to the first boot
-/// from that disk (the marker image, Secure Boot, about 2 min after a 2 min build of
-/// the install environment; the OS image and the rebuild round are left to --all).
+/// HTTP boot, proxy DHCP, and two image installs from an empty disk to the first boot
+/// from that disk (the marker image: UEFI with Secure Boot through GRUB's local entry,
+/// and a BIOS through SeaBIOS's iPXE ROM to the disk's MBR; about 1 min each after a
+/// 2 min build of the install environment; the OS image and the rebuild round are left
+/// to --all).
 pub const CI: &[&str] = &[
     "ovmf-ipxe",
     "ovmf-ipxe-missing-kernel",
@@ -24,6 +26,7 @@ pub const CI: &[&str] = &[
     "aavmf-httpboot",
     "ovmf-ipxe-proxy",
     "ovmf-sb-local-grub",
+    "seabios-local",
 ];
 
 /// Boots scenario `name` once, served by the pod of `arch`'s `build` image (loaded by

@@ -274,6 +274,39 @@ pub static SCENARIOS: &[Scenario] = &[
         fleet: None,
     },
     Scenario {
+        name: "seabios-local",
+        about: "installed host, BIOS: SeaBIOS + iPXE option ROM -> iPXE script -> install \
+                environment -> marker image to disk -> reboot -> DHCP offers iPXE no boot file \
+                (the default [boot] installed = no_boot_file) -> SeaBIOS's next boot device: \
+                the disk's MBR -> GRUB (i386-pc) -> marker line",
+        arch: Arch::Amd64,
+        firmware: Firmware::SeaBios,
+        chain: Chain::IpxeScript,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::LocalBoot,
+            format: Format::Zstd,
+            to_disk: None,
+        }),
+        fleet: None,
+    },
+    Scenario {
+        name: "seabios-local-sanboot",
+        about: "installed host, BIOS, [boot] installed = loader: SeaBIOS + iPXE option ROM -> \
+                install environment -> marker image to disk -> reboot -> iPXE script's \
+                `sanboot --drive 0x80` -> the disk's MBR -> GRUB (i386-pc) -> marker line",
+        arch: Arch::Amd64,
+        firmware: Firmware::SeaBios,
+        chain: Chain::IpxeScript,
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::LocalBoot,
+            format: Format::Gzip,
+            to_disk: Some("loader"),
+        }),
+        fleet: None,
+    },
+    Scenario {
         name: "ovmf-sb-local-grub",
         about: "installed host, Secure Boot, [boot] installed = loader (the boot loader sends it \
                 on): PXE -> shim -> GRUB -> install environment -> marker image to disk -> reboot \

@@ -1,5 +1,6 @@
 //! The marker image: a disk laid out as the OS image is (GPT; an ESP with Debian's signed
-//! shim and GRUB; an ext4 root with `/etc/cloud`), whose GRUB prints a line the e2e
+//! shim and GRUB; an ext4 root with `/etc/cloud`; on amd64 also GRUB's BIOS boot code,
+//! see [`super::bios`]), whose GRUB prints a line the e2e
 //! scenarios read instead of booting a kernel. It takes seconds to build (no mmdebstrap)
 //! and tens of seconds to write, so the local-boot and failure scenarios run in minutes:
 //! the install environment streams it to disk, checks it and points its cloud-init at
@@ -17,6 +18,9 @@ use crate::e2e::assets::Arch;
 /// The line the marker disk's GRUB prints on the serial console.
 pub const BOOTED: &str = "gb10-e2e: booted from the local disk (marker image)";
 
+/// The last line the marker disk's GRUB prints: what came before it is all there.
+pub const END: &str = "gb10-e2e: marker end";
+
 /// What GRUB prints when the install environment left no cloud-init config on the disk.
 pub const NO_SEED: &str = "gb10-e2e: no cloud-init config from the installer";
 
@@ -25,7 +29,7 @@ pub const NO_SEED: &str = "gb10-e2e: no cloud-init config from the installer";
 const FILLER_MIB: usize = 16;
 
 /// Bumped when what goes into the image changes.
-const RECIPE: &str = "marker v1\n";
+const RECIPE: &str = "marker v2 (BIOS boot code on amd64)\n";
 
 /// The root's GRUB config: the marker line, then the cloud-init config the installer
 /// wrote (its `seedfrom` names this server), then it waits to be stopped.
@@ -36,7 +40,7 @@ fn grub_cfg() -> String {
          if [ -f /etc/cloud/cloud.cfg.d/90-gb10-provision.cfg ]; then\n  \
          cat /etc/cloud/cloud.cfg.d/90-gb10-provision.cfg\n\
          else\n  echo \"{NO_SEED}\"\nfi\n\
-         echo \"gb10-e2e: marker end\"\n\
+         echo \"{END}\"\n\
          sleep 3600\n"
     )
 }
@@ -73,6 +77,7 @@ pub fn build(arch: Arch, efi_tree: &Path) -> anyhow::Result<OsImage> {
             root_tree: &tree,
             root_uuid: &root_uuid,
             room_mib: 2,
+            bios: arch == Arch::Amd64,
         },
         &dir,
         &image,

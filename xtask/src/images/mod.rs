@@ -1,5 +1,6 @@
 //! Images built from Debian packages with mmdebstrap: the lab's OS disk image and the
 //! install environment (kernel + initramfs), cached under `target/images`.
+pub mod bios;
 pub mod installer;
 pub mod marker;
 pub mod os_image;

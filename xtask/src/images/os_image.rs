@@ -252,6 +252,9 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
             root_tree: &tree,
             root_uuid: &root_uuid,
             room_mib: 32,
+            // Its root's grub.cfg boots the kernel with UEFI's console settings; BIOS
+            // boot is shown with the marker image only.
+            bios: false,
         },
         &dir,
         &image,
@@ -281,6 +284,9 @@ pub struct Disk<'a> {
     pub root_uuid: &'a str,
     /// Free room in the root filesystem beyond its contents and a twentieth.
     pub room_mib: u64,
+    /// Also bootable by a BIOS (amd64): GRUB's i386-pc code in the protective MBR and a
+    /// BIOS boot partition, from `efi_tree`'s `usr/lib/grub/i386-pc` (`grub-pc-bin`).
+    pub bios: bool,
 }
 
 /// Writes `image`: a GPT disk with an ESP (signed shim as the removable-media loader,
@@ -294,6 +300,7 @@ pub fn assemble(disk: &Disk<'_>, dir: &Path, image: &OsImage) -> anyhow::Result<
         root_tree,
         root_uuid,
         room_mib,
+        bios,
     } = *disk;
     let esp_id = esp_id(root_uuid);
     let (suffix, loader) = efi(arch);
@@ -389,8 +396,15 @@ pub fn assemble(disk: &Disk<'_>, dir: &Path, image: &OsImage) -> anyhow::Result<
             .arg(format!("{disk_mib}M"))
             .arg(raw),
     )?;
+    let mut sgdisk = Command::new("sgdisk");
+    if bios {
+        // Alignment 1: the BIOS boot partition fills the gap before the first MiB.
+        let (first, last) = super::bios::PARTITION;
+        sgdisk.args(["-a", "1", "-n", &format!("3:{first}:{last}")]);
+        sgdisk.args(["-t", "3:ef02", "-c", "3:bios"]);
+    }
     exec(
-        Command::new("sgdisk")
+        sgdisk
             .args([
                 "-n",
                 &format!("1:1M:+{esp_mib}M"),
@@ -415,6 +429,9 @@ pub fn assemble(disk: &Disk<'_>, dir: &Path, image: &OsImage) -> anyhow::Result<
     }
     std::fs::remove_file(&esp)?;
     std::fs::remove_file(&root)?;
+    if bios {
+        super::bios::install(raw, &efi_tree.join("usr/lib/grub/i386-pc"), root_uuid, dir)?;
+    }
     println!("images: compressing (gzip, zstd)");
     compress(raw, &image.gzip, "gzip -n -1 -c")?;
     compress(raw, &image.zstd, "zstd -q -T0 -3 -c")?;

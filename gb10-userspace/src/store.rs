@@ -35,6 +35,12 @@ pub enum StoreError {
 /// File name of the store inside `data_path/state`.
 pub const STORE_FILE: &str = "gb10.redb";
 
+/// The store's page cache. redb's default is 1 GiB, filled as pages are written: a
+/// boot storm's thousands of lease commits would grow the daemon toward it (the chart
+/// limits the pod to 512 MiB). Its contents (leases, client records, installs; a few
+/// MiB for a fleet of thousands) fit many times over; a miss reads the page cache.
+pub const CACHE_BYTES: usize = 32 << 20;
+
 /// A shared handle on the store.
 #[derive(Clone)]
 pub struct Store {
@@ -42,7 +48,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `data_path/state/gb10.redb`.
+    /// Opens (or creates) `data_path/state/gb10.redb`, with a page cache of
+    /// [`CACHE_BYTES`].
     pub fn open(data_path: &Path) -> Result<Self, StoreError> {
         let dir = Self::dir(data_path);
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
@@ -51,10 +58,13 @@ impl Store {
         })?;
         restrict(&dir, 0o700)?;
         let path = dir.join(STORE_FILE);
-        let db = redb::Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        let db = redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
         restrict(&path, 0o600)?;
         Ok(Self { db: Arc::new(db) })
     }

@@ -379,17 +379,53 @@ pub fn decide(
     decision
 }
 
-/// With `[boot] installed = "no_boot_file"`, takes the boot file away from an installed
-/// host's network boot so the firmware goes on to its disk; whether it did. `installed`
-/// is only asked when it matters (a boot file to withhold, the setting on): it looks at
+/// The boot file an installed host is offered with `[boot] installed = "not_found"`:
+/// TFTP and HTTP answer a request for it "not found" at once, whatever the roots hold,
+/// and record no failure (it is the host's way to its disk, not a missing file).
+pub const LOCAL_BOOT_FILE: &str = "gb10-local-boot";
+
+/// Whether a requested TFTP or HTTP path is [`LOCAL_BOOT_FILE`].
+pub fn is_local_boot_file(path: &str) -> bool {
+    path.trim_start_matches('/') == LOCAL_BOOT_FILE
+}
+
+/// How [`send_to_disk`] sent an installed host on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToDisk {
+    /// No boot file (`no_boot_file`).
+    Withheld,
+    /// [`LOCAL_BOOT_FILE`], which is not found (`not_found`).
+    NotFound,
+}
+
+/// With `[boot] installed = "no_boot_file"` or `"not_found"`, changes an installed
+/// host's network boot so the firmware goes on to its disk; how, if it did. `installed`
+/// is only asked when it matters (a boot file to change, the setting on): it looks at
 /// the host life cycle.
 pub fn send_to_disk(
     decision: &mut BootDecision,
     boot: &BootConfig,
     installed: impl FnOnce() -> bool,
-) -> bool {
-    if boot.installed != InstalledBoot::NoBootFile || decision.boot_file.is_none() || !installed() {
-        return false;
+) -> Option<ToDisk> {
+    if boot.installed == InstalledBoot::Loader || decision.boot_file.is_none() || !installed() {
+        return None;
+    }
+    if boot.installed == InstalledBoot::NotFound {
+        let file = decision.boot_file.take().unwrap_or_default();
+        // A URL (UEFI HTTP boot, an iPXE script) keeps its server; a TFTP name its siaddr.
+        let local = match file.find("://").map(|i| i + 3) {
+            Some(host) => {
+                let end = file[host..].find('/').map_or(file.len(), |p| host + p);
+                format!("{}/{LOCAL_BOOT_FILE}", &file[..end])
+            }
+            None => LOCAL_BOOT_FILE.to_owned(),
+        };
+        decision.why.push(format!(
+            "the host is installed and [boot] installed = \"not_found\": boot file {local}, \
+             which is not found, so the firmware goes on to its next boot option (the disk) at once"
+        ));
+        decision.boot_file = Some(local);
+        return Some(ToDisk::NotFound);
     }
     decision.boot_file = None;
     decision.next_server = None;
@@ -400,7 +436,7 @@ pub fn send_to_disk(
          firmware goes on to its next boot option (the disk)"
             .into(),
     );
-    true
+    Some(ToDisk::Withheld)
 }
 
 /// Fills `{server}`, `{http_port}` and `{mac}` in a configured file name or URL.

@@ -601,7 +601,7 @@ fn client(lab: &Lab, mac: &str) -> serde_json::Value {
 }
 
 /// An unknown client (not in the inventory) leases with its own udhcpc and reports
-/// `installed` from its address: with `[boot] installed = "no_boot_file"` (the default)
+/// `installed` from its address: with `[boot] installed = "not_found"` (the default)
 /// its next network boot is sent to its disk. A stranger on the LAN (its own address, no
 /// token) then posts heartbeats in its name: `installing` (its next boot would install
 /// again and wipe the disk), `failed`, `onboarded`; and `alive` for an inventory host

@@ -47,7 +47,7 @@ pub struct Dhcp {
     pub lan_addr: LanAddr,
     /// The kernel's neighbour table, to tell a RELEASE from its holder.
     pub neighbours: Neighbours,
-    /// Whether a host is installed (`[boot] installed = "no_boot_file"` withholds its
+    /// Whether a host is installed (`[boot] installed = "not_found"` or `"no_boot_file"` changes its
     /// boot file).
     pub local_disk: LocalDisk,
 }

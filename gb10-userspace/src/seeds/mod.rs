@@ -47,7 +47,7 @@ pub enum SeedError {
 }
 
 /// Whether a network boot goes to the disk. The one answer seeds (boot scripts) and
-/// DHCP (`[boot] installed = "no_boot_file"`) give. Cheap to clone.
+/// DHCP (`[boot] installed = "not_found"`, `"no_boot_file"`) give. Cheap to clone.
 #[derive(Clone)]
 pub struct LocalDisk {
     hosts: Arc<Hosts>,

@@ -360,6 +360,15 @@ async fn transfer(
     // Also when the transfer is ended from outside (dropped mid-way).
     let _port = PortGuard(ctx, xdp_port);
     let started = Instant::now();
+    if crate::boot::is_local_boot_file(&asked) {
+        // An installed host on its way to its disk ([boot] installed = "not_found"): the
+        // firmware gives up on this boot option at once. Not a failure of the client.
+        info!("local boot file: not found, as offered");
+        let _ = link
+            .send(&packet::error(ErrorCode::FileNotFound, "File not found"))
+            .await;
+        return;
+    }
     let opened = open(ctx, &request).await;
     let (file, size, served, named) = match opened {
         Ok(f) => f,

@@ -63,8 +63,8 @@ pub struct Install {
     pub case: Case,
     pub format: Format,
     /// The daemon's `[boot] installed` when the scenario is about another setting than
-    /// the default (`no_boot_file`): how the network boot after the install is sent to
-    /// the disk.
+    /// the default (`not_found`): how the network boot after the install is sent to the
+    /// disk.
     pub to_disk: Option<&'static str>,
 }
 
@@ -259,9 +259,9 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "ovmf-ipxe-local",
         about: "installed host, iPXE chain, network first: PXE -> ipxe.efi -> install environment \
-                -> marker image to disk -> reboot -> DHCP offers no boot file (the default \
-                [boot] installed = no_boot_file) -> OVMF's next boot option: the disk's signed \
-                shim -> GRUB -> marker line",
+                -> marker image to disk -> reboot -> DHCP offers gb10-local-boot (the default \
+                [boot] installed = not_found), TFTP and HTTP boot answer not found at once -> \
+                OVMF's next boot option: the disk's signed shim -> GRUB -> marker line",
         arch: Arch::Amd64,
         firmware: Firmware::Ovmf { secure: false },
         chain: Chain::Ipxe("ipxe.efi"),
@@ -276,9 +276,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "seabios-local",
         about: "installed host, BIOS: SeaBIOS + iPXE option ROM -> iPXE script -> install \
-                environment -> marker image to disk -> reboot -> DHCP offers iPXE no boot file \
-                (the default [boot] installed = no_boot_file) -> SeaBIOS's next boot device: \
-                the disk's MBR -> GRUB (i386-pc) -> marker line",
+                environment -> marker image to disk -> reboot -> DHCP offers iPXE the script \
+                URL gb10-local-boot (the default [boot] installed = not_found), which HTTP \
+                answers not found -> SeaBIOS's next boot device: the disk's MBR -> GRUB \
+                (i386-pc) -> marker line",
         arch: Arch::Amd64,
         firmware: Firmware::SeaBios,
         chain: Chain::IpxeScript,
@@ -307,6 +308,22 @@ pub static SCENARIOS: &[Scenario] = &[
         fleet: None,
     },
     Scenario {
+        name: "ovmf-local-no-boot-file",
+        about: "installed host, [boot] installed = no_boot_file: PXE -> ipxe.efi -> install \
+                environment -> marker image to disk -> reboot -> DHCP offers no boot file; \
+                OVMF retries each network boot entry, then its next boot option: the disk",
+        arch: Arch::Amd64,
+        firmware: Firmware::Ovmf { secure: false },
+        chain: Chain::Ipxe("ipxe.efi"),
+        dhcp: Dhcp::Direct,
+        install: Some(Install {
+            case: Case::LocalBoot,
+            format: Format::Zstd,
+            to_disk: Some("no_boot_file"),
+        }),
+        fleet: None,
+    },
+    Scenario {
         name: "ovmf-sb-local-grub",
         about: "installed host, Secure Boot, [boot] installed = loader (the boot loader sends it \
                 on): PXE -> shim -> GRUB -> install environment -> marker image to disk -> reboot \
@@ -325,8 +342,8 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "aavmf-local",
         about: "arm64 (the GB10 path), installed host: PXE -> shimaa64 -> GRUB -> arm64 install \
-                environment -> marker image to disk -> reboot -> DHCP offers no boot file -> \
-                AAVMF boots the disk: shimaa64 -> GRUB -> marker line",
+                environment -> marker image to disk -> reboot -> DHCP offers gb10-local-boot, \
+                not found at once -> AAVMF boots the disk: shimaa64 -> GRUB -> marker line",
         arch: Arch::Arm64,
         firmware: Firmware::Aavmf,
         chain: Chain::ShimGrub,

@@ -8,7 +8,7 @@ use tracing::debug;
 
 use crate::dhcp::leases::{ClientId, DECLINE_WINDOW_SECS, LeaseState, Leases};
 use crate::{
-    boot::{self, Action, BootRequest},
+    boot::{self, Action, BootRequest, ToDisk},
     clients::{ClientEvent, Stage},
     mac::Mac,
 };
@@ -54,10 +54,12 @@ pub fn handle_direct(
             // Firmware that names its architecture and gets no boot file stops here: the
             // decision's reason is what the fleet view shows. An installed host sent to
             // its disk this way is on its way, not stopped.
-            if to_disk {
-                events.push(ClientEvent::LocalBoot {
-                    path: "dhcp: no boot file".into(),
-                });
+            if let Some(how) = to_disk {
+                let path = match how {
+                    ToDisk::Withheld => "dhcp: no boot file".to_owned(),
+                    ToDisk::NotFound => format!("dhcp: {} (not found)", boot::LOCAL_BOOT_FILE),
+                };
+                events.push(ClientEvent::LocalBoot { path });
             } else if boot_req.arch.is_some() && decision.boot_file.is_none() {
                 let why = decision.why.last().map_or("no boot file", String::as_str);
                 events.push(ClientEvent::failure(Stage::Dhcp, why, "no_boot_file"));

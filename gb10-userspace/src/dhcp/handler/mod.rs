@@ -44,7 +44,7 @@ pub struct Ctx<'a> {
     /// the holder's own address must not be answered for by another Ethernet address).
     pub neighbour: &'a dyn Fn(Ipv4Addr) -> Option<Mac>,
     /// Whether `mac` is an installed host whose network boot goes to its disk (asked
-    /// only with `[boot] installed = "no_boot_file"`).
+    /// only with `[boot] installed = "no_boot_file"` or `"not_found"`).
     pub installed: &'a dyn Fn(Mac) -> bool,
 }
 
@@ -86,7 +86,8 @@ pub enum Silent {
     /// Proxy mode: a REQUEST meant for the site's DHCP server.
     NotForUs,
     /// Proxy mode: an installed host with `[boot] installed = "no_boot_file"` (no boot
-    /// file to offer, so no proxy offer: its firmware goes on to its disk).
+    /// file to offer, so no proxy offer: its firmware goes on to its disk; `not_found`
+    /// offers the missing file instead).
     LocalBoot,
 }
 

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 
 use crate::{
-    boot::{self, Action, BootRequest},
+    boot::{self, Action, BootRequest, ToDisk},
     clients::ClientEvent,
 };
 
@@ -33,7 +33,8 @@ pub fn handle_proxy(req: &Message, ctx: &Ctx<'_>, src: SocketAddrV4, on_pxe_port
         return Outcome::silent(Silent::Ignored);
     }
     let mac = mac_of(req);
-    if boot::send_to_disk(&mut decision, ctx.boot, || (ctx.installed)(mac)) {
+    let to_disk = boot::send_to_disk(&mut decision, ctx.boot, || (ctx.installed)(mac));
+    if to_disk == Some(ToDisk::Withheld) {
         // A proxy offer without a boot file is no offer: say nothing, and the firmware
         // (which has its address from the site's server) goes on to its disk.
         let mut out = Outcome::silent(Silent::LocalBoot);
@@ -88,9 +89,18 @@ pub fn handle_proxy(req: &Message, ctx: &Ctx<'_>, src: SocketAddrV4, on_pxe_port
         reply: Some((msg, dest)),
         silent: None,
         persist: Persist::Nothing,
-        events: vec![ClientEvent::Discover {
-            arch: boot_req.arch,
-        }],
+        events: [
+            Some(ClientEvent::Discover {
+                arch: boot_req.arch,
+            }),
+            (to_disk == Some(ToDisk::NotFound) && ty == MessageType::Discover && !on_pxe_port)
+                .then(|| ClientEvent::LocalBoot {
+                    path: format!("dhcp: proxy offer of {} (not found)", boot::LOCAL_BOOT_FILE),
+                }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         decision: Some(decision),
     }
 }

@@ -487,7 +487,7 @@ fn discover_failures_say_why_for_the_fleet_view() {
     );
 }
 
-/// `[boot] installed = "no_boot_file"` (the default): an installed host's firmware gets
+/// `[boot] installed = "no_boot_file"`: an installed host's firmware gets
 /// its address and no boot file (direct) or no proxy offer at all (proxy), with
 /// `local_boot` on record; `loader` and a host not installed still get the boot file.
 #[test]
@@ -530,7 +530,7 @@ fn installed_hosts_get_no_boot_file_when_configured() {
     };
     // `loader`: the boot loader is served (its script sends the host on), and the life
     // cycle is not even asked.
-    assert_eq!(BootConfig::default().installed, InstalledBoot::NoBootFile);
+    assert_eq!(BootConfig::default().installed, InstalledBoot::NotFound);
     let loader = BootConfig {
         installed: InstalledBoot::Loader,
         ..BootConfig::default()
@@ -569,4 +569,73 @@ fn installed_hosts_get_no_boot_file_when_configured() {
     let (o, p) = direct(&withhold, &|_| false);
     assert_eq!(o.reply.unwrap().0.fname(), Some(&b"ipxe.efi"[..]));
     assert!(p.reply.is_some());
+
+    // `not_found`: a boot file that TFTP answers "not found", from the same server, so
+    // the firmware fails this boot option at once instead of waiting for a better offer.
+    let not_found = BootConfig {
+        installed: InstalledBoot::NotFound,
+        ..BootConfig::default()
+    };
+    let (o, p) = direct(&not_found, &installed_mac);
+    let (offer, _) = o.reply.unwrap();
+    assert_eq!(offer.fname(), Some(crate::boot::LOCAL_BOOT_FILE.as_bytes()));
+    assert_eq!(offer.siaddr(), SERVER);
+    assert_eq!(
+        o.events[1],
+        ClientEvent::LocalBoot {
+            path: "dhcp: gb10-local-boot (not found)".into()
+        }
+    );
+    let (proxy_offer, _) = p.reply.expect("a proxy offer naming the missing file");
+    assert_eq!(
+        proxy_offer.fname(),
+        Some(crate::boot::LOCAL_BOOT_FILE.as_bytes())
+    );
+    assert!(matches!(p.events[1], ClientEvent::LocalBoot { .. }));
+    let (o, _) = direct(&not_found, &|_| false);
+    assert_eq!(o.reply.unwrap().0.fname(), Some(&b"ipxe.efi"[..]));
+}
+
+/// `not_found` keeps a URL's scheme, host and port and replaces its path (UEFI HTTP
+/// boot, iPXE scripts); a TFTP name becomes the bare file name.
+#[test]
+fn not_found_keeps_the_server_of_a_url() {
+    use crate::{
+        boot::{BootDecision, LOCAL_BOOT_FILE, ToDisk, send_to_disk},
+        config::InstalledBoot,
+    };
+    let b = BootConfig {
+        installed: InstalledBoot::NotFound,
+        ..BootConfig::default()
+    };
+    for (file, want) in [
+        (
+            "http://198.18.0.1:8080/shimx64.efi",
+            "http://198.18.0.1:8080/gb10-local-boot",
+        ),
+        (
+            "http://198.18.0.1/boot.ipxe?mac=x",
+            "http://198.18.0.1/gb10-local-boot",
+        ),
+        ("https://a.example", "https://a.example/gb10-local-boot"),
+        ("grub/shimx64.efi", LOCAL_BOOT_FILE),
+    ] {
+        let mut d = BootDecision {
+            action: crate::boot::Action::Serve,
+            firmware: None,
+            boot_file: Some(file.into()),
+            next_server: None,
+            vendor_class: None,
+            ipxe_no_proxy_wait: false,
+            hostname: None,
+            profile: None,
+            uuid: None,
+            why: Vec::new(),
+        };
+        assert_eq!(send_to_disk(&mut d, &b, || true), Some(ToDisk::NotFound));
+        assert_eq!(d.boot_file.as_deref(), Some(want), "{file}");
+    }
+    assert!(crate::boot::is_local_boot_file("/gb10-local-boot"));
+    assert!(crate::boot::is_local_boot_file("gb10-local-boot"));
+    assert!(!crate::boot::is_local_boot_file("/x/gb10-local-boot"));
 }

@@ -514,3 +514,52 @@ fn grub_configs_are_rendered_over_tftp() {
         daemon.log()
     );
 }
+
+/// `[boot] installed = "not_found"` (the default) offers an installed host
+/// `gb10-local-boot`: TFTP and HTTP answer it "not found" at once, even when a root holds
+/// a file of that name, and it is no failure on the client's timeline (the host is on
+/// its way to its disk); a file that is really missing still is one.
+#[test]
+fn local_boot_file_is_not_found_and_no_failure() {
+    const NAME: &str = "local_boot_file_is_not_found_and_no_failure";
+    if !setup(NAME, &[("curl", "curl"), ("dhclient", "isc-dhcp-client")]) {
+        return;
+    }
+    let lab = Lab::new("tftp-local");
+    put_random(&lab, "gb10-local-boot", 1024, 3);
+    let daemon = lab.start_daemon(BIN, &[]);
+    let (leased, _dhclient) = lab.client.dhclient_once(&lab.client_if, &lab.dir, 20);
+    assert!(leased.is_some(), "no lease\n{}", daemon.log());
+    let tftp = |name: &str| {
+        let out = lab
+            .client
+            .cmd("curl")
+            .args(["-sS", "-m", "5"])
+            .arg(format!("tftp://{}/{name}", lab.server_ip))
+            .output()
+            .expect("curl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // curl's exit code 68: the TFTP server said "file not found".
+    let (code, err) = tftp("gb10-local-boot");
+    assert_eq!(code, Some(68), "{err}");
+    let (code, _) = lab.http("/gb10-local-boot");
+    assert_eq!(code, 404);
+    let (code, err) = tftp("missing.efi");
+    assert_eq!(code, Some(68), "{err}");
+    let mac = gb10_lab::format_mac(&lab.client_mac());
+    let (code, body) = lab.http_admin(&format!("/clients/{mac}"));
+    assert_eq!(code, 200, "{body}");
+    let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let failures: Vec<&str> = record["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "failure")
+        .filter_map(|e| e["what"].as_str())
+        .collect();
+    assert_eq!(failures, ["missing.efi"], "{record:#}\n{}", daemon.log());
+}

@@ -146,7 +146,9 @@ impl ClientEvent {
             Self::Discover { .. } | Self::Leased { .. } => Stage::Dhcp,
             Self::BootFile { path } | Self::Kernel { path } => by_path(path),
             Self::Seed { .. } => Stage::Seed,
-            // Sent to its own disk: the network boot's last step.
+            // Sent to its own disk: the network boot's last step, by DHCP (`dhcp: …`) or
+            // by the boot loader's script.
+            Self::LocalBoot { path } if path.starts_with("dhcp:") => Stage::Dhcp,
             Self::LocalBoot { path } => by_path(path),
             // The installer's own reports (`installing`, `installed`), else the booted
             // system's.

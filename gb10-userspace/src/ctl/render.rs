@@ -65,6 +65,17 @@ pub fn describe(e: &Value) -> (&'static str, String) {
             format!("kernel/initrd {}", s(e, "path")),
         ),
         "seed" => ("SEED", format!("seed {}", s(e, "path"))),
+        // An installed host's network boot sent to its disk: by DHCP (`dhcp: …`) or by
+        // the boot loader's script (its path).
+        "local_boot" => {
+            let path = s(e, "path");
+            let stage = if path.starts_with("dhcp:") {
+                "DHCP"
+            } else {
+                by_path(path)
+            };
+            (stage, format!("sent to its disk ({path})"))
+        }
         "heartbeat" => {
             let mut text = format!("heartbeat {}", s(e, "phase"));
             if let Some(m) = e.get("message").and_then(Value::as_str) {
@@ -278,6 +289,21 @@ pub fn event_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_boot_names_how_the_host_was_sent_to_its_disk() {
+        let e =
+            serde_json::json!({"event": "local_boot", "path": "dhcp: gb10-local-boot (not found)"});
+        assert_eq!(
+            describe(&e),
+            (
+                "DHCP",
+                "sent to its disk (dhcp: gb10-local-boot (not found))".to_owned()
+            )
+        );
+        let e = serde_json::json!({"event": "local_boot", "path": "/ipxe/52:54:00:00:00:01"});
+        assert_eq!(describe(&e).0, "HTTP");
+    }
 
     #[test]
     fn lines_and_tables() {

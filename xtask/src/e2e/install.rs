@@ -283,6 +283,25 @@ fn qemu(
     Ok(cmd)
 }
 
+/// A progress beat's bar, `[#####...............]  25% `, or nothing when it carries
+/// no total: bytes written of the image's size.
+fn bar(progress: Option<&Value>) -> String {
+    let p = progress.and_then(|p| p.get("progress"));
+    let num = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_u64);
+    match (num("written"), num("total")) {
+        (Some(w), Some(t)) if t > 0 => {
+            let share = (w.min(t) * 100 / t) as usize;
+            let filled = share / 5;
+            format!(
+                "[{}{}] {share:>3}% ",
+                "#".repeat(filled),
+                ".".repeat(20 - filled)
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// The client record's timeline entries as JSON values.
 fn timeline(client: &str) -> Vec<Value> {
     serde_json::from_str::<Value>(client)
@@ -441,11 +460,14 @@ impl Rig<'_> {
                 .and_then(|v| v.get("state").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
             // Progress: the client record keeps the latest progress beat.
-            if let Some(m) = serde_json::from_str::<Value>(&client)
+            let progress = serde_json::from_str::<Value>(&client)
                 .ok()
                 .and_then(|v| v.get("progress").cloned())
-                .filter(|p| at_ms(p) >= since_ms)
-                .and_then(|p| p.get("message").and_then(Value::as_str).map(str::to_owned))
+                .filter(|p| at_ms(p) >= since_ms);
+            if let Some(m) = progress
+                .as_ref()
+                .and_then(|p| p.get("message").and_then(Value::as_str))
+                .map(str::to_owned)
                 .or_else(|| {
                     beats
                         .iter()
@@ -455,7 +477,13 @@ impl Rig<'_> {
                 })
                 && m != last_progress
             {
-                println!("  [{:7.1} s]   installer: {m}", at.as_secs_f64());
+                println!(
+                    "  [{:7.1} s]   installer: {}{m}",
+                    at.as_secs_f64(),
+                    bar(progress
+                        .as_ref()
+                        .filter(|_| !m.starts_with("image written")))
+                );
                 last_progress = m;
             }
             let state_now = installed_at.is_some() && state == "onboarded";
@@ -628,16 +656,22 @@ impl Rig<'_> {
     }
 }
 
-/// Runs install scenario `s` once: install to `onboarded` (or the marker's disk boot);
-/// for a successful install, with `rebuild`, then a rebuild without a BMC (the API, a
-/// power cycle by hand) to the same goal again with a new instance id, on the same VM
-/// and disk.
+/// What [`run`] calls with the lab and the VM's MAC once the install reached its goal.
+pub type Hold<'a> = dyn FnMut(&Bridge, &str) + 'a;
+
+/// Runs install scenario `s` once: install to `onboarded` (and the host `ready`, joined
+/// over SSH), or the marker's disk boot; `hold`, when given, is then called with the
+/// lab and the VM's MAC while the VM and the daemon still run (`cargo xtask lab` waits
+/// there for Ctrl-C); for a successful install, with `rebuild`, then a rebuild without a
+/// BMC (the API, a power cycle by hand) to the same goal again with a new instance id,
+/// on the same VM and disk.
 pub fn run(
     assets: &Assets,
     bin: &Path,
     s: &'static Scenario,
     install: Install,
     rebuild: bool,
+    hold: Option<&mut Hold<'_>>,
 ) -> Result<Outcome, Box<Failure>> {
     let fail = |stage: &str, why: String| Failure::early(s.name, stage, why);
     let setup = |e: anyhow::Error| fail("setup", format!("{e:#}"));
@@ -723,22 +757,27 @@ pub fn run(
     let stages = first.stages;
     let mut notes = first.notes;
     drop(cutter);
+    let host_fail =
+        |why: String| rig.failure(Stage::Onboarded, why, start.elapsed(), &first.serial);
+    let host = if install.case == Case::Onboard {
+        let host = rig
+            .wait_host("ready", Duration::from_secs(180))
+            .map_err(host_fail)?;
+        let note = format!(
+            "host ready: the join step logged in over SSH to the installed VM, pinned to the install's host key (instance {})",
+            host["install"]["instance_id"].as_str().unwrap_or_default()
+        );
+        println!("  [{:7.1} s] {note}", start.elapsed().as_secs_f64());
+        notes.push(note);
+        host
+    } else {
+        // The marker image runs no cloud-init: no onboarding, no join.
+        rig.host()
+    };
+    if let Some(hold) = hold {
+        hold(&lab, &mac);
+    }
     if rebuild && matches!(install.case, Case::Onboard | Case::LocalBoot) {
-        let host_fail =
-            |why: String| rig.failure(Stage::Onboarded, why, start.elapsed(), &first.serial);
-        let host = if install.case == Case::Onboard {
-            let host = rig
-                .wait_host("ready", Duration::from_secs(180))
-                .map_err(host_fail)?;
-            notes.push(format!(
-                "host ready: the join step logged in over SSH to the installed VM, pinned to the install's host key (instance {})",
-                host["install"]["instance_id"].as_str().unwrap_or_default()
-            ));
-            host
-        } else {
-            // The marker image runs no cloud-init: no onboarding, no join.
-            rig.host()
-        };
         let id1 = host["install"]["instance_id"]
             .as_str()
             .unwrap_or_default()

@@ -111,7 +111,7 @@ pub fn run(all: bool, compare: bool, names: &[String]) -> anyhow::Result<()> {
             // CI's set stops at the first boot from disk; named runs and --all go on to
             // the rebuild and the second install.
             let rebuild = all || !names.is_empty();
-            installs.push((*s, install::run(&assets, &bin, s, install, rebuild)));
+            installs.push((*s, install::run(&assets, &bin, s, install, rebuild, None)));
             continue;
         }
         let ours = lab::boot(

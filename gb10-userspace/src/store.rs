@@ -35,10 +35,9 @@ pub enum StoreError {
 /// File name of the store inside `data_path/state`.
 pub const STORE_FILE: &str = "gb10.redb";
 
-/// The store's page cache. redb's default is 1 GiB, filled as pages are written: a
-/// boot storm's thousands of lease commits would grow the daemon toward it (the chart
-/// limits the pod to 512 MiB). Its contents (leases, client records, installs; a few
-/// MiB for a fleet of thousands) fit many times over; a miss reads the page cache.
+/// The store's page cache. redb's default, 1 GiB, would bound nothing in a pod the chart
+/// limits to 512 MiB. The contents (leases, client records, installs; a few MiB for a
+/// fleet of thousands) fit many times over; a miss reads the kernel's page cache.
 pub const CACHE_BYTES: usize = 32 << 20;
 
 /// A shared handle on the store.

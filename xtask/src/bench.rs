@@ -262,7 +262,11 @@ fn perfdhcp(lab: &Lab, rate: u32, secs: u32, clients: u32) -> (f64, f64, f64) {
 /// server's CPU, as ratios to ours.
 pub fn dhcp() -> anyhow::Result<()> {
     let bin = release_bin("cargo xtask bench dhcp")?;
-    let rates = [100u32, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000];
+    // ×2 up to 2,000/s, then finer (×1.25–1.5), where the servers part ways.
+    let rates = [
+        100u32, 250, 500, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 12_000, 16_000,
+        20_000,
+    ];
     let secs = 3;
     // New clients (every DORA a new MAC, every ACK a new lease on disk), then a few
     // thousand clients coming back (every ACK a renewal, on disk too).
@@ -376,7 +380,11 @@ fn dhcp_ladder(
                 drops1.1 - drops0.1
             );
             if loss < 0.01 {
-                best = (rate, done, delay, cpu);
+                // Past a server's pace perfdhcp sends less than offered and completes
+                // less with no loss: the best step is the most completed, not the last.
+                if done > best.1 {
+                    best = (rate, done, delay, cpu);
+                }
             } else {
                 break;
             }
@@ -428,7 +436,8 @@ fn kea(lab: &Lab) -> anyhow::Result<Server> {
 }
 
 /// kea-dhcp4's configuration: memfile leases (persisted, as Kea runs by default; Kea does
-/// not fsync them), the same pool as the others.
+/// not fsync them), the same pool as the others, raw sockets (Kea's default; `udp`, for
+/// relayed-only traffic, measured the same here: 5,000/s new clients under 1 % loss).
 fn serde_json_like(lab: &Lab) -> String {
     format!(
         r#"{{"Dhcp4": {{

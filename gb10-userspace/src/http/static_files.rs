@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::Peer;
 use crate::{
@@ -136,8 +136,9 @@ pub async fn serve(State(files): State<Arc<Files>>, peer: Peer, req: Request) ->
     let raw = req.uri().path().to_owned();
     if crate::boot::is_local_boot_file(&raw) {
         // An installed host on its way to its disk ([boot] installed = "not_found"): UEFI
-        // HTTP boot or iPXE gives up on this boot option at once. Not a client failure.
-        info!(peer = ?peer.0, mac = %or_dash(who(&files, peer)), "local boot file: not found, as offered");
+        // HTTP boot or iPXE gives up on this boot option at once. Not a client failure;
+        // debug, as other 404s write no line: anyone on the LAN can ask for it in a loop.
+        debug!(peer = ?peer.0, mac = %or_dash(who(&files, peer)), "local boot file: not found, as offered");
         return status_page(StatusCode::NOT_FOUND);
     }
     let (root, rel) = match locate(&files.www, &files.mounts, &raw) {

@@ -361,10 +361,10 @@ fn build_ebpf_inner() -> anyhow::Result<()> {
     )
 }
 
-/// Seconds per fuzz target in `cargo xtask test`: 7 targets, a bit over a minute in all
-/// (plus building them, where a nightly exists).
-const FUZZ_CI_SECONDS: u64 = 10;
-/// …and with `--all`.
+/// Seconds per fuzz target in `cargo xtask test --all`. CI runs no fuzzing: building
+/// the instrumented targets takes 6–7 min on two cores (the daemon's whole dependency
+/// tree under coverage flags), which CI spends on the OS image install instead; `cargo
+/// test` replays every corpus entry on stable in CI either way.
 const FUZZ_ALL_SECONDS: u64 = 60;
 
 /// The e2e scenario the host image serves in `cargo xtask test`: the quickest UEFI one.
@@ -378,16 +378,16 @@ fn test(no_lint: bool, all: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     }
     let (passed, failed) = cargo_test(all, cargo_args)?;
     if failed == 0 {
-        // Every fuzz target for a few seconds where a nightly toolchain exists (a SKIP
-        // line otherwise; `cargo test` has replayed the corpus on stable already).
-        fuzz::run(
-            &[],
-            if all {
-                FUZZ_ALL_SECONDS
-            } else {
-                FUZZ_CI_SECONDS
-            },
-        )?;
+        // Every fuzz target for a minute where a nightly toolchain exists (a SKIP line
+        // otherwise; `cargo test` has replayed the corpus on stable already).
+        if all {
+            fuzz::run(&[], FUZZ_ALL_SECONDS)?;
+        } else {
+            println!(
+                "fuzz: not in CI (the corpus was replayed by `cargo test`); \
+                 `cargo xtask test --all` or `cargo xtask fuzz` runs the targets"
+            );
+        }
         // The main job: the README's first command must keep working.
         lab::run(true)?;
         // Real firmware through the daemon: the CI set, or every scenario with --all.

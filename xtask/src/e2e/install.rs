@@ -265,9 +265,11 @@ fn qemu(
         serial,
         &lab::VmOptions {
             memory_mib: 1024,
-            // One vCPU: with two, a loaded host's TCG is slow enough for the kernel's
-            // IO-APIC timer check to panic.
-            cpus: 1,
+            // Two vCPUs (two TCG threads): the install's download | hash | decompress |
+            // disk pipeline and the installed system's boot run in parallel. Both kernels
+            // run with `no_timer_check`: a loaded host's TCG is slow enough for the
+            // IO-APIC timer check to panic with more than one vCPU.
+            cpus: 2,
             disk: Some(disk),
             reboot: true,
         },

@@ -13,7 +13,7 @@ use super::{Bootstrap, Source, bootstrap, fresh, mib, sha256};
 use crate::{e2e::assets::Arch, exec};
 
 /// Bumped when the recipe below changes in a way the package list does not show.
-const RECIPE_VERSION: u32 = 2;
+const RECIPE_VERSION: u32 = 3;
 
 /// What the image holds beyond mmdebstrap's `apt` variant (essential + apt).
 fn packages(arch: Arch) -> Vec<String> {
@@ -209,9 +209,12 @@ pub fn build(arch: Arch, source: &Source) -> anyhow::Result<OsImage> {
         "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd".to_owned(),
         // Every install gets its own host keys (from its seed, else cloud-init makes them).
         "--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*".to_owned(),
-        // Leftovers of the build: logs, caches, old copies of dpkg's and debconf's state.
+        // Leftovers of the build: logs, caches, old copies of dpkg's and debconf's state,
+        // and apt's binary package caches (70 MiB that apt rebuilds when it first runs;
+        // every install streams the image, so its size is time on each machine). The
+        // downloaded .debs stay until `bootstrap` moves them to the package cache.
         "--customize-hook=rm -rf \"$1\"/var/log/* \"$1\"/var/cache/debconf/*-old \
-         \"$1\"/var/lib/dpkg/*-old \"$1\"/var/cache/man"
+         \"$1\"/var/lib/dpkg/*-old \"$1\"/var/cache/man \"$1\"/var/cache/apt/*.bin"
             .to_owned(),
     ]);
     let foreign = arch.debian() != super::host_arch()?;

@@ -455,8 +455,11 @@ fn serde_json_like(lab: &Lab) -> String {
 }
 
 /// wrk against gb10-provision and nginx (one worker, sendfile on) serving the same 1 KiB
-/// and 30 MiB files, each server on core 0, wrk on core 1.
-pub fn http() -> anyhow::Result<()> {
+/// and 30 MiB files, each server on core 0, wrk on core 1: `rounds` rounds per file, each
+/// our daemon then nginx back to back, so a drift of the machine (another process, where
+/// the veth's softirq lands) touches both sides of a round alike; the ratio printed is
+/// the median of the rounds' ratios.
+pub fn http(rounds: usize) -> anyhow::Result<()> {
     let bin = release_bin("cargo xtask bench http")?;
     let lab = Lab::new("bhttp");
     let www = lab.dir.join("data/www");
@@ -482,7 +485,8 @@ pub fn http() -> anyhow::Result<()> {
         &[],
     );
     println!(
-        "HTTP: wrk -t1 -c16 -d5s from core 1; each server alone on core 0; machine load {}",
+        "HTTP: wrk -t1 -c16 -d5s from core 1; each server alone on core 0; {rounds} rounds \
+         per file, gb10-provision then nginx; machine load {}",
         crate::storm::loadavg()
     );
     println!(
@@ -490,59 +494,92 @@ pub fn http() -> anyhow::Result<()> {
         settings(&[])
     );
     println!(
-        "{:<10} {:<8} {:>12} {:>14} {:>12} {:>14}",
-        "server", "file", "req/s", "MB/s", "server CPU %", "CPU µs/req"
+        "{:<6} {:<10} {:<8} {:>12} {:>10} {:>8} {:>12} {:>10}",
+        "round", "server", "file", "req/s", "MB/s", "CPU %", "CPU µs/req", "wrk CPU %"
     );
-    let mut rows = Vec::new();
     for file in ["1k.bin", "30m.bin"] {
-        for (name, port, pid) in [
-            ("gb10", gb10_lab::HTTP_PORT, ours),
-            ("nginx", 8081, nginx.pid),
-        ] {
-            let url = format!("http://{}:{port}/{file}", lab.server_ip);
-            let cpu0 = gb10_lab::cpu_seconds_tree(pid);
-            let out = lab
-                .client
-                .cmd("taskset")
-                .args(["-c", "1", "wrk", "-t1", "-c16", "-d5s", &url])
-                .output()
-                .context("wrk (apt-get install wrk)")?;
-            let cpu = (gb10_lab::cpu_seconds_tree(pid) - cpu0) / 5.0;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let field = |key: &str| {
-                text.lines()
-                    .find_map(|l| l.trim().strip_prefix(key))
-                    .map(|v| v.trim().to_owned())
-                    .unwrap_or_default()
-            };
-            let rps: f64 = field("Requests/sec:").parse().unwrap_or(0.0);
-            let mbs = parse_rate(&field("Transfer/sec:"));
-            // The server's CPU time per request holds up better than req/s when other
-            // work shares the machine (or the generator's core is the limit).
-            let us = cpu * 1e6 / rps.max(1.0);
-            println!(
-                "{name:<10} {file:<8} {rps:>12.0} {mbs:>14.1} {:>12.0} {us:>14.1}",
-                cpu * 100.0
-            );
-            rows.push((file, name, rps, mbs, us));
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let mut pair = Vec::new();
+            for (name, port, pid) in [
+                ("gb10", gb10_lab::HTTP_PORT, ours),
+                ("nginx", 8081, nginx.pid),
+            ] {
+                let url = format!("http://{}:{port}/{file}", lab.server_ip);
+                let m = wrk(&lab, &url, pid)?;
+                println!(
+                    "{round:<6} {name:<10} {file:<8} {:>12.0} {:>10.1} {:>8.0} {:>12.1} {:>10.0}",
+                    m.rps,
+                    m.mbs,
+                    m.cpu * 100.0,
+                    m.cpu * 1e6 / m.rps.max(1.0),
+                    m.wrk_cpu * 100.0
+                );
+                pair.push(m);
+            }
+            if let [ours, theirs] = &pair[..] {
+                ratios.push((
+                    ours.rps / theirs.rps.max(1.0),
+                    (ours.cpu / ours.rps.max(1.0)) / (theirs.cpu / theirs.rps.max(1.0)).max(1e-12),
+                ));
+            }
         }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let each: Vec<String> = ratios.iter().map(|(r, _)| format!("{r:.2}")).collect();
+        println!(
+            "{file}: gb10-provision / nginx = {:.2}x req/s (median of {rounds} rounds: {}), \
+             {:.2}x CPU per request (median)",
+            median(ratios.iter().map(|r| r.0).collect()),
+            each.join(", "),
+            median(ratios.iter().map(|r| r.1).collect()),
+        );
     }
     println!("gb10-provision after the runs: {}", xdp_seen(&lab));
-    for pair in rows.chunks(2) {
-        if let [
-            (file, _, our_rps, our_mbs, our_us),
-            (_, _, ref_rps, ref_mbs, ref_us),
-        ] = pair
-        {
-            println!(
-                "{file}: gb10-provision / nginx = {:.2}x req/s, {:.2}x throughput, {:.2}x CPU per request",
-                our_rps / ref_rps.max(1.0),
-                our_mbs / ref_mbs.max(0.001),
-                our_us / ref_us.max(0.001)
-            );
-        }
-    }
     Ok(())
+}
+
+/// One wrk run: its rate, and the server's and wrk's CPU (cores) meanwhile.
+struct Wrk {
+    rps: f64,
+    mbs: f64,
+    cpu: f64,
+    wrk_cpu: f64,
+}
+
+/// Runs wrk for 5 s against `url` (server process tree `pid`) from the client namespace.
+fn wrk(lab: &Lab, url: &str, pid: u32) -> anyhow::Result<Wrk> {
+    const SECONDS: f64 = 5.0;
+    let cpu0 = gb10_lab::cpu_seconds_tree(pid);
+    let child = lab
+        .client
+        .cmd("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c16", "-d5s", url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("wrk (apt-get install wrk)")?;
+    // wrk's own CPU time (the generator must not be the limit, or both servers measure
+    // the client): read from its /proc entry just before it exits.
+    let wrk_pid = child.id();
+    std::thread::sleep(Duration::from_secs_f64(SECONDS - 0.3));
+    let wrk_cpu = gb10_lab::cpu_seconds_tree(wrk_pid) / (SECONDS - 0.3);
+    let out = child.wait_with_output()?;
+    let cpu = (gb10_lab::cpu_seconds_tree(pid) - cpu0) / SECONDS;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    Ok(Wrk {
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        mbs: parse_rate(&field("Transfer/sec:")),
+        cpu,
+        wrk_cpu,
+    })
 }
 
 /// wrk's `Transfer/sec:` value in MB/s.

@@ -74,6 +74,11 @@ enum Task {
         /// at which the references and perfdhcp drop datagrams under a burst.
         #[arg(long)]
         receive_buffer: Option<u64>,
+        /// `http`: rounds per file, each gb10-provision then nginx back to back (the
+        /// ratio is the median of the rounds' ratios: one 5 s run of either server swings
+        /// 1.5–2x here between runs).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Start gb10-provision on a virtual LAN (network namespaces), show a client being
     /// served, and keep it up until Ctrl-C.
@@ -193,6 +198,7 @@ fn main() -> anyhow::Result<()> {
             machines,
             clients,
             receive_buffer,
+            rounds,
         } => {
             if matches!(what, BenchKind::Storm | BenchKind::Image) && cfg!(debug_assertions) {
                 // The load generator runs in this process: a debug build would measure
@@ -232,7 +238,7 @@ fn main() -> anyhow::Result<()> {
             match what {
                 BenchKind::Flood => bench::flood(),
                 BenchKind::Dhcp => bench::dhcp(),
-                BenchKind::Http => bench::http(),
+                BenchKind::Http => bench::http(rounds.max(1)),
                 BenchKind::Tftp => bench::tftp(),
                 BenchKind::Storm => storm::run(&machines),
                 BenchKind::Image => storm::image(&clients),

@@ -277,10 +277,12 @@ fn qemu(
     if let Some(bytes) = saved {
         fs::write(&vars, bytes)?;
     }
-    // A machine set up to network-boot over PXE on IPv4, as a provisioning LAN's are:
-    // with IPv6 PXE on, a network boot that gets no boot file waits a minute for a
-    // DHCPv6 server the lab does not have before the firmware reaches the disk.
-    cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
+    // A machine set up to network-boot over IPv4 only, as a provisioning LAN's are: with
+    // IPv6 network boot on, each boot that is sent to the disk first spends a minute in
+    // the PXEv6 and HTTPv6 entries soliciting a DHCPv6 server the lab does not have (64 s
+    // for HTTPv6 in OVMF's serial log). `IPv6Support` (EDK2's fw_cfg knob, honoured by
+    // Debian 12's OVMF) drops both entries.
+    cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=n"]);
     cmd.stdin(Stdio::null());
     Ok(cmd)
 }

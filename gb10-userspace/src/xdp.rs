@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
@@ -127,7 +127,12 @@ impl LanXdp {
         if EBPF_OBJECT.is_empty() {
             return Err(XdpError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| XdpError::Load(Box::new(e)))?;
+        // One parse of the kernel's BTF (/sys/kernel/btf/vmlinux, 5 MiB here), by the
+        // loader itself: `Ebpf::load` parses it a second time while the loader's copy is
+        // alive, which doubled the daemon's peak memory at start (about 35 MiB).
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(|e| XdpError::Load(Box::new(e)))?;
         let lan: &mut Xdp = program(&mut ebpf, LAN_PROGRAM)?;
         lan.load().map_err(verify(LAN_PROGRAM))?;
         let link = lan

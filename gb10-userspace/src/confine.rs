@@ -78,6 +78,31 @@ impl Root {
     }
 }
 
+/// What changes when a file's content does: its identity, size, and modification and
+/// change times to the nanosecond (a write bumps both). HTTP's kept small files and
+/// TFTP's shared files are known unchanged, or a new version, by it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::Peer;
 use crate::{
     clients::{ClientEvent, Clients, Stage},
-    confine::{OpenError, Root},
+    confine::{OpenError, Root, Stamp},
     identity::Identity,
     live::Live,
     mac::{Mac, or_dash},
@@ -314,30 +314,6 @@ struct Kept {
     file: std::fs::File,
     stamp: Stamp,
     bytes: axum::body::Bytes,
-}
-
-/// What changes when a file's content does: its identity, size, and modification and
-/// change times to the nanosecond (a write bumps both).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt as _;
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
 }
 
 impl OpenRoot {

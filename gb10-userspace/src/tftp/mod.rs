@@ -4,6 +4,7 @@ pub mod packet;
 pub mod path;
 mod server;
 mod session;
+mod shared;
 pub mod stats;
 
 use std::{net::SocketAddrV4, path::PathBuf, sync::Arc};
@@ -77,6 +78,7 @@ pub async fn run(tftp: Tftp, token: CancellationToken) -> anyhow::Result<()> {
     let root = Arc::new(root);
     let lan_addr = tftp.lan_addr.clone();
     let tftp = Arc::new(tftp);
+    let shared = Arc::new(shared::Shared::default());
     lan::follow("tftp", lan_addr, token, |ip, stop| {
         // Read per bind: the MTU may have changed with the address.
         let limits = packet::Limits {
@@ -87,6 +89,7 @@ pub async fn run(tftp: Tftp, token: CancellationToken) -> anyhow::Result<()> {
             tftp: tftp.clone(),
             root: root.clone(),
             limits,
+            shared: shared.clone(),
         });
         server::serve(ctx, ip, stop)
     })

@@ -19,6 +19,7 @@ use super::{
     packet::{self, ErrorCode, Kind, Limits, Mode, PacketError, Request},
     path::{self, PathError, Root},
     session::{self, Link, Outcome, Source, Tally, Timing},
+    shared::{Bytes, Shared},
     stats::{Failure, SessionSlot},
 };
 use crate::{
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub tftp: Arc<super::Tftp>,
     pub root: Arc<Root>,
     pub limits: Limits,
+    /// Files being read now, held once for all their readers.
+    pub shared: Arc<Shared>,
 }
 
 impl Ctx {
@@ -370,7 +373,7 @@ async fn transfer(
         return;
     }
     let opened = open(ctx, &request).await;
-    let (file, size, served, named) = match opened {
+    let (source, size, served, named) = match opened {
         Ok(f) => f,
         Err(err) => {
             let (code, message) = err.tftp();
@@ -404,14 +407,7 @@ async fn transfer(
         acked,
         ..Tally::default()
     };
-    let outcome = session::run(
-        &mut link,
-        Source::new(file, request.mode),
-        &negotiated,
-        timing,
-        &mut tally,
-    )
-    .await;
+    let outcome = session::run(&mut link, source, &negotiated, timing, &mut tally).await;
     let elapsed = started.elapsed();
     stats.update(client, |c| {
         c.bytes += tally.bytes;
@@ -479,17 +475,15 @@ impl Drop for PortGuard<'_> {
     }
 }
 
-/// What a transfer sends: a file beneath the root, or a rendered config.
-type Content = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
-
-/// The content for a request: (content, size, name served, the MAC a rendered per-host
-/// config names). GRUB's configs (`grub/grub.cfg`, `grub/hosts/<mac>.cfg`) are rendered
-/// per request, as over HTTP: Debian's signed network GRUB has no http module and reads
-/// them over TFTP. Everything else is a file beneath the root.
+/// The content for a request: (what to send, size, name served, the MAC a rendered
+/// per-host config names). GRUB's configs (`grub/grub.cfg`, `grub/hosts/<mac>.cfg`) are
+/// rendered per request, as over HTTP: Debian's signed network GRUB has no http module
+/// and reads them over TFTP. Everything else is a file beneath the root, shared with its
+/// other readers when it fits ([`Shared`]), else streamed.
 async fn open(
     ctx: &Ctx,
     request: &Request,
-) -> Result<(Content, u64, String, Option<Mac>), PathError> {
+) -> Result<(Source, u64, String, Option<Mac>), PathError> {
     let name = path::clean(&request.filename)?;
     let server = Server {
         host: (*ctx.tftp.lan_addr.borrow())
@@ -503,24 +497,35 @@ async fn open(
             PathError::Render(Box::new(e))
         })?;
         let size = text.len() as u64;
-        return Ok((
-            Box::pin(std::io::Cursor::new(text.into_bytes())),
-            size,
-            name,
-            mac,
-        ));
+        let bytes = match request.mode {
+            Mode::Octet => text.into_bytes(),
+            Mode::Netascii => {
+                let mut converted = Vec::with_capacity(text.len());
+                packet::to_netascii(text.as_bytes(), &mut converted);
+                converted
+            }
+        };
+        return Ok((Source::memory(Bytes::own(bytes)), size, name, mac));
     }
     let root = ctx.root.clone();
-    tokio::task::spawn_blocking(move || {
+    let (file, meta, name) = tokio::task::spawn_blocking(move || {
         let file = path::open_file(&root, &name)?;
-        let size = file.metadata().map_err(OpenError::Io)?.len();
-        Ok((
-            Box::pin(tokio::fs::File::from_std(file)) as Content,
-            size,
-            name,
-            None,
-        ))
+        let meta = file.metadata().map_err(OpenError::Io)?;
+        Ok::<_, PathError>((file, meta, name))
     })
     .await
-    .map_err(|e| PathError::Open(OpenError::Io(e.into())))?
+    .map_err(|e| PathError::Open(OpenError::Io(e.into())))??;
+    let size = meta.len();
+    // Netascii is converted as it is read: streamed.
+    if request.mode == Mode::Octet
+        && let Some(bytes) = ctx
+            .shared
+            .contents(&file, &meta)
+            .await
+            .map_err(|e| PathError::Open(OpenError::Io(e)))?
+    {
+        return Ok((Source::memory(bytes), size, name, None));
+    }
+    let source = Source::stream(tokio::fs::File::from_std(file), request.mode);
+    Ok((source, size, name, None))
 }

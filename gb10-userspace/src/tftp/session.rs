@@ -18,13 +18,18 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-use super::packet::{self, ErrorCode, Mode, Negotiated, Reply};
+use super::{
+    packet::{self, ErrorCode, Mode, Negotiated, Reply},
+    shared::Bytes,
+};
 
-/// How much of the file one read fetches: about 22 blocks of 1,468 bytes, a few windows.
-/// Every session holds this scratch buffer, its pending bytes and the file reader's own
-/// buffer of the same size: at 256 KiB that was about 0.75 MiB per session, 518 MiB
-/// for a 500-machine storm (above the chart's 512 Mi limit); at 32 KiB it is about
-/// 0.1 MiB, and a 1 MiB boot loader still takes only 32 reads.
+/// How much of a streamed file one read fetches: about 22 blocks of 1,468 bytes, a few
+/// windows. Every streaming session holds this scratch buffer, its pending bytes and the
+/// file reader's own buffer of the same size: at 256 KiB that was about 0.75 MiB per
+/// session, 518 MiB for a 500-machine storm (above the chart's 512 Mi limit); at 32 KiB
+/// it is about 0.1 MiB, and a 1 MiB file still takes only 32 reads. Boot loaders are
+/// not streamed but shared ([`super::shared`]): 0.1 MiB per session was still 100 MiB
+/// for a 1,000-machine storm.
 const READ_CHUNK: usize = 32 * 1024;
 /// Backoff doubles the timeout per consecutive retry, up to this many doublings.
 const MAX_BACKOFF_SHIFT: u32 = 3;
@@ -79,8 +84,17 @@ impl Link {
     }
 }
 
-/// The file being sent, read in large chunks and cut into blocks.
-pub struct Source {
+/// What a transfer sends, cut into blocks.
+pub enum Source {
+    /// Bytes in memory: a rendered config, or a file's contents shared with the other
+    /// transfers reading it (see [`super::shared`]).
+    Memory { bytes: Arc<Bytes>, at: usize },
+    /// A file read in chunks as it is sent.
+    Stream(Stream),
+}
+
+/// A file read in large chunks and cut into blocks.
+pub struct Stream {
     reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
     mode: Mode,
     /// Bytes read (and converted, in netascii) but not yet cut into blocks.
@@ -91,19 +105,40 @@ pub struct Source {
 }
 
 impl Source {
-    /// A file, or bytes rendered in memory (a boot loader's config).
-    pub fn new(reader: impl tokio::io::AsyncRead + Send + 'static, mode: Mode) -> Self {
-        Self {
+    /// Bytes held in memory, sent as they are (octet).
+    pub fn memory(bytes: Arc<Bytes>) -> Self {
+        Source::Memory { bytes, at: 0 }
+    }
+
+    /// A file, read as it is sent.
+    pub fn stream(reader: impl tokio::io::AsyncRead + Send + 'static, mode: Mode) -> Self {
+        Source::Stream(Stream {
             reader: Box::pin(reader),
             mode,
             pending: Vec::new(),
             start: 0,
             scratch: vec![0; READ_CHUNK],
             eof: false,
-        }
+        })
     }
 
     /// Appends the next block (up to `size` bytes) to `out`; its length.
+    async fn next_block(&mut self, size: usize, out: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Source::Memory { bytes, at } => {
+                let bytes = bytes.get();
+                let end = (*at + size).min(bytes.len());
+                out.extend_from_slice(&bytes[*at..end]);
+                let n = end - *at;
+                *at = end;
+                Ok(n)
+            }
+            Source::Stream(stream) => stream.next_block(size, out).await,
+        }
+    }
+}
+
+impl Stream {
     async fn next_block(&mut self, size: usize, out: &mut Vec<u8>) -> io::Result<usize> {
         while self.pending.len() - self.start < size && !self.eof {
             self.pending.drain(..self.start);

@@ -1,7 +1,8 @@
 //! The LAN XDP program in a netns lab: exact per-client counts of raw DHCP/TFTP frames,
 //! malformed frames counted without harm, attach to the LAN interface only, detach on
-//! SIGTERM, and the `--xdp` modes with and without CAP_BPF.
-use std::{process::Command, thread::sleep, time::Duration};
+//! SIGTERM (also when started with the stop signals blocked), and the `--xdp` modes with
+//! and without CAP_BPF.
+use std::{os::unix::process::CommandExt as _, process::Command, thread::sleep, time::Duration};
 
 use gb10_lab::{
     Lab, RawSender, format_mac,
@@ -91,6 +92,47 @@ fn counts_dhcp_and_tftp_per_client_mac_exactly() {
         "an XDP program is left on the interface"
     );
     assert!(daemon.log().contains("XDP program detached"));
+}
+
+/// A daemon started by a parent that blocked SIGTERM and SIGINT (signal masks survive
+/// exec: `cargo xtask lab` blocks them for its own sigwait, and so can a supervisor)
+/// still stops on SIGTERM and detaches its XDP program, instead of ignoring it until a
+/// SIGKILL leaves no log line and skips the orderly shutdown.
+#[test]
+fn sigterm_stops_it_even_when_the_parent_blocked_it() {
+    if !require_root("sigterm_stops_it_even_when_the_parent_blocked_it") {
+        return;
+    }
+    let lab = Lab::new("xsig");
+    let mut cmd = lab.server.cmd(BIN);
+    // SAFETY: between fork and exec only async-signal-safe calls on the child's own mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = lab.spawn_daemon_with(cmd, &["--xdp", "required"]);
+    if let Err(err) = daemon.wait_ready(&lab, Duration::from_secs(20)) {
+        panic!("daemon did not become ready: {err}\n{}", daemon.log());
+    }
+    let status = daemon.stop();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("SIGTERM: shutting down"));
+    assert!(
+        xdp_ifaces(&lab.server).is_empty(),
+        "an XDP program is left on the interface"
+    );
 }
 
 #[test]

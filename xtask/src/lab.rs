@@ -40,7 +40,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         let install = s.install.expect("an install scenario");
         println!(
             "lab: one VM through the whole life cycle (builds the lab's Debian image and the \
-             install environment from Debian packages when not cached; about 10 min under \
+             install environment from Debian packages when not cached; about 5 min under \
              TCG): {}",
             s.about
         );

@@ -2,7 +2,7 @@
 //! expired; declined on probation). Pure and in memory; [`super::store`] makes it
 //! durable.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     net::Ipv4Addr,
 };
 
@@ -20,6 +20,11 @@ pub const DECLINE_PROBATION_SECS: u64 = 600;
 /// declines then or never: a DECLINE later than this after the lease's last ACK is not
 /// the holder's conflict check (a stranger replaying the holder's identity) and ends nothing.
 pub const DECLINE_WINDOW_SECS: u64 = 60;
+/// Offers taken back for a newcomer that are remembered, so their client can still
+/// request them (see [`Leases::pick`]); the oldest are forgotten first. Under a flood
+/// of made-up MACs at the guard's rate this covers seconds, far longer than any client
+/// takes to answer its offer, and bounds what a flood can make us keep.
+const YIELDED_MAX: usize = 4096;
 
 /// Who holds a lease: option 61 when the client sent one, else htype + chaddr (RFC 2131
 /// §4.2).
@@ -124,6 +129,11 @@ pub struct Leases {
     leased: HashMap<ClientId, Ipv4Addr>,
     /// Addresses with a lease (any state) per MAC, for the per-MAC bound.
     by_mac: HashMap<Mac, BTreeSet<Ipv4Addr>>,
+    /// Offers taken back from their client for a newcomer, with when the offer would
+    /// have run out: the client may still request it while nobody has leased it.
+    yielded: HashMap<ClientId, (Ipv4Addr, u64)>,
+    /// `yielded`'s clients, oldest first, to bound it at [`YIELDED_MAX`].
+    yielded_order: VecDeque<ClientId>,
 }
 
 impl Leases {
@@ -135,6 +145,8 @@ impl Leases {
             by_client: HashMap::new(),
             leased: HashMap::new(),
             by_mac: HashMap::new(),
+            yielded: HashMap::new(),
+            yielded_order: VecDeque::new(),
         }
     }
 
@@ -191,7 +203,16 @@ impl Leases {
         match self.by_ip.get(&ip) {
             None => true,
             Some(l) if l.state == LeaseState::Declined => !l.active(now),
-            Some(l) => l.client == *client || !l.active(now),
+            Some(l) if l.client == *client || !l.active(now) => true,
+            // Offered to another after it was taken back from this client: the first
+            // REQUEST wins an offer.
+            Some(l) => {
+                l.state == LeaseState::Offered
+                    && self
+                        .yielded
+                        .get(client)
+                        .is_some_and(|&(y, until)| y == ip && until > now)
+            }
         }
     }
 
@@ -249,8 +270,10 @@ impl Leases {
         }
         // Pool exhausted: an offer is a promise, not a lease. Clients that DISCOVER and
         // never REQUEST (a port rotating made-up MACs) would otherwise keep every address
-        // on offer; the oldest offer goes to the newcomer, whose REQUEST follows in
-        // milliseconds, while the flood's own offers churn among themselves.
+        // on offer; the oldest offer goes to the newcomer, while the flood's own offers
+        // churn among themselves. The client it was taken from keeps its claim (see
+        // `yielded`): a flood fast enough to churn through the pool before a real
+        // client's REQUEST arrives would otherwise NAK every client, again and again.
         oldest_offer.map(|(_, ip)| ip)
     }
 
@@ -392,9 +415,18 @@ impl Leases {
     fn insert(&mut self, lease: Lease) {
         if let Some(old) = self.by_ip.get(&lease.ip)
             && old.client != lease.client
-            && self.by_client.get(&old.client) == Some(&lease.ip)
         {
-            self.by_client.remove(&old.client);
+            let (client, offered, until) = (
+                old.client.clone(),
+                old.state == LeaseState::Offered,
+                old.expires,
+            );
+            if self.by_client.get(&client) == Some(&lease.ip) {
+                self.by_client.remove(&client);
+            }
+            if offered && lease.state == LeaseState::Offered {
+                self.remember_yielded(client, lease.ip, until);
+            }
         }
         if let Some(old_ip) = self.by_client.get(&lease.client).copied()
             && old_ip != lease.ip
@@ -414,6 +446,18 @@ impl Leases {
             && old.mac != self.by_ip[&old.ip].mac
         {
             self.unindex_mac(old.mac, old.ip);
+        }
+    }
+
+    /// Notes that `client`'s offer of `ip`, good until `until`, went to another.
+    fn remember_yielded(&mut self, client: ClientId, ip: Ipv4Addr, until: u64) {
+        if self.yielded.insert(client.clone(), (ip, until)).is_none() {
+            self.yielded_order.push_back(client);
+        }
+        while self.yielded_order.len() > YIELDED_MAX {
+            if let Some(oldest) = self.yielded_order.pop_front() {
+                self.yielded.remove(&oldest);
+            }
         }
     }
 
@@ -552,6 +596,30 @@ mod tests {
         // Leases are never taken: only offers yield.
         let leased = l.iter().filter(|x| x.state == LeaseState::Leased).count();
         assert_eq!(leased, 3 + 1);
+    }
+
+    #[test]
+    fn offers_taken_back_are_remembered_within_a_bound() {
+        let mut l = leases(10, 11);
+        // Twice the bound of made-up clients through a two-address pool.
+        for n in 0..2 * YIELDED_MAX as u32 {
+            let client = ClientId(n.to_be_bytes().to_vec());
+            let ip = l.pick(0, &client, None, 100, NONE).unwrap();
+            l.offer(ip, &client, MAC, 100);
+        }
+        assert_eq!(l.yielded.len(), YIELDED_MAX);
+        assert_eq!(l.yielded_order.len(), YIELDED_MAX);
+        // The latest are kept: the last client whose offer was taken may still claim it.
+        let last = ClientId((2 * YIELDED_MAX as u32 - 3).to_be_bytes().to_vec());
+        let (ip, _) = l.yielded[&last];
+        assert!(l.free_for(ip, &last, 101));
+        // Not once its offer would have run out, while another's offer is live.
+        l.offer(ip, &id(1), MAC, 150);
+        assert!(l.free_for(ip, &last, 100 + OFFER_HOLD_SECS - 1));
+        assert!(!l.free_for(ip, &last, 100 + OFFER_HOLD_SECS));
+        // Never a lease.
+        l.commit(ip, &id(1), MAC, None, 150, 3600);
+        assert!(!l.free_for(ip, &last, 101));
     }
 
     #[test]

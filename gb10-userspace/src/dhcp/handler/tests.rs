@@ -639,3 +639,61 @@ fn not_found_keeps_the_server_of_a_url() {
     assert!(crate::boot::is_local_boot_file("gb10-local-boot"));
     assert!(!crate::boot::is_local_boot_file("/x/gb10-local-boot"));
 }
+
+/// A port rotating made-up MACs keeps the pool on offer, so a newcomer's offer is taken
+/// for the next DISCOVER; a client that answers its offer later than the flood churns
+/// through the pool (a loaded machine, slow firmware) must still get its address, and
+/// the REQUEST that comes first wins it.
+#[test]
+fn a_taken_back_offer_is_still_the_clients_to_request() {
+    let (mut l, inv) = (table(), Inventory::default());
+    let from = |mac: [u8; 6], options: &[(u8, &[u8])]| {
+        wire::parse(&wire::tests::request(mac, options)).unwrap()
+    };
+    let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT);
+    let newcomer = [2, 0, 0, 0xee, 0, 1];
+    let o = run_at(&from(newcomer, &[(53, &[1])]), src, 1000, &mut l, &inv);
+    let ip = o.reply.unwrap().0.yiaddr();
+    // The flood: more made-up MACs than the pool has addresses, each taking the oldest
+    // offer once the pool is exhausted.
+    let mut flood_got = Vec::new();
+    for n in 0..5u8 {
+        let o = run_at(
+            &from([2, 0, 0, 0xdd, 0, n], &[(53, &[1])]),
+            src,
+            1001 + u64::from(n),
+            &mut l,
+            &inv,
+        );
+        flood_got.push(o.reply.unwrap().0.yiaddr());
+    }
+    assert!(
+        flood_got.contains(&ip),
+        "the flood took the newcomer's offer"
+    );
+    let request = |mac, ip: Ipv4Addr| {
+        from(
+            mac,
+            &[(53, &[3]), (54, &SERVER.octets()), (50, &ip.octets())],
+        )
+    };
+    let o = run_at(&request(newcomer, ip), src, 1010, &mut l, &inv);
+    assert_eq!(
+        ty(&o),
+        Some(MessageType::Ack),
+        "the newcomer's late REQUEST"
+    );
+    // The flood MAC now on offer for it lost the race.
+    let n = flood_got.iter().rposition(|x| *x == ip).unwrap() as u8;
+    let o = run_at(&request([2, 0, 0, 0xdd, 0, n], ip), src, 1011, &mut l, &inv);
+    assert_eq!(ty(&o), Some(MessageType::Nak));
+    // Only the offer that was taken from a client: another address is not its to claim.
+    let other = flood_got.iter().copied().find(|x| *x != ip).unwrap();
+    let stranger = [2, 0, 0, 0xee, 0, 2];
+    let o = run_at(&request(stranger, other), src, 1012, &mut l, &inv);
+    assert_eq!(
+        ty(&o),
+        Some(MessageType::Nak),
+        "a stranger's REQUEST for another's offer"
+    );
+}

@@ -455,10 +455,10 @@ fn serde_json_like(lab: &Lab) -> String {
 }
 
 /// wrk against gb10-provision and nginx (one worker, sendfile on) serving the same 1 KiB
-/// and 30 MiB files, each server on core 0, wrk on core 1: `rounds` rounds per file, each
-/// our daemon then nginx back to back, so a drift of the machine (another process, where
-/// the veth's softirq lands) touches both sides of a round alike; the ratio printed is
-/// the median of the rounds' ratios.
+/// and 30 MiB files, each server on core 0, wrk on core 1: `rounds` rounds per file, the
+/// two servers back to back in each (order: [`round_order`]), so a drift of the machine
+/// touches both sides of a round alike; the ratio printed is the median of the rounds'
+/// ratios.
 pub fn http(rounds: usize) -> anyhow::Result<()> {
     let bin = release_bin("cargo xtask bench http")?;
     let lab = Lab::new("bhttp");
@@ -486,7 +486,8 @@ pub fn http(rounds: usize) -> anyhow::Result<()> {
     );
     println!(
         "HTTP: wrk -t1 -c16 -d5s from core 1; each server alone on core 0; {rounds} rounds \
-         per file, gb10-provision then nginx; machine load {}",
+         per file, both servers back to back in each (ours first in odd rounds, nginx in \
+         even); machine load {}",
         crate::storm::loadavg()
     );
     println!(
@@ -500,11 +501,13 @@ pub fn http(rounds: usize) -> anyhow::Result<()> {
     for file in ["1k.bin", "30m.bin"] {
         let mut ratios = Vec::new();
         for round in 1..=rounds {
-            let mut pair = Vec::new();
-            for (name, port, pid) in [
+            let servers = [
                 ("gb10", gb10_lab::HTTP_PORT, ours),
                 ("nginx", 8081, nginx.pid),
-            ] {
+            ];
+            let mut pair = [None, None];
+            for side in round_order(round) {
+                let (name, port, pid) = servers[side];
                 let url = format!("http://{}:{port}/{file}", lab.server_ip);
                 let m = wrk(&lab, &url, pid)?;
                 println!(
@@ -515,19 +518,15 @@ pub fn http(rounds: usize) -> anyhow::Result<()> {
                     m.cpu * 1e6 / m.rps.max(1.0),
                     m.wrk_cpu * 100.0
                 );
-                pair.push(m);
+                pair[side] = Some(m);
             }
-            if let [ours, theirs] = &pair[..] {
+            if let [Some(ours), Some(theirs)] = &pair {
                 ratios.push((
                     ours.rps / theirs.rps.max(1.0),
                     (ours.cpu / ours.rps.max(1.0)) / (theirs.cpu / theirs.rps.max(1.0)).max(1e-12),
                 ));
             }
         }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
         let each: Vec<String> = ratios.iter().map(|(r, _)| format!("{r:.2}")).collect();
         println!(
             "{file}: gb10-provision / nginx = {:.2}x req/s (median of {rounds} rounds: {}), \
@@ -539,6 +538,19 @@ pub fn http(rounds: usize) -> anyhow::Result<()> {
     }
     println!("gb10-provision after the runs: {}", xdp_seen(&lab));
     Ok(())
+}
+
+/// Which side runs first in round `round` (from 1) of a side-by-side run, 0 being ours:
+/// ours in odd rounds, the reference in even ones, so what drifts within a round (page
+/// cache, where the veth's softirq lands, a process waking) favours neither side.
+pub(crate) fn round_order(round: usize) -> [usize; 2] {
+    if round % 2 == 1 { [0, 1] } else { [1, 0] }
+}
+
+/// The median of `v` (the upper one of an even count); 0 when empty.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// One wrk run: its rate, and the server's and wrk's CPU (cores) meanwhile.

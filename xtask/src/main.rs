@@ -74,9 +74,9 @@ enum Task {
         /// at which the references and perfdhcp drop datagrams under a burst.
         #[arg(long)]
         receive_buffer: Option<u64>,
-        /// `http`: rounds per file, each gb10-provision then nginx back to back (the
-        /// ratio is the median of the rounds' ratios: one 5 s run of either server swings
-        /// 1.5–2x here between runs).
+        /// `http`, `image`: rounds per file or client count, both servers back to back in
+        /// each, ours first in odd rounds (the ratio is the median of the rounds' ratios:
+        /// one run of either server swings by a third to 2x here between runs).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
@@ -223,6 +223,7 @@ fn main() -> anyhow::Result<()> {
                             what,
                         ])
                         .args(["--machines", &list(&machines), "--clients", &list(&clients)])
+                        .args(["--rounds", &rounds.to_string()])
                         .args(
                             receive_buffer
                                 .map(|b| vec!["--receive-buffer".to_owned(), b.to_string()])
@@ -241,7 +242,7 @@ fn main() -> anyhow::Result<()> {
                 BenchKind::Http => bench::http(rounds.max(1)),
                 BenchKind::Tftp => bench::tftp(),
                 BenchKind::Storm => storm::run(&machines),
-                BenchKind::Image => storm::image(&clients),
+                BenchKind::Image => storm::image(&clients, rounds.max(1)),
             }
         }
         Task::Lab { once } => {

@@ -396,8 +396,12 @@ pub fn loadavg() -> String {
 
 /// `cargo xtask bench image`: `clients` HTTP clients each pulling one 1 GiB image at
 /// once from gb10-provision (defaults) and from nginx (one worker, sendfile), each alone
-/// on core 0, the clients (one async thread) on core 1; aggregate MB/s.
-pub fn image(clients: &[usize]) -> anyhow::Result<()> {
+/// on core 0, the clients (one async thread) on core 1; aggregate MB/s. Both servers
+/// spend their time in the kernel's sendfile and TCP paths, so one run of either swings
+/// by a third between runs (16 and 64 clients, 2026-12-01): `rounds` rounds per count,
+/// both servers back to back in each ([`crate::bench::round_order`]), the ratio the
+/// median of the rounds'.
+pub fn image(clients: &[usize], rounds: usize) -> anyhow::Result<()> {
     let bin = release_bin("cargo xtask bench image")?;
     let lab = Lab::new("bimage");
     let www = lab.dir.join("data/www");
@@ -410,53 +414,80 @@ pub fn image(clients: &[usize]) -> anyhow::Result<()> {
     let nginx = nginx_on(&lab, &www, 8081, 1024, "access_log off;")?;
     println!(
         "image: N clients each GET one 1 GiB file at once (body discarded in the kernel after \
-         its first 64 KiB are checked); each server alone on core 0, clients on core 1; machine \
-         load before: {}",
+         its first 64 KiB are checked); each server alone on core 0, clients on core 1; \
+         {rounds} rounds per N, both servers back to back in each (ours first in odd rounds, \
+         nginx in even); machine load before: {}",
         loadavg()
     );
     println!(
-        "{:>4} {:<15} {:>9} {:>8} {:>8} {:>10} {:>9}",
-        "N", "server", "complete", "wall s", "MB/s", "server CPU", "client %"
+        "{:>5} {:>4} {:<15} {:>9} {:>8} {:>8} {:>10} {:>11} {:>9}",
+        "round",
+        "N",
+        "server",
+        "complete",
+        "wall s",
+        "MB/s",
+        "server CPU",
+        "CPU ms/GiB",
+        "client %"
     );
-    let mut ratios = Vec::new();
+    let servers = [
+        ("gb10-provision", gb10_lab::HTTP_PORT, ours),
+        ("nginx", 8081, nginx.pid),
+    ];
+    let mut summary = Vec::new();
     for &n in clients {
-        let mut row = Vec::new();
-        for (name, port, pid) in [
-            ("gb10-provision", gb10_lab::HTTP_PORT, ours),
-            ("nginx", 8081, nginx.pid),
-        ] {
-            let cpu0 = gb10_lab::cpu_seconds_tree(pid);
-            let url = storm::Url {
-                server: lab.server_ip.parse()?,
-                port,
-                path: "/image.raw".into(),
-            };
-            let r = storm::pull(
-                &lab,
-                url,
-                image.clone(),
-                n,
-                Some(1),
-                Duration::from_secs(300),
-            );
-            let cpu = gb10_lab::cpu_seconds_tree(pid) - cpu0;
-            println!(
-                "{n:>4} {name:<15} {:>9} {:>8.2} {:>8.0} {:>9.0}% {:>8.0}%",
-                r.complete,
-                r.wall.as_secs_f64(),
-                r.mb_per_s(),
-                cpu * 100.0 / r.wall.as_secs_f64(),
-                r.generator_cpu.as_secs_f64() * 100.0 / r.wall.as_secs_f64()
-            );
-            for (why, count) in &r.failures {
-                println!("     failed {count}: {why}");
+        let (mut rate, mut cost) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            // (MB/s, CPU seconds per GiB) per side.
+            let mut pair = [(0.0, 0.0); 2];
+            for side in crate::bench::round_order(round) {
+                let (name, port, pid) = servers[side];
+                let cpu0 = gb10_lab::cpu_seconds_tree(pid);
+                let url = storm::Url {
+                    server: lab.server_ip.parse()?,
+                    port,
+                    path: "/image.raw".into(),
+                };
+                let r = storm::pull(
+                    &lab,
+                    url,
+                    image.clone(),
+                    n,
+                    Some(1),
+                    Duration::from_secs(300),
+                );
+                let cpu = gb10_lab::cpu_seconds_tree(pid) - cpu0;
+                let gib = r.bytes as f64 / f64::from(1u32 << 30);
+                let per_gib = cpu / gib.max(1e-9);
+                println!(
+                    "{round:>5} {n:>4} {name:<15} {:>9} {:>8.2} {:>8.0} {:>9.0}% {:>11.0} {:>8.0}%",
+                    r.complete,
+                    r.wall.as_secs_f64(),
+                    r.mb_per_s(),
+                    cpu * 100.0 / r.wall.as_secs_f64(),
+                    per_gib * 1000.0,
+                    r.generator_cpu.as_secs_f64() * 100.0 / r.wall.as_secs_f64()
+                );
+                for (why, count) in &r.failures {
+                    println!("      failed {count}: {why}");
+                }
+                pair[side] = (r.mb_per_s(), per_gib);
             }
-            row.push(r.mb_per_s());
+            rate.push(pair[0].0 / pair[1].0.max(1e-9));
+            cost.push(pair[0].1 / pair[1].1.max(1e-9));
         }
-        ratios.push((n, row[0] / row[1].max(1e-9)));
+        let each: Vec<String> = rate.iter().map(|r| format!("{r:.2}")).collect();
+        summary.push(format!(
+            "{n} clients x 1 GiB: gb10-provision / nginx = {:.2}x aggregate MB/s (median of \
+             {rounds} rounds: {}), {:.2}x CPU per GiB (median)",
+            crate::bench::median(rate),
+            each.join(", "),
+            crate::bench::median(cost),
+        ));
     }
-    for (n, ratio) in ratios {
-        println!("{n} clients x 1 GiB: gb10-provision / nginx = {ratio:.2}x aggregate MB/s");
+    for line in summary {
+        println!("{line}");
     }
     println!("machine load after: {}", loadavg());
     Ok(())

@@ -297,10 +297,18 @@ async fn respond(
         return Ok(!close);
     }
     if let Some(range) = file {
-        // The head leaves with the first bytes of the file: MSG_MORE holds it back
-        // until sendfile adds to it, as nginx's tcp_nopush does.
-        send_more(tcp, out, write_timeout).await?;
-        sendfile(tcp, range, write_timeout).await?;
+        // Corked, the head leaves with the first bytes of the file and every segment
+        // is full until the last, as under nginx's tcp_nopush. Uncorked (TCP_NODELAY,
+        // which small responses need), each sendfile call's tail went out as a segment
+        // of its own: with 64 clients pulling 1 GiB the server spent 0.22 CPU s per GiB
+        // instead of 0.20 and the clients more on their side (`cargo xtask bench image`).
+        set_cork(tcp, true);
+        write_all(tcp, out, write_timeout).await?;
+        let sent = sendfile(tcp, range, write_timeout).await;
+        // Uncorking sends the last partial segment now; the connection stays
+        // TCP_NODELAY for the next response.
+        set_cork(tcp, false);
+        sent?;
         return Ok(!close);
     }
     // Small bodies (the usual: a script, a config, a status page) go out with the head
@@ -405,33 +413,11 @@ fn title_case(out: &mut Vec<u8>, name: &[u8]) {
     }
 }
 
-/// Writes all of `bytes` with MSG_MORE, each write making progress within `limit`.
-async fn send_more(tcp: &TcpStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
-    while !bytes.is_empty() {
-        writable(tcp, limit).await?;
-        let sent = tcp.try_io(Interest::WRITABLE, || {
-            // SAFETY: send(2) reads `bytes` for its length from a socket we own.
-            let n = unsafe {
-                libc::send(
-                    tcp.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match sent {
-            Ok(n) => bytes = &bytes[n..],
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
-        }
+/// Corks or uncorks `tcp` (TCP_CORK); a socket that refuses is only slower.
+fn set_cork(tcp: &TcpStream, on: bool) {
+    if let Err(err) = socket2::SockRef::from(tcp).set_tcp_cork(on) {
+        tracing::debug!(%err, on, "TCP_CORK not set");
     }
-    Ok(())
 }
 
 /// Sends the file range from the page cache to the socket, each call making progress

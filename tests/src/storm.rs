@@ -889,7 +889,7 @@ async fn read_head(
 pub struct PullReport {
     /// Body bytes received by all clients.
     pub bytes: u64,
-    /// Clients that got the whole file.
+    /// Whole files received.
     pub complete: usize,
     pub failures: BTreeMap<String, usize>,
     /// From the first request to the last byte.
@@ -915,7 +915,9 @@ pub struct Url {
 /// `clients` HTTP clients fetching `url` (whose bytes are `want`) at once from `lab`'s
 /// client namespace, as image installers pull one disk image, each from an address of
 /// its own in [`SUBNET`] as machines do (the lab routed by [`route_relayed`]); bodies
-/// checked as [`Check::Sample`] says, so the clients cost as little as they can.
+/// checked as [`Check::Sample`] says, so the clients cost as little as they can. With
+/// `again_for`, each client fetches again, on a new connection, until that long has
+/// passed since the start (a steady load of whole files); without, once.
 pub fn pull(
     lab: &Lab,
     url: Url,
@@ -923,6 +925,7 @@ pub fn pull(
     clients: usize,
     cpu: Option<usize>,
     deadline: Duration,
+    again_for: Option<Duration>,
 ) -> PullReport {
     let (mut report, cpu) = generate(lab, cpu, async move {
         let start = Instant::now();
@@ -931,20 +934,33 @@ pub fn pull(
             let (url, want) = (url.clone(), want.clone());
             let from = Ipv4Addr::from(u32::from(POOL.0) + i as u32);
             set.spawn(async move {
-                timeout(deadline, get(from, &url, "curl/8", &want, Check::Sample))
-                    .await
-                    .unwrap_or_else(|_| Err(fail("http", "deadline")))
+                let mut got = Vec::new();
+                // Bounded by `again_for` (a fetch takes time) and, should fetches fail
+                // at once, by a count.
+                for _ in 0..1_000_000 {
+                    let one = timeout(deadline, get(from, &url, "curl/8", &want, Check::Sample))
+                        .await
+                        .unwrap_or_else(|_| Err(fail("http", "deadline")));
+                    let failed = one.is_err();
+                    got.push(one);
+                    if failed || again_for.is_none_or(|d| start.elapsed() >= d) {
+                        break;
+                    }
+                }
+                got
             });
         }
         let mut report = PullReport::default();
         while let Some(joined) = set.join_next().await {
-            match joined.expect("client task panicked") {
-                Ok(n) => {
-                    report.bytes += n;
-                    report.complete += 1;
-                }
-                Err(Failure { step, why }) => {
-                    *report.failures.entry(format!("{step}: {why}")).or_default() += 1;
+            for one in joined.expect("client task panicked") {
+                match one {
+                    Ok(n) => {
+                        report.bytes += n;
+                        report.complete += 1;
+                    }
+                    Err(Failure { step, why }) => {
+                        *report.failures.entry(format!("{step}: {why}")).or_default() += 1;
+                    }
                 }
             }
         }

@@ -456,6 +456,7 @@ pub fn image(clients: &[usize], rounds: usize) -> anyhow::Result<()> {
                     n,
                     Some(1),
                     Duration::from_secs(300),
+                    None,
                 );
                 let cpu = gb10_lab::cpu_seconds_tree(pid) - cpu0;
                 let gib = r.bytes as f64 / f64::from(1u32 << 30);

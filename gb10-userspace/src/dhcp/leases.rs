@@ -25,6 +25,9 @@ pub const DECLINE_WINDOW_SECS: u64 = 60;
 /// of made-up MACs at the guard's rate this covers seconds, far longer than any client
 /// takes to answer its offer, and bounds what a flood can make us keep.
 const YIELDED_MAX: usize = 4096;
+/// Addresses a DISCOVER looks at, once the pool is taken, before it settles for the
+/// oldest offer among them (see [`Leases::pick`]).
+const STEAL_SCAN: u32 = 256;
 
 /// Who holds a lease: option 61 when the client sent one, else htype + chaddr (RFC 2131
 /// §4.2).
@@ -134,6 +137,9 @@ pub struct Leases {
     yielded: HashMap<ClientId, (Ipv4Addr, u64)>,
     /// `yielded`'s clients, oldest first, to bound it at [`YIELDED_MAX`].
     yielded_order: VecDeque<ClientId>,
+    /// Addresses [`Self::pick`] looked at, for the tests' bound on its cost.
+    #[cfg(test)]
+    probes: u64,
 }
 
 impl Leases {
@@ -147,6 +153,8 @@ impl Leases {
             by_mac: HashMap::new(),
             yielded: HashMap::new(),
             yielded_order: VecDeque::new(),
+            #[cfg(test)]
+            probes: 0,
         }
     }
 
@@ -200,6 +208,18 @@ impl Leases {
 
     /// Whether `client` may have `ip` at `now`.
     pub fn free_for(&self, ip: Ipv4Addr, client: &ClientId, now: u64) -> bool {
+        self.free_with(ip, client, self.yielded.get(client).copied(), now)
+    }
+
+    /// [`Self::free_for`], with `client`'s entry in `yielded` looked up by the caller
+    /// (once for a whole scan of the pool).
+    fn free_with(
+        &self,
+        ip: Ipv4Addr,
+        client: &ClientId,
+        claim: Option<(Ipv4Addr, u64)>,
+        now: u64,
+    ) -> bool {
         match self.by_ip.get(&ip) {
             None => true,
             Some(l) if l.state == LeaseState::Declined => !l.active(now),
@@ -208,10 +228,7 @@ impl Leases {
             // REQUEST wins an offer.
             Some(l) => {
                 l.state == LeaseState::Offered
-                    && self
-                        .yielded
-                        .get(client)
-                        .is_some_and(|&(y, until)| y == ip && until > now)
+                    && claim.is_some_and(|(y, until)| y == ip && until > now)
             }
         }
     }
@@ -227,8 +244,10 @@ impl Leases {
         reserved: impl Fn(Ipv4Addr) -> bool,
     ) -> Option<Ipv4Addr> {
         let p = self.pools.get(pool)?;
-        let usable =
-            |ip: Ipv4Addr| p.contains(ip) && !reserved(ip) && self.free_for(ip, client, now);
+        let claim = self.yielded.get(client).copied();
+        let usable = |ip: Ipv4Addr| {
+            p.contains(ip) && !reserved(ip) && self.free_with(ip, client, claim, now)
+        };
         if let Some(ip) = self.by_client.get(client).copied()
             && usable(ip)
             && self
@@ -246,9 +265,18 @@ impl Leases {
         let (start, end) = (u32::from(p.start), u32::from(p.end));
         let size = end - start + 1;
         let mut candidate = p.cursor.clamp(start, end);
-        // The offer closest to running out, should every address be taken.
+        // The offer closest to running out among those seen, should every address be
+        // taken.
         let mut oldest_offer: Option<(u64, Ipv4Addr)> = None;
-        for _ in 0..size {
+        let mut scanned = 0;
+        while scanned < size {
+            if scanned >= STEAL_SCAN && oldest_offer.is_some() {
+                // Every address seen so far is taken and some are only on offer: a
+                // flood of made-up MACs keeps a pool on offer, and scanning all of a
+                // /16 for each of its DISCOVERs would cost milliseconds apiece. The next
+                // scan starts where this one stopped, so steals spread over the pool.
+                break;
+            }
             let ip = Ipv4Addr::from(candidate);
             let next = if candidate == end {
                 start
@@ -257,6 +285,10 @@ impl Leases {
             };
             if usable(ip) {
                 self.pools[pool].cursor = next;
+                #[cfg(test)]
+                {
+                    self.probes += u64::from(scanned) + 1;
+                }
                 return Some(ip);
             }
             if let Some(l) = self.by_ip.get(&ip)
@@ -267,6 +299,12 @@ impl Leases {
                 oldest_offer = Some((l.expires, ip));
             }
             candidate = next;
+            scanned += 1;
+        }
+        self.pools[pool].cursor = candidate;
+        #[cfg(test)]
+        {
+            self.probes += u64::from(scanned);
         }
         // Pool exhausted: an offer is a promise, not a lease. Clients that DISCOVER and
         // never REQUEST (a port rotating made-up MACs) would otherwise keep every address
@@ -620,6 +658,70 @@ mod tests {
         // Never a lease.
         l.commit(ip, &id(1), MAC, None, 150, 3600);
         assert!(!l.free_for(ip, &last, 101));
+    }
+
+    #[test]
+    fn a_pool_on_offer_costs_a_bounded_scan_per_discover() {
+        // A /16 pool, every address on offer to a made-up MAC.
+        let mut l = Leases::new(vec![Pool::new(
+            "198.18.0.0/16".parse().unwrap(),
+            (
+                Ipv4Addr::new(198, 18, 1, 0),
+                Ipv4Addr::new(198, 18, 255, 255),
+            ),
+            None,
+        )]);
+        let size = 255 * 256;
+        let made_up = |n: u32| ClientId(n.to_be_bytes().to_vec());
+        for n in 0..size {
+            let ip = l.pick(0, &made_up(n), None, 100, NONE).unwrap();
+            l.offer(ip, &made_up(n), MAC, 100);
+        }
+        assert!(
+            l.probes <= u64::from(size) * 2,
+            "filling: {} probes",
+            l.probes
+        );
+        // The flood goes on: each DISCOVER looks at a bounded number of addresses (it
+        // was the whole pool, 65,280, each), and the steals spread over the pool.
+        l.probes = 0;
+        let mut stolen = BTreeSet::new();
+        for n in size..size + 1000 {
+            let ip = l.pick(0, &made_up(n), None, 101, NONE).unwrap();
+            l.offer(ip, &made_up(n), MAC, 101);
+            stolen.insert(ip);
+        }
+        assert!(l.probes <= 1000 * 256, "{} probes", l.probes);
+        assert_eq!(stolen.len(), 1000, "a steal took a just-stolen offer again");
+        // An address that comes free is still found, within a few scans.
+        let freed = Ipv4Addr::new(198, 18, 200, 7);
+        l.end(
+            freed,
+            &l.get(freed).unwrap().client.clone(),
+            LeaseState::Released,
+            101,
+        );
+        let newcomer = ClientId(vec![0xee]);
+        let found = (0..size / 256 + 1)
+            .map(|n| {
+                let client = if n == 0 {
+                    newcomer.clone()
+                } else {
+                    made_up(size * 2 + n)
+                };
+                let ip = l.pick(0, &client, None, 102, NONE).unwrap();
+                l.offer(ip, &client, MAC, 102);
+                ip
+            })
+            .any(|ip| ip == freed);
+        assert!(found, "the released address was never offered");
+        // A pool of leases alone is exhausted: nothing to take.
+        let mut l = leases(10, 11);
+        for n in 0..2 {
+            let ip = l.pick(0, &id(n), None, 100, NONE).unwrap();
+            l.commit(ip, &id(n), MAC, None, 100, 3600);
+        }
+        assert_eq!(l.pick(0, &id(9), None, 100, NONE), None);
     }
 
     #[test]

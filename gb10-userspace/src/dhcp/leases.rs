@@ -2,14 +2,14 @@
 //! expired; declined on probation). Pure and in memory; [`super::store`] makes it
 //! durable.
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::mac::Mac;
+use crate::{bounded::Bounded, mac::Mac};
 
 /// How long an offered address is held for the client that was offered it. EDK2
 /// collects offers for ~4 s before it requests; a minute covers slow firmware.
@@ -133,10 +133,9 @@ pub struct Leases {
     /// Addresses with a lease (any state) per MAC, for the per-MAC bound.
     by_mac: HashMap<Mac, BTreeSet<Ipv4Addr>>,
     /// Offers taken back from their client for a newcomer, with when the offer would
-    /// have run out: the client may still request it while nobody has leased it.
-    yielded: HashMap<ClientId, (Ipv4Addr, u64)>,
-    /// `yielded`'s clients, oldest first, to bound it at [`YIELDED_MAX`].
-    yielded_order: VecDeque<ClientId>,
+    /// have run out: the client may still request it while nobody has leased it. At
+    /// most [`YIELDED_MAX`], the least recent going first.
+    yielded: Bounded<ClientId, (Ipv4Addr, u64)>,
     /// Addresses [`Self::pick`] looked at, for the tests' bound on its cost.
     #[cfg(test)]
     probes: u64,
@@ -151,8 +150,7 @@ impl Leases {
             by_client: HashMap::new(),
             leased: HashMap::new(),
             by_mac: HashMap::new(),
-            yielded: HashMap::new(),
-            yielded_order: VecDeque::new(),
+            yielded: Bounded::new(YIELDED_MAX),
             #[cfg(test)]
             probes: 0,
         }
@@ -463,7 +461,10 @@ impl Leases {
                 self.by_client.remove(&client);
             }
             if offered && lease.state == LeaseState::Offered {
-                self.remember_yielded(client, lease.ip, until);
+                // Any entry may make room; admitted always, so never handed back.
+                let _ = self
+                    .yielded
+                    .insert(client, (lease.ip, until), |_, _| false, true);
             }
         }
         if let Some(old_ip) = self.by_client.get(&lease.client).copied()
@@ -484,18 +485,6 @@ impl Leases {
             && old.mac != self.by_ip[&old.ip].mac
         {
             self.unindex_mac(old.mac, old.ip);
-        }
-    }
-
-    /// Notes that `client`'s offer of `ip`, good until `until`, went to another.
-    fn remember_yielded(&mut self, client: ClientId, ip: Ipv4Addr, until: u64) {
-        if self.yielded.insert(client.clone(), (ip, until)).is_none() {
-            self.yielded_order.push_back(client);
-        }
-        while self.yielded_order.len() > YIELDED_MAX {
-            if let Some(oldest) = self.yielded_order.pop_front() {
-                self.yielded.remove(&oldest);
-            }
         }
     }
 
@@ -646,10 +635,9 @@ mod tests {
             l.offer(ip, &client, MAC, 100);
         }
         assert_eq!(l.yielded.len(), YIELDED_MAX);
-        assert_eq!(l.yielded_order.len(), YIELDED_MAX);
         // The latest are kept: the last client whose offer was taken may still claim it.
         let last = ClientId((2 * YIELDED_MAX as u32 - 3).to_be_bytes().to_vec());
-        let (ip, _) = l.yielded[&last];
+        let &(ip, _) = l.yielded.get(&last).unwrap();
         assert!(l.free_for(ip, &last, 101));
         // Not once its offer would have run out, while another's offer is live.
         l.offer(ip, &id(1), MAC, 150);
